@@ -1,0 +1,56 @@
+"""The sequence/step contract shared by every model in :mod:`ssm_jax`.
+
+A model has integer fields ``input_dim`` and ``initialize_carry(batch_size)``. Its sequence call
+takes ``xs`` of shape ``(batch, time, input_dim)`` with optional ``resets`` ``(batch, time)`` and
+``carry``; its step call takes ``x`` of shape ``(batch, input_dim)``, a carry and an optional
+``reset`` ``(batch,)``. These helpers validate those arguments and fill in the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from ssm_jax.validation import check_array, check_carry, check_positive_int
+
+
+def check_dims(module: Any, *names: str) -> None:
+    """Validate that each named module field is a positive int."""
+    for name in names:
+        check_positive_int(name, getattr(module, name))
+
+
+def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any):
+    """Check a sequence call's arguments; returns ``(xs, resets, carry)`` with defaults filled.
+
+    ``resets`` defaults to all false and ``carry`` to ``module.initialize_carry(batch)``.
+    """
+    xs = jnp.asarray(xs)
+    check_array("xs", xs, (None, None, module.input_dim), f"(batch, time, input_dim={module.input_dim})")
+    batch, time = xs.shape[:2]
+    if resets is None:
+        resets = jnp.zeros((batch, time), dtype=bool)
+    else:
+        resets = jnp.asarray(resets)
+        check_array("resets", resets, (batch, time), f"(batch={batch}, time={time})")
+        resets = resets.astype(bool)
+    initial = module.initialize_carry(batch)
+    if carry is None:
+        carry = initial
+    else:
+        check_carry("carry", carry, initial)
+    return xs, resets, carry
+
+
+def prepare_step(module: Any, x: Any, carry: Any, reset: Any):
+    """Check a step call's arguments; returns ``(x, reset)`` (``reset`` ``None`` if not given)."""
+    x = jnp.asarray(x)
+    check_array("x", x, (None, module.input_dim), f"(batch, input_dim={module.input_dim})")
+    batch = x.shape[0]
+    check_carry("carry", carry, module.initialize_carry(batch))
+    if reset is not None:
+        reset = jnp.asarray(reset)
+        check_array("reset", reset, (batch,), f"(batch={batch},)")
+        reset = reset.astype(bool)
+    return x, reset

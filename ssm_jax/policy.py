@@ -1,0 +1,160 @@
+"""Actor-critic policies over the SSM layers (and an MLP baseline), with the SSM contract.
+
+Both policies map observations to a :class:`PolicyOutput` (an action distribution and a value)
+and follow the contract of :mod:`ssm_jax`:
+
+- ``out, carry = policy.apply(params, obs_seq, resets=None, carry=None)``: ``obs_seq``
+  ``(batch, time, obs_dim)``; ``out.value`` ``(batch, time)``; ``out.dist`` has batch axes
+  ``(batch, time)``.
+- ``out, carry = policy.apply(params, obs, carry, reset=None, method="step")``: ``obs``
+  ``(batch, obs_dim)``; ``out.value`` ``(batch,)``.
+- ``carry = policy.initialize_carry(batch_size)``.
+
+Discrete policies (``discrete=True``) emit a :class:`Categorical` over ``action_dim`` actions;
+continuous ones a :class:`Gaussian` with a learned, state-independent ``log_std``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
+from ssm_jax.diagonal import DiagonalSSM
+from ssm_jax.distributions import Categorical, Gaussian
+from ssm_jax.selective import SelectiveSSM
+from ssm_jax.ssm import SSM
+
+CORES = {"ssm": SSM, "diagonal": DiagonalSSM, "selective": SelectiveSSM}
+
+
+@struct.dataclass
+class PolicyOutput:
+    """``dist``: a :class:`Categorical` or :class:`Gaussian`; ``value``: state values, batch-shaped."""
+
+    dist: Categorical | Gaussian
+    value: jax.Array
+
+
+class _Heads(nn.Module):
+    """Actor and critic heads on a feature vector."""
+
+    action_dim: int
+    discrete: bool
+    init_log_std: float
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> PolicyOutput:
+        ortho = nn.initializers.orthogonal
+        out = nn.Dense(self.action_dim, kernel_init=ortho(0.01), name="actor")(features)
+        value = nn.Dense(1, kernel_init=ortho(1.0), name="critic")(features)[..., 0]
+        if self.discrete:
+            return PolicyOutput(Categorical(out), value)
+        log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_dim,))
+        return PolicyOutput(Gaussian(out, jnp.broadcast_to(log_std, out.shape)), value)
+
+
+class SSMPolicy(nn.Module):
+    """Recurrent actor-critic: an SSM core (``core``: "ssm", "diagonal" or "selective") and heads.
+
+    The core maps each observation (with its memory of the episode) to ``hidden_dim`` features;
+    the heads read ``tanh`` of them.
+
+    Attributes:
+      obs_dim, action_dim: observation size; number of actions (discrete) or action size.
+      core: which :mod:`ssm_jax` layer carries the memory.
+      state_dim, hidden_dim: passed to the core.
+      discrete: categorical (True) or Gaussian (False) actions.
+      parallel: associative scan for sequence calls ("diagonal" and "selective" cores only).
+      init_log_std: initial log standard deviation of Gaussian actions.
+    """
+
+    obs_dim: int
+    action_dim: int
+    core: str = "ssm"
+    state_dim: int = 16
+    hidden_dim: int = 64
+    discrete: bool = True
+    parallel: bool = False
+    init_log_std: float = -0.5
+
+    def __post_init__(self):
+        check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim")
+        if self.core not in CORES:
+            raise ValueError(f"core must be one of {sorted(CORES)}, got {self.core!r}")
+        if self.parallel and self.core == "ssm":
+            raise ValueError("parallel=True needs a diagonal core ('diagonal' or 'selective'), got core='ssm'")
+        super().__post_init__()
+
+    @property
+    def input_dim(self) -> int:
+        return self.obs_dim
+
+    def _make_core(self, **module_kwargs) -> nn.Module:
+        kwargs = dict(state_dim=self.state_dim, input_dim=self.obs_dim, output_dim=self.hidden_dim, hidden_dim=self.hidden_dim)
+        if self.core != "ssm":
+            kwargs["parallel"] = self.parallel
+        return CORES[self.core](**kwargs, **module_kwargs)
+
+    def setup(self):
+        self.core_net = self._make_core(name="core")
+        self.heads = _Heads(self.action_dim, self.discrete, self.init_log_std, name="heads")
+
+    def initialize_carry(self, batch_size: int):
+        """The core's zero state for ``batch_size`` rows."""
+        return self._make_core(parent=None).initialize_carry(batch_size)
+
+    def __call__(self, obs_seq, resets=None, carry=None):
+        """``obs_seq`` ``(batch, time, obs_dim)`` -> ``(PolicyOutput, final carry)``."""
+        features, carry = self.core_net(obs_seq, resets, carry)
+        return self.heads(jnp.tanh(features)), carry
+
+    def step(self, obs, carry, reset=None):
+        """``obs`` ``(batch, obs_dim)`` -> ``(PolicyOutput, carry)``."""
+        features, carry = self.core_net.step(obs, carry, reset)
+        return self.heads(jnp.tanh(features)), carry
+
+
+class MLPPolicy(nn.Module):
+    """Memoryless actor-critic (two tanh layers of ``hidden_dim``) with the same contract.
+
+    Its carry is a dummy ``(batch, 0)`` array so that code written for :class:`SSMPolicy` runs
+    unchanged.
+    """
+
+    obs_dim: int
+    action_dim: int
+    hidden_dim: int = 64
+    discrete: bool = True
+    init_log_std: float = -0.5
+
+    def __post_init__(self):
+        check_dims(self, "obs_dim", "action_dim", "hidden_dim")
+        super().__post_init__()
+
+    @property
+    def input_dim(self) -> int:
+        return self.obs_dim
+
+    def setup(self):
+        self.torso = [nn.Dense(self.hidden_dim, name=f"dense_{i}") for i in range(2)]
+        self.heads = _Heads(self.action_dim, self.discrete, self.init_log_std, name="heads")
+
+    def initialize_carry(self, batch_size: int) -> jax.Array:
+        return jnp.zeros((batch_size, 0), jnp.float32)
+
+    def _forward(self, obs):
+        h = obs
+        for layer in self.torso:
+            h = jnp.tanh(layer(h))
+        return self.heads(h)
+
+    def __call__(self, obs_seq, resets=None, carry=None):
+        obs_seq, _, carry = prepare_sequence(self, obs_seq, resets, carry)
+        return self._forward(obs_seq), carry
+
+    def step(self, obs, carry, reset=None):
+        obs, _ = prepare_step(self, obs, carry, reset)
+        return self._forward(obs), carry

@@ -1,0 +1,108 @@
+"""The seeds' State Space Model: dense A, B, C, D with an input MLP, stable by construction.
+
+    u_t = tanh(W_in x_t + b_in)                       (input MLP, width hidden_dim)
+    h_t = A h_{t-1} + B u_t + b_B                     (state_dim)
+    y_t = C h_t + b_C + D x_t                         (output_dim)
+
+``A = U diag(s) V^T`` where ``U`` and ``V`` are orthogonal (Cayley transforms of free square
+matrices) and ``s = max_radius * sigmoid(logits)``. Every singular value of ``A`` is below
+``max_radius < 1``, so the spectral radius is too, whatever values training gives the free
+parameters: the recurrence is a contraction and the state stays bounded over any horizon.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
+from ssm_jax.scan import reset_carry, sequential_scan
+
+
+def cayley(w: jax.Array) -> jax.Array:
+    """Orthogonal ``(n, n)`` matrix ``(I + K)^{-1} (I - K)`` of the skew part ``K`` of ``w``."""
+    k = 0.5 * (w - w.T)
+    eye = jnp.eye(w.shape[0], dtype=w.dtype)
+    return jnp.linalg.solve(eye + k, eye - k)
+
+
+def _logit_uniform(low: float, high: float):
+    """Initialiser for logits whose sigmoid is uniform in ``[low, high]``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        p = jax.random.uniform(key, shape, dtype, low, high)
+        return jnp.log(p) - jnp.log1p(-p)
+
+    return init
+
+
+class SSM(nn.Module):
+    """Dense linear state space model (the seeds' ``SSM(state_dim, input_dim, output_dim, hidden_dim)``).
+
+    Attributes:
+      state_dim: size of the recurrent state ``h``.
+      input_dim: size of each input ``x_t``.
+      output_dim: size of each output ``y_t``.
+      hidden_dim: width of the input MLP.
+      max_radius: bound on the singular values of ``A`` (must be in ``(0, 1)``).
+
+    Shapes: ``xs`` ``(batch, time, input_dim)`` -> ``ys`` ``(batch, time, output_dim)``; the carry
+    is ``(batch, state_dim)`` float32, zero initially.
+    """
+
+    state_dim: int
+    input_dim: int
+    output_dim: int
+    hidden_dim: int = 64
+    max_radius: float = 0.999
+
+    def __post_init__(self):
+        check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
+        if not 0.0 < self.max_radius < 1.0:
+            raise ValueError(f"max_radius must be in (0, 1), got {self.max_radius!r}")
+        super().__post_init__()
+
+    def setup(self):
+        n = self.state_dim
+        self.encoder = nn.Dense(self.hidden_dim, name="encoder")
+        self.B = nn.Dense(n, name="B")
+        self.C = nn.Dense(self.output_dim, name="C")
+        self.D = nn.Dense(self.output_dim, use_bias=False, name="D")
+        ortho_init = nn.initializers.normal(0.5)
+        self.A_left = self.param("A_left", ortho_init, (n, n))
+        self.A_right = self.param("A_right", ortho_init, (n, n))
+        self.A_logits = self.param("A_logits", _logit_uniform(0.5, 0.95), (n,))
+
+    def transition(self) -> jax.Array:
+        """The ``(state_dim, state_dim)`` state matrix ``A`` (largest singular value < max_radius)."""
+        s = self.max_radius * jax.nn.sigmoid(self.A_logits)
+        return cayley(self.A_left) @ (s[:, None] * cayley(self.A_right).T)
+
+    def initialize_carry(self, batch_size: int) -> jax.Array:
+        """Zero state, ``(batch_size, state_dim)``."""
+        return jnp.zeros((batch_size, self.state_dim), jnp.float32)
+
+    def _drive(self, x: jax.Array) -> jax.Array:
+        return self.B(jnp.tanh(self.encoder(x)))
+
+    def __call__(self, xs, resets=None, carry=None):
+        """Run over a sequence; returns ``(ys (batch, time, output_dim), final carry)``."""
+        xs, resets, carry = prepare_sequence(self, xs, resets, carry)
+        a_t = self.transition().T
+        drive = self._drive(xs)
+
+        def step(h, d_t):
+            h = h @ a_t + d_t
+            return h, h
+
+        carry, hs = sequential_scan(step, carry, drive, resets)
+        return self.C(hs) + self.D(xs), carry
+
+    def step(self, x, carry, reset=None):
+        """One time step; ``x`` ``(batch, input_dim)`` -> ``(y (batch, output_dim), carry)``."""
+        x, reset = prepare_step(self, x, carry, reset)
+        if reset is not None:
+            carry = reset_carry(carry, reset)
+        h = carry @ self.transition().T + self._drive(x)
+        return self.C(h) + self.D(x), h
