@@ -1,0 +1,262 @@
+"""``Adapter``: the seeds' test-time adaptation API as a thin shell over ``adapt.core``.
+
+    adapter = Adapter(model, AdaptationConfig(lr=0.01, max_steps_per_call=10),
+                      strategy="online", params=params)
+    info = adapter.adapt({"observations": x, "targets": y}, loss_fn=mse_loss)
+    info["loss"], info["steps"], info["rolled_back"]; adapter.params
+
+Strategies:
+  ``"none"``    no update; ``adapt`` only measures the loss (params untouched).
+  ``"online"``  guarded gradient steps on the current batch (optimiser and
+                step size from the config).
+  ``"meta"``    the same, from a ``maml.MetaMAML``'s meta-learned params with
+                its meta-learned inner rule: plain gradient descent with its
+                inner step size (Meta-SGD per-parameter step sizes if it learned
+                them), only on the params its ``adapt_filter`` adapts (ANIL).
+                ``cfg.lr``/``cfg.optimizer`` are not used; ``cfg.grad_clip``,
+                ``cfg.divergence_threshold`` and ``cfg.max_steps_per_call`` are.
+  ``"hybrid"``  ``"online"`` on the current batch pooled with samples replayed
+                from a ring buffer of earlier experience (``observe`` and, by
+                default, earlier ``adapt`` batches feed it).
+
+One jitted function per adapter runs a whole ``adapt`` call (sampling the
+replay, every step and the buffer update). ``loss_fn`` is a static argument:
+reuse the same function object (not a fresh lambda per call) and batches of
+the same shapes, and repeated calls never retrace (``num_traces`` counts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adapt import buffer as rb
+from adapt import core
+from adapt.config import AdaptationConfig, make_optimizer, scale_by_tree
+from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, supervised_objective
+
+STRATEGIES = ("none", "online", "meta", "hybrid")
+BATCH_KEYS = ("observations", "targets")
+
+
+def _check_batch(batch, what: str):
+    """``(observations, targets)`` arrays of a batch mapping, validated."""
+    if not isinstance(batch, Mapping):
+        raise ValueError(
+            f"{what} must be a mapping with keys {BATCH_KEYS}, got {type(batch).__name__}."
+        )
+    for k in BATCH_KEYS:
+        if k not in batch:
+            raise ValueError(
+                f"{what} is missing key {k!r}: expected a mapping with keys {BATCH_KEYS}, got keys "
+                f"{sorted(map(str, batch))}."
+            )
+    obs = jnp.asarray(batch["observations"])
+    targets = jnp.asarray(batch["targets"])
+    if obs.ndim == 0 or targets.ndim == 0:
+        raise ValueError(
+            f"{what}['observations'] and {what}['targets'] need a leading sample axis; got shapes "
+            f"{obs.shape} and {targets.shape}."
+        )
+    if obs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{what}['observations'] has {obs.shape[0]} samples (shape {obs.shape}) but "
+            f"{what}['targets'] has {targets.shape[0]} (shape {targets.shape}); they must match."
+        )
+    if obs.shape[0] == 0:
+        raise ValueError(f"{what} is empty (0 samples).")
+    return obs, targets
+
+
+class Adapter:
+    """Test-time weight adaptation of a model.
+
+    Args:
+      target: a ``flax.linen.Module`` or an apply function ``(params, x) ->
+        predictions`` (a tuple output ``(ys, carry)`` means predictions ``ys``).
+        May be None with ``strategy="meta"``: the MetaMAML's model is used.
+      cfg: an ``AdaptationConfig`` (default ``AdaptationConfig()``).
+      strategy: one of ``STRATEGIES``.
+      params: the params to start from. With ``"meta"`` it may be the
+        ``maml.MetaState`` returned by ``MetaMAML.init``/``meta_update`` (its
+        meta-learned params and Meta-SGD step sizes are used), or plain params
+        (the MetaMAML's fixed ``inner_lr`` is used).
+      meta: the ``maml.MetaMAML`` (required by, and only used by, ``"meta"``).
+      key: PRNG key (or int seed) for replay sampling in hybrid mode.
+
+    Attributes:
+      params: the current (adapted) params.
+      opt_state: the optimiser state (persists across ``adapt`` calls).
+      buffer: the hybrid replay ``ReplayBuffer`` (None until the first sample).
+      context: the last mapping given to ``observe`` (None before).
+      num_traces: how many times the adaptation function has been traced.
+    """
+
+    def __init__(self, target, cfg: Optional[AdaptationConfig] = None, strategy: str = "none",
+                 params: Any = None, meta=None, key=0):
+        cfg = AdaptationConfig() if cfg is None else cfg
+        if not isinstance(cfg, AdaptationConfig):
+            raise ValueError(f"cfg must be an AdaptationConfig, got {type(cfg).__name__}.")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        self.cfg = cfg
+        self.strategy = strategy
+        lr_tree = None
+        if strategy == "meta":
+            params, lr_tree, target = self._meta_rule(meta, params, target)
+        elif meta is not None:
+            raise ValueError(f"meta (a MetaMAML) is only used by strategy='meta', got strategy={strategy!r}.")
+        if params is None:
+            raise ValueError("params must be given: the model parameters to adapt (e.g. model.init(key, x)).")
+        if not jax.tree.leaves(params):
+            raise ValueError("params has no array leaves; expected the model's parameter pytree.")
+        self.target = target
+        self.apply_fn = make_apply_fn(target)
+        if lr_tree is not None:
+            opt = scale_by_tree(lr_tree)
+            if cfg.grad_clip is not None:
+                opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+            self.optimizer = opt
+        else:
+            self.optimizer = cfg.make_optimizer()
+        self._initial_params = params
+        self._key0 = jax.random.PRNGKey(key) if isinstance(key, int) else key
+        self.num_traces = 0
+        self._adapt_jit = jax.jit(self._adapt_impl, static_argnames=("loss_fn",))
+        self._hybrid_jit = jax.jit(self._hybrid_impl, static_argnames=("loss_fn",))
+        self._loss_jit = jax.jit(self._loss_impl, static_argnames=("loss_fn",))
+        self._add_jit = jax.jit(rb.buffer_add)
+        self.reset()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _meta_rule(meta, params, target):
+        """Meta-learned start params and per-parameter step-size tree of a MetaMAML."""
+        if meta is None:
+            raise ValueError("strategy='meta' needs meta=<a maml.MetaMAML> (its meta-learned inner rule).")
+        for attr in ("config", "adapt_filter", "model"):
+            if not hasattr(meta, attr):
+                raise ValueError(f"meta must be a maml.MetaMAML, got {type(meta).__name__} (no {attr!r}).")
+        inner_lr = None
+        if params is not None and hasattr(params, "inner_lr") and hasattr(params, "opt_state"):
+            inner_lr = params.inner_lr  # a MetaState
+            params = params.params
+        if params is None:
+            raise ValueError("strategy='meta' needs params: the MetaState (or meta-learned params).")
+        if inner_lr is None:
+            inner_lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), meta.config.inner_lr, jnp.float32), params)
+        from maml.core import build_mask  # the MetaMAML's own definition of which params adapt
+        mask = build_mask(params, meta.adapt_filter)
+        if mask is not None:
+            inner_lr = jax.tree.map(lambda lr, m: lr if m else jnp.zeros_like(lr), inner_lr, mask)
+        target = meta.model if target is None else target
+        return params, inner_lr, target
+
+    def reset(self):
+        """Back to the params given at construction: fresh optimiser state, empty
+        replay buffer, no context, replay key restarted."""
+        self.params = self._initial_params
+        self.opt_state = self.optimizer.init(self._initial_params)
+        self.buffer = None
+        self.context = None
+        self._key = self._key0
+
+    # --------------------------------------------------------- jitted bodies
+    def _loss_impl(self, params, obs, targets, *, loss_fn):
+        self.num_traces += 1
+        objective = supervised_objective(self.apply_fn, loss_fn)
+        return core._scalar_objective(objective)(params, (obs, targets))
+
+    def _adapt_impl(self, params, opt_state, obs, targets, *, loss_fn):
+        self.num_traces += 1
+        objective = supervised_objective(self.apply_fn, loss_fn)
+        return core.adapt_steps(params, opt_state, (obs, targets), objective=objective,
+                                optimizer=self.optimizer, num_steps=self.cfg.max_steps_per_call,
+                                divergence_threshold=self.cfg.threshold,
+                                monotone=self.cfg.monotone)
+
+    def _hybrid_impl(self, params, opt_state, obs, targets, buffer, key, *, loss_fn):
+        self.num_traces += 1
+        n = obs.shape[0]
+        m = self.cfg.replay_size(n)
+        replay, valid = rb.buffer_sample(buffer, key, m)
+        objective = hybrid_objective(supervised_objective(self.apply_fn, loss_fn), m / (n + m))
+        batch = ((obs, targets), (replay["observations"], replay["targets"]), valid)
+        params, opt_state, info = core.adapt_steps(
+            params, opt_state, batch, objective=objective, optimizer=self.optimizer,
+            num_steps=self.cfg.max_steps_per_call, divergence_threshold=self.cfg.threshold,
+                                monotone=self.cfg.monotone)
+        if self.cfg.store_adapt_batches:
+            buffer = rb.buffer_add(buffer, {"observations": obs, "targets": targets})
+        return params, opt_state, info, buffer
+
+    # ------------------------------------------------------------- public API
+    def _ensure_buffer(self, obs, targets):
+        if self.buffer is None:
+            self.buffer = rb.buffer_init_like({"observations": obs, "targets": targets},
+                                              self.cfg.replay_capacity)
+
+    def adapt(self, batch: Mapping[str, Any], loss_fn: Callable = mse_loss) -> dict:
+        """Adapt ``self.params`` to ``batch`` and report what happened.
+
+        Args:
+          batch: mapping with ``'observations'`` (N, ...) and ``'targets'``
+            (N, ...) (other keys are ignored).
+          loss_fn: ``(predictions, targets) -> scalar`` (default mean squared error).
+
+        Returns a dict of Python numbers: ``loss_before`` and ``loss_after``
+        (the loss of the call's objective before/after; for hybrid it includes
+        the replayed samples), ``loss`` (= ``loss_after``), ``steps`` (accepted
+        gradient steps), ``rollbacks`` and ``rolled_back`` (a step was undone).
+        """
+        obs, targets = _check_batch(batch, "batch")
+        if not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
+        if self.strategy == "none":
+            loss = float(self._loss_jit(self.params, obs, targets, loss_fn=loss_fn))
+            return {"loss_before": loss, "loss_after": loss, "loss": loss, "steps": 0,
+                    "rollbacks": 0, "rolled_back": False}
+        if self.strategy == "hybrid":
+            self._ensure_buffer(obs, targets)
+            rb._check_structure(self.buffer, {"observations": obs, "targets": targets}, "batch")
+            self._key, key = jax.random.split(self._key)
+            self.params, self.opt_state, info, self.buffer = self._hybrid_jit(
+                self.params, self.opt_state, obs, targets, self.buffer, key, loss_fn=loss_fn)
+        else:
+            self.params, self.opt_state, info = self._adapt_jit(
+                self.params, self.opt_state, obs, targets, loss_fn=loss_fn)
+        info = jax.device_get(info)
+        return {"loss_before": float(info.loss_before), "loss_after": float(info.loss_after),
+                "loss": float(info.loss_after), "steps": int(info.steps),
+                "rollbacks": int(info.rollbacks), "rolled_back": bool(info.rolled_back)}
+
+    def observe(self, context: Mapping[str, Any]) -> None:
+        """Record ``context`` (kept in ``self.context``).
+
+        In hybrid mode a context with ``'observations'`` and ``'targets'``
+        (N, ...) adds those N samples to the replay buffer, which later
+        ``adapt`` calls replay; a context with only one of the two keys is an
+        error there. Other strategies only keep the context (their gradient
+        steps use the ``adapt`` batch alone).
+        """
+        if not isinstance(context, Mapping):
+            raise ValueError(f"context must be a mapping, got {type(context).__name__}.")
+        self.context = dict(context)
+        if self.strategy != "hybrid":
+            return
+        present = [k for k in BATCH_KEYS if k in context]
+        if not present:
+            return
+        obs, targets = _check_batch(context, "context")
+        self._ensure_buffer(obs, targets)
+        items = {"observations": obs, "targets": targets}
+        rb._check_structure(self.buffer, items, "context")
+        self.buffer = self._add_jit(self.buffer, items)
+
+    def loss(self, batch: Mapping[str, Any], loss_fn: Callable = mse_loss) -> float:
+        """The loss of the current params on ``batch`` (no update)."""
+        obs, targets = _check_batch(batch, "batch")
+        return float(self._loss_jit(self.params, obs, targets, loss_fn=loss_fn))
