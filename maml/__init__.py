@@ -1,0 +1,31 @@
+"""Functional MAML (supervised and reinforcement learning) in JAX."""
+
+from maml.config import MAMLConfig
+from maml.core import (
+    MetaState,
+    build_mask,
+    inner_loop,
+    make_apply_fn,
+    make_optimizer,
+    meta_loss,
+    meta_update,
+    mse_loss,
+    predictions_of,
+)
+from maml.meta_maml import MetaMAML
+from maml.sinusoid import sample_sinusoid_tasks
+
+__all__ = [
+    "MAMLConfig",
+    "MetaMAML",
+    "MetaState",
+    "build_mask",
+    "inner_loop",
+    "make_apply_fn",
+    "make_optimizer",
+    "meta_loss",
+    "meta_update",
+    "mse_loss",
+    "predictions_of",
+    "sample_sinusoid_tasks",
+]

@@ -1,0 +1,312 @@
+"""Pure-function core of MAML / FOMAML / Meta-SGD / ANIL.
+
+Everything here is a pure function of arrays and pytrees, safe under ``jit``,
+``vmap`` and ``grad``; the ``MetaMAML`` class only binds the static pieces
+(apply function, loss, config) with ``functools.partial``.
+
+Notation (shapes are per task unless a leading ``T`` task axis is shown):
+  params     model parameters (any pytree).
+  inner_lr   a scalar, or a pytree with the structure and leaf shapes of
+             ``params`` (Meta-SGD per-parameter step sizes).
+  mask       ``None`` (adapt everything) or a pytree of Python bools with the
+             structure of ``params``; only ``True`` leaves are adapted in the
+             inner loop (ANIL-style adaptation of a subset). The mask is static:
+             frozen leaves are not even differentiated in the inner loop.
+  tasks      dict with ``support_x`` (T, ...), ``support_y`` (T, ...),
+             ``query_x`` (T, ...), ``query_y`` (T, ...).
+
+The inner loop is ``lax.scan`` over ``num_steps`` gradient steps, so compile
+time does not grow with the number of steps. ``first_order=True`` puts a
+``stop_gradient`` on every inner gradient: the adapted params are then
+``params - lr * sg(g)``, whose Jacobian w.r.t. ``params`` is the identity, so
+the meta-gradient becomes the FOMAML one (the query gradient at the adapted
+params), while a learned ``inner_lr`` still receives its (exact) gradient
+``-sg(g) * dL_query/dadapted``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, chex.Array], chex.Array]
+LossFn = Callable[[chex.Array, chex.Array], chex.Array]
+Objective = Callable[[PyTree, Any], chex.Array]
+
+
+# --------------------------------------------------------------------------
+# model / loss adapters
+# --------------------------------------------------------------------------
+def predictions_of(output) -> chex.Array:
+    """The predictions in a model output.
+
+    ``ssm_jax`` modules return ``(ys, carry)``; their predictions are ``ys``.
+    A tuple/list output is therefore read as ``(predictions, *extras)``; any
+    other output is the predictions themselves.
+    """
+    if isinstance(output, (tuple, list)):
+        if len(output) == 0:
+            raise ValueError("model returned an empty tuple; expected predictions or (predictions, carry).")
+        return output[0]
+    return output
+
+
+def make_apply_fn(model) -> ApplyFn:
+    """``(params, x) -> predictions`` from a Flax module or an apply function."""
+    if isinstance(model, nn.Module):
+        return lambda params, x: predictions_of(model.apply(params, x))
+    if callable(model):
+        return lambda params, x: predictions_of(model(params, x))
+    raise ValueError(
+        f"model must be a flax.linen.Module or a callable (params, x) -> predictions, got {type(model).__name__}."
+    )
+
+
+def mse_loss(predictions: chex.Array, targets: chex.Array) -> chex.Array:
+    """Mean squared error over every element; predictions and targets share a shape."""
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"loss_fn: predictions of shape {predictions.shape} do not match targets of shape {targets.shape}."
+        )
+    return jnp.mean(jnp.square(predictions - targets))
+
+
+def supervised_objective(apply_fn: ApplyFn, loss_fn: LossFn) -> Objective:
+    """``objective(params, (x, y)) = loss_fn(apply_fn(params, x), y)``."""
+
+    def objective(params, batch):
+        x, y = batch
+        return loss_fn(apply_fn(params, x), y)
+
+    return objective
+
+
+# --------------------------------------------------------------------------
+# masks and per-leaf step sizes
+# --------------------------------------------------------------------------
+def build_mask(params: PyTree, adapt_filter) -> Optional[PyTree]:
+    """Turn ``adapt_filter`` into a static mask pytree of Python bools (or None).
+
+    ``adapt_filter`` may be:
+      * ``None``: adapt every parameter (returns ``None``);
+      * a callable ``(path: str, leaf) -> bool`` where ``path`` is the
+        '/'-joined key path, e.g. ``"params/Dense_1/kernel"``;
+      * a sequence of strings: adapt the leaves whose path contains any of them;
+      * a pytree of bools with the structure of ``params``.
+    """
+    if adapt_filter is None:
+        return None
+    if isinstance(adapt_filter, str):
+        adapt_filter = (adapt_filter,)
+    if isinstance(adapt_filter, (tuple, list)) and all(isinstance(s, str) for s in adapt_filter):
+        names = tuple(adapt_filter)
+        predicate = lambda path, leaf: any(n in path for n in names)
+    elif callable(adapt_filter):
+        predicate = adapt_filter
+    else:
+        try:
+            mask = jax.tree.map(lambda _, m: bool(m), params, adapt_filter)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                "adapt_filter must be None, a predicate (path, leaf) -> bool, a list of path "
+                f"substrings, or a pytree of bools with the structure of params ({e})."
+            ) from None
+        return _checked_mask(mask)
+
+    def path_str(path):
+        parts = []
+        for k in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(k, attr):
+                    parts.append(str(getattr(k, attr)))
+                    break
+            else:
+                parts.append(str(k))
+        return "/".join(parts)
+
+    mask = jax.tree_util.tree_map_with_path(lambda p, leaf: bool(predicate(path_str(p), leaf)), params)
+    return _checked_mask(mask)
+
+
+def _checked_mask(mask):
+    if not any(jax.tree.leaves(mask)):
+        raise ValueError("adapt_filter selects no parameter to adapt; check the names/predicate.")
+    return mask
+
+
+def _flat_lrs(inner_lr, treedef, num_leaves) -> list:
+    """Per-leaf step sizes: a scalar is broadcast, a params-shaped pytree is flattened."""
+    if jax.tree.structure(inner_lr) == treedef:
+        return treedef.flatten_up_to(inner_lr)
+    leaves = jax.tree.leaves(inner_lr)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
+        return [leaves[0]] * num_leaves
+    raise ValueError(
+        "inner_lr must be a scalar or a pytree with the structure of params "
+        f"(got structure {jax.tree.structure(inner_lr)}, params have {treedef})."
+    )
+
+
+# --------------------------------------------------------------------------
+# inner loop
+# --------------------------------------------------------------------------
+def inner_loop(
+    params: PyTree,
+    inner_lr,
+    batch,
+    *,
+    objective: Objective,
+    num_steps: int,
+    mask: Optional[PyTree] = None,
+    first_order: bool = False,
+    remat: bool = False,
+):
+    """``num_steps`` gradient steps of ``objective(., batch)`` from ``params``.
+
+    Returns ``(adapted_params, losses)``: losses has shape ``(num_steps,)``,
+    the objective *before* each step (``losses[0]`` is the pre-adaptation
+    support loss). ``num_steps = 0`` returns ``params`` unchanged.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    mask_leaves = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
+    lrs = _flat_lrs(inner_lr, treedef, len(leaves))
+    idx = [i for i, m in enumerate(mask_leaves) if m]
+    frozen = list(leaves)
+    ad_lrs = [lrs[i] for i in idx]
+
+    def rebuild(adapted_leaves):
+        full = list(frozen)
+        for i, leaf in zip(idx, adapted_leaves):
+            full[i] = leaf
+        return jax.tree.unflatten(treedef, full)
+
+    def step(adapted_leaves, _):
+        loss, grads = jax.value_and_grad(lambda a: objective(rebuild(a), batch))(adapted_leaves)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        new = [a - lr * g for a, lr, g in zip(adapted_leaves, ad_lrs, grads)]
+        return new, loss
+
+    if remat:
+        step = jax.checkpoint(step)
+    adapted, losses = jax.lax.scan(step, [leaves[i] for i in idx], None, length=num_steps)
+    return rebuild(adapted), losses
+
+
+# --------------------------------------------------------------------------
+# outer objective
+# --------------------------------------------------------------------------
+def task_meta_loss(params, inner_lr, task, *, objective: Objective, num_steps: int,
+                   mask=None, first_order=False, remat=False):
+    """Query loss after adapting on the support set of one task, and metrics.
+
+    ``task`` has ``support_x``, ``support_y``, ``query_x``, ``query_y``
+    without a task axis. Returns ``(post_query_loss, metrics)`` with metrics
+    ``pre_query_loss`` (unadapted params, no gradient), ``pre_support_loss``.
+    """
+    adapted, losses = inner_loop(
+        params, inner_lr, (task["support_x"], task["support_y"]), objective=objective,
+        num_steps=num_steps, mask=mask, first_order=first_order, remat=remat,
+    )
+    query = (task["query_x"], task["query_y"])
+    post = objective(adapted, query)
+    pre = objective(jax.lax.stop_gradient(params), query)
+    pre_support = losses[0] if num_steps > 0 else objective(jax.lax.stop_gradient(params),
+                                                            (task["support_x"], task["support_y"]))
+    return post, {"pre_query_loss": pre, "post_query_loss": post,
+                  "pre_support_loss": jax.lax.stop_gradient(pre_support)}
+
+
+TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def check_tasks(tasks) -> int:
+    """Validate a task batch (at trace time) and return the number of tasks."""
+    if not isinstance(tasks, dict) or any(k not in tasks for k in TASK_KEYS):
+        got = sorted(tasks) if isinstance(tasks, dict) else type(tasks).__name__
+        raise ValueError(f"tasks must be a dict with keys {TASK_KEYS}, each with a leading task axis; got {got}.")
+    sizes = {k: (jnp.shape(tasks[k])[0] if jnp.ndim(tasks[k]) > 0 else None) for k in TASK_KEYS}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise ValueError(
+            f"tasks arrays must share a leading task axis; got leading sizes {sizes} "
+            f"(shapes { {k: jnp.shape(tasks[k]) for k in TASK_KEYS} })."
+        )
+    return next(iter(sizes.values()))
+
+
+def meta_loss(params, inner_lr, tasks, *, objective: Objective, num_steps: int,
+              mask=None, first_order=False, remat=False):
+    """Mean post-adaptation query loss over a batch of tasks (``vmap``).
+
+    Returns ``(loss, metrics)`` where metrics are task means of
+    ``task_meta_loss``'s metrics. Differentiable in ``params`` and ``inner_lr``.
+    """
+    check_tasks(tasks)
+    per_task = jax.vmap(
+        lambda t: task_meta_loss(params, inner_lr, t, objective=objective, num_steps=num_steps,
+                                 mask=mask, first_order=first_order, remat=remat)
+    )(tasks)
+    losses, metrics = per_task
+    return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+
+# --------------------------------------------------------------------------
+# meta-update
+# --------------------------------------------------------------------------
+@flax.struct.dataclass
+class MetaState:
+    """Carried state of meta-training.
+
+    params:   meta-parameters of the model (the MAML initialisation).
+    inner_lr: Meta-SGD per-parameter step sizes (pytree like params) or None
+              when the step size is the fixed config value.
+    opt_state: optax state over ``(params, inner_lr)``.
+    step:     number of meta-updates done (int32 scalar).
+    """
+
+    params: PyTree
+    inner_lr: Optional[PyTree]
+    opt_state: optax.OptState
+    step: chex.Array
+
+
+def make_optimizer(outer_lr: float, grad_clip: Optional[float] = None) -> optax.GradientTransformation:
+    """Adam at ``outer_lr``, preceded by global-norm clipping if ``grad_clip``."""
+    parts = []
+    if grad_clip is not None:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    parts.append(optax.adam(outer_lr))
+    return optax.chain(*parts)
+
+
+def init_state(params, optimizer, inner_lr: Optional[PyTree] = None) -> MetaState:
+    """Fresh MetaState; ``inner_lr`` is the learned step-size pytree or None."""
+    return MetaState(params=params, inner_lr=inner_lr,
+                     opt_state=optimizer.init((params, inner_lr)),
+                     step=jnp.zeros((), jnp.int32))
+
+
+def meta_update(state: MetaState, batch, *, loss: Callable, optimizer, fixed_inner_lr=None):
+    """One meta-step: gradient of ``loss(params, inner_lr, batch)`` and an optax update.
+
+    ``loss`` returns ``(scalar, metrics)``. If ``state.inner_lr`` is None the
+    fixed ``fixed_inner_lr`` is used and not learned. Returns
+    ``(new_state, metrics)``; metrics gain ``meta_grad_norm``.
+    """
+    def total(meta_params):
+        params, lr = meta_params
+        return loss(params, fixed_inner_lr if lr is None else lr, batch)
+
+    meta_params = (state.params, state.inner_lr)
+    (value, metrics), grads = jax.value_and_grad(total, has_aux=True)(meta_params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
+    params, lr = optax.apply_updates(meta_params, updates)
+    metrics = dict(metrics, meta_loss=value, meta_grad_norm=optax.tree.norm(grads))
+    return MetaState(params=params, inner_lr=lr, opt_state=opt_state, step=state.step + 1), metrics

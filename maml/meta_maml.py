@@ -1,0 +1,125 @@
+"""``MetaMAML``: the seeds' API as a thin shell over ``maml.core``.
+
+    maml = MetaMAML(model, inner_lr=0.01, outer_lr=0.001, num_inner_steps=1)
+    state = maml.init(params)
+    state, metrics = maml.meta_update(state, tasks)   # jitted once per shape
+
+``tasks`` is a dict of arrays ``support_x``, ``support_y``, ``query_x``,
+``query_y``, each with a leading task axis ``T``; the per-task arrays are what
+``model`` takes/produces (e.g. support_x ``(T, B, time, input_dim)`` for an
+``ssm_jax.SSM``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from maml import core
+from maml.config import MAMLConfig
+
+
+class MetaMAML:
+    """Model-Agnostic Meta-Learning (MAML, FOMAML, Meta-SGD, ANIL) in pure JAX.
+
+    Args:
+      model: a ``flax.linen.Module`` or an apply function ``(params, x) ->
+        predictions``. A tuple output ``(ys, carry)`` (the ``ssm_jax``
+        modules) is read as predictions ``ys``.
+      inner_lr, outer_lr, num_inner_steps, first_order, grad_clip,
+        learn_inner_lr, remat_inner: see ``MAMLConfig``.
+      loss_fn: ``(predictions, targets) -> scalar``; default mean squared error.
+      adapt_filter: which params the inner loop adapts (see
+        ``core.build_mask``): None (all), a predicate ``(path, leaf) -> bool``,
+        path substrings such as ``["Dense_2"]`` (ANIL: the head only), or a
+        bool pytree.
+    """
+
+    def __init__(self, model, inner_lr: float = 0.01, outer_lr: float = 0.001,
+                 num_inner_steps: int = 1, first_order: bool = False, loss_fn=None,
+                 grad_clip: Optional[float] = None, learn_inner_lr: bool = False,
+                 adapt_filter=None, remat_inner: bool = False):
+        self.config = MAMLConfig(inner_lr=inner_lr, outer_lr=outer_lr,
+                                 num_inner_steps=num_inner_steps, first_order=first_order,
+                                 grad_clip=grad_clip, learn_inner_lr=learn_inner_lr,
+                                 remat_inner=remat_inner)
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
+        self.model = model
+        self.apply_fn = core.make_apply_fn(model)
+        self.loss_fn = core.mse_loss if loss_fn is None else loss_fn
+        self.objective = core.supervised_objective(self.apply_fn, self.loss_fn)
+        self.adapt_filter = adapt_filter
+        self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
+        self._mask = None
+        self._mask_treedef = None
+        self._meta_update = jax.jit(self._meta_update_impl)
+
+    # ------------------------------------------------------------------ state
+    def init(self, params) -> core.MetaState:
+        """MetaState holding ``params`` (and Meta-SGD step sizes if learned)."""
+        self._set_mask(params)
+        lr = None
+        if self.config.learn_inner_lr:
+            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.result_type(p)),
+                              params)
+        return core.init_state(params, self.optimizer, lr)
+
+    def _set_mask(self, params):
+        treedef = jax.tree.structure(params)
+        if self._mask_treedef is None or self._mask_treedef != treedef:
+            self._mask = core.build_mask(params, self.adapt_filter)
+            self._mask_treedef = treedef
+        return self._mask
+
+    def _lr(self, inner_lr):
+        return self.config.inner_lr if inner_lr is None else inner_lr
+
+    def _kw(self, params):
+        return dict(objective=self.objective, num_steps=self.config.num_inner_steps,
+                    mask=self._set_mask(params), first_order=self.config.first_order,
+                    remat=self.config.remat_inner)
+
+    # ------------------------------------------------------------ inner/outer
+    def inner_loop(self, params, support_x, support_y, inner_lr=None):
+        """Adapted params after ``num_inner_steps`` steps on the support set.
+
+        ``inner_lr``: None (the config value), a scalar, or Meta-SGD step
+        sizes (``state.inner_lr``).
+        """
+        adapted, _ = core.inner_loop(params, self._lr(inner_lr), (support_x, support_y),
+                                     **self._kw(params))
+        return adapted
+
+    adapt = inner_loop
+
+    def outer_loop(self, adapted_params, query_x, query_y):
+        """Query loss of ``adapted_params`` (scalar)."""
+        return self.objective(adapted_params, (query_x, query_y))
+
+    def meta_loss(self, params, tasks, inner_lr=None):
+        """Mean post-adaptation query loss over the task batch; differentiable."""
+        loss, _ = core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+        return loss
+
+    def meta_loss_and_metrics(self, params, tasks, inner_lr=None):
+        """``(meta_loss, metrics)`` with pre/post-adaptation losses."""
+        return core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+
+    # ------------------------------------------------------------ meta-update
+    def _meta_update_impl(self, state, tasks):
+        loss = functools.partial(core.meta_loss, **self._kw(state.params))
+        return core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
+                                fixed_inner_lr=self.config.inner_lr)
+
+    def meta_update(self, state: core.MetaState, tasks):
+        """One jitted meta-step. Returns ``(state, metrics)``; metrics holds
+        ``pre_query_loss``, ``post_query_loss``, ``pre_support_loss``,
+        ``meta_loss`` and ``meta_grad_norm`` (scalars)."""
+        if not isinstance(state, core.MetaState):
+            raise ValueError(f"state must be the MetaState returned by init(params), got {type(state).__name__}.")
+        core.check_tasks(tasks)
+        return self._meta_update(state, tasks)
