@@ -1,0 +1,416 @@
+"""Jitted rollouts of an `ssm_jax`-style policy in a gymnax environment.
+
+`rollout` runs ONE task: `jax.lax.scan` over time, `jax.vmap` over `num_envs` parallel
+environments, gymnax's auto-reset, the policy's recurrent carry reset at episode boundaries
+(through the `reset` argument of the policy's step) or kept across episodes. `rollout_tasks`
+`vmap`s it over a batch of tasks. Both are jit-compiled end to end and may be called inside
+an outer `jit`, `vmap` or `jax.grad` (e.g. with traced, adapted params in MAML-RL).
+
+Key schedule (what a reference loop must replicate to reproduce a rollout exactly)::
+
+    key_reset, key_steps = jax.random.split(key)
+    obs_0, state_0 = vmap(env.reset)(jax.random.split(key_reset, num_envs), task)
+    step_keys = jax.random.split(key_steps, num_steps)           # one key per time step
+    for t in range(num_steps):
+        key_policy, key_env = jax.random.split(step_keys[t])
+        action_t = dist_t.sample(key_policy)                     # or dist_t.mode()
+        ... = vmap(env.step)(jax.random.split(key_env, num_envs), state_t, action_t, task)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from gymnax.environments.environment import Environment
+
+from envs.observation import check_obs_mode, observe
+from envs.registry import DEFAULT_ENV_NAME, make
+
+
+@flax.struct.dataclass
+class Trajectory:
+    """A batch of rollouts of one task. `E` = num_envs, `T` = num_steps, `D` = obs_dim.
+
+    Time step `t` means: the policy saw `obs[:, t]`, chose `actions[:, t]`, and the
+    environment answered with `rewards[:, t]` and the flags `dones[:, t]`.
+
+    Attributes:
+      obs: `(E, T, D)` float32, the observation the policy saw at step `t` (after the
+        observation mode, so `D` is `envs.obs_dim(env, obs_mode)`). After a done step, the
+        next observation is the first observation of the new (auto-reset) episode.
+      actions: `(E, T)` int32 for discrete actions, `(E, T, action_dim)` float32 for
+        continuous ones. Wrapped in `stop_gradient`.
+      rewards: `(E, T)` float32.
+      dones: `(E, T)` bool, `terminated | truncated`: the episode ended at this step.
+      terminated: `(E, T)` bool, natural termination (pole fell, cart left the track).
+      truncated: `(E, T)` bool, time limit (`task.max_steps_in_episode`) reached.
+      log_probs: `(E, T)` float32, `dist.log_prob(action)` under the params used to act.
+      values: `(E, T)` float32, the policy's value head at step `t`.
+      resets: `(E, T)` bool, True where `obs[:, t]` starts a new episode: every row at
+        `t = 0`, and `dones[:, t - 1]` afterwards. This is the `resets` argument to give the
+        policy's sequence `apply` to recompute the same outputs from `obs` (when the rollout
+        was made with `carry_across_episodes=False`; with True, pass `resets` that are True
+        only at `t = 0`, or `None`).
+      episode_returns: `(E, T)` float32, the undiscounted return of the episode that ended at
+        step `t` (exact, summed over all its steps even across auto-reset and, for the first
+        episode, from `t = 0`) where `dones[:, t]`, and 0 elsewhere.
+      last_obs: `(E, D)`, the observation following the last step (for bootstrapping).
+      last_reset: `(E,)` bool, True where `last_obs` starts a new episode (= `dones[:, -1]`).
+      last_value: `(E,)` float32, value of `last_obs` from `final_carry` (carry reset first
+        where `last_reset`, unless the rollout kept carries across episodes).
+      final_carry: the policy carry after consuming `obs[:, T - 1]` (leading axis `E` on
+        every leaf); feeding it `last_obs` continues the recurrence.
+    """
+
+    obs: jax.Array
+    actions: jax.Array
+    rewards: jax.Array
+    dones: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    log_probs: jax.Array
+    values: jax.Array
+    resets: jax.Array
+    episode_returns: jax.Array
+    last_obs: jax.Array
+    last_reset: jax.Array
+    last_value: jax.Array
+    final_carry: Any
+
+
+def num_episodes(traj: Trajectory) -> jax.Array:
+    """Number of episodes completed in the trajectory (any leading axes are summed over)."""
+    return jnp.sum(traj.dones)
+
+
+def mean_episode_return(traj: Trajectory) -> jax.Array:
+    """Mean return of the episodes completed in `traj` (float32 scalar; NaN if none completed).
+
+    Episodes still running at the end of the rollout are not counted. Works on a batched
+    trajectory from `rollout_tasks` too (averages over all tasks' completed episodes).
+    """
+    n = jnp.sum(traj.dones)
+    total = jnp.sum(jnp.where(traj.dones, traj.episode_returns, 0.0))
+    return jnp.where(n > 0, total / jnp.maximum(n, 1), jnp.nan).astype(jnp.float32)
+
+
+def episode_returns_per_row(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
+    """Per-row `(sum of completed-episode returns, number of completed episodes)`.
+
+    Shapes: `traj.dones.shape[:-1]` for both (e.g. `(E,)`, or `(num_tasks, E)` batched). The
+    caller divides where the count is positive, e.g. to average per task.
+    """
+    total = jnp.sum(jnp.where(traj.dones, traj.episode_returns, 0.0), axis=-1)
+    count = jnp.sum(traj.dones, axis=-1)
+    return total, count
+
+
+# --------------------------------------------------------------------------------------------
+# validation (plain Python on shapes: works with traced arrays inside an outer jit/vmap/grad)
+
+
+def _resolve_env(env) -> Environment:
+    if env is None:
+        return make(DEFAULT_ENV_NAME)[0]
+    if not isinstance(env, Environment):
+        raise ValueError(
+            f"env must be a gymnax Environment (e.g. envs.make('CartPole-v1')[0]) or None, "
+            f"got {type(env).__name__}"
+        )
+    return env
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> None:
+    """Task leaves must have shape `leading + default leaf shape`."""
+    default = env.default_params
+    d_leaves, d_def = jax.tree_util.tree_flatten(default)
+    try:
+        t_leaves, t_def = jax.tree_util.tree_flatten(task)
+    except Exception as err:  # pragma: no cover - defensive
+        raise ValueError(f"{fn}: task must be a {type(default).__name__} pytree") from err
+    if t_def != d_def:
+        raise ValueError(
+            f"{fn}: task must be a {type(default).__name__} pytree like env.default_params, "
+            f"got {type(task).__name__}"
+        )
+    names = [f.name for f in getattr(type(default), "__dataclass_fields__", {}).values()]
+    for i, (t, d) in enumerate(zip(t_leaves, d_leaves)):
+        want = tuple(leading) + tuple(jnp.shape(d))
+        if tuple(jnp.shape(t)) != want:
+            field = names[i] if i < len(names) else f"leaf {i}"
+            hint = (
+                " (rollout takes ONE task without a task axis: use rollout_tasks for a batch)"
+                if not leading
+                else " (rollout_tasks takes tasks with one leading task axis)"
+            )
+            raise ValueError(
+                f"{fn}: task field {field!r} must have shape {want}, got {tuple(jnp.shape(t))}"
+                + hint
+            )
+
+
+def _check_policy(policy, env: Environment, obs_mode: str, task) -> None:
+    for attr in ("apply", "initialize_carry"):
+        if not hasattr(policy, attr):
+            raise ValueError(
+                f"policy must follow the ssm_jax policy contract (apply(..., method='step'), "
+                f"initialize_carry(batch)); {type(policy).__name__} has no {attr!r}"
+            )
+    want = getattr(policy, "obs_dim", None)
+    if isinstance(want, int):
+        full_shape = env.observation_space(env.default_params).shape
+        got = jax.eval_shape(
+            lambda: observe(jnp.zeros(full_shape, jnp.float32), obs_mode, env)
+        ).shape[-1]
+        if want != got:
+            raise ValueError(
+                f"policy.obs_dim is {want} but {env.name} observations in obs_mode="
+                f"{obs_mode!r} have {got} components (envs.obs_dim(env, obs_mode))"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# the rollout
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "policy",
+        "num_envs",
+        "num_steps",
+        "obs_mode",
+        "carry_across_episodes",
+        "env",
+        "deterministic",
+        "unroll",
+    ),
+)
+def _rollout(
+    key,
+    policy,
+    params,
+    task,
+    *,
+    num_envs: int,
+    num_steps: int,
+    obs_mode: str,
+    carry_across_episodes: bool,
+    env: Environment,
+    deterministic: bool,
+    unroll: int,
+) -> Trajectory:
+    vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    key_reset, key_steps = jax.random.split(key)
+    full_obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(key_reset, num_envs), task
+    )
+    obs = observe(full_obs, obs_mode, env).astype(jnp.float32)
+    carry = policy.initialize_carry(num_envs)
+    reset = jnp.ones((num_envs,), dtype=bool)
+    running = jnp.zeros((num_envs,), dtype=jnp.float32)
+    never = jnp.zeros((num_envs,), dtype=bool)
+
+    def policy_reset(r):
+        return never if carry_across_episodes else r
+
+    def body(state, key_t):
+        env_state, obs, reset, carry, running = state
+        key_policy, key_env = jax.random.split(key_t)
+        out, carry = policy.apply(params, obs, carry, policy_reset(reset), method="step")
+        dist = out.dist
+        action = dist.mode() if deterministic else dist.sample(key_policy)
+        action = jax.lax.stop_gradient(action)
+        log_prob = dist.log_prob(action)
+        full_next, env_state, reward, terminated, truncated, _ = vstep(
+            jax.random.split(key_env, num_envs), env_state, action, task
+        )
+        reward = reward.astype(jnp.float32)
+        terminated = terminated.astype(bool)
+        truncated = truncated.astype(bool)
+        done = terminated | truncated
+        running = running + reward
+        ep_return = jnp.where(done, running, 0.0)
+        running = jnp.where(done, 0.0, running)
+        next_obs = observe(full_next, obs_mode, env).astype(jnp.float32)
+        per_step = (
+            obs,
+            action,
+            reward,
+            done,
+            terminated,
+            truncated,
+            log_prob.astype(jnp.float32),
+            out.value.astype(jnp.float32),
+            reset,
+            ep_return,
+        )
+        return (env_state, next_obs, done, carry, running), per_step
+
+    init = (env_state, obs, reset, carry, running)
+    (_, last_obs, last_reset, carry, _), ys = jax.lax.scan(
+        body, init, jax.random.split(key_steps, num_steps), unroll=unroll
+    )
+    # time-major (T, E, ...) -> env-major (E, T, ...)
+    ys = jax.tree_util.tree_map(lambda y: jnp.swapaxes(y, 0, 1), ys)
+    last_out, _ = policy.apply(params, last_obs, carry, policy_reset(last_reset), method="step")
+    return Trajectory(
+        obs=ys[0],
+        actions=ys[1],
+        rewards=ys[2],
+        dones=ys[3],
+        terminated=ys[4],
+        truncated=ys[5],
+        log_probs=ys[6],
+        values=ys[7],
+        resets=ys[8],
+        episode_returns=ys[9],
+        last_obs=last_obs,
+        last_reset=last_reset,
+        last_value=last_out.value.astype(jnp.float32),
+        final_carry=carry,
+    )
+
+
+def rollout(
+    key: jax.Array,
+    policy,
+    params,
+    task=None,
+    *,
+    num_envs: int,
+    num_steps: int,
+    obs_mode: str = "full",
+    carry_across_episodes: bool = False,
+    env: Environment | None = None,
+    deterministic: bool = False,
+    unroll: int = 1,
+) -> Trajectory:
+    """Roll out `policy` for `num_steps` steps in `num_envs` parallel copies of ONE task.
+
+    Jitted end to end (one compilation per combination of static arguments and shapes); may be
+    called inside an outer `jit`, `vmap` or `jax.grad` with traced `params`/`task`/`key`.
+
+    Args:
+      key: PRNG key; the whole rollout is a pure function of it (see the module docstring for
+        the exact key schedule).
+      policy: a module following the `ssm_jax` policy contract: `policy.initialize_carry(B)`
+        returns a carry pytree with leading axis `B`, and
+        `out, carry = policy.apply(params, obs, carry, reset, method="step")` takes `obs`
+        `(B, obs_dim)` and `reset` `(B,)` bool (rows reset to the initial carry first) and
+        returns `out.dist` (with `sample(key)`, `mode()`, `log_prob(a)`) and `out.value (B,)`.
+        Must be hashable (flax modules are): it is a static argument.
+      params: the policy's flax params (may be traced, e.g. adapted params inside `jax.grad`).
+      task: ONE task, an `EnvParams` pytree of `env` without a task axis (e.g. one element of
+        `envs.CartPoleTasks(...).sample(...)`; inverted-force CartPole tasks carry a negative
+        `force_mag`). `None` means `env.default_params`. For a batch use `rollout_tasks`.
+      num_envs: number of parallel environments `E` (static).
+      num_steps: number of time steps `T` (static).
+      obs_mode: `"full"` or `"partial"` (velocities dropped; see `envs.observation`).
+      carry_across_episodes: False (default): the policy carry is reset whenever an episode
+        starts. True: it is reset only at `t = 0` and kept across auto-resets, so a recurrent
+        policy can adapt in context over several episodes of the same task.
+      env: a gymnax `Environment` (static, hashed by identity: use `envs.make(name)[0]`, which
+        caches); `None` means CartPole-v1.
+      deterministic: act with `dist.mode()` instead of sampling.
+      unroll: `lax.scan` unroll factor (a speed knob; results do not depend on it).
+
+    Returns:
+      A `Trajectory` with leading axes `(num_envs, num_steps)`; see its docstring. Actions are
+      `stop_gradient`-ed; `log_probs` and `values` are differentiable functions of `params`
+      (their gradient is the score-function gradient at fixed samples), but callers such as
+      MAML-RL usually recompute log-probs from `traj.obs`/`traj.actions`/`traj.resets`.
+
+    Raises:
+      ValueError: on a non-positive `num_envs`/`num_steps`, an unknown `obs_mode`, a task
+        with a leading task axis or of the wrong type, a policy whose `obs_dim` does not match
+        the observation mode, or an `env` that is not a gymnax environment.
+    """
+    _check_positive_int("num_envs", num_envs)
+    _check_positive_int("num_steps", num_steps)
+    _check_positive_int("unroll", unroll)
+    env = _resolve_env(env)
+    check_obs_mode(obs_mode, env)
+    task = env.default_params if task is None else task
+    _check_task(task, env, (), "rollout")
+    _check_policy(policy, env, obs_mode, task)
+    return _rollout(
+        key,
+        policy,
+        params,
+        task,
+        num_envs=num_envs,
+        num_steps=num_steps,
+        obs_mode=obs_mode,
+        carry_across_episodes=bool(carry_across_episodes),
+        env=env,
+        deterministic=bool(deterministic),
+        unroll=unroll,
+    )
+
+
+def rollout_tasks(
+    key: jax.Array,
+    policy,
+    params,
+    tasks,
+    *,
+    params_per_task: bool = False,
+    env: Environment | None = None,
+    **kwargs,
+) -> Trajectory:
+    """`rollout` `vmap`ped over a batch of tasks.
+
+    Args:
+      key: PRNG key, split into one key per task (`jax.random.split(key, num_tasks)`, task
+        `i` gets key `i`), so task `i`'s trajectory equals
+        `rollout(keys[i], policy, params, task_i, ...)`.
+      policy: as in `rollout`.
+      params: shared policy params, or (with `params_per_task=True`) params whose every leaf
+        has a leading task axis (e.g. per-task adapted params in MAML).
+      tasks: an `EnvParams` pytree with a leading task axis `N` on every leaf (as returned by
+        `CartPoleTasks.sample`).
+      params_per_task: whether `params` has a leading task axis.
+      env, **kwargs: as in `rollout` (`num_envs`, `num_steps`, `obs_mode`, ...).
+
+    Returns:
+      A `Trajectory` with leading axes `(N, num_envs, num_steps)` (`final_carry` leaves
+      `(N, num_envs, ...)`).
+
+    Equivalently, from the outside::
+
+      jax.vmap(lambda k, t: envs.rollout(k, policy, params, t, num_envs=E, num_steps=T))(
+          jax.random.split(key, N), tasks)
+    """
+    env = _resolve_env(env)
+    leaves = jax.tree_util.tree_leaves(tasks)
+    if not leaves or jnp.ndim(leaves[0]) < 1:
+        raise ValueError(
+            "rollout_tasks: tasks must have a leading task axis on every leaf "
+            "(e.g. CartPoleTasks(...).sample(key, num_tasks)); for one task use rollout"
+        )
+    n = jnp.shape(leaves[0])[0]
+    _check_task(tasks, env, (n,), "rollout_tasks")
+    if params_per_task:
+        bad = [jnp.shape(p) for p in jax.tree_util.tree_leaves(params) if jnp.shape(p)[:1] != (n,)]
+        if bad:
+            raise ValueError(
+                f"rollout_tasks: with params_per_task=True every params leaf needs a leading "
+                f"task axis of size {n}; got a leaf of shape {bad[0]}"
+            )
+
+    def one(k, p, t):
+        return rollout(k, policy, p, t, env=env, **kwargs)
+
+    return jax.vmap(one, in_axes=(0, 0 if params_per_task else None, 0))(
+        jax.random.split(key, n), params, tasks
+    )

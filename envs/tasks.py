@@ -1,0 +1,225 @@
+"""`CartPoleTasks`: a distribution of CartPole physics, with train and held-out test splits.
+
+A task is a gymnax CartPole `EnvParams`. Sampling varies the pole length, pole mass, cart mass,
+gravity and force magnitude uniformly over `(min, max)` ranges, and the force *direction*:
+
+Force direction (design). gymnax computes the push as
+`force = force_mag * action - force_mag * (1 - action)`, i.e. `+force_mag` for action 1 and
+`-force_mag` for action 0, so a *negative* `force_mag` mirrors the meaning of the two actions
+exactly (action 1 pushes left) and leaves everything else unchanged. An inverted task is
+therefore a plain `EnvParams` with `force_mag < 0`: no wrapper, no extra field, any code that
+steps gymnax CartPole with it gets the inverted dynamics. `is_inverted(tasks)` tells them apart;
+the `force_mag` range is a range of *magnitudes* and must be positive.
+
+Derived fields are recomputed from the sampled ones in every task:
+`total_mass = masscart + masspole`, `polemass_length = masspole * length`.
+
+Splits. `"train"` samples every field from the train ranges. `"test"` samples from the test
+ranges, which by default equal the train ranges except that they reach *outside* them on three
+axes (longer poles, heavier poles and carts; see `DEFAULT_TEST_RANGES`), so evaluation measures
+generalisation. The two splits also draw from independent key streams (the key is folded with
+the split id), so the same key never gives the same tasks in both splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import jax
+import jax.numpy as jnp
+from gymnax.environments.classic_control.cartpole import EnvParams
+
+#: The sampled (varied) `EnvParams` fields, in sampling order.
+VARIED_FIELDS: tuple[str, ...] = ("length", "masspole", "masscart", "gravity", "force_mag")
+
+#: Default test-split ranges that differ from the (default) train ranges: each reaches above
+#: the train maximum. Fields not listed use the train range.
+DEFAULT_TEST_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "length": (0.25, 1.0),  # train (0.25, 0.75)
+        "masspole": (0.05, 0.3),  # train (0.05, 0.2)
+        "masscart": (0.5, 2.0),  # train (0.5, 1.5)
+    }
+)
+
+SPLITS: tuple[str, ...] = ("train", "test")
+_SPLIT_IDS = {"train": 0, "test": 1}
+
+
+def _check_range(name: str, value, *, positive: bool) -> tuple[float, float]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if lo > hi:
+        raise ValueError(f"{name} must have min <= max, got min={lo} > max={hi}")
+    if positive and lo <= 0.0:
+        raise ValueError(f"{name} must be strictly positive, got min={lo}")
+    return lo, hi
+
+
+@dataclasses.dataclass(frozen=True)
+class CartPoleTasks:
+    """A distribution of CartPole-v1 tasks (gymnax `EnvParams`).
+
+    Every range is a `(min, max)` pair sampled uniformly, named after the `EnvParams` field
+    (defaults in parentheses; gymnax's default CartPole value in brackets):
+
+    Attributes:
+      length: half pole length in m, `(0.25, 0.75)` [0.5].
+      masspole: pole mass in kg, `(0.05, 0.2)` [0.1].
+      masscart: cart mass in kg, `(0.5, 1.5)` [1.0].
+      gravity: in m/s^2, `(8.0, 12.0)` [9.8].
+      force_mag: magnitude of the push in N, `(6.0, 14.0)` [10.0]; the sign is set by the
+        force direction (see `inverted_fraction`).
+      inverted_fraction: fraction of tasks whose force direction is inverted (stored as a
+        negative `force_mag`), `0.5`. Exactly `round(inverted_fraction * num_tasks)` tasks of
+        every sampled batch are inverted, at random positions, in both splits.
+      test_ranges: ranges of the `"test"` split that differ from the train ranges, a mapping
+        from field name (one of `VARIED_FIELDS`) to `(min, max)`; `DEFAULT_TEST_RANGES` by
+        default (length up to 1.0, masspole up to 0.3, masscart up to 2.0: all beyond the train
+        maxima).
+      max_steps_in_episode: episode time limit, `500` (CartPole-v1).
+
+    Raises:
+      ValueError (on construction): a range that is not a finite `(min, max)` pair, has
+      `min > max`, or a non-positive minimum (lengths, masses, gravity and force magnitudes must
+      be > 0); `inverted_fraction` outside [0, 1]; an unknown `test_ranges` field;
+      `max_steps_in_episode < 1`.
+    """
+
+    length: tuple[float, float] = (0.25, 0.75)
+    masspole: tuple[float, float] = (0.05, 0.2)
+    masscart: tuple[float, float] = (0.5, 1.5)
+    gravity: tuple[float, float] = (8.0, 12.0)
+    force_mag: tuple[float, float] = (6.0, 14.0)
+    inverted_fraction: float = 0.5
+    test_ranges: Mapping[str, tuple[float, float]] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_TEST_RANGES)
+    )
+    max_steps_in_episode: int = 500
+
+    def __post_init__(self):
+        for name in VARIED_FIELDS:
+            object.__setattr__(
+                self, name, _check_range(name, getattr(self, name), positive=True)
+            )
+        frac = self.inverted_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+            raise ValueError(f"inverted_fraction must be a number in [0, 1], got {frac!r}")
+        object.__setattr__(self, "inverted_fraction", float(frac))
+        if not isinstance(self.test_ranges, Mapping):
+            raise ValueError(
+                f"test_ranges must be a mapping field -> (min, max), got {self.test_ranges!r}"
+            )
+        checked = {}
+        for name, value in self.test_ranges.items():
+            if name not in VARIED_FIELDS:
+                raise ValueError(
+                    f"test_ranges: unknown field {name!r}; expected one of {list(VARIED_FIELDS)}"
+                )
+            checked[name] = _check_range(f"test_ranges[{name!r}]", value, positive=True)
+        object.__setattr__(self, "test_ranges", MappingProxyType(checked))
+        steps = self.max_steps_in_episode
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"max_steps_in_episode must be a positive int, got {steps!r}")
+
+    def __hash__(self):  # frozen dataclass with a mapping field: hash its items
+        return hash(
+            tuple(getattr(self, f) for f in VARIED_FIELDS)
+            + (self.inverted_fraction, tuple(sorted(self.test_ranges.items())))
+            + (self.max_steps_in_episode,)
+        )
+
+    def ranges(self, split: str = "train") -> dict[str, tuple[float, float]]:
+        """The `(min, max)` range of every varied field (force_mag: magnitude) in `split`."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        out = {name: getattr(self, name) for name in VARIED_FIELDS}
+        if split == "test":
+            out.update(self.test_ranges)
+        return out
+
+    def sample(self, key: jax.Array, num_tasks: int, split: str = "train") -> EnvParams:
+        """Sample `num_tasks` tasks of `split` ("train" or "test"): a pure function of `key`.
+
+        Returns:
+          A gymnax CartPole `EnvParams` whose every leaf has shape `(num_tasks,)` (float32,
+          `max_steps_in_episode` int32): usable with `vmap(..., in_axes=0)` and
+          `envs.rollout_tasks`. Inverted tasks have `force_mag < 0`. Works under `jit` with
+          `num_tasks` and `split` static.
+        """
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+        ranges = self.ranges(split)
+        key = jax.random.fold_in(key, _SPLIT_IDS[split])
+        keys = jax.random.split(key, len(VARIED_FIELDS) + 1)
+        values = {}
+        for k, name in zip(keys[:-1], VARIED_FIELDS):  # loop over fields, not tasks
+            lo, hi = ranges[name]
+            values[name] = jax.random.uniform(
+                k, (num_tasks,), dtype=jnp.float32, minval=lo, maxval=hi
+            )
+        num_inverted = int(round(self.inverted_fraction * num_tasks))
+        signs = jnp.where(jnp.arange(num_tasks) < num_inverted, -1.0, 1.0).astype(jnp.float32)
+        signs = jax.random.permutation(keys[-1], signs)
+        return make_cartpole_params(
+            length=values["length"],
+            masspole=values["masspole"],
+            masscart=values["masscart"],
+            gravity=values["gravity"],
+            force_mag=signs * values["force_mag"],
+            max_steps_in_episode=self.max_steps_in_episode,
+        )
+
+
+def make_cartpole_params(
+    *, length, masspole, masscart, gravity, force_mag, max_steps_in_episode=500
+) -> EnvParams:
+    """CartPole `EnvParams` from the physical fields, with consistent derived fields.
+
+    Arguments broadcast against each other (scalars or arrays with a common leading task axis);
+    `total_mass = masscart + masspole` and `polemass_length = masspole * length` are computed
+    here, and the remaining fields (`tau`, thresholds) take gymnax's defaults, broadcast to the
+    same shape. A negative `force_mag` inverts the force direction.
+    """
+    f32 = lambda v: jnp.asarray(v, dtype=jnp.float32)  # noqa: E731
+    length, masspole, masscart, gravity, force_mag = map(
+        f32, (length, masspole, masscart, gravity, force_mag)
+    )
+    shape = jnp.broadcast_shapes(
+        length.shape, masspole.shape, masscart.shape, gravity.shape, force_mag.shape
+    )
+    default = EnvParams()
+    full = lambda v, dtype=jnp.float32: jnp.broadcast_to(jnp.asarray(v, dtype), shape)  # noqa: E731
+    return EnvParams(
+        gravity=full(gravity),
+        masscart=full(masscart),
+        masspole=full(masspole),
+        total_mass=full(masscart + masspole),
+        length=full(length),
+        polemass_length=full(masspole * length),
+        force_mag=full(force_mag),
+        tau=full(default.tau),
+        theta_threshold_radians=full(default.theta_threshold_radians),
+        x_threshold=full(default.x_threshold),
+        max_steps_in_episode=full(max_steps_in_episode, jnp.int32),
+    )
+
+
+def is_inverted(tasks: EnvParams) -> jax.Array:
+    """Boolean array (task axis shape) that is True for inverted-force tasks (`force_mag < 0`)."""
+    return jnp.asarray(tasks.force_mag) < 0
+
+
+def force_sign(tasks: EnvParams) -> jax.Array:
+    """`+1.0` for normal tasks, `-1.0` for inverted-force tasks (float32, task axis shape)."""
+    return jnp.where(is_inverted(tasks), -1.0, 1.0).astype(jnp.float32)
