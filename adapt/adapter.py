@@ -17,7 +17,8 @@ Strategies:
                 ``cfg.divergence_threshold`` and ``cfg.max_steps_per_call`` are.
   ``"hybrid"``  ``"online"`` on the current batch pooled with samples replayed
                 from a ring buffer of earlier experience (``observe`` and, by
-                default, earlier ``adapt`` batches feed it).
+                default, earlier ``adapt`` batches feed it; batches holding a
+                non-finite value are never stored).
 
 One jitted function per adapter runs a whole ``adapt`` call (sampling the
 replay, every step and the buffer update). ``loss_fn`` is a static argument:
@@ -69,6 +70,12 @@ def _check_batch(batch, what: str):
     if obs.shape[0] == 0:
         raise ValueError(f"{what} is empty (0 samples).")
     return obs, targets
+
+
+def _guarded_add(buffer: rb.ReplayBuffer, items) -> rb.ReplayBuffer:
+    """``buffer_add`` unless a sample is non-finite: then the whole batch is
+    dropped, so a bad batch can never poison later replayed steps."""
+    return core.tree_select(core.tree_all_finite(items), rb.buffer_add(buffer, items), buffer)
 
 
 class Adapter:
@@ -128,7 +135,7 @@ class Adapter:
         self._adapt_jit = jax.jit(self._adapt_impl, static_argnames=("loss_fn",))
         self._hybrid_jit = jax.jit(self._hybrid_impl, static_argnames=("loss_fn",))
         self._loss_jit = jax.jit(self._loss_impl, static_argnames=("loss_fn",))
-        self._add_jit = jax.jit(rb.buffer_add)
+        self._add_jit = jax.jit(_guarded_add)
         self.reset()
 
     # ------------------------------------------------------------------ setup
@@ -190,7 +197,7 @@ class Adapter:
             num_steps=self.cfg.max_steps_per_call, divergence_threshold=self.cfg.threshold,
                                 monotone=self.cfg.monotone)
         if self.cfg.store_adapt_batches:
-            buffer = rb.buffer_add(buffer, {"observations": obs, "targets": targets})
+            buffer = _guarded_add(buffer, {"observations": obs, "targets": targets})
         return params, opt_state, info, buffer
 
     # ------------------------------------------------------------- public API
@@ -238,8 +245,8 @@ class Adapter:
 
         In hybrid mode a context with ``'observations'`` and ``'targets'``
         (N, ...) adds those N samples to the replay buffer, which later
-        ``adapt`` calls replay; a context with only one of the two keys is an
-        error there. Other strategies only keep the context (their gradient
+        ``adapt`` calls replay (a batch with a non-finite value is dropped
+        whole); a context with only one of the two keys is an error there. Other strategies only keep the context (their gradient
         steps use the ``adapt`` batch alone).
         """
         if not isinstance(context, Mapping):
