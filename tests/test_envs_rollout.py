@@ -1,0 +1,310 @@
+"""Tests for envs.rollout: exactness vs a hand-stepped gymnax loop, resets, carries, vmap, jit."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from envs.rollout import _rollout
+from ssm_jax import Categorical, MLPPolicy, PolicyOutput, SSMPolicy
+
+
+class UniformPolicy(nn.Module):
+    """A parameter-free policy that ignores its observations (the ssm_jax contract)."""
+
+    action_dim: int = 2
+
+    @nn.compact
+    def __call__(self, obs_seq, resets=None, carry=None):
+        shape = obs_seq.shape[:-1]
+        return PolicyOutput(Categorical(jnp.zeros(shape + (self.action_dim,))), jnp.zeros(shape)), carry
+
+    def step(self, obs, carry, reset=None):
+        b = obs.shape[0]
+        return PolicyOutput(Categorical(jnp.zeros((b, self.action_dim))), jnp.zeros((b,))), carry
+
+    def initialize_carry(self, batch_size):
+        return jnp.zeros((batch_size, 0))
+
+
+def _init(policy, obs_dim=4, seed=0):
+    return policy.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, obs_dim)))
+
+
+def _task(max_steps=500, inverted=False):
+    return envs.make_cartpole_params(length=0.4, masspole=0.12, masscart=0.9, gravity=9.0,
+                                     force_mag=-8.0 if inverted else 8.0,
+                                     max_steps_in_episode=max_steps)
+
+
+SSM = SSMPolicy(obs_dim=4, action_dim=2, state_dim=8, hidden_dim=16)
+SSM_PARAMS = _init(SSM)
+# Most tests share these shapes (and float32-array tasks), so they reuse one compilation.
+E, T = 4, 50
+ENV_STEP = jax.jit(envs.make()[0].step)
+SSM_STEP = jax.jit(lambda p, o, c, r: SSM.apply(p, o, c, r, method="step"))
+
+
+def _run(seed=11, max_steps=15, inverted=False, **kw):
+    return envs.rollout(jax.random.PRNGKey(seed), SSM, SSM_PARAMS, _task(max_steps, inverted),
+                        num_envs=E, num_steps=T, **kw)
+
+
+def _reference_loop(key, policy, params, task, num_envs, num_steps, carry_across=False):
+    """gymnax stepped by hand, one env and one step at a time, replicating the key schedule."""
+    env, _ = envs.make()
+    key_reset, key_steps = jax.random.split(key)
+    reset_keys = jax.random.split(key_reset, num_envs)
+    step_keys = jax.random.split(key_steps, num_steps)
+    step = ENV_STEP
+    assert policy is SSM
+    apply_step = SSM_STEP
+    states, obs = [], []
+    for i in range(num_envs):
+        o, s = env.reset(reset_keys[i], task)
+        states.append(s)
+        obs.append(o)
+    carry = policy.initialize_carry(num_envs)
+    reset = np.ones(num_envs, bool)
+    running = np.zeros(num_envs)
+    out = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated", "log_probs",
+                           "values", "resets", "episode_returns")}
+    for t in range(num_steps):
+        key_policy, key_env = jax.random.split(step_keys[t])
+        env_keys = jax.random.split(key_env, num_envs)
+        obs_t = jnp.stack(obs)
+        pol_reset = np.zeros(num_envs, bool) if carry_across else reset
+        pout, carry = apply_step(params, obs_t, carry, jnp.asarray(pol_reset))
+        action = pout.dist.sample(key_policy)
+        rewards, terms, truncs, ep = [], [], [], []
+        for i in range(num_envs):
+            o, s, r, term, trunc, _ = step(env_keys[i], states[i], action[i], task)
+            states[i], obs[i] = s, o
+            running[i] += float(r)
+            done = bool(term) or bool(trunc)
+            ep.append(running[i] if done else 0.0)
+            if done:
+                running[i] = 0.0
+            rewards.append(float(r))
+            terms.append(bool(term))
+            truncs.append(bool(trunc))
+        out["obs"].append(np.asarray(obs_t))
+        out["actions"].append(np.asarray(action))
+        out["rewards"].append(rewards)
+        out["terminated"].append(terms)
+        out["truncated"].append(truncs)
+        out["log_probs"].append(np.asarray(pout.dist.log_prob(action)))
+        out["values"].append(np.asarray(pout.value))
+        out["resets"].append(reset.copy())
+        out["episode_returns"].append(ep)
+        reset = np.logical_or(terms, truncs)
+    return {k: np.swapaxes(np.asarray(v), 0, 1) for k, v in out.items()}, np.stack(obs)
+
+
+@pytest.mark.parametrize("inverted", [False, True])
+def test_rollout_equals_gymnax_stepped_by_hand(inverted):
+    # short time limit so the rollout has both terminations and truncations, many auto-resets
+    traj = _run(seed=11, max_steps=15, inverted=inverted)
+    ref, ref_last_obs = _reference_loop(jax.random.PRNGKey(11), SSM, SSM_PARAMS,
+                                        _task(15, inverted), E, T)
+    assert traj.terminated.any() and traj.truncated.any()
+    np.testing.assert_array_equal(traj.actions, ref["actions"])
+    np.testing.assert_allclose(traj.obs, ref["obs"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(traj.rewards, ref["rewards"])
+    np.testing.assert_array_equal(traj.terminated, ref["terminated"])
+    np.testing.assert_array_equal(traj.truncated, ref["truncated"])
+    np.testing.assert_array_equal(traj.dones, ref["terminated"] | ref["truncated"])
+    np.testing.assert_array_equal(traj.resets, ref["resets"])
+    np.testing.assert_array_equal(traj.episode_returns, ref["episode_returns"])  # exact
+    np.testing.assert_allclose(traj.log_probs, ref["log_probs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(traj.values, ref["values"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(traj.last_obs, ref_last_obs, rtol=1e-6, atol=1e-7)
+
+
+def test_episode_returns_are_episode_lengths_and_account_for_every_reward():
+    traj = _run(seed=4, max_steps=15)
+    dones = np.asarray(traj.dones)
+    for i in range(E):
+        ends = np.flatnonzero(dones[i])
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        # CartPole pays 1 per step: a completed episode's return is its length
+        np.testing.assert_array_equal(traj.episode_returns[i, ends], ends - starts + 1)
+        assert np.all(np.asarray(traj.episode_returns[i])[~dones[i]] == 0)
+        # completed returns + the unfinished tail = all rewards
+        tail = T - (ends[-1] + 1 if len(ends) else 0)
+        assert float(traj.episode_returns[i].sum()) + tail == float(traj.rewards[i].sum())
+    np.testing.assert_array_equal(traj.truncated, np.asarray(traj.episode_returns) == 15)
+    total, count = envs.episode_returns_per_row(traj)
+    assert int(envs.num_episodes(traj)) == int(count.sum()) == dones.sum()
+    np.testing.assert_allclose(envs.mean_episode_return(traj), total.sum() / count.sum(), rtol=1e-6)
+
+
+def test_resets_flags_and_shapes():
+    traj = _run(seed=0, max_steps=500)
+    chex.assert_shape([traj.obs], (E, T, 4))
+    chex.assert_shape([traj.actions, traj.rewards, traj.dones, traj.terminated, traj.truncated,
+                       traj.log_probs, traj.values, traj.resets, traj.episode_returns], (E, T))
+    chex.assert_shape([traj.last_obs], (E, 4))
+    chex.assert_shape([traj.last_reset, traj.last_value], (E,))
+    chex.assert_trees_all_equal_shapes(traj.final_carry, SSM.initialize_carry(E))
+    chex.assert_tree_all_finite((traj.obs, traj.log_probs, traj.values, traj.last_value))
+    assert traj.actions.dtype == jnp.int32 and traj.rewards.dtype == jnp.float32
+    assert bool(traj.resets[:, 0].all())
+    np.testing.assert_array_equal(traj.resets[:, 1:], traj.dones[:, :-1])
+    np.testing.assert_array_equal(traj.last_reset, traj.dones[:, -1])
+
+
+def test_no_completed_episode_gives_nan_mean():
+    traj = _run(seed=0)
+    traj = traj.replace(dones=jnp.zeros_like(traj.dones))
+    assert int(envs.num_episodes(traj)) == 0
+    assert np.isnan(envs.mean_episode_return(traj))
+
+
+@pytest.mark.parametrize("carry_across", [False, True])
+def test_sequence_apply_on_stored_obs_recomputes_log_probs_and_values(carry_across):
+    """What MAML-RL does: the policy's sequence mode over traj.obs gives the rollout's outputs."""
+    traj = _run(seed=2, max_steps=10, carry_across_episodes=carry_across)
+    resets = None if carry_across else traj.resets
+    out, carry = SSM.apply(SSM_PARAMS, traj.obs, resets=resets)
+    np.testing.assert_allclose(out.dist.log_prob(traj.actions), traj.log_probs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.value, traj.values, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(carry, traj.final_carry, rtol=1e-5, atol=1e-5)
+    # last_value continues the recurrence from final_carry on last_obs
+    reset = jnp.zeros(E, bool) if carry_across else traj.last_reset
+    last, _ = SSM.apply(SSM_PARAMS, traj.last_obs, traj.final_carry, reset, method="step")
+    np.testing.assert_allclose(last.value, traj.last_value, rtol=1e-5, atol=1e-6)
+
+
+def test_carry_across_episodes_changes_outputs_after_the_first_reset_only():
+    a = _run(seed=2, max_steps=10, carry_across_episodes=False)
+    b = _run(seed=2, max_steps=10, carry_across_episodes=True)
+    first_reset = int(np.argmax(np.asarray(a.resets[0, 1:]))) + 1
+    np.testing.assert_allclose(a.values[0, :first_reset], b.values[0, :first_reset], rtol=1e-6)
+    assert not np.allclose(a.values[0, first_reset], b.values[0, first_reset])
+
+
+def test_deterministic_acts_with_the_mode():
+    traj = _run(seed=0, deterministic=True)
+    out, _ = SSM.apply(SSM_PARAMS, traj.obs, resets=traj.resets)
+    np.testing.assert_array_equal(traj.actions, out.dist.mode())
+
+
+def test_partial_mode_drops_velocities_of_the_same_trajectory():
+    policy = UniformPolicy()  # ignores obs, so both modes take the same actions
+    params = _init(policy)
+    key = jax.random.PRNGKey(9)
+    full = envs.rollout(key, policy, params, None, num_envs=3, num_steps=25, obs_mode="full")
+    part = envs.rollout(key, policy, params, None, num_envs=3, num_steps=25, obs_mode="partial")
+    np.testing.assert_array_equal(part.actions, full.actions)
+    np.testing.assert_array_equal(part.obs, full.obs[..., jnp.array([0, 2])])
+    np.testing.assert_array_equal(part.last_obs, full.last_obs[..., jnp.array([0, 2])])
+    np.testing.assert_array_equal(part.episode_returns, full.episode_returns)
+
+
+def test_rollout_tasks_equals_rollout_per_task():
+    tasks = envs.CartPoleTasks(max_steps_in_episode=15).sample(jax.random.PRNGKey(1), 3)
+    key = jax.random.PRNGKey(5)
+    kw = dict(num_envs=E, num_steps=T)
+    batch = envs.rollout_tasks(key, SSM, SSM_PARAMS, tasks, **kw)
+    chex.assert_shape(batch.obs, (3, E, T, 4))
+    # per-task params: task i rolls out with params scaled differently
+    stacked = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p, -p]), SSM_PARAMS)
+    per_task = envs.rollout_tasks(key, SSM, stacked, tasks, params_per_task=True, **kw)
+    keys = jax.random.split(key, 3)
+    for i in range(3):
+        task = jax.tree_util.tree_map(lambda x: x[i], tasks)
+        one = envs.rollout(keys[i], SSM, SSM_PARAMS, task, **kw)
+        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], batch), one,
+                                    rtol=1e-5, atol=1e-6)
+        p_i = jax.tree_util.tree_map(lambda p: p[i], stacked)
+        one = envs.rollout(keys[i], SSM, p_i, task, **kw)
+        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], per_task), one,
+                                    rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_policy_rollout_matches_its_sequence_apply():
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=16)
+    params = _init(policy)
+    traj = envs.rollout(jax.random.PRNGKey(3), policy, params, _task(), num_envs=3, num_steps=20)
+    out, _ = policy.apply(params, traj.obs)
+    np.testing.assert_allclose(out.dist.log_prob(traj.actions), traj.log_probs, rtol=1e-5, atol=1e-6)
+    chex.assert_shape(traj.final_carry, (3, 0))
+
+
+def test_no_retracing_across_calls_with_the_same_shapes():
+    kw = dict(num_envs=E, num_steps=T)
+    tasks = envs.CartPoleTasks().sample(jax.random.PRNGKey(0), 3)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(key, params, task):
+        return envs.rollout(key, SSM, params, task, **kw)
+
+    before = _rollout._cache_size()
+    for i in range(3):
+        params = jax.tree_util.tree_map(lambda p: p * (1.0 + i), SSM_PARAMS)
+        task = jax.tree_util.tree_map(lambda x: x[i], tasks)
+        run(jax.random.PRNGKey(i), params, task)
+        envs.rollout(jax.random.PRNGKey(i), SSM, params, task, **kw)  # the jitted entry point
+    assert _rollout._cache_size() - before <= 1
+    chex.clear_trace_counter()
+
+
+def test_rollout_under_grad_with_traced_params():
+    """MAML-RL calls rollout inside jax.grad: the score-function gradient of the stored
+    log-probs equals the gradient of the log-probs recomputed from the stored observations."""
+    key = jax.random.PRNGKey(6)
+    kw = dict(num_envs=3, num_steps=12)
+    task = _task(max_steps=8)
+
+    def from_rollout(params):
+        return jnp.sum(envs.rollout(key, SSM, params, task, **kw).log_probs)
+
+    traj = envs.rollout(key, SSM, SSM_PARAMS, task, **kw)
+
+    def recomputed(params):
+        out, _ = SSM.apply(params, traj.obs, resets=traj.resets)
+        return jnp.sum(out.dist.log_prob(traj.actions))
+
+    g1 = jax.jit(jax.grad(from_rollout))(SSM_PARAMS)
+    g2 = jax.grad(recomputed)(SSM_PARAMS)
+    chex.assert_tree_all_finite(g1)
+    chex.assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_other_gymnax_envs_roll_out():
+    env, params = envs.make("Acrobot-v1")
+    policy = MLPPolicy(obs_dim=6, action_dim=3, hidden_dim=8)
+    traj = envs.rollout(jax.random.PRNGKey(0), policy, _init(policy, 6), params, env=env,
+                        num_envs=2, num_steps=5)
+    chex.assert_shape(traj.obs, (2, 5, 6))
+    assert set(np.unique(traj.actions)) <= {0, 1, 2}
+    np.testing.assert_array_equal(traj.rewards, -1.0)  # Acrobot pays -1 per step until the goal
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        (dict(num_envs=0), "num_envs"),
+        (dict(num_steps=2.5), "num_steps"),
+        (dict(obs_mode="pixels"), "obs_mode"),
+        (dict(obs_mode="partial"), "obs_dim"),  # policy built for 4 observations
+        (dict(env="CartPole-v1"), "env"),
+        (dict(task=envs.CartPoleTasks().sample(jax.random.PRNGKey(0), 2)), "rollout_tasks"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, needle):
+    args = dict(num_envs=2, num_steps=4, task=None)
+    args.update(kwargs)
+    task = args.pop("task")
+    with pytest.raises(ValueError, match=needle):
+        envs.rollout(jax.random.PRNGKey(0), SSM, SSM_PARAMS, task, **args)
+
+
+def test_rollout_tasks_rejects_a_single_task():
+    with pytest.raises(ValueError, match="leading task axis"):
+        envs.rollout_tasks(jax.random.PRNGKey(0), SSM, SSM_PARAMS, _task(), num_envs=2, num_steps=4)
