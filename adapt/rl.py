@@ -1,0 +1,228 @@
+"""Test-time adaptation of a policy from its own experience, inside jitted RL evaluation.
+
+Losses are pure functions of ``(params, traj)`` where ``traj`` is an
+``envs.Trajectory`` (or any object with the same attributes) of ONE task:
+``E`` rows (parallel environments) by ``T`` time steps, ``D`` = obs_dim:
+
+  traj.obs         (E, T, D)   observation seen at step t
+  traj.actions     (E, T) int (discrete) or (E, T, A) float (continuous)
+  traj.rewards     (E, T)
+  traj.dones       (E, T) bool  the episode ended at step t
+  traj.resets      (E, T) bool  obs[:, t] starts an episode (policy carry reset)
+  traj.last_obs    (E, D)       observation after the last step
+  traj.last_value  (E,)         value of last_obs (bootstrap)
+
+So they plug into ``adapt.core.adapt_steps`` as the ``objective`` with the
+trajectory as the ``batch``, and ``evaluate_with_adaptation`` runs the whole
+loop "act for a round of steps, adapt on that experience, act again" as one
+``lax.scan`` that jits and vmaps over tasks.
+
+Two losses:
+  * ``policy_gradient_loss``: REINFORCE with reward-to-go and the policy's own
+    value head as a baseline (actor-critic, on-policy: the trajectory must come
+    from the params being adapted, which is the case between rounds).
+  * ``next_observation_loss``: self-supervised, mean squared error of a
+    sequence model predicting ``obs[t+1]`` (or its change) from ``obs[t]`` and
+    the action, skipping the steps where an episode ended (the following
+    observation belongs to the next episode). It adapts whatever params the
+    predictor reads; to move the policy, let the predictor share params with it
+    (e.g. adapt a pytree ``{'policy': ..., 'model': ...}`` and map it to the
+    policy's params with ``policy_params_fn``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from adapt import buffer as rb
+from adapt.core import AdaptInfo, adapt_steps, tree_all_finite, tree_select
+from adapt.losses import hybrid_objective, predictions_of
+
+PyTree = Any
+
+
+def discounted_returns(rewards: chex.Array, dones: chex.Array, bootstrap: chex.Array,
+                       gamma: float) -> chex.Array:
+    """Reward-to-go within episodes, ``(E, T)``.
+
+    ``G[:, t] = rewards[:, t] + gamma * (1 - dones[:, t]) * G[:, t + 1]`` with
+    ``G[:, T] = bootstrap`` (``(E,)``, e.g. the value of ``last_obs``; zeros for
+    none). A done step (termination or time limit) ends the sum.
+    """
+    chex.assert_rank(rewards, 2)
+    chex.assert_equal_shape([rewards, dones])
+    chex.assert_shape(bootstrap, rewards.shape[:1])
+
+    def back(g_next, xs):
+        r, d = xs
+        g = r + gamma * jnp.where(d, 0.0, g_next)
+        return g, g
+
+    _, g = jax.lax.scan(back, bootstrap.astype(jnp.float32),
+                        (rewards.T.astype(jnp.float32), dones.T), reverse=True)
+    return g.T
+
+
+def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
+                         value_baseline: bool = True, normalize_advantages: bool = True,
+                         value_coef: float = 0.5, entropy_coef: float = 0.0,
+                         bootstrap: bool = True, resets: Optional[chex.Array] = None) -> chex.Array:
+    """Actor-critic policy-gradient loss (scalar) of ``policy`` on its own trajectory.
+
+    The policy's sequence call recomputes the action distribution and values
+    from ``traj.obs`` (carry reset where ``resets``, default ``traj.resets``;
+    pass resets True only at ``t = 0`` for rollouts that kept the carry across
+    episodes). Advantages ``A = G - V`` (``G`` from ``discounted_returns``,
+    bootstrapped with ``traj.last_value`` if ``bootstrap``; ``V`` the value head
+    without gradient, or 0 if not ``value_baseline``), standardised over the
+    batch if ``normalize_advantages``. Loss
+    ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``.
+    """
+    resets = traj.resets if resets is None else resets
+    out, _ = policy.apply(params, traj.obs, resets=resets)
+    log_probs = out.dist.log_prob(traj.actions)
+    values = out.value
+    boot = jax.lax.stop_gradient(traj.last_value) if bootstrap else jnp.zeros_like(traj.last_value)
+    returns = jax.lax.stop_gradient(discounted_returns(traj.rewards, traj.dones, boot, gamma))
+    adv = returns - (jax.lax.stop_gradient(values) if value_baseline else 0.0)
+    if normalize_advantages:
+        adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-6)
+    loss = -jnp.mean(log_probs * adv)
+    if value_coef:
+        loss = loss + value_coef * jnp.mean(jnp.square(values - returns))
+    if entropy_coef:
+        loss = loss - entropy_coef * jnp.mean(out.dist.entropy())
+    return loss
+
+
+def next_observation_inputs(traj, num_actions: Optional[int]):
+    """Predictor inputs ``(E, T, D + A)``, targets ``(E, T, D)`` (the next
+    observation) and the valid mask ``(E, T)`` (False where the episode ended).
+
+    ``num_actions``: discrete actions are one-hot encoded with this many
+    classes; None means continuous actions ``(E, T, A)`` used as they are.
+    """
+    obs = traj.obs
+    if num_actions is None:
+        actions = traj.actions.astype(obs.dtype)
+    else:
+        actions = jax.nn.one_hot(traj.actions, num_actions, dtype=obs.dtype)
+    inputs = jnp.concatenate([obs, actions], axis=-1)
+    next_obs = jnp.concatenate([obs[:, 1:], traj.last_obs[:, None]], axis=1)
+    return inputs, next_obs, ~traj.dones
+
+
+def next_observation_loss(params: PyTree, traj, *, predict_fn: Callable, num_actions: Optional[int],
+                          predict_delta: bool = True,
+                          resets: Optional[chex.Array] = None) -> chex.Array:
+    """Self-supervised next-observation prediction loss (scalar).
+
+    ``predict_fn(params, inputs, resets)`` maps inputs ``(E, T, D + A)`` (see
+    ``next_observation_inputs``) to predictions ``(E, T, D)`` (or a tuple
+    ``(predictions, carry)``, like an ``ssm_jax.SSM`` with ``input_dim = D + A``
+    and ``output_dim = D``). The target is ``obs[t+1] - obs[t]`` if
+    ``predict_delta`` else ``obs[t+1]``; the loss is the mean squared error over
+    the valid steps (0 if none is valid).
+    """
+    inputs, next_obs, valid = next_observation_inputs(traj, num_actions)
+    target = next_obs - traj.obs if predict_delta else next_obs
+    preds = predictions_of(predict_fn(params, inputs, traj.resets if resets is None else resets))
+    chex.assert_equal_shape([preds, target])
+    sq = jnp.sum(jnp.square(preds - jax.lax.stop_gradient(target)), axis=-1)
+    count = jnp.sum(valid)
+    return jnp.sum(jnp.where(valid, sq, 0.0)) / (jnp.maximum(count, 1) * target.shape[-1])
+
+
+def evaluate_with_adaptation(
+    key: chex.PRNGKey,
+    policy,
+    params: PyTree,
+    task,
+    *,
+    objective: Callable[[PyTree, Any], chex.Array],
+    optimizer: optax.GradientTransformation,
+    num_rounds: int,
+    steps_per_round: int,
+    num_envs: int,
+    adapt_steps_per_round: int = 1,
+    policy_params_fn: Callable[[PyTree], PyTree] = lambda p: p,
+    divergence_threshold: float = math.inf,
+    monotone: bool = False,
+    replay_capacity: int = 0,
+    replay_ratio: float = 0.5,
+    rollout_fn: Optional[Callable] = None,
+    **rollout_kwargs,
+):
+    """Evaluate ``policy`` on ONE task while it adapts between rounds.
+
+    Round ``r``: roll out ``num_envs`` environments for ``steps_per_round``
+    steps with ``policy_params_fn(params_r)`` (``envs.rollout``; every round
+    starts fresh episodes), record the mean return of the completed episodes,
+    then take up to ``adapt_steps_per_round`` guarded steps (``adapt_steps``)
+    of ``objective(params, traj)`` on that round's trajectory. With
+    ``replay_capacity > 0`` (hybrid) the trajectory rows of earlier rounds are
+    kept in a ring buffer and ``num_envs`` of them are replayed with weight
+    ``replay_ratio`` (use an off-policy-safe objective such as
+    ``next_observation_loss`` then: replayed rows come from older params).
+
+    Everything is one ``lax.scan`` over rounds: call it inside ``jit``, and
+    ``vmap`` it over tasks/keys. ``policy``, ``objective``, ``optimizer``,
+    ``policy_params_fn``, the counts and ``rollout_kwargs`` (e.g. ``env``,
+    ``obs_mode``, ``deterministic``) are static.
+
+    Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
+    is each round's mean completed-episode return (NaN if none completed, see
+    ``envs.mean_episode_return``), measured BEFORE that round's adaptation;
+    ``infos`` is an ``AdaptInfo`` with a leading ``(num_rounds,)`` axis.
+    """
+    import envs  # local import: `adapt` does not need `envs` unless this is used
+
+    rollout_fn = envs.rollout if rollout_fn is None else rollout_fn
+    for name, value in (("num_rounds", num_rounds), ("steps_per_round", steps_per_round),
+                        ("num_envs", num_envs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    if not 0.0 <= replay_ratio < 1.0:
+        raise ValueError(f"replay_ratio must be in [0, 1), got {replay_ratio!r}.")
+
+    def run(p, k):
+        return rollout_fn(k, policy, policy_params_fn(p), task, num_envs=num_envs,
+                          num_steps=steps_per_round, **rollout_kwargs)
+
+    use_replay = replay_capacity > 0 and replay_ratio > 0.0
+    if use_replay:
+        example = jax.eval_shape(run, params, key)
+        buffer = rb.buffer_init(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), example),
+                                replay_capacity)
+        step_objective = hybrid_objective(objective, replay_ratio)
+    else:
+        buffer = None
+        step_objective = objective
+
+    def one_round(carry, k):
+        p, opt_state, buf = carry
+        k_roll, k_replay = jax.random.split(k)
+        traj = run(p, k_roll)
+        ret = envs.mean_episode_return(traj)
+        if use_replay:
+            replay, valid = rb.buffer_sample(buf, k_replay, num_envs)
+            batch = (traj, replay, valid)
+        else:
+            batch = traj
+        p, opt_state, info = adapt_steps(p, opt_state, batch, objective=step_objective,
+                                         optimizer=optimizer, num_steps=adapt_steps_per_round,
+                                         divergence_threshold=divergence_threshold, monotone=monotone)
+        if use_replay:
+            buf = tree_select(tree_all_finite(traj), rb.buffer_add(buf, traj), buf)
+        return (p, opt_state, buf), (ret, info)
+
+    (params, _, _), (returns, infos) = jax.lax.scan(
+        one_round, (params, optimizer.init(params), buffer), jax.random.split(key, num_rounds))
+    return params, returns, infos
+
