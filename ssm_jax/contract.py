@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from ssm_jax.validation import check_array, check_carry, check_positive_int
@@ -37,7 +38,8 @@ def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any):
         resets = resets.astype(bool)
     initial = module.initialize_carry(batch)
     if carry is None:
-        carry = initial
+        # Follow the inputs' precision (e.g. float64 inputs under jax.enable_x64).
+        carry = jax.tree.map(lambda c: c.astype(jnp.result_type(c, xs)), initial)
     else:
         check_carry("carry", carry, initial)
     return xs, resets, carry

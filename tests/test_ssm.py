@@ -1,0 +1,271 @@
+"""Properties of the three SSM layers under the shared sequence/step contract."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssm_jax import SSM, DiagonalSSM, SelectiveSSM
+
+DIMS = dict(state_dim=6, input_dim=3, output_dim=2, hidden_dim=8)
+BATCH, TIME = 4, 25
+
+# (model class, extra attributes); the diagonal layers are tested with both scans.
+VARIANTS = [
+    (SSM, {}),
+    (DiagonalSSM, {"parallel": False}),
+    (DiagonalSSM, {"parallel": True}),
+    (SelectiveSSM, {"parallel": False}),
+    (SelectiveSSM, {"parallel": True}),
+]
+IDS = ["ssm", "diagonal-seq", "diagonal-par", "selective-seq", "selective-par"]
+
+
+def make(cls, extra, **dims):
+    return cls(**{**DIMS, **dims, **extra})
+
+
+def data(seed=0, batch=BATCH, time=TIME, p_reset=0.15):
+    kx, kr = jax.random.split(jax.random.PRNGKey(seed))
+    xs = jax.random.normal(kx, (batch, time, DIMS["input_dim"]))
+    resets = jax.random.bernoulli(kr, p_reset, (batch, time))
+    return xs, resets
+
+
+def init(model, xs, seed=1):
+    return model.init(jax.random.PRNGKey(seed), xs)
+
+
+def step_loop(model, params, xs, resets, carry):
+    """Reference: the step method called in a Python loop."""
+    ys = []
+    for t in range(xs.shape[1]):
+        y, carry = model.apply(params, xs[:, t], carry, resets[:, t], method="step")
+        ys.append(y)
+    return jnp.stack(ys, axis=1), carry
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_shapes_and_dtypes(cls, extra, jit):
+    model = make(cls, extra)
+    xs, resets = data()
+    params = init(model, xs)
+    seq = jax.jit(model.apply) if jit else model.apply
+    step = jax.jit(lambda p, x, c: model.apply(p, x, c, method="step")) if jit else (
+        lambda p, x, c: model.apply(p, x, c, method="step")
+    )
+    ys, carry = seq(params, xs, resets)
+    chex.assert_shape(ys, (BATCH, TIME, DIMS["output_dim"]))
+    chex.assert_type(ys, jnp.float32)
+    initial = model.initialize_carry(BATCH)
+    chex.assert_trees_all_equal_shapes_and_dtypes(carry, initial)
+    for leaf in jax.tree.leaves(initial):
+        assert leaf.shape[0] == BATCH
+        np.testing.assert_array_equal(leaf, 0)
+    y, carry1 = step(params, xs[:, 0], initial)
+    chex.assert_shape(y, (BATCH, DIMS["output_dim"]))
+    chex.assert_type(y, jnp.float32)
+    chex.assert_trees_all_equal_shapes_and_dtypes(carry1, initial)
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_sequence_equals_step_loop_with_resets(cls, extra):
+    model = make(cls, extra)
+    xs, resets = data(seed=2)
+    params = init(model, xs)
+    # Start from a non-zero carry so the incoming state is exercised too.
+    _, carry0 = model.apply(params, data(seed=3)[0])
+    ys, carry = model.apply(params, xs, resets, carry0)
+    ys_ref, carry_ref = step_loop(model, params, xs, resets, carry0)
+    chex.assert_trees_all_close(ys, ys_ref, atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(carry, carry_ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cls", [DiagonalSSM, SelectiveSSM], ids=["diagonal", "selective"])
+def test_parallel_scan_equals_sequential_scan(cls):
+    xs, resets = data(seed=4, time=64, p_reset=0.1)
+    seq_model, par_model = make(cls, {"parallel": False}), make(cls, {"parallel": True})
+    params = init(seq_model, xs)
+    _, carry0 = seq_model.apply(params, data(seed=5, time=64)[0])
+    ys_seq, c_seq = seq_model.apply(params, xs, resets, carry0)
+    ys_par, c_par = par_model.apply(params, xs, resets, carry0)
+    chex.assert_trees_all_close(ys_par, ys_seq, atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(c_par, c_seq, atol=2e-5, rtol=2e-5)
+    # Gradients agree as well.
+    def loss(p, m):
+        return jnp.sum(m.apply(p, xs, resets, carry0)[0] ** 2)
+
+    chex.assert_trees_all_close(
+        jax.grad(loss)(params, par_model), jax.grad(loss)(params, seq_model), atol=1e-3, rtol=1e-3
+    )
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_reset_row_equals_fresh_sequence(cls, extra):
+    model = make(cls, extra)
+    xs, _ = data(seed=6)
+    params = init(model, xs)
+    t0 = 11
+    resets = jnp.zeros((BATCH, TIME), bool).at[1, t0].set(True)
+    ys, _ = model.apply(params, xs, resets)
+    fresh, _ = model.apply(params, xs[1:2, t0:])
+    chex.assert_trees_all_close(ys[1, t0:], fresh[0], atol=2e-5, rtol=2e-5)
+    # Rows without a reset are untouched by another row's reset.
+    ys_plain, _ = model.apply(params, xs)
+    chex.assert_trees_all_close(ys[0], ys_plain[0])
+    chex.assert_trees_all_close(ys[1, :t0], ys_plain[1, :t0])
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_carry_continues_sequence_exactly(cls, extra):
+    model = make(cls, extra)
+    xs, resets = data(seed=7)
+    params = init(model, xs)
+    ys, carry = model.apply(params, xs, resets)
+    ys_a, carry_a = model.apply(params, xs[:, :10], resets[:, :10])
+    ys_b, carry_b = model.apply(params, xs[:, 10:], resets[:, 10:], carry_a)
+    chex.assert_trees_all_close(jnp.concatenate([ys_a, ys_b], axis=1), ys, atol=2e-5, rtol=2e-5)
+    chex.assert_trees_all_close(carry_b, carry, atol=2e-5, rtol=2e-5)
+
+
+def _perturb(params, key, scale):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_long_sequences_stay_finite_even_with_perturbed_params(cls, extra):
+    model = make(cls, extra)
+    xs = 10.0 * jax.random.normal(jax.random.PRNGKey(8), (2, 10_000, DIMS["input_dim"]))
+    params = _perturb(init(model, xs[:, :2]), jax.random.PRNGKey(9), 3.0)
+    ys, carry = jax.jit(model.apply)(params, xs)
+    chex.assert_tree_all_finite((ys, carry))
+    # No growth over time: the last outputs are no larger than the early ones (an unstable
+    # recurrence would grow geometrically over 10,000 steps).
+    early, late = float(jnp.max(jnp.abs(ys[:, :1000]))), float(jnp.max(jnp.abs(ys[:, -1000:])))
+    assert late <= 10.0 * early
+
+
+def test_ssm_transition_is_stable_for_any_params():
+    model = SSM(**DIMS)
+    params = init(model, data()[0])
+    for i, scale in enumerate([0.0, 1.0, 10.0, 100.0]):
+        p = _perturb(params, jax.random.PRNGKey(10 + i), scale)
+        a = model.apply(p, method=model.transition)
+        assert float(jnp.max(jnp.abs(jnp.linalg.eigvals(a)))) < 1.0
+        assert float(jnp.linalg.norm(a, ord=2)) < 1.0 + 1e-5
+
+
+def test_diagonal_discretisation_is_stable_and_zero_order_hold():
+    model = DiagonalSSM(**DIMS)
+    params = init(model, data()[0])
+    a_bar, b_bar = model.apply(params, method=model.discretize)
+    assert float(jnp.max(jnp.abs(a_bar))) < 1.0
+    # ZOH: for a constant input u held over dt, h' = lam h + B u integrates to Bbar u from h=0.
+    p = params["params"]
+    lam = -jnp.exp(p["log_neg_real"]) + 1j * p["imag"]
+    dt = jnp.exp(p["log_step"])
+    n = 20_000
+    ts = (jnp.arange(n) + 0.5) / n
+    integral = jnp.mean(jnp.exp(lam[:, None] * dt[:, None] * (1.0 - ts[None])), axis=1) * dt
+    b = p["B_re"] + 1j * p["B_im"]
+    chex.assert_trees_all_close(b_bar, integral[:, None] * b, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_first_and_second_order_gradients_are_finite_and_nonzero(cls, extra):
+    model = make(cls, extra)
+    xs, resets = data(seed=11, time=40)
+    targets = jax.random.normal(jax.random.PRNGKey(12), (BATCH, 40, DIMS["output_dim"]))
+    params = init(model, xs)
+
+    def loss(p):
+        return jnp.mean((model.apply(p, xs, resets)[0] - targets) ** 2)
+
+    def adapted_loss(p):  # one inner gradient step, as MAML takes it
+        g = jax.grad(loss)(p)
+        return loss(jax.tree.map(lambda a, b: a - 0.1 * b, p, g))
+
+    g1 = jax.jit(jax.grad(loss))(params)
+    g2 = jax.jit(jax.grad(adapted_loss))(params)
+    for grads in (g1, g2):
+        chex.assert_tree_all_finite(grads)
+        total = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads))
+        assert total > 0.0
+    # The second-order gradient differs from the first-order one (the Hessian term is real).
+    diff = sum(float(jnp.sum(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+    assert diff > 0.0
+
+
+def test_second_order_gradient_matches_finite_differences():
+    """d/dp of a one-step-adapted loss through the scan, checked along a random direction."""
+    with jax.enable_x64(True):
+        model = SSM(**DIMS)
+        xs, resets = data(seed=13, time=15)
+        xs = xs.astype(jnp.float64)
+        targets = jax.random.normal(jax.random.PRNGKey(14), (BATCH, 15, DIMS["output_dim"]), jnp.float64)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), init(model, xs))
+
+        carry0 = jnp.zeros((BATCH, DIMS["state_dim"]), jnp.float64)
+
+        def loss(p):
+            return jnp.mean((model.apply(p, xs, resets, carry0)[0] - targets) ** 2)
+
+        def adapted_loss(p):
+            g = jax.grad(loss)(p)
+            return loss(jax.tree.map(lambda a, b: a - 0.05 * b, p, g))
+
+        direction = _perturb(jax.tree.map(jnp.zeros_like, params), jax.random.PRNGKey(15), 1.0)
+        eps = 1e-5
+        plus = adapted_loss(jax.tree.map(lambda a, d: a + eps * d, params, direction))
+        minus = adapted_loss(jax.tree.map(lambda a, d: a - eps * d, params, direction))
+        fd = (plus - minus) / (2 * eps)
+        grads = jax.grad(adapted_loss)(params)
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+        np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_no_retracing_on_repeated_calls(cls, extra):
+    model = make(cls, extra)
+    xs, resets = data(seed=16)
+    params = init(model, xs)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(p, x, r):
+        return model.apply(p, x, r)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(p, x, c):
+        return model.apply(p, x, c, method="step")
+
+    carry = model.initialize_carry(BATCH)
+    for seed in range(3):
+        x, r = data(seed=20 + seed)
+        run(params, x, r)
+        _, carry = step(params, x[:, 0], carry)
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_bad_inputs_raise_clear_errors(cls, extra):
+    model = make(cls, extra)
+    xs, resets = data()
+    params = init(model, xs)
+    with pytest.raises(ValueError, match=r"xs must have shape \(batch, time, input_dim=3\)"):
+        model.apply(params, xs[0])
+    with pytest.raises(ValueError, match=r"xs must have shape"):
+        model.apply(params, xs[..., :2])
+    with pytest.raises(ValueError, match=r"resets must have shape \(batch=4, time=25\)"):
+        model.apply(params, xs, resets[:, :3])
+    with pytest.raises(ValueError, match=r"carry"):
+        model.apply(params, xs, None, model.initialize_carry(BATCH + 1))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, input_dim=3\)"):
+        model.apply(params, xs, model.initialize_carry(BATCH), method="step")
+    for field in ("state_dim", "input_dim", "output_dim", "hidden_dim"):
+        with pytest.raises(ValueError, match=f"{field} must be a positive int"):
+            make(cls, extra, **{field: 0})
