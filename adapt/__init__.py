@@ -12,6 +12,13 @@ from adapt.buffer import (
 from adapt.config import OPTIMIZERS, AdaptationConfig, make_optimizer, scale_by_tree
 from adapt.core import AdaptInfo, adapt_step, adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, predictions_of, supervised_objective
+from adapt.rl import (
+    discounted_returns,
+    evaluate_with_adaptation,
+    next_observation_inputs,
+    next_observation_loss,
+    policy_gradient_loss,
+)
 
 __all__ = [
     "AdaptInfo",
@@ -27,10 +34,15 @@ __all__ = [
     "buffer_init",
     "buffer_init_like",
     "buffer_sample",
+    "discounted_returns",
+    "evaluate_with_adaptation",
     "hybrid_objective",
     "make_apply_fn",
     "make_optimizer",
     "mse_loss",
+    "next_observation_inputs",
+    "next_observation_loss",
+    "policy_gradient_loss",
     "predictions_of",
     "scale_by_tree",
     "supervised_objective",

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ApplyFn = Callable[[Any, chex.Array], Any]
@@ -66,17 +67,23 @@ def hybrid_objective(objective, replay_weight: float):
 
     ``objective_h(params, (current, replay, valid)) = (1 - w) * objective(params,
     current) + w * objective(params, replay)`` with ``w = replay_weight`` if
-    the replayed samples are valid (``valid`` a bool array, all equal) and
-    ``w = 0`` otherwise (empty buffer: the replayed term does not count and
-    its gradient is exactly zero).
+    the replayed samples are valid (``valid`` a bool array, all equal: the
+    buffer was not empty) and plain ``objective(params, current)`` otherwise.
+    The choice is a ``lax.cond``, so with an empty buffer the replayed term is
+    not even evaluated (a loss that is non-finite on the buffer's zero
+    placeholders cannot leak into the gradient).
     """
 
     def objective_h(params, batch):
         current, replay, valid = batch
-        loss_current = objective(params, current)
-        w = jnp.where(jnp.all(valid), replay_weight, 0.0).astype(jnp.float32)
-        loss_replay = objective(params, replay)
-        # where() rather than w * loss so a non-finite replayed term cannot leak when w == 0.
-        return jnp.where(w > 0, (1.0 - w) * loss_current + w * loss_replay, loss_current)
+
+        def pooled(params):
+            return ((1.0 - replay_weight) * objective(params, current)
+                    + replay_weight * objective(params, replay))
+
+        def current_only(params):
+            return jnp.asarray(objective(params, current), jnp.float32)
+
+        return jax.lax.cond(jnp.all(valid), pooled, current_only, params)
 
     return objective_h

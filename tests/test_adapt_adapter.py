@@ -150,6 +150,27 @@ def test_hybrid_loss_is_the_pooled_mean_with_replay():
     np.testing.assert_allclose(info["loss_before"], (n * l_cur + m * l_rep) / (n + m), rtol=1e-5)
 
 
+def _log_target_loss(predictions, targets):
+    """Finite for positive targets, NaN on the empty buffer's zero placeholders."""
+    return mse_loss(predictions, jnp.log(targets)) + 0.0 * jnp.mean(jnp.log(targets))
+
+
+def test_hybrid_with_an_empty_buffer_never_evaluates_the_placeholders():
+    model, params = _mlp_and_params()
+    rng = np.random.default_rng(8)
+    batch = _regression(rng, 0.0, np.eye(2), 16)
+    batch["targets"] = np.exp(batch["targets"])  # positive
+    adapter = Adapter(model, AdaptationConfig(lr=0.05, max_steps_per_call=3), strategy="hybrid",
+                      params=params)
+    info = adapter.adapt(batch, _log_target_loss)
+    assert info["steps"] == 3 and not info["rolled_back"] and np.isfinite(info["loss"])
+    # same numbers as online on the same batch (the replayed term is absent)
+    online = Adapter(model, AdaptationConfig(lr=0.05, max_steps_per_call=3), strategy="online",
+                     params=params)
+    assert online.adapt(batch, _log_target_loss)["loss"] == pytest.approx(info["loss"], rel=1e-6)
+    chex.assert_trees_all_close(adapter.params, online.params, rtol=1e-6)
+
+
 def test_hybrid_stores_adapt_batches_after_using_them():
     model, params = _mlp_and_params()
     rng = np.random.default_rng(3)
