@@ -13,13 +13,17 @@ from maml.core import (
     predictions_of,
 )
 from maml.meta_maml import MetaMAML
+from maml.rl import MAMLRL, MAMLRLConfig, gae
 from maml.sinusoid import sample_sinusoid_tasks
 
 __all__ = [
     "MAMLConfig",
+    "MAMLRL",
+    "MAMLRLConfig",
     "MetaMAML",
     "MetaState",
     "build_mask",
+    "gae",
     "inner_loop",
     "make_apply_fn",
     "make_optimizer",

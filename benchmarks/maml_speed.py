@@ -1,0 +1,152 @@
+"""Speed of MAML meta-updates: ``python -m benchmarks.maml_speed [--quick] [--skip-rl]``.
+
+Workloads (all measured in this one run; times are medians of ``--repeats`` calls of an
+already compiled jitted meta-update, compile time reported separately):
+
+1. The seeds' PyTorch MetaMAML workloads with our ``ssm_jax.SSM`` and MSE, 1 inner step,
+   second order (reference: ~380 ms per meta_update on a 2-core CPU for both):
+   a. one task, 250-step support and query sequences, SSM(state 16, in 4, out 4, hidden 64);
+   b. 5 tasks of 50 steps, SSM(state 32, in 4, out 2, hidden 64).
+   Also with ``jax.checkpoint`` on the inner step (``remat_inner=True``).
+2. Sinusoid regression (MAML paper): 40-40 MLP, 10 shots, 5 inner steps; 8 tasks, first vs
+   second order, and the scaling with 8 -> 64 -> 256 tasks.
+3. MAML-RL on CartPole (``maml.rl``): one full meta-step (support rollouts, inner policy
+   gradient, query rollouts, outer update) for 8 tasks, MLP and SSM policies, first vs
+   second order.
+
+Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy.
+Nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maml import MetaMAML, sample_sinusoid_tasks
+
+TORCH_REFERENCE_MS = 380.0
+
+
+def _block(tree):
+    jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+    return tree
+
+
+def time_step(step, state, batch, repeats):
+    """(compile seconds, median ms per call) of ``state, _ = step(state, batch)``."""
+    t0 = time.perf_counter()
+    state, metrics = _block(step(state, batch))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, metrics = _block(step(state, batch))
+        times.append(time.perf_counter() - t0)
+    return compile_s, 1e3 * float(np.median(times)), metrics
+
+
+def ssm_workloads(repeats):
+    from ssm_jax import SSM
+
+    rows = []
+    specs = [
+        ("1 task x 250 steps, SSM(16,4,4,64)", 1, 250, dict(state_dim=16, input_dim=4, output_dim=4, hidden_dim=64)),
+        ("5 tasks x 50 steps, SSM(32,4,2,64)", 5, 50, dict(state_dim=32, input_dim=4, output_dim=2, hidden_dim=64)),
+    ]
+    for name, num_tasks, length, dims in specs:
+        model = SSM(**dims)
+        key = jax.random.key(0)
+        ks = jax.random.split(key, 5)
+        shape_x = (num_tasks, 1, length, dims["input_dim"])
+        shape_y = (num_tasks, 1, length, dims["output_dim"])
+        tasks = {
+            "support_x": jax.random.normal(ks[0], shape_x), "support_y": jax.random.normal(ks[1], shape_y),
+            "query_x": jax.random.normal(ks[2], shape_x), "query_y": jax.random.normal(ks[3], shape_y),
+        }
+        params = model.init(ks[4], tasks["support_x"][0])
+        n_params = sum(p.size for p in jax.tree.leaves(params))
+        for remat in (False, True):
+            maml = MetaMAML(model, inner_lr=0.01, outer_lr=0.001, num_inner_steps=1, remat_inner=remat)
+            c, ms, _ = time_step(maml.meta_update, maml.init(params), tasks, repeats)
+            rows.append((f"{name} [{n_params} params]" + (" remat" if remat else ""), c, ms))
+    print("\n== 1. seeds' SSM workloads (MSE, 1 inner step, second order) ==")
+    print(f"{'workload':52s} {'compile s':>9s} {'ms/update':>10s} {'vs torch 380 ms':>16s}")
+    for name, c, ms in rows:
+        print(f"{name:52s} {c:9.2f} {ms:10.3f} {TORCH_REFERENCE_MS / ms:15.0f}x")
+
+
+class SineMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(40)(x))
+        x = nn.relu(nn.Dense(40)(x))
+        return nn.Dense(1)(x)
+
+
+def sinusoid_workloads(repeats, task_counts):
+    model = SineMLP()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 1)))
+    print("\n== 2. sinusoid, 40-40 MLP, 10 shots, 5 inner steps ==")
+    print(f"{'tasks':>5s} {'order':>6s} {'compile s':>9s} {'ms/update':>10s} {'updates/s':>10s}")
+    base = {}
+    for n in task_counts:
+        tasks = sample_sinusoid_tasks(jax.random.key(n), n, 10, 10)
+        for first_order in (False, True):
+            maml = MetaMAML(model, inner_lr=0.01, outer_lr=0.001, num_inner_steps=5, first_order=first_order)
+            c, ms, _ = time_step(maml.meta_update, maml.init(params), tasks, repeats)
+            base.setdefault(first_order, ms)
+            label = "first" if first_order else "second"
+            print(f"{n:5d} {label:>6s} {c:9.2f} {ms:10.3f} {1e3 / ms:10.0f}   "
+                  f"(x{ms / base[first_order]:.1f} vs {task_counts[0]} tasks)")
+
+
+def rl_workloads(repeats):
+    import envs
+    from maml.rl import MAMLRL, MAMLRLConfig
+    from ssm_jax import MLPPolicy, SSMPolicy
+
+    print("\n== 3. MAML-RL on CartPole: one full meta-step for 8 tasks ==")
+    print(f"{'policy':>6s} {'order':>6s} {'compile s':>9s} {'ms/update':>10s} {'updates/s':>10s} {'env steps/s':>12s}")
+    task_dist = envs.CartPoleTasks()
+    tasks = task_dist.sample(jax.random.key(0), 8)
+    for name, policy in (("mlp", MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=64)),
+                         ("ssm", SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=16, hidden_dim=64))):
+        for first_order in (False, True):
+            cfg = MAMLRLConfig(num_inner_steps=1, first_order=first_order)
+            algo = MAMLRL(policy, cfg)
+            state = algo.init(jax.random.key(1))
+
+            def step(s, batch):
+                return algo.meta_update(s, batch[0], batch[1])
+
+            c, ms, _ = time_step(step, state, (tasks, jax.random.key(2)), repeats)
+            steps = algo.env_steps_per_update(8)
+            label = "first" if first_order else "second"
+            print(f"{name:>6s} {label:>6s} {c:9.2f} {ms:10.2f} {1e3 / ms:10.1f} {steps / ms * 1e3:12.0f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per workload (median reported)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, sinusoid scaling up to 64 tasks")
+    parser.add_argument("--skip-rl", action="store_true", help="skip the MAML-RL workload")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    repeats = 3 if args.quick else args.repeats
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {repeats} timed calls each "
+          "(median); numbers are noisy on a shared CPU")
+    ssm_workloads(repeats)
+    sinusoid_workloads(repeats, (8, 64) if args.quick else (8, 64, 256))
+    if not args.skip_rl:
+        rl_workloads(max(3, repeats // 4))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""MAML for reinforcement learning on gymnax tasks (CartPole task distributions).
+
+One meta-update, entirely inside one ``jax.jit`` (sampling included)::
+
+    for each task (vmap):
+        theta_0 = theta
+        for k in 0 .. K-1 (lax.scan):                         # inner loop
+            support_k ~ pi_{theta_k}   (envs.rollout: E envs x T steps)
+            theta_{k+1} = theta_k + alpha * grad J_LVC(theta_k; support_k)
+        query ~ pi_{theta_K}
+    outer loss = PPO-clipped surrogate of the query data at theta_K(theta)
+                 + value losses - entropy bonus,   minimised by Adam over (theta, alpha)
+
+Estimator (why). The meta-objective is ``J(theta_K(theta))`` where the support data of step
+``k`` is *sampled from* ``pi_{theta_k}``: the sampling distribution itself depends on the
+pre-update params. Autodiff through the naive inner policy-gradient loss
+``-sum_t log pi(a_t|s_t) A_t`` gets the Hessian of ``J`` wrong: it yields only
+``E[grad^2 log pi * A]`` and misses the term ``E[grad log pi grad log pi^T A]`` that comes from
+the dependence of the samples on ``theta_k`` (Foerster et al. 2018, DiCE; Rothfuss et al. 2019,
+ProMP). We use ProMP's low-variance curvature (LVC) surrogate for the inner step:
+
+    J_LVC(theta_k) = mean_t  exp(log pi_{theta_k}(a_t|s_t) - log pi_old(a_t|s_t)) * A_t
+
+where ``log pi_old`` is the log-prob under the params that sampled the data (a constant).
+At the sampling point the ratio is 1, so its gradient is the usual policy gradient and its
+Hessian is ``E[sum_t (grad^2 log pi_t + grad log pi_t grad log pi_t^T) A_t]``: the per-step
+DiCE Hessian, which includes the sampling-distribution term, and drops DiCE's cross-time
+products (unbiased only up to those terms, but with far lower variance than full DiCE;
+ProMP shows it trains better). Each inner step samples fresh support data with the current
+adapted params, as in Finn et al. (2017), so every step's surrogate is evaluated at the
+params that sampled it. ``first_order=True`` stops the gradient of the inner gradients:
+``d theta_K / d theta = I``, which drops every second-order term (including the
+sampling-distribution term); the learned step sizes still get their first-order gradient.
+
+Outer objective (ProMP). Data are collected once per meta-update (no gradient), then
+``num_outer_epochs`` Adam steps are taken on the outer loss; each step *recomputes* the
+adapted params from the stored support data (ratios against the stored sampling
+log-probs keep the inner gradients importance-corrected) and uses the PPO clipped ratio
+``pi_{theta_K}/pi_old`` on the query data. With one epoch (the default) every ratio is 1 and
+the update is the plain (LVC) MAML policy gradient.
+
+Advantages are GAE(gamma, lambda) from the policy's value head (values under the params that
+sampled the data; truncated episodes are bootstrapped with the value of their last state),
+normalised per batch. The value head is trained in the outer loss on every support batch
+(at ``theta_k``) and on the query batch (at ``theta_K``).
+
+Policies follow the ``ssm_jax`` policy contract (``SSMPolicy``, ``MLPPolicy``): rollouts use
+``method="step"``; the losses recompute log-probs and values with the sequence ``apply`` and
+the rollout's ``resets``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from typing import Optional
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+import envs
+from maml import core
+from maml.config import _check_float, _check_int
+
+
+# --------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MAMLRLConfig:
+    """Hyper-parameters of MAML-RL (validated on construction).
+
+    Attributes:
+      inner_lr: inner step size (initial value of every per-parameter step size if
+        ``learn_inner_lr``), >= 0.
+      outer_lr: Adam step size, > 0.
+      num_inner_steps: inner policy-gradient steps K (each on fresh support data), >= 0.
+      first_order: drop the second-order terms (see module docstring).
+      learn_inner_lr: Meta-SGD per-parameter inner step sizes, meta-learned.
+      grad_clip: global-norm clip of the meta-gradient (None: no clipping).
+      support_envs, support_steps: parallel envs E and time steps T of each support rollout.
+      query_envs, query_steps: the same for the query rollout.
+      gamma, gae_lambda: discount and GAE lambda, in [0, 1].
+      reward_scale: rewards are multiplied by this before computing advantages/values (> 0).
+      normalize_advantages: standardise advantages per (task, batch).
+      value_coef: weight of the value losses in the outer loss, >= 0.
+      entropy_coef: weight of the entropy bonus (query data) in the outer loss, >= 0.
+      clip_eps: PPO clip range of the outer ratio (only matters with several epochs), > 0.
+      num_outer_epochs: Adam steps per collected batch of data, >= 1.
+      obs_mode: "full" or "partial" observations (see ``envs.observation``).
+      carry_across_episodes: keep the recurrent carry across episodes within a rollout.
+      remat_inner: ``jax.checkpoint`` each recomputed inner step in the outer loss.
+    """
+
+    inner_lr: float = 0.1
+    outer_lr: float = 1e-3
+    num_inner_steps: int = 1
+    first_order: bool = False
+    learn_inner_lr: bool = True
+    grad_clip: Optional[float] = 1.0
+    support_envs: int = 8
+    support_steps: int = 100
+    query_envs: int = 8
+    query_steps: int = 100
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    reward_scale: float = 0.1
+    normalize_advantages: bool = True
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    clip_eps: float = 0.2
+    num_outer_epochs: int = 1
+    obs_mode: str = "full"
+    carry_across_episodes: bool = False
+    remat_inner: bool = False
+
+    def __post_init__(self):
+        f = lambda name, **kw: object.__setattr__(self, name, _check_float(name, getattr(self, name), **kw))
+        i = lambda name, minimum: object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum=minimum))
+        f("inner_lr")
+        f("outer_lr", strict=True)
+        i("num_inner_steps", 0)
+        for name in ("support_envs", "support_steps", "query_envs", "query_steps", "num_outer_epochs"):
+            i(name, 1)
+        for name in ("gamma", "gae_lambda"):
+            f(name)
+            if getattr(self, name) > 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}.")
+        f("reward_scale", strict=True)
+        f("value_coef")
+        f("entropy_coef")
+        f("clip_eps", strict=True)
+        if self.grad_clip is not None:
+            f("grad_clip", strict=True)
+        for name in ("first_order", "learn_inner_lr", "normalize_advantages", "carry_across_episodes",
+                     "remat_inner"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+        if self.obs_mode not in envs.OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {envs.OBS_MODES}, got {self.obs_mode!r}.")
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+@flax.struct.dataclass
+class Batch:
+    """Stored rollout data of one (task, segment); ``E`` envs, ``T`` steps, ``D`` obs dim.
+
+    obs (E, T, D); actions (E, T) or (E, T, A); resets (E, T) bool (the ``resets`` to pass
+    to the policy's sequence apply); old_log_probs (E, T) under the sampling params;
+    advantages (E, T) (normalised if configured); returns (E, T) value targets (scaled
+    rewards); episode_return (): mean return per episode segment of the window (see
+    ``segment_return``); completed_return (): mean return of completed episodes (NaN if none).
+    """
+
+    obs: chex.Array
+    actions: chex.Array
+    resets: chex.Array
+    old_log_probs: chex.Array
+    advantages: chex.Array
+    returns: chex.Array
+    episode_return: chex.Array
+    completed_return: chex.Array
+
+
+def gae(rewards, values, terminated, truncated, last_value, gamma, lam):
+    """GAE advantages and value targets, all ``(E, T)``.
+
+    ``next value`` is 0 after a termination, the value of the same (last) state after a
+    time-limit truncation (the true next state is lost to auto-reset), ``last_value`` after
+    the window's last step, and ``values[:, t+1]`` otherwise. Traces are cut at episode ends.
+    """
+    next_values = jnp.concatenate([values[:, 1:], last_value[:, None]], axis=1)
+    next_values = jnp.where(terminated, 0.0, jnp.where(truncated, values, next_values))
+    deltas = rewards + gamma * next_values - values
+    cont = (~(terminated | truncated)).astype(values.dtype)
+
+    def body(acc, x):
+        d, c = x
+        acc = d + gamma * lam * c * acc
+        return acc, acc
+
+    _, adv = jax.lax.scan(body, jnp.zeros_like(last_value), (deltas.T, cont.T), reverse=True)
+    adv = adv.T
+    return adv, adv + values
+
+
+def segment_return(traj: envs.Trajectory) -> chex.Array:
+    """Total reward / number of episode segments in the window (a finite lower bound on
+    the mean episode return: the unfinished last episode of each env counts as one)."""
+    return jnp.sum(traj.rewards) / jnp.maximum(jnp.sum(traj.resets), 1)
+
+
+def policy_resets(resets, carry_across_episodes):
+    """The resets to give the sequence apply so that it reproduces the rollout's outputs."""
+    if carry_across_episodes:
+        return jnp.zeros_like(resets).at[:, 0].set(True)
+    return resets
+
+
+# --------------------------------------------------------------------------
+# the algorithm
+# --------------------------------------------------------------------------
+class MAMLRL:
+    """MAML-RL (LVC inner surrogate, ProMP-style outer step) for ``ssm_jax`` policies.
+
+    Args:
+      policy: an ``ssm_jax`` policy module (``SSMPolicy``, ``MLPPolicy``) with ``obs_dim``.
+      config: a ``MAMLRLConfig`` (default: ``MAMLRLConfig()``).
+      env: a gymnax environment (default CartPole-v1 via ``envs.make``).
+      adapt_filter: which params the inner loop adapts (``core.build_mask``), e.g.
+        ``["heads"]`` to adapt only the actor/critic heads.
+
+    Pure, jitted API (``N`` tasks, an ``EnvParams`` batch with a leading task axis):
+      ``state = algo.init(key)`` or ``algo.init_from_params(params)``;
+      ``state, metrics = algo.meta_update(state, tasks, key)``;
+      ``returns = algo.adaptation_returns(state, tasks, key, num_inner_steps, num_envs, num_steps)``.
+    """
+
+    def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None):
+        self.config = MAMLRLConfig() if config is None else config
+        if not isinstance(self.config, MAMLRLConfig):
+            raise ValueError(f"config must be a MAMLRLConfig, got {type(self.config).__name__}.")
+        for attr in ("apply", "init", "initialize_carry", "obs_dim"):
+            if not hasattr(policy, attr):
+                raise ValueError(f"policy must follow the ssm_jax policy contract; it has no {attr!r}.")
+        self.policy = policy
+        self.env = envs.make("CartPole-v1")[0] if env is None else env
+        self.obs_dim = envs.obs_dim(self.env, self.config.obs_mode)
+        if policy.obs_dim != self.obs_dim:
+            raise ValueError(
+                f"policy.obs_dim is {policy.obs_dim} but obs_mode={self.config.obs_mode!r} gives "
+                f"{self.obs_dim} observation components.")
+        self.adapt_filter = adapt_filter
+        self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
+        self._mask = None
+        self.meta_update = jax.jit(self._meta_update)
+        self.adaptation_returns = jax.jit(
+            self._adaptation_returns, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+
+    # ------------------------------------------------------------ state
+    def init(self, key) -> core.MetaState:
+        """Fresh policy params (``policy.init``) wrapped in a MetaState."""
+        params = self.policy.init(key, jnp.zeros((1, 1, self.obs_dim), jnp.float32))
+        return self.init_from_params(params)
+
+    def init_from_params(self, params) -> core.MetaState:
+        self._mask = core.build_mask(params, self.adapt_filter)
+        lr = None
+        if self.config.learn_inner_lr:
+            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.float32), params)
+        return core.init_state(params, self.optimizer, lr)
+
+    def _lr(self, inner_lr):
+        return self.config.inner_lr if inner_lr is None else inner_lr
+
+    def env_steps_per_update(self, num_tasks: int) -> int:
+        c = self.config
+        return num_tasks * (c.num_inner_steps * c.support_envs * c.support_steps + c.query_envs * c.query_steps)
+
+    # ------------------------------------------------------------ pieces
+    def collect(self, params, key, task, num_envs, num_steps, deterministic=False) -> Batch:
+        """Roll out ``params`` on one task and turn it into a (gradient-free) Batch."""
+        c = self.config
+        traj = envs.rollout(key, self.policy, jax.lax.stop_gradient(params), task, num_envs=num_envs,
+                            num_steps=num_steps, obs_mode=c.obs_mode,
+                            carry_across_episodes=c.carry_across_episodes, env=self.env,
+                            deterministic=deterministic)
+        traj = jax.lax.stop_gradient(traj)
+        rewards = traj.rewards * c.reward_scale
+        adv, returns = gae(rewards, traj.values, traj.terminated, traj.truncated, traj.last_value,
+                           c.gamma, c.gae_lambda)
+        if c.normalize_advantages:
+            adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
+        return Batch(obs=traj.obs, actions=traj.actions,
+                     resets=policy_resets(traj.resets, c.carry_across_episodes),
+                     old_log_probs=traj.log_probs, advantages=adv, returns=returns,
+                     episode_return=segment_return(traj),
+                     completed_return=envs.mean_episode_return(traj))
+
+    def _outputs(self, params, batch: Batch):
+        out, _ = self.policy.apply(params, batch.obs, resets=batch.resets)
+        return out.dist.log_prob(batch.actions), out.value, out.dist.entropy()
+
+    def inner_objective(self, params, batch: Batch):
+        """``(-J_LVC, value_loss)``: the inner loss (minimised) and, as aux, the value loss."""
+        log_probs, values, _ = self._outputs(params, batch)
+        ratio = jnp.exp(log_probs - batch.old_log_probs)
+        return -jnp.mean(ratio * batch.advantages), jnp.mean(jnp.square(values - batch.returns))
+
+    def inner_step(self, params, inner_lr, batch: Batch, first_order: Optional[bool] = None):
+        """One LVC policy-gradient step; returns ``(new_params, (inner_loss, value_loss))``."""
+        first_order = self.config.first_order if first_order is None else first_order
+        leaves, treedef = jax.tree.flatten(params)
+        mask = [True] * len(leaves) if self._mask is None else treedef.flatten_up_to(self._mask)
+        lrs = core._flat_lrs(inner_lr, treedef, len(leaves))
+        (loss, vloss), grads = jax.value_and_grad(self.inner_objective, has_aux=True)(params, batch)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        g_leaves = treedef.flatten_up_to(grads)
+        new = [p - lr * g if m else p for p, lr, g, m in zip(leaves, lrs, g_leaves, mask)]
+        return jax.tree.unflatten(treedef, new), (loss, vloss)
+
+    def collect_task(self, params, inner_lr, task, key, num_inner_steps, support_size, query_size,
+                     deterministic=False):
+        """Run the inner loop on one task, collecting fresh data at every step.
+
+        ``support_size``/``query_size`` are ``(num_envs, num_steps)`` pairs. Returns
+        ``(adapted_params, support, query)``: ``support`` stacks the ``num_inner_steps``
+        support Batches (sampled with theta_0 .. theta_{K-1}) on a leading axis, ``query`` is
+        the Batch sampled with the adapted theta_K. No gradient flows (the data are constants).
+        """
+        params = jax.lax.stop_gradient(params)
+        inner_lr = jax.lax.stop_gradient(inner_lr)
+        keys = jax.random.split(key, num_inner_steps + 1)
+
+        def step(theta, k):
+            batch = self.collect(theta, k, task, *support_size, deterministic)
+            theta, _ = self.inner_step(theta, inner_lr, batch, first_order=True)
+            return theta, batch
+
+        theta, support = jax.lax.scan(step, params, keys[:-1])
+        query = self.collect(theta, keys[-1], task, *query_size, deterministic)
+        return theta, support, query
+
+    def task_outer_loss(self, params, inner_lr, support: Batch, query: Batch):
+        """Outer loss of one task from stored data (support stacked on a leading K axis)."""
+        c = self.config
+
+        def step(theta, batch):
+            theta, (_, vloss) = self.inner_step(theta, inner_lr, batch)
+            return theta, vloss
+
+        if c.remat_inner:
+            step = jax.checkpoint(step)
+        theta, support_vlosses = jax.lax.scan(step, params, support)
+        log_probs, values, entropy = self._outputs(theta, query)
+        ratio = jnp.exp(log_probs - query.old_log_probs)
+        clipped = jnp.clip(ratio, 1.0 - c.clip_eps, 1.0 + c.clip_eps)
+        pg = -jnp.mean(jnp.minimum(ratio * query.advantages, clipped * query.advantages))
+        vloss = jnp.mean(jnp.square(values - query.returns))
+        if c.num_inner_steps > 0:
+            vloss = 0.5 * (vloss + jnp.mean(support_vlosses))
+        ent = jnp.mean(entropy)
+        loss = pg + c.value_coef * vloss - c.entropy_coef * ent
+        return loss, {"policy_loss": pg, "value_loss": vloss, "entropy": ent}
+
+    def outer_loss(self, params, inner_lr, data):
+        """Mean over tasks of ``task_outer_loss``; ``data`` = (support, query), task-leading."""
+        support, query = data
+        losses, metrics = jax.vmap(self.task_outer_loss, in_axes=(None, None, 0, 0))(
+            params, inner_lr, support, query)
+        return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
+
+    # ------------------------------------------------------------ meta-update
+    def _check_tasks(self, tasks):
+        leaves = jax.tree.leaves(tasks)
+        if not leaves or jnp.ndim(leaves[0]) < 1:
+            raise ValueError("tasks must be an EnvParams batch with a leading task axis "
+                             "(e.g. envs.CartPoleTasks().sample(key, num_tasks)).")
+        return jnp.shape(leaves[0])[0]
+
+    def _meta_update(self, state: core.MetaState, tasks, key):
+        c = self.config
+        n = self._check_tasks(tasks)
+        lr = self._lr(state.inner_lr)
+        _, support, query = jax.vmap(
+            lambda t, k: self.collect_task(state.params, lr, t, k, c.num_inner_steps,
+                                           (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
+        )(tasks, jax.random.split(key, n))
+
+        def epoch(st, _):
+            return core.meta_update(st, (support, query), loss=self.outer_loss, optimizer=self.optimizer,
+                                    fixed_inner_lr=c.inner_lr)
+
+        state, metrics = jax.lax.scan(epoch, state, None, length=c.num_outer_epochs)
+        metrics = jax.tree.map(lambda m: m[0], metrics)  # the first epoch is on-policy
+        returns = jnp.concatenate([support.episode_return, query.episode_return[:, None]], 1)
+        metrics.update(pre_return=jnp.mean(returns[:, 0]), post_return=jnp.mean(returns[:, -1]),
+                       return_by_step=jnp.mean(returns, axis=0))
+        if state.inner_lr is not None:
+            flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(state.inner_lr)])
+            metrics["inner_lr_mean"] = jnp.mean(flat)
+        return state, metrics
+
+    # ------------------------------------------------------------ evaluation
+    def _adaptation_returns(self, state: core.MetaState, tasks, key, num_inner_steps: int,
+                            num_envs: int, num_steps: int = 500, deterministic: bool = False):
+        """Per-task returns after 0..num_inner_steps inner steps, ``(N, num_inner_steps + 1)``.
+
+        The rollout of the params after ``k`` steps is both the measurement for ``k`` and the
+        support data of step ``k+1``. Returns a dict with ``segment_return`` (finite lower
+        bound, see ``segment_return``) and ``completed_return`` (completed episodes only, NaN
+        if none completed). With ``num_steps`` >= the episode limit (500 for CartPole-v1),
+        each env completes at least one episode.
+        """
+        n = self._check_tasks(tasks)
+        lr = self._lr(state.inner_lr)
+        size = (num_envs, num_steps)
+        _, support, query = jax.vmap(
+            lambda t, k: self.collect_task(state.params, lr, t, k, num_inner_steps, size, size,
+                                           deterministic))(tasks, jax.random.split(key, n))
+        cat = lambda a, b: jnp.concatenate([a, b[:, None]], 1)
+        return {"segment_return": cat(support.episode_return, query.episode_return),
+                "completed_return": cat(support.completed_return, query.completed_return)}

@@ -1,0 +1,201 @@
+"""Tests of MAML-RL (maml.rl): the jitted meta-step, the LVC estimator's curvature, GAE,
+first- vs second-order gradients, no retracing."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import envs
+from maml.rl import MAMLRL, MAMLRLConfig, gae
+from ssm_jax import MLPPolicy, SSMPolicy
+
+SMALL = dict(support_envs=2, support_steps=16, query_envs=2, query_steps=12, num_inner_steps=2)
+
+
+def small_algo(policy=None, **kw):
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8) if policy is None else policy
+    return MAMLRL(policy, MAMLRLConfig(**{**SMALL, **kw}))
+
+
+def collected(algo, state, num_tasks=2, seed=0):
+    """Support/query Batches of ``num_tasks`` train tasks, task axis leading."""
+    tasks = envs.CartPoleTasks().sample(jax.random.key(seed), num_tasks)
+    c = algo.config
+    _, support, query = jax.jit(jax.vmap(
+        lambda t, k: algo.collect_task(state.params, state.inner_lr, t, k, c.num_inner_steps,
+                                       (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
+    ))(tasks, jax.random.split(jax.random.key(seed + 1), num_tasks))
+    return support, query
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    """A second-order algo, its state, and data collected once for several tests."""
+    algo = small_algo()
+    state = algo.init(jax.random.key(3))
+    support, query = collected(algo, state)
+    return algo, state, support, query
+
+
+@pytest.mark.parametrize("policy", [MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8),
+                                    SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=4, hidden_dim=8)],
+                         ids=["mlp", "ssm"])
+def test_meta_update_runs_jitted_with_finite_metrics_and_no_retracing(policy):
+    algo = small_algo(policy)
+    state = algo.init(jax.random.key(0))
+    dist = envs.CartPoleTasks()
+    p0 = state.params
+    step = jax.jit(chex.assert_max_traces(algo._meta_update, n=1))
+    for i in range(3):
+        state, metrics = step(state, dist.sample(jax.random.key(10 + i), 3), jax.random.key(i))
+    chex.assert_tree_all_finite(metrics)
+    chex.assert_shape(metrics["return_by_step"], (SMALL["num_inner_steps"] + 1,))
+    assert int(state.step) == 3
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), p0, state.params)
+    assert max(jax.tree.leaves(moved)) > 0
+    assert 1.0 <= float(metrics["pre_return"]) <= 500.0
+
+
+def test_public_meta_update_compiles_once():
+    algo = small_algo(num_inner_steps=1, support_steps=8, query_steps=8)
+    state = algo.init(jax.random.key(0))
+    dist = envs.CartPoleTasks()
+    for i in range(3):
+        state, _ = algo.meta_update(state, dist.sample(jax.random.key(i), 2), jax.random.key(100 + i))
+    assert algo.meta_update._cache_size() == 1
+
+
+def test_outer_gradient_depends_on_first_order_and_first_order_is_identity_jacobian(mlp_data):
+    so, state, support, query = mlp_data
+    fo = small_algo(first_order=True)
+    fo.init_from_params(state.params)
+    g_so = jax.grad(lambda p: so.outer_loss(p, state.inner_lr, (support, query))[0])(state.params)
+    g_fo = jax.grad(lambda p: fo.outer_loss(p, state.inner_lr, (support, query))[0])(state.params)
+    v_so, v_fo = ravel_pytree(g_so)[0], ravel_pytree(g_fo)[0]
+    assert jnp.all(jnp.isfinite(v_so)) and jnp.all(jnp.isfinite(v_fo))
+    assert float(jnp.linalg.norm(v_so - v_fo)) > 1e-3 * float(jnp.linalg.norm(v_fo))
+
+    # reference for first order: the adapted params theta_k = theta + sg(theta_k - theta),
+    # i.e. the second-order loss with every inner displacement detached
+    def detached_loss(p):
+        def one(sup, qry):
+            def step(theta, batch):
+                new, (_, vloss) = so.inner_step(theta, state.inner_lr, batch)
+                return jax.tree.map(lambda t, n: t + jax.lax.stop_gradient(n - t), theta, new), vloss
+            theta, vls = jax.lax.scan(step, p, sup)
+            lp, val, ent = so._outputs(theta, qry)
+            ratio = jnp.exp(lp - qry.old_log_probs)
+            pg = -jnp.mean(jnp.minimum(ratio * qry.advantages,
+                                       jnp.clip(ratio, 0.8, 1.2) * qry.advantages))
+            vloss = 0.5 * (jnp.mean((val - qry.returns) ** 2) + jnp.mean(vls))
+            return pg + so.config.value_coef * vloss
+        return jnp.mean(jax.vmap(one)(support, query))
+
+    chex.assert_trees_all_close(g_fo, jax.grad(detached_loss)(state.params), rtol=2e-4, atol=1e-6)
+
+
+def test_lvc_inner_surrogate_has_score_outer_product_curvature(mlp_data):
+    """grad and Hessian of the LVC surrogate at the sampling params equal
+    mean_t grad log pi_t A_t and mean_t (hess log pi_t + grad log pi_t grad log pi_t^T) A_t."""
+    algo, state, support, _ = mlp_data
+    batch = jax.tree.map(lambda b: b[0, 0], support)   # task 0, inner step 0: sampled by state.params
+    flat, unravel = ravel_pytree(state.params)
+
+    surrogate = lambda v: -algo.inner_objective(unravel(v), batch)[0]
+    logps = lambda v: algo._outputs(unravel(v), batch)[0].ravel()
+    adv = batch.advantages.ravel()
+    # the stored sampling log-probs are those of the params that sampled the batch
+    np.testing.assert_allclose(logps(flat), batch.old_log_probs.ravel(), rtol=1e-4, atol=1e-5)
+
+    n = adv.size
+    jac = jax.jacrev(logps)(flat)                       # (E*T, P) per-sample scores
+    np.testing.assert_allclose(jax.grad(surrogate)(flat), jac.T @ adv / n, rtol=1e-4, atol=1e-6)
+
+    hvp = lambda f, v: jax.jvp(jax.grad(f), (flat,), (v,))[1]
+    naive = lambda x: jnp.sum(logps(x) * adv) / n      # autodiff of the plain PG loss
+    for seed in range(2):
+        v = jax.random.normal(jax.random.key(seed), flat.shape)
+        expected = hvp(naive, v) + jac.T @ (adv * (jac @ v)) / n
+        got = hvp(surrogate, v)
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5 * float(jnp.abs(expected).max()))
+        # the naive surrogate misses the score outer-product (sampling-distribution) term
+        assert float(jnp.abs(hvp(naive, v) - got).max()) > 1e-2 * float(jnp.abs(got).max())
+
+
+def test_gae_matches_python_loop():
+    key = jax.random.key(0)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    E, T, g, lam = 3, 20, 0.9, 0.8
+    rewards = jax.random.uniform(k1, (E, T))
+    values = jax.random.normal(k2, (E, T))
+    u = jax.random.uniform(k3, (E, T))
+    terminated, truncated = u < 0.1, (u >= 0.1) & (u < 0.15)
+    last = jax.random.normal(k4, (E,))
+    adv, ret = gae(rewards, values, terminated, truncated, last, g, lam)
+    r, v, te, tr, lv = map(np.asarray, (rewards, values, terminated, truncated, last))
+    ref = np.zeros((E, T))
+    for e in range(E):
+        acc = 0.0
+        for t in reversed(range(T)):
+            if te[e, t]:
+                nv, cont = 0.0, 0.0
+            elif tr[e, t]:
+                nv, cont = v[e, t], 0.0
+            else:
+                nv, cont = (v[e, t + 1] if t + 1 < T else lv[e]), 1.0
+            acc = r[e, t] + g * nv - v[e, t] + g * lam * cont * acc
+            ref[e, t] = acc
+    np.testing.assert_allclose(adv, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ref + v, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptation_returns_shapes_and_range():
+    algo = small_algo(num_inner_steps=1)
+    state = algo.init(jax.random.key(0))
+    out = algo.adaptation_returns(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
+                                  jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=40)
+    chex.assert_shape(out["segment_return"], (3, 3))
+    seg = np.asarray(out["segment_return"])
+    assert np.all((seg >= 1) & (seg <= 40))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(inner_lr=-1.0), "inner_lr"), (dict(num_inner_steps=-1), "num_inner_steps"),
+    (dict(gamma=1.5), "gamma"), (dict(support_envs=0), "support_envs"),
+    (dict(obs_mode="weird"), "obs_mode"), (dict(outer_lr=0), "outer_lr"),
+])
+def test_invalid_rl_config_rejected(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MAMLRLConfig(**kwargs)
+
+
+def test_policy_obs_dim_mismatch_rejected():
+    with pytest.raises(ValueError, match="obs_dim"):
+        MAMLRL(MLPPolicy(obs_dim=4, action_dim=2), MAMLRLConfig(obs_mode="partial"))
+
+
+@pytest.mark.slow
+def test_meta_training_improves_post_adaptation_return():
+    algo = MAMLRL(MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=32),
+                  MAMLRLConfig(num_inner_steps=1, support_envs=4, support_steps=100, query_envs=4,
+                               query_steps=100, outer_lr=3e-3, first_order=True))
+    state = algo.init(jax.random.key(0))
+    dist = envs.CartPoleTasks()
+    test_tasks = dist.sample(jax.random.key(123), 16, split="test")
+    evaluate = lambda s: float(jnp.mean(algo.adaptation_returns(
+        s, test_tasks, jax.random.key(7), num_inner_steps=1, num_envs=4, num_steps=200)["segment_return"][:, 1]))
+    before = evaluate(state)
+
+    @jax.jit
+    def train(state, key):
+        def body(s, k):
+            kt, kr = jax.random.split(k)
+            return algo._meta_update(s, dist.sample(kt, 8), kr)[0], None
+        return jax.lax.scan(body, state, jax.random.split(key, 150))[0]
+
+    state = train(state, jax.random.key(1))
+    after = evaluate(state)
+    assert after > 2.0 * before, (before, after)
