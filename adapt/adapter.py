@@ -20,15 +20,18 @@ Strategies:
                 default, earlier ``adapt`` batches feed it; batches holding a
                 non-finite value are never stored).
 
-One jitted function per adapter runs a whole ``adapt`` call (sampling the
-replay, every step and the buffer update). ``loss_fn`` is a static argument:
-reuse the same function object (not a fresh lambda per call) and batches of
-the same shapes, and repeated calls never retrace (``num_traces`` counts).
+One jitted function runs a whole ``adapt`` call (sampling the replay, every
+step and the buffer update). Its static arguments are the target, the config
+and ``loss_fn``: reuse the same function objects (not a fresh lambda per call)
+and batches of the same shapes, and repeated calls never retrace, even from a
+new ``Adapter`` with the same target and config (``num_traces`` counts).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+import collections
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +81,68 @@ def _guarded_add(buffer: rb.ReplayBuffer, items) -> rb.ReplayBuffer:
     return core.tree_select(core.tree_all_finite(items), rb.buffer_add(buffer, items), buffer)
 
 
+class _Spec(NamedTuple):
+    """The static part of an adapter: equal specs share compiled functions, so a
+    new ``Adapter`` for the same model and config (e.g. one per task) does not
+    recompile. ``per_param_lr``: the update is ``-lr_tree * grad`` (the meta
+    rule) with ``lr_tree`` a dynamic argument, else ``cfg``'s optimiser."""
+
+    target: Any
+    cfg: AdaptationConfig
+    strategy: str
+    per_param_lr: bool
+
+
+#: How many times each spec's functions were traced (``Adapter.num_traces``).
+_TRACES: collections.Counter = collections.Counter()
+
+
+def _optimizer(spec: _Spec, lr_tree) -> optax.GradientTransformation:
+    if not spec.per_param_lr:
+        return spec.cfg.make_optimizer()
+    opt = scale_by_tree(lr_tree)
+    if spec.cfg.grad_clip is not None:
+        opt = optax.chain(optax.clip_by_global_norm(spec.cfg.grad_clip), opt)
+    return opt
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "loss_fn"))
+def _loss_call(params, obs, targets, *, spec: _Spec, loss_fn):
+    _TRACES[spec] += 1
+    objective = supervised_objective(make_apply_fn(spec.target), loss_fn)
+    return core._scalar_objective(objective)(params, (obs, targets))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "loss_fn"))
+def _adapt_call(params, opt_state, lr_tree, obs, targets, *, spec: _Spec, loss_fn):
+    _TRACES[spec] += 1
+    cfg = spec.cfg
+    objective = supervised_objective(make_apply_fn(spec.target), loss_fn)
+    return core.adapt_steps(params, opt_state, (obs, targets), objective=objective,
+                            optimizer=_optimizer(spec, lr_tree), num_steps=cfg.max_steps_per_call,
+                            divergence_threshold=cfg.threshold, monotone=cfg.monotone)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "loss_fn"))
+def _hybrid_call(params, opt_state, lr_tree, obs, targets, buffer, key, *, spec: _Spec, loss_fn):
+    _TRACES[spec] += 1
+    cfg = spec.cfg
+    n = obs.shape[0]
+    m = cfg.replay_size(n)
+    replay, valid = rb.buffer_sample(buffer, key, m)
+    objective = hybrid_objective(supervised_objective(make_apply_fn(spec.target), loss_fn), m / (n + m))
+    batch = ((obs, targets), (replay["observations"], replay["targets"]), valid)
+    params, opt_state, info = core.adapt_steps(
+        params, opt_state, batch, objective=objective, optimizer=_optimizer(spec, lr_tree),
+        num_steps=cfg.max_steps_per_call, divergence_threshold=cfg.threshold, monotone=cfg.monotone)
+    if cfg.store_adapt_batches:
+        buffer = _guarded_add(buffer, {"observations": obs, "targets": targets})
+    return params, opt_state, info, buffer
+
+
+_add_call = jax.jit(_guarded_add)
+
+
 class Adapter:
     """Test-time weight adaptation of a model.
 
@@ -120,23 +185,24 @@ class Adapter:
             raise ValueError("params must be given: the model parameters to adapt (e.g. model.init(key, x)).")
         if not jax.tree.leaves(params):
             raise ValueError("params has no array leaves; expected the model's parameter pytree.")
+        make_apply_fn(target)  # validates target
+        try:
+            hash(target)
+        except TypeError:
+            raise ValueError(f"target must be hashable (a flax Module or a function), got {type(target).__name__}.") from None
         self.target = target
-        self.apply_fn = make_apply_fn(target)
-        if lr_tree is not None:
-            opt = scale_by_tree(lr_tree)
-            if cfg.grad_clip is not None:
-                opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-            self.optimizer = opt
-        else:
-            self.optimizer = cfg.make_optimizer()
+        self._spec = _Spec(target, cfg, strategy, lr_tree is not None)
+        self._lr_tree = lr_tree
+        self.optimizer = _optimizer(self._spec, lr_tree)
         self._initial_params = params
         self._key0 = jax.random.PRNGKey(key) if isinstance(key, int) else key
-        self.num_traces = 0
-        self._adapt_jit = jax.jit(self._adapt_impl, static_argnames=("loss_fn",))
-        self._hybrid_jit = jax.jit(self._hybrid_impl, static_argnames=("loss_fn",))
-        self._loss_jit = jax.jit(self._loss_impl, static_argnames=("loss_fn",))
-        self._add_jit = jax.jit(_guarded_add)
         self.reset()
+
+    @property
+    def num_traces(self) -> int:
+        """Traces of the jitted adaptation functions for this adapter's model and
+        config (shared by every adapter with the same ones)."""
+        return _TRACES[self._spec]
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -171,35 +237,6 @@ class Adapter:
         self.context = None
         self._key = self._key0
 
-    # --------------------------------------------------------- jitted bodies
-    def _loss_impl(self, params, obs, targets, *, loss_fn):
-        self.num_traces += 1
-        objective = supervised_objective(self.apply_fn, loss_fn)
-        return core._scalar_objective(objective)(params, (obs, targets))
-
-    def _adapt_impl(self, params, opt_state, obs, targets, *, loss_fn):
-        self.num_traces += 1
-        objective = supervised_objective(self.apply_fn, loss_fn)
-        return core.adapt_steps(params, opt_state, (obs, targets), objective=objective,
-                                optimizer=self.optimizer, num_steps=self.cfg.max_steps_per_call,
-                                divergence_threshold=self.cfg.threshold,
-                                monotone=self.cfg.monotone)
-
-    def _hybrid_impl(self, params, opt_state, obs, targets, buffer, key, *, loss_fn):
-        self.num_traces += 1
-        n = obs.shape[0]
-        m = self.cfg.replay_size(n)
-        replay, valid = rb.buffer_sample(buffer, key, m)
-        objective = hybrid_objective(supervised_objective(self.apply_fn, loss_fn), m / (n + m))
-        batch = ((obs, targets), (replay["observations"], replay["targets"]), valid)
-        params, opt_state, info = core.adapt_steps(
-            params, opt_state, batch, objective=objective, optimizer=self.optimizer,
-            num_steps=self.cfg.max_steps_per_call, divergence_threshold=self.cfg.threshold,
-                                monotone=self.cfg.monotone)
-        if self.cfg.store_adapt_batches:
-            buffer = _guarded_add(buffer, {"observations": obs, "targets": targets})
-        return params, opt_state, info, buffer
-
     # ------------------------------------------------------------- public API
     def _ensure_buffer(self, obs, targets):
         if self.buffer is None:
@@ -223,18 +260,20 @@ class Adapter:
         if not callable(loss_fn):
             raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
         if self.strategy == "none":
-            loss = float(self._loss_jit(self.params, obs, targets, loss_fn=loss_fn))
+            loss = float(_loss_call(self.params, obs, targets, spec=self._spec, loss_fn=loss_fn))
             return {"loss_before": loss, "loss_after": loss, "loss": loss, "steps": 0,
                     "rollbacks": 0, "rolled_back": False}
         if self.strategy == "hybrid":
             self._ensure_buffer(obs, targets)
             rb._check_structure(self.buffer, {"observations": obs, "targets": targets}, "batch")
             self._key, key = jax.random.split(self._key)
-            self.params, self.opt_state, info, self.buffer = self._hybrid_jit(
-                self.params, self.opt_state, obs, targets, self.buffer, key, loss_fn=loss_fn)
+            self.params, self.opt_state, info, self.buffer = _hybrid_call(
+                self.params, self.opt_state, self._lr_tree, obs, targets, self.buffer, key,
+                spec=self._spec, loss_fn=loss_fn)
         else:
-            self.params, self.opt_state, info = self._adapt_jit(
-                self.params, self.opt_state, obs, targets, loss_fn=loss_fn)
+            self.params, self.opt_state, info = _adapt_call(
+                self.params, self.opt_state, self._lr_tree, obs, targets, spec=self._spec,
+                loss_fn=loss_fn)
         info = jax.device_get(info)
         return {"loss_before": float(info.loss_before), "loss_after": float(info.loss_after),
                 "loss": float(info.loss_after), "steps": int(info.steps),
@@ -261,9 +300,9 @@ class Adapter:
         self._ensure_buffer(obs, targets)
         items = {"observations": obs, "targets": targets}
         rb._check_structure(self.buffer, items, "context")
-        self.buffer = self._add_jit(self.buffer, items)
+        self.buffer = _add_call(self.buffer, items)
 
     def loss(self, batch: Mapping[str, Any], loss_fn: Callable = mse_loss) -> float:
         """The loss of the current params on ``batch`` (no update)."""
         obs, targets = _check_batch(batch, "batch")
-        return float(self._loss_jit(self.params, obs, targets, loss_fn=loss_fn))
+        return float(_loss_call(self.params, obs, targets, spec=self._spec, loss_fn=loss_fn))

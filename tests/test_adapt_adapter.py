@@ -292,8 +292,9 @@ def test_bad_constructor_arguments_give_clear_errors():
 def test_repeated_adapt_calls_do_not_retrace(strategy):
     model, params = _mlp_and_params()
     rng = np.random.default_rng(7)
-    adapter = Adapter(model, AdaptationConfig(lr=0.01, max_steps_per_call=4), strategy=strategy,
-                      params=params)
+    cfg = AdaptationConfig(lr=0.0123, max_steps_per_call=4)  # a config no other test uses
+    adapter = Adapter(model, cfg, strategy=strategy, params=params)
+    assert adapter.num_traces == 0
     for _ in range(5):
         adapter.adapt(_regression(rng, 0.0, np.eye(2), 16), mse_loss)
         if strategy == "hybrid":
@@ -301,4 +302,7 @@ def test_repeated_adapt_calls_do_not_retrace(strategy):
     assert adapter.num_traces == 1
     adapter.reset()
     adapter.adapt(_regression(rng, 0.0, np.eye(2), 16), mse_loss)
-    assert adapter.num_traces == 1
+    # a new adapter (e.g. for the next task) with the same model and config reuses the compilation
+    other = Adapter(MLP(2), cfg, strategy=strategy, params=_mlp_and_params(seed=3)[1])
+    other.adapt(_regression(rng, 0.0, np.eye(2), 16), mse_loss)
+    assert adapter.num_traces == 1 and other.num_traces == 1
