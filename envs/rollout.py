@@ -328,7 +328,10 @@ def rollout(
       A `Trajectory` with leading axes `(num_envs, num_steps)`; see its docstring. Actions are
       `stop_gradient`-ed; `log_probs` and `values` are differentiable functions of `params`
       (their gradient is the score-function gradient at fixed samples), but callers such as
-      MAML-RL usually recompute log-probs from `traj.obs`/`traj.actions`/`traj.resets`.
+      MAML-RL usually recompute log-probs from `traj.obs`/`traj.actions`/`traj.resets`
+      (the policy's sequence `apply` with `resets=traj.resets` reproduces `log_probs` and
+      `values`); passing `jax.lax.stop_gradient(params)` then makes explicit that the samples
+      carry no gradient.
 
     Raises:
       ValueError: on a non-positive `num_envs`/`num_steps`, an unknown `obs_mode`, a task

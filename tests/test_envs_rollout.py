@@ -46,6 +46,8 @@ SSM_PARAMS = _init(SSM)
 E, T = 4, 50
 ENV_STEP = jax.jit(envs.make()[0].step)
 SSM_STEP = jax.jit(lambda p, o, c, r: SSM.apply(p, o, c, r, method="step"))
+SSM_SEQ = jax.jit(lambda p, o, r: SSM.apply(p, o, resets=r))  # sequence mode, one compile
+ONLY_FIRST = jnp.zeros((E, T), bool).at[:, 0].set(True)  # resets of one long "episode"
 
 
 def _run(seed=11, max_steps=15, inverted=False, **kw):
@@ -168,8 +170,8 @@ def test_no_completed_episode_gives_nan_mean():
 def test_sequence_apply_on_stored_obs_recomputes_log_probs_and_values(carry_across):
     """What MAML-RL does: the policy's sequence mode over traj.obs gives the rollout's outputs."""
     traj = _run(seed=2, max_steps=10, carry_across_episodes=carry_across)
-    resets = None if carry_across else traj.resets
-    out, carry = SSM.apply(SSM_PARAMS, traj.obs, resets=resets)
+    resets = ONLY_FIRST if carry_across else traj.resets
+    out, carry = SSM_SEQ(SSM_PARAMS, traj.obs, resets)
     np.testing.assert_allclose(out.dist.log_prob(traj.actions), traj.log_probs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.value, traj.values, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(carry, traj.final_carry, rtol=1e-5, atol=1e-5)
@@ -189,7 +191,7 @@ def test_carry_across_episodes_changes_outputs_after_the_first_reset_only():
 
 def test_deterministic_acts_with_the_mode():
     traj = _run(seed=0, deterministic=True)
-    out, _ = SSM.apply(SSM_PARAMS, traj.obs, resets=traj.resets)
+    out, _ = SSM_SEQ(SSM_PARAMS, traj.obs, traj.resets)
     np.testing.assert_array_equal(traj.actions, out.dist.mode())
 
 
@@ -208,22 +210,33 @@ def test_partial_mode_drops_velocities_of_the_same_trajectory():
 def test_rollout_tasks_equals_rollout_per_task():
     tasks = envs.CartPoleTasks(max_steps_in_episode=15).sample(jax.random.PRNGKey(1), 3)
     key = jax.random.PRNGKey(5)
-    kw = dict(num_envs=E, num_steps=T)
-    batch = envs.rollout_tasks(key, SSM, SSM_PARAMS, tasks, **kw)
+    batch = envs.rollout_tasks(key, SSM, SSM_PARAMS, tasks, num_envs=E, num_steps=T)
     chex.assert_shape(batch.obs, (3, E, T, 4))
-    # per-task params: task i rolls out with params scaled differently
-    stacked = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p, -p]), SSM_PARAMS)
-    per_task = envs.rollout_tasks(key, SSM, stacked, tasks, params_per_task=True, **kw)
     keys = jax.random.split(key, 3)
     for i in range(3):
         task = jax.tree_util.tree_map(lambda x: x[i], tasks)
-        one = envs.rollout(keys[i], SSM, SSM_PARAMS, task, **kw)
+        one = envs.rollout(keys[i], SSM, SSM_PARAMS, task, num_envs=E, num_steps=T)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], batch), one,
                                     rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_rollout_tasks_with_per_task_params():
+    tasks = envs.CartPoleTasks(max_steps_in_episode=15).sample(jax.random.PRNGKey(1), 3)
+    key = jax.random.PRNGKey(5)
+    stacked = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p, -p]), SSM_PARAMS)
+    per_task = envs.rollout_tasks(key, SSM, stacked, tasks, params_per_task=True,
+                                  num_envs=E, num_steps=T)
+    keys = jax.random.split(key, 3)
+    for i in range(3):
+        task = jax.tree_util.tree_map(lambda x: x[i], tasks)
         p_i = jax.tree_util.tree_map(lambda p: p[i], stacked)
-        one = envs.rollout(keys[i], SSM, p_i, task, **kw)
+        one = envs.rollout(keys[i], SSM, p_i, task, num_envs=E, num_steps=T)
         chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[i], per_task), one,
                                     rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="leading task axis of size 3"):
+        envs.rollout_tasks(key, SSM, SSM_PARAMS, tasks, params_per_task=True, num_envs=E,
+                           num_steps=T)
 
 
 def test_mlp_policy_rollout_matches_its_sequence_apply():
@@ -276,6 +289,7 @@ def test_rollout_under_grad_with_traced_params():
     chex.assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_other_gymnax_envs_roll_out():
     env, params = envs.make("Acrobot-v1")
     policy = MLPPolicy(obs_dim=6, action_dim=3, hidden_dim=8)
@@ -284,6 +298,24 @@ def test_other_gymnax_envs_roll_out():
     chex.assert_shape(traj.obs, (2, 5, 6))
     assert set(np.unique(traj.actions)) <= {0, 1, 2}
     np.testing.assert_array_equal(traj.rewards, -1.0)  # Acrobot pays -1 per step until the goal
+
+
+@pytest.mark.slow
+def test_continuous_actions_in_pendulum_match_a_hand_step():
+    env, params = envs.make("Pendulum-v1")
+    policy = MLPPolicy(obs_dim=3, action_dim=1, hidden_dim=8, discrete=False)
+    key = jax.random.PRNGKey(1)
+    traj = envs.rollout(key, policy, _init(policy, 3), params, env=env, num_envs=2, num_steps=3)
+    chex.assert_shape(traj.actions, (2, 3, 1))
+    key_reset, key_steps = jax.random.split(key)
+    reset_keys = jax.random.split(key_reset, 2)
+    env_keys = jax.random.split(jax.random.split(jax.random.split(key_steps, 3)[0])[1], 2)
+    for i in range(2):
+        obs, state = env.reset(reset_keys[i], params)
+        np.testing.assert_allclose(traj.obs[i, 0], obs, rtol=1e-6)
+        obs, _, reward, *_ = env.step(env_keys[i], state, traj.actions[i, 0], params)
+        np.testing.assert_allclose(traj.rewards[i, 0], reward, rtol=1e-5)
+        np.testing.assert_allclose(traj.obs[i, 1], obs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
