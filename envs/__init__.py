@@ -1,5 +1,6 @@
 """gymnax environments, CartPole task distributions, observation modes and jitted rollouts."""
 
+from envs.context import ContextWrapper
 from envs.observation import OBS_MODES, PARTIAL_OBS_INDICES, obs_dim, observe
 from envs.registry import ENV_NAMES, make
 from envs.rollout import (
@@ -21,6 +22,7 @@ from envs.tasks import (
 
 __all__ = [
     "CartPoleTasks",
+    "ContextWrapper",
     "DEFAULT_TEST_RANGES",
     "ENV_NAMES",
     "OBS_MODES",

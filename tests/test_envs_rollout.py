@@ -340,3 +340,37 @@ def test_bad_arguments_raise_clear_errors(kwargs, needle):
 def test_rollout_tasks_rejects_a_single_task():
     with pytest.raises(ValueError, match="leading task axis"):
         envs.rollout_tasks(jax.random.PRNGKey(0), SSM, SSM_PARAMS, _task(), num_envs=2, num_steps=4)
+
+
+# ------------------------------------------------------------------ ContextWrapper (RL^2 observations)
+
+
+def test_context_observations_are_previous_action_reward_and_done():
+    base, _ = envs.make()
+    wrapped = envs.ContextWrapper(base)
+    assert envs.obs_dim(wrapped) == 8 and envs.obs_dim(envs.ContextWrapper(base, "partial")) == 6
+    assert wrapped == envs.ContextWrapper(base) and hash(wrapped) == hash(envs.ContextWrapper(base))
+    policy = UniformPolicy()  # ignores its observations: both rollouts take the same actions
+    params = _init(policy)
+    key = jax.random.PRNGKey(3)
+    kw = dict(num_envs=3, num_steps=40)
+    plain = envs.rollout(key, policy, params, _task(max_steps=12), env=base, **kw)
+    ctx = envs.rollout(key, policy, params, _task(max_steps=12), env=wrapped, **kw)
+    assert bool(plain.dones.any())
+    np.testing.assert_array_equal(ctx.actions, plain.actions)
+    np.testing.assert_array_equal(ctx.obs[..., :4], plain.obs)
+    np.testing.assert_array_equal(ctx.rewards, plain.rewards)
+    np.testing.assert_array_equal(ctx.episode_returns, plain.episode_returns)
+    # the context of step t is what happened at step t - 1 (all zero at t = 0)
+    np.testing.assert_array_equal(ctx.obs[:, 0, 4:], 0.0)
+    np.testing.assert_array_equal(ctx.obs[:, 1:, 4:6], jax.nn.one_hot(plain.actions[:, :-1], 2))
+    np.testing.assert_array_equal(ctx.obs[:, 1:, 6], plain.rewards[:, :-1])
+    np.testing.assert_array_equal(ctx.obs[:, 1:, 7], plain.dones[:, :-1].astype(jnp.float32))
+    np.testing.assert_array_equal(ctx.last_obs[:, 7], plain.dones[:, -1].astype(jnp.float32))
+
+
+def test_context_wrapper_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="gymnax Environment"):
+        envs.ContextWrapper("CartPole-v1")
+    with pytest.raises(ValueError, match="obs_mode"):
+        envs.ContextWrapper(envs.make()[0], obs_mode="pixels")
