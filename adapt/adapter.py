@@ -39,7 +39,7 @@ import optax
 
 from adapt import buffer as rb
 from adapt import core
-from adapt.config import AdaptationConfig, make_optimizer, scale_by_tree
+from adapt.config import AdaptationConfig, scale_by_tree
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, supervised_objective
 
 STRATEGIES = ("none", "online", "meta", "hybrid")

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from adapt import buffer as rb
-from adapt.core import AdaptInfo, adapt_steps, tree_all_finite, tree_select
+from adapt.core import adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, predictions_of
 
 PyTree = Any

@@ -36,7 +36,7 @@ def test_readme_example_translated_to_jax():
     (32, 10) and targets (32, 4), mse, lr=0.01, max_steps_per_call=10. Our SSM
     maps one observation to an output with its one-step call."""
     model = SSM(state_dim=16, input_dim=10, output_dim=4, hidden_dim=64)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 10)))
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1, 10)))
 
     def forward(p, obs):  # the seeds' forward(state): (32, 10) -> (32, 4); returns (y, carry)
         return model.apply(p, obs, model.initialize_carry(obs.shape[0]), method="step")
