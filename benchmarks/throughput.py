@@ -10,9 +10,11 @@ through exactly the same `envs.rollout` (auto-reset, trajectory storage, log-pro
 `bare gymnax` row is gymnax alone (a `lax.scan` of `vmap(env.step)` with random actions and
 nothing stored), for reference.
 
-Timing: each configuration is compiled first (compile time reported separately), then run
-repeatedly (fresh keys) for at least `--min_time` seconds; the median run time is reported.
-On a shared machine the figures are noisy: compare ratios from the same run.
+Timing: for each number of environments, every configuration is compiled first (compile time
+reported separately), then the configurations are run round-robin (fresh keys) for at least
+`--min_time` seconds each, and each one's median run time is reported. Interleaving makes load
+from other processes hit all rows alike; on a shared machine the absolute figures are still
+noisy: compare the ratios.
 """
 
 from __future__ import annotations
@@ -81,18 +83,26 @@ def _policy_rollout(policy, params, num_envs: int, num_steps: int, unroll: int):
     return run
 
 
-def _measure(run, min_time: float, min_reps: int = 3):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(jax.random.PRNGKey(0)))
-    compile_s = time.perf_counter() - t0
-    times, i = [], 1
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        jax.block_until_ready(run(jax.random.PRNGKey(i)))
-        times.append(time.perf_counter() - t)
+def _measure_interleaved(runs, min_time: float, min_reps: int = 3):
+    """Compile every run, then time them round-robin (fresh key each call) for at least
+    `min_time` seconds each, so that load from other processes hits all of them alike.
+
+    Returns a list of `(median seconds per call, compile seconds)`, one per run.
+    """
+    compile_s = []
+    for run in runs:
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(jax.random.PRNGKey(0)))
+        compile_s.append(time.perf_counter() - t0)
+    times = [[] for _ in runs]
+    start, i = time.perf_counter(), 1
+    while min(len(t) for t in times) < min_reps or time.perf_counter() - start < min_time * len(runs):
+        for run, ts in zip(runs, times):
+            t = time.perf_counter()
+            jax.block_until_ready(run(jax.random.PRNGKey(i)))
+            ts.append(time.perf_counter() - t)
         i += 1
-    return statistics.median(times), compile_s
+    return [(statistics.median(ts), c) for ts, c in zip(times, compile_s)]
 
 
 def main(argv=None):
@@ -135,20 +145,21 @@ def main(argv=None):
     ]
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {num_steps} steps per rollout, "
-          f"median of >= {min_time:.1f} s of runs (shared CPU: expect noise, compare ratios)")
+          f"median of >= {min_time:.1f} s of interleaved runs each (shared CPU: compare ratios)")
     header = f"{'policy':<36}{'envs':>6}{'steps/s':>14}{'vs ceiling':>12}{'compile s':>11}"
     print(header)
     print("-" * len(header))
     for n in num_envs:
-        ceiling = None
-        sec, comp = _measure(_bare_gymnax(n, num_steps), min_time)
-        print(f"{'bare gymnax (reference)':<36}{n:>6}{n * num_steps / sec:>14,.0f}{'':>12}{comp:>11.1f}",
-              flush=True)
-        for label, policy, params in policies:
-            sec, comp = _measure(_policy_rollout(policy, params, n, num_steps, args.unroll), min_time)
+        labels = ["bare gymnax (reference)"] + [label for label, _, _ in policies]
+        runs = [_bare_gymnax(n, num_steps)] + [
+            _policy_rollout(policy, params, n, num_steps, args.unroll) for _, policy, params in policies
+        ]
+        results = _measure_interleaved(runs, min_time)
+        ceiling = n * num_steps / results[1][0]
+        for j, (label, (sec, comp)) in enumerate(zip(labels, results)):
             rate = n * num_steps / sec
-            ceiling = ceiling or rate
-            print(f"{label:<36}{n:>6}{rate:>14,.0f}{rate / ceiling:>11.0%} {comp:>10.1f}", flush=True)
+            ratio = "" if j == 0 else f"{rate / ceiling:.0%}"
+            print(f"{label:<36}{n:>6}{rate:>14,.0f}{ratio:>12}{comp:>11.1f}", flush=True)
         print()
 
 
