@@ -199,8 +199,9 @@ def test_partial_mode_drops_velocities_of_the_same_trajectory():
     policy = UniformPolicy()  # ignores obs, so both modes take the same actions
     params = _init(policy)
     key = jax.random.PRNGKey(9)
-    full = envs.rollout(key, policy, params, None, num_envs=3, num_steps=25, obs_mode="full")
-    part = envs.rollout(key, policy, params, None, num_envs=3, num_steps=25, obs_mode="partial")
+    kw = dict(num_envs=E, num_steps=T)
+    full = envs.rollout(key, policy, params, _task(12), obs_mode="full", **kw)
+    part = envs.rollout(key, policy, params, _task(12), obs_mode="partial", **kw)
     np.testing.assert_array_equal(part.actions, full.actions)
     np.testing.assert_array_equal(part.obs, full.obs[..., jnp.array([0, 2])])
     np.testing.assert_array_equal(part.last_obs, full.last_obs[..., jnp.array([0, 2])])
@@ -267,6 +268,7 @@ def test_no_retracing_across_calls_with_the_same_shapes():
     chex.clear_trace_counter()
 
 
+@pytest.mark.slow
 def test_rollout_under_grad_with_traced_params():
     """MAML-RL calls rollout inside jax.grad: the score-function gradient of the stored
     log-probs equals the gradient of the log-probs recomputed from the stored observations."""
@@ -353,7 +355,7 @@ def test_context_observations_are_previous_action_reward_and_done():
     policy = UniformPolicy()  # ignores its observations: both rollouts take the same actions
     params = _init(policy)
     key = jax.random.PRNGKey(3)
-    kw = dict(num_envs=3, num_steps=40)
+    kw = dict(num_envs=E, num_steps=T)  # the plain rollout reuses the partial-mode test's compile
     plain = envs.rollout(key, policy, params, _task(max_steps=12), env=base, **kw)
     ctx = envs.rollout(key, policy, params, _task(max_steps=12), env=wrapped, **kw)
     assert bool(plain.dones.any())
