@@ -14,14 +14,22 @@ already compiled jitted meta-update, compile time reported separately):
    gradient, query rollouts, outer update) for 8 tasks, MLP and SSM policies, first vs
    second order.
 
-Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy.
-Nothing is written to disk.
+Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy (the
+batched linear solves of the SSM's Cayley transform, vmapped over tasks, suffer most from
+multi-threading under contention: ``--single-thread`` gives steadier numbers). The seeds'
+reference is 380 ms per meta-update (210 ms single-threaded). Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+if "--single-thread" in sys.argv:  # must happen before jax is imported
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import flax.linen as nn
 import jax
@@ -39,7 +47,7 @@ def _block(tree):
 
 
 def time_step(step, state, batch, repeats):
-    """(compile seconds, median ms per call) of ``state, _ = step(state, batch)``."""
+    """(compile seconds, (median, min) ms per call, metrics) of ``state, _ = step(state, batch)``."""
     t0 = time.perf_counter()
     state, metrics = _block(step(state, batch))
     compile_s = time.perf_counter() - t0
@@ -48,7 +56,7 @@ def time_step(step, state, batch, repeats):
         t0 = time.perf_counter()
         state, metrics = _block(step(state, batch))
         times.append(time.perf_counter() - t0)
-    return compile_s, 1e3 * float(np.median(times)), metrics
+    return compile_s, (1e3 * float(np.median(times)), 1e3 * float(np.min(times))), metrics
 
 
 def ssm_workloads(repeats):
@@ -76,9 +84,9 @@ def ssm_workloads(repeats):
             c, ms, _ = time_step(maml.meta_update, maml.init(params), tasks, repeats)
             rows.append((f"{name} [{n_params} params]" + (" remat" if remat else ""), c, ms))
     print("\n== 1. seeds' SSM workloads (MSE, 1 inner step, second order) ==")
-    print(f"{'workload':52s} {'compile s':>9s} {'ms/update':>10s} {'vs torch 380 ms':>16s}")
-    for name, c, ms in rows:
-        print(f"{name:52s} {c:9.2f} {ms:10.3f} {TORCH_REFERENCE_MS / ms:15.0f}x")
+    print(f"{'workload':56s} {'compile s':>9s} {'ms median':>9s} {'ms min':>8s} {'x vs torch 380 ms (median/min)':>31s}")
+    for name, c, (med, mn) in rows:
+        print(f"{name:56s} {c:9.2f} {med:9.3f} {mn:8.3f} {TORCH_REFERENCE_MS / med:20.0f}x /{TORCH_REFERENCE_MS / mn:6.0f}x")
 
 
 class SineMLP(nn.Module):
@@ -93,17 +101,17 @@ def sinusoid_workloads(repeats, task_counts):
     model = SineMLP()
     params = model.init(jax.random.key(0), jnp.zeros((1, 1)))
     print("\n== 2. sinusoid, 40-40 MLP, 10 shots, 5 inner steps ==")
-    print(f"{'tasks':>5s} {'order':>6s} {'compile s':>9s} {'ms/update':>10s} {'updates/s':>10s}")
+    print(f"{'tasks':>5s} {'order':>6s} {'compile s':>9s} {'ms median':>9s} {'ms min':>8s} {'updates/s':>10s}")
     base = {}
     for n in task_counts:
         tasks = sample_sinusoid_tasks(jax.random.key(n), n, 10, 10)
         for first_order in (False, True):
             maml = MetaMAML(model, inner_lr=0.01, outer_lr=0.001, num_inner_steps=5, first_order=first_order)
-            c, ms, _ = time_step(maml.meta_update, maml.init(params), tasks, repeats)
+            c, (ms, mn), _ = time_step(maml.meta_update, maml.init(params), tasks, repeats)
             base.setdefault(first_order, ms)
             label = "first" if first_order else "second"
-            print(f"{n:5d} {label:>6s} {c:9.2f} {ms:10.3f} {1e3 / ms:10.0f}   "
-                  f"(x{ms / base[first_order]:.1f} vs {task_counts[0]} tasks)")
+            print(f"{n:5d} {label:>6s} {c:9.2f} {ms:9.3f} {mn:8.3f} {1e3 / ms:10.0f}   "
+                  f"(time x{ms / base[first_order]:.1f} vs {task_counts[0]} tasks)")
 
 
 def rl_workloads(repeats):
@@ -111,8 +119,12 @@ def rl_workloads(repeats):
     from maml.rl import MAMLRL, MAMLRLConfig
     from ssm_jax import MLPPolicy, SSMPolicy
 
+    cfg0 = MAMLRLConfig()
     print("\n== 3. MAML-RL on CartPole: one full meta-step for 8 tasks ==")
-    print(f"{'policy':>6s} {'order':>6s} {'compile s':>9s} {'ms/update':>10s} {'updates/s':>10s} {'env steps/s':>12s}")
+    print(f"1 inner step; per task {cfg0.support_envs} envs x {cfg0.support_steps} support steps + "
+          f"{cfg0.query_envs} x {cfg0.query_steps} query steps; MLPPolicy(hidden 64), "
+          "SSMPolicy(core ssm, state 16, hidden 64)")
+    print(f"{'policy':>6s} {'order':>6s} {'compile s':>9s} {'ms median':>9s} {'ms min':>8s} {'updates/s':>10s} {'env steps/s':>12s}")
     task_dist = envs.CartPoleTasks()
     tasks = task_dist.sample(jax.random.key(0), 8)
     for name, policy in (("mlp", MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=64)),
@@ -125,10 +137,10 @@ def rl_workloads(repeats):
             def step(s, batch):
                 return algo.meta_update(s, batch[0], batch[1])
 
-            c, ms, _ = time_step(step, state, (tasks, jax.random.key(2)), repeats)
+            c, (ms, mn), _ = time_step(step, state, (tasks, jax.random.key(2)), repeats)
             steps = algo.env_steps_per_update(8)
             label = "first" if first_order else "second"
-            print(f"{name:>6s} {label:>6s} {c:9.2f} {ms:10.2f} {1e3 / ms:10.1f} {steps / ms * 1e3:12.0f}")
+            print(f"{name:>6s} {label:>6s} {c:9.2f} {ms:9.2f} {mn:8.2f} {1e3 / ms:10.1f} {steps / ms * 1e3:12.0f}")
 
 
 def main(argv=None):
@@ -136,12 +148,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per workload (median reported)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, sinusoid scaling up to 64 tasks")
     parser.add_argument("--skip-rl", action="store_true", help="skip the MAML-RL workload")
+    parser.add_argument("--single-thread", action="store_true",
+                        help="single-threaded XLA CPU (compare with the seeds' 210 ms single-threaded "
+                             "reference; also much less noisy on a shared machine)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     repeats = 3 if args.quick else args.repeats
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {repeats} timed calls each "
-          "(median); numbers are noisy on a shared CPU")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}"
+          f"{' (single-threaded XLA)' if args.single_thread else ''}; {repeats} timed calls each "
+          "(median and min); numbers are noisy on a shared CPU")
     ssm_workloads(repeats)
     sinusoid_workloads(repeats, (8, 64) if args.quick else (8, 64, 256))
     if not args.skip_rl:

@@ -218,7 +218,8 @@ class MAMLRL:
     Pure, jitted API (``N`` tasks, an ``EnvParams`` batch with a leading task axis):
       ``state = algo.init(key)`` or ``algo.init_from_params(params)``;
       ``state, metrics = algo.meta_update(state, tasks, key)``;
-      ``returns = algo.adaptation_returns(state, tasks, key, num_inner_steps, num_envs, num_steps)``.
+      ``out = algo.adapt(state, tasks, key, num_inner_steps, num_envs, num_steps)``: adapted
+      params and returns after 0..K inner steps per task (``adaptation_returns`` is an alias).
     """
 
     def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None):
@@ -239,8 +240,9 @@ class MAMLRL:
         self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
         self._mask = None
         self.meta_update = jax.jit(self._meta_update)
-        self.adaptation_returns = jax.jit(
-            self._adaptation_returns, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+        self.adapt = jax.jit(
+            self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+        self.adaptation_returns = self.adapt
 
     # ------------------------------------------------------------ state
     def init(self, key) -> core.MetaState:
@@ -388,22 +390,30 @@ class MAMLRL:
         return state, metrics
 
     # ------------------------------------------------------------ evaluation
-    def _adaptation_returns(self, state: core.MetaState, tasks, key, num_inner_steps: int,
-                            num_envs: int, num_steps: int = 500, deterministic: bool = False):
-        """Per-task returns after 0..num_inner_steps inner steps, ``(N, num_inner_steps + 1)``.
+    def _adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
+               num_steps: int = 500, deterministic: bool = False):
+        """Adapt to each task and measure the return after 0..num_inner_steps inner steps.
 
-        The rollout of the params after ``k`` steps is both the measurement for ``k`` and the
-        support data of step ``k+1``. Returns a dict with ``segment_return`` (finite lower
-        bound, see ``segment_return``) and ``completed_return`` (completed episodes only, NaN
-        if none completed). With ``num_steps`` >= the episode limit (500 for CartPole-v1),
-        each env completes at least one episode.
+        Each inner step samples ``num_envs x num_steps`` support steps with the current params;
+        the rollout of the params after ``k`` steps is both the measurement for ``k`` and the
+        support data of step ``k+1`` (so use ``deterministic=False``: the inner policy
+        gradient needs sampled actions; evaluate the returned params separately, e.g. with
+        ``envs.rollout_tasks(..., params_per_task=True, deterministic=True)``, if you want
+        greedy returns).
+
+        Returns a dict: ``params`` the adapted params (leading task axis ``N``);
+        ``segment_return`` ``(N, num_inner_steps + 1)`` (finite lower bound, see
+        ``segment_return``); ``completed_return`` ``(N, num_inner_steps + 1)`` (completed
+        episodes only, NaN if none). With ``num_steps`` >= the episode limit (500 for
+        CartPole-v1) every env completes at least one episode.
         """
         n = self._check_tasks(tasks)
         lr = self._lr(state.inner_lr)
         size = (num_envs, num_steps)
-        _, support, query = jax.vmap(
+        adapted, support, query = jax.vmap(
             lambda t, k: self.collect_task(state.params, lr, t, k, num_inner_steps, size, size,
                                            deterministic))(tasks, jax.random.split(key, n))
         cat = lambda a, b: jnp.concatenate([a, b[:, None]], 1)
-        return {"segment_return": cat(support.episode_return, query.episode_return),
+        return {"params": adapted,
+                "segment_return": cat(support.episode_return, query.episode_return),
                 "completed_return": cat(support.completed_return, query.completed_return)}
