@@ -1,0 +1,154 @@
+"""Command line of `python -m benchmarks.cartpole`, shaped like the seeds' main.py.
+
+`parse_args(argv)` returns `(config, options)`: a validated `BenchmarkConfig` and the run
+options (out dir, resume / eval-only directories). Bad values exit with status 2 and a
+one-line message naming the flag, before JAX compiles anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from benchmarks.config import METHODS, MODES, BenchmarkConfig
+
+DEFAULT_OUT = os.path.join("results", "cartpole")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """out: output directory; resume: previous run's out dir to continue; eval_only with
+    checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated."""
+
+    out: str
+    resume: Optional[str]
+    eval_only: bool
+    checkpoint: Optional[str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cartpole",
+        description=(
+            "Meta-RL benchmark on CartPole task distributions: meta-train on the train split, "
+            "evaluate on held-out test tasks (longer/heavier poles, half with inverted force), "
+            "print a table, write results.json and PNG plots into --out."))
+    d = BenchmarkConfig()
+    a = p.add_argument
+    a("--mode", choices=MODES, default=None,
+      help=f"meta_rl: all methods ({', '.join(METHODS)}); policy_gradient: the non-meta PPO "
+           f"baseline (non_adaptive) alone [default {d.mode}]")
+    a("--env_name", default=None, help=f"gymnax environment; only CartPole-v1 [default {d.env_name}]")
+    a("--methods", default=None,
+      help="comma-separated subset of the mode's methods to run [default: all of the mode's]")
+    a("--num_epochs", type=int, default=None,
+      help=f"MAML meta-updates (outer iterations) [default {d.num_epochs}]")
+    a("--tasks_per_epoch", type=int, default=None,
+      help=f"train tasks per MAML meta-update [default {d.tasks_per_epoch}]")
+    a("--inner_lr", type=float, default=None,
+      help=f"MAML inner step size (initial value of the learned per-parameter step sizes) "
+           f"[default {d.inner_lr}]")
+    a("--outer_lr", type=float, default=None, help=f"MAML outer Adam step size [default {d.outer_lr}]")
+    a("--num_inner_steps", type=int, default=None,
+      help=f"MAML inner policy-gradient steps, in training and for maml_adapted [default {d.num_inner_steps}]")
+    fo = p.add_mutually_exclusive_group()
+    fo.add_argument("--first_order", dest="first_order", action="store_true", default=None,
+                    help=f"first-order MAML (drop second-order terms) [default {d.first_order}]")
+    fo.add_argument("--second_order", dest="first_order", action="store_false",
+                    help="full second-order MAML meta-gradient (LVC estimator)")
+    a("--num_episodes", type=int, default=None,
+      help="seeds' flag: alias of --ppo_iterations in policy_gradient mode")
+    a("--ppo_iterations", type=int, default=None,
+      help=f"PPO iterations of non_adaptive (8 tasks x 4 envs x 500 steps each) [default {d.ppo_iterations}]")
+    a("--in_context_iterations", type=int, default=None,
+      help=f"PPO iterations of the in_context (RL^2) agent [default {d.in_context_iterations}]")
+    a("--eval_tasks", type=int, default=None,
+      help=f"held-out test tasks per seed (>= 256 for the reported table) [default {d.eval_tasks}]")
+    a("--seed", type=int, default=None, help=f"first seed; seeds are seed..seed+num_seeds-1 [default {d.seed}]")
+    a("--num_seeds", type=int, default=None, help=f"seeds per method, vmapped in training [default {d.num_seeds}]")
+    a("--chunk_size", type=int, default=None,
+      help=f"iterations per jitted chunk (one progress line each) [default {d.chunk_size}]")
+    a("--checkpoint_every", type=int, default=None,
+      help=f"save a checkpoint every N iterations (and at the end) [default {d.checkpoint_every}]")
+    a("--out", default=None, help=f"output directory (results.json, plots, checkpoints/) [default {DEFAULT_OUT}]")
+    a("--quick", action="store_true",
+      help="tiny smoke-test budgets (< 2 minutes; numbers are not meaningful)")
+    a("--resume", metavar="DIR", default=None,
+      help="continue the run in DIR (its config.json and checkpoints/) from the last complete checkpoint")
+    a("--eval_only", action="store_true", help="evaluate saved params only (needs --checkpoint)")
+    a("--checkpoint", metavar="DIR", default=None,
+      help="with --eval_only: a run directory (or its checkpoints/ dir) to load the final params from")
+    return p
+
+
+_CONFIG_FLAGS = ("mode", "env_name", "num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr",
+                 "num_inner_steps", "first_order", "ppo_iterations", "in_context_iterations",
+                 "eval_tasks", "seed", "num_seeds", "chunk_size", "checkpoint_every")
+
+
+def _run_dir_of(path: str) -> str:
+    path = os.path.abspath(path)
+    return os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
+
+
+def load_run_config(run_dir: str) -> BenchmarkConfig:
+    """The config.json of a previous run (ValueError if missing or invalid)."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{run_dir!r} is not a benchmark run directory (no config.json)")
+    try:
+        with open(path) as f:
+            return BenchmarkConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path!r} is not a valid benchmark config ({err})") from err
+
+
+def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _build(args)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable
+
+
+def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
+    if args.eval_only and not args.checkpoint:
+        raise ValueError("--eval_only needs --checkpoint DIR (a previous run's directory)")
+    if args.checkpoint and not args.eval_only:
+        raise ValueError("--checkpoint is only used with --eval_only (use --resume DIR to continue training)")
+    if args.resume and args.eval_only:
+        raise ValueError("--resume and --eval_only are exclusive")
+    overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    if args.num_episodes is not None:
+        if "ppo_iterations" in overrides:
+            raise ValueError("give --num_episodes or --ppo_iterations, not both")
+        overrides["ppo_iterations"] = args.num_episodes
+    if args.methods is not None:
+        overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    source = args.resume or args.checkpoint
+    if source:
+        run_dir = _run_dir_of(source)
+        if not os.path.isdir(run_dir):
+            raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
+        config = load_run_config(run_dir)
+        if args.resume and (overrides or args.quick):
+            raise ValueError("--resume continues a run with its saved config.json; do not pass other config flags")
+        if args.eval_only:  # evaluation settings may be changed
+            allowed = {"eval_tasks", "methods"}
+            bad = sorted(set(overrides) - allowed)
+            if bad:
+                raise ValueError(f"--eval_only accepts only --eval_tasks/--methods, got {bad}")
+            config = dataclasses.replace(config, **overrides)
+        out = args.out or run_dir
+        return config, RunOptions(out=out, resume=run_dir if args.resume else None,
+                                  eval_only=args.eval_only, checkpoint=run_dir if args.eval_only else None)
+    mode = overrides.get("mode", "meta_rl")
+    if mode == "policy_gradient" and "methods" not in overrides:
+        overrides["methods"] = ("non_adaptive",)
+    config = BenchmarkConfig.quick_preset(**overrides) if args.quick else BenchmarkConfig(**overrides)
+    return config, RunOptions(out=args.out or DEFAULT_OUT, resume=None, eval_only=False, checkpoint=None)

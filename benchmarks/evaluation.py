@@ -1,0 +1,163 @@
+"""Evaluation harness: every method on the same held-out test tasks, with the same keys.
+
+Per seed `s`, the test tasks are `envs.CartPoleTasks().sample(eval_key(s), num_tasks, "test")`
+and every method gets the same rollout keys for them. The measurement is the same for all
+methods: the mean return of the episodes completed in a 500-step evaluation window (the real
+CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
+per (seed, task). What differs is what each method may do before/while it is measured:
+
+* `non_adaptive`: the PPO policy as is.
+* `maml_zero_shot` / `maml_adapted`: the MAML policy after 0 / `num_inner_steps` inner
+  policy-gradient steps (the trained Meta-SGD step sizes), each on fresh support rollouts of
+  the test task of the training support size (`support_envs` x `support_steps`); the return
+  after k = 0..K steps is reported (`return_by_inner_step`).
+* `test_time_adapted`: the MAML policy with `adapt.evaluate_with_adaptation` (online rule:
+  guarded policy-gradient steps between rounds of 500-step windows, Meta-SGD step sizes as the
+  per-parameter SGD rates); the return of the last round is the method's return, every round
+  is reported.
+* `in_context`: the RL^2 policy in a window of `context_episodes + 1` episode lengths with its
+  carry kept across episodes; the return is the mean over the episodes that START after the
+  agent's first episode (it has had its context), and the first episode is reported apart.
+
+All functions are pure and jitted; they map over tasks with `vmap` and are called per seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import adapt
+import envs
+
+EVAL_STREAM = 2
+EPISODE_STEPS = 500
+
+
+def eval_key(seed: int, s: int) -> jax.Array:
+    """The evaluation key of seed index `s` (seed `seed + s`): tasks and rollouts derive from it."""
+    return jax.random.fold_in(jax.random.key(seed + s), EVAL_STREAM)
+
+
+def test_tasks(key, num_tasks: int, task_dist=None):
+    """`num_tasks` held-out test-split tasks (EnvParams with a leading task axis)."""
+    task_dist = envs.CartPoleTasks() if task_dist is None else task_dist
+    return task_dist.sample(jax.random.fold_in(key, 0), num_tasks, "test")
+
+
+def _rollout_key(key):
+    return jax.random.fold_in(key, 1)
+
+
+def _per_task_return(traj) -> jax.Array:
+    """Mean completed-episode return per task of a `(N, E, T)` trajectory, `(N,)`."""
+    total, count = envs.episode_returns_per_row(traj)
+    total, count = jnp.sum(total, axis=-1), jnp.sum(count, axis=-1)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env"))
+def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None) -> jax.Array:
+    """Per-task return `(N,)` of a fixed policy in 500-step windows (carry reset per episode)."""
+    traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
+                              num_steps=EPISODE_STEPS, env=env)
+    return _per_task_return(traj)
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes"))
+def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
+                        context_episodes: int = 1) -> dict:
+    """RL^2 evaluation: `(N,)` returns after the context and of the first episode.
+
+    A window of `(context_episodes + 1) * 500` steps with the carry kept across episodes: the
+    first `context_episodes` episodes are the context (at most 500 steps each, so at least one
+    evaluation episode completes in every env). `after_context` averages the completed
+    episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
+    """
+    steps = (context_episodes + 1) * EPISODE_STEPS
+    traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
+                              num_steps=steps, env=env, carry_across_episodes=True)
+    dones = traj.dones
+    index = jnp.cumsum(dones, axis=-1) - dones  # episode index of the episode ending at t
+    later = dones & (index >= context_episodes)
+    first = dones & (index == 0)
+
+    def mean_over(mask):
+        total = jnp.sum(jnp.where(mask, traj.episode_returns, 0.0), axis=(-2, -1))
+        count = jnp.sum(mask, axis=(-2, -1))
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+    return {"after_context": mean_over(later), "first_episode": mean_over(first)}
+
+
+def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int) -> jax.Array:
+    """Per-task returns after 0..K inner steps, `(N, K + 1)`, of a `maml.MAMLRL` state.
+
+    Step k: measure `theta_k` on a 500-step window (`num_envs` envs), then (k < K) sample a
+    support batch of the training size with `theta_k` and take one inner step with the trained
+    step sizes (`algo.inner_step`).
+    """
+    return _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
+    c = algo.config
+    lr = c.inner_lr if state.inner_lr is None else state.inner_lr
+
+    def one_task(task, k):
+        def step(theta, kk):
+            k_eval, k_support = jax.random.split(kk)
+            measured = algo.collect(theta, k_eval, task, num_envs, EPISODE_STEPS).completed_return
+            support = algo.collect(theta, k_support, task, c.support_envs, c.support_steps)
+            theta, _ = algo.inner_step(theta, lr, support, first_order=True)
+            return theta, measured
+
+        theta, returns = jax.lax.scan(step, state.params, jax.random.split(k, num_inner_steps))
+        k_last = jax.random.fold_in(k, num_inner_steps)
+        last = algo.collect(theta, k_last, task, num_envs, EPISODE_STEPS).completed_return
+        return jnp.concatenate([returns, last[None]])
+
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
+                       lr_scale: float = 1.0, fixed_lr: float = 0.01, env=None) -> jax.Array:
+    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule.
+
+    The objective is `adapt.policy_gradient_loss` (actor-critic REINFORCE with the value head
+    as baseline, no value term, so only the policy moves); the optimiser is SGD with the MAML
+    state's Meta-SGD step sizes (times `lr_scale`), or `fixed_lr` if it has none. One guarded
+    step per round (`divergence_threshold` rejects non-finite or exploding steps).
+    """
+    return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale,
+                               fixed_lr, env)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, fixed_lr, env):
+    if state.inner_lr is None:
+        optimizer = optax.sgd(fixed_lr)
+    else:
+        optimizer = adapt.scale_by_tree(jax.tree.map(lambda x: lr_scale * x, state.inner_lr))
+    objective = functools.partial(adapt.policy_gradient_loss, policy=policy, value_coef=0.0)
+
+    def one_task(task, k):
+        _, returns, _ = adapt.evaluate_with_adaptation(
+            k, policy, state.params, task, objective=objective, optimizer=optimizer,
+            num_rounds=num_rounds, steps_per_round=EPISODE_STEPS, num_envs=num_envs,
+            divergence_threshold=1e6, env=env)
+        return returns
+
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def task_kinds(tasks) -> Any:
+    """`(N,)` bool: inverted-force tasks."""
+    return envs.is_inverted(tasks)

@@ -1,0 +1,202 @@
+"""PPO over a task distribution, jitted end to end: a pure `update(state, key)` per iteration.
+
+One iteration (everything inside one `jit`, a pure function of `(state, key)`):
+
+    tasks  ~ task_dist.sample(k_tasks, num_tasks, "train")          (N tasks)
+    traj   = envs.rollout_tasks(k_roll, policy, params, tasks, ...)  (N x E envs x T steps)
+    GAE(gamma, lambda) from the value head (bootstrapped at truncations and the window end)
+    num_epochs x num_minibatches Adam steps on the clipped PPO loss, minibatches of whole
+    (task, env) rows so a recurrent policy is recomputed over full sequences from its carry.
+
+Two uses in the benchmark:
+  * `non_adaptive` (domain randomisation): an `MLPPolicy`, carry irrelevant, fresh tasks every
+    iteration; the policy never knows which task it is in.
+  * `in_context` (RL^2): an `SSMPolicy` on `envs.context.ContextWrapper` observations with
+    `carry_across_episodes=True`, so the recurrent state persists over the several episodes of
+    a task in a window and the policy learns to infer the task from its own experience.
+
+Every window starts from a fresh reset and a zero carry, so the sequence `apply` with resets at
+`t = 0` (carry across episodes) or at every episode start (`traj.resets`) reproduces exactly the
+log-probs and values the rollout acted with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+import envs
+from maml.rl import gae
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_float(name, value, lo=0.0, hi=None, strict=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    bad = value <= lo if strict else value < lo
+    if bad or (hi is not None and value > hi) or value != value:
+        rng = f"({lo}, {hi}]" if strict else f"[{lo}, {hi}]"
+        raise ValueError(f"{name} must be in {rng.replace('None', 'inf')}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters (validated on construction; ValueError names the bad field).
+
+    Attributes:
+      num_tasks: train tasks sampled per iteration (N).
+      num_envs: parallel environments per task (E); N * E must be divisible by num_minibatches.
+      num_steps: rollout window length T in steps (each window starts from a fresh reset).
+      num_epochs, num_minibatches: PPO passes over the data and minibatches per pass.
+      lr: Adam step size; anneal_lr: linearly decay it to 0 over `total_iterations`.
+      total_iterations: the schedule length (only used with anneal_lr).
+      gamma, gae_lambda: discount and GAE lambda in [0, 1].
+      clip_eps: PPO ratio clip; value_coef, entropy_coef: loss weights.
+      grad_clip: global-norm clip of each gradient.
+      reward_scale: rewards are multiplied by this for the value targets and advantages.
+      carry_across_episodes: keep the recurrent carry across episodes in a window (RL^2).
+    """
+
+    num_tasks: int = 8
+    num_envs: int = 4
+    num_steps: int = 500
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    lr: float = 1e-3
+    anneal_lr: bool = True
+    total_iterations: int = 100
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    grad_clip: float = 0.5
+    reward_scale: float = 0.1
+    carry_across_episodes: bool = False
+
+    def __post_init__(self):
+        for name in ("num_tasks", "num_envs", "num_steps", "num_epochs", "num_minibatches",
+                     "total_iterations"):
+            _check_int(name, getattr(self, name))
+        if (self.num_tasks * self.num_envs) % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide num_tasks * num_envs "
+                f"({self.num_tasks * self.num_envs})")
+        _check_float("lr", self.lr, strict=True)
+        for name in ("gamma", "gae_lambda"):
+            _check_float(name, getattr(self, name), 0.0, 1.0)
+        for name in ("clip_eps", "grad_clip", "reward_scale"):
+            _check_float(name, getattr(self, name), strict=True)
+        for name in ("value_coef", "entropy_coef"):
+            _check_float(name, getattr(self, name))
+        for name in ("anneal_lr", "carry_across_episodes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+@flax.struct.dataclass
+class PPOState:
+    """params: policy params; opt_state: optax state; step: iterations done (int32 scalar)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+class PPO:
+    """PPO of an `ssm_jax` policy over `task_dist`'s train split, in `env`.
+
+    Pure API: `state = ppo.init(key)`; `state, metrics = ppo.update(state, key)` (one
+    iteration; jit/vmap/scan it). `ppo.env_steps_per_update` env steps per iteration.
+    """
+
+    def __init__(self, policy, config: Optional[PPOConfig] = None, env=None,
+                 task_dist: Optional[envs.CartPoleTasks] = None):
+        self.config = PPOConfig() if config is None else config
+        if not isinstance(self.config, PPOConfig):
+            raise ValueError(f"config must be a PPOConfig, got {type(self.config).__name__}")
+        self.policy = policy
+        self.env = envs.make("CartPole-v1")[0] if env is None else env
+        self.task_dist = envs.CartPoleTasks() if task_dist is None else task_dist
+        self.obs_dim = envs.obs_dim(self.env, "full")
+        if policy.obs_dim != self.obs_dim:
+            raise ValueError(f"policy.obs_dim is {policy.obs_dim}, the environment gives {self.obs_dim}")
+        c = self.config
+        lr = c.lr
+        if c.anneal_lr:
+            lr = optax.linear_schedule(c.lr, 0.0, c.total_iterations * c.num_epochs * c.num_minibatches)
+        self.optimizer = optax.chain(optax.clip_by_global_norm(c.grad_clip), optax.adam(lr, eps=1e-5))
+
+    @property
+    def env_steps_per_update(self) -> int:
+        c = self.config
+        return c.num_tasks * c.num_envs * c.num_steps
+
+    def init(self, key) -> PPOState:
+        params = self.policy.init(key, jnp.zeros((1, 1, self.obs_dim), jnp.float32))
+        return self.init_from_params(params)
+
+    def init_from_params(self, params) -> PPOState:
+        return PPOState(params=params, opt_state=self.optimizer.init(params),
+                        step=jnp.zeros((), jnp.int32))
+
+    def _loss(self, params, batch):
+        c = self.config
+        obs, actions, resets, old_logp, adv, targets = batch
+        out, _ = self.policy.apply(params, obs, resets=resets)
+        logp = out.dist.log_prob(actions)
+        ratio = jnp.exp(logp - old_logp)
+        adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
+        pg = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - c.clip_eps, 1 + c.clip_eps) * adv))
+        vloss = jnp.mean(jnp.square(out.value - targets))
+        ent = jnp.mean(out.dist.entropy())
+        kl = jnp.mean((ratio - 1.0) - (logp - old_logp))
+        return pg + c.value_coef * vloss - c.entropy_coef * ent, (pg, vloss, ent, kl)
+
+    def update(self, state: PPOState, key):
+        """One PPO iteration; returns `(state, metrics)` (scalars: return, losses, entropy, kl)."""
+        c = self.config
+        k_tasks, k_roll, k_perm = jax.random.split(key, 3)
+        tasks = self.task_dist.sample(k_tasks, c.num_tasks, "train")
+        traj = envs.rollout_tasks(k_roll, self.policy, state.params, tasks, num_envs=c.num_envs,
+                                  num_steps=c.num_steps, env=self.env,
+                                  carry_across_episodes=c.carry_across_episodes)
+        rows = c.num_tasks * c.num_envs
+        flat = jax.tree.map(lambda x: x.reshape((rows,) + x.shape[2:]),
+                            (traj.obs, traj.actions, traj.resets, traj.log_probs, traj.values,
+                             traj.rewards, traj.terminated, traj.truncated, traj.last_value))
+        obs, actions, resets, logp, values, rewards, term, trunc, last_value = flat
+        adv, targets = gae(rewards * c.reward_scale, values, term, trunc, last_value, c.gamma, c.gae_lambda)
+        if c.carry_across_episodes:
+            resets = jnp.zeros_like(resets).at[:, 0].set(True)
+        data = (obs, actions, resets, logp, adv, targets)
+
+        def minibatch_step(carry, idx):
+            params, opt_state = carry
+            batch = jax.tree.map(lambda x: x[idx], data)
+            (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), aux
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, rows).reshape(c.num_minibatches, -1)
+            return jax.lax.scan(minibatch_step, carry, perm)
+
+        (params, opt_state), aux = jax.lax.scan(
+            epoch, (state.params, state.opt_state), jax.random.split(k_perm, c.num_epochs))
+        pg, vloss, ent, kl = jax.tree.map(jnp.mean, aux)
+        completed = envs.mean_episode_return(traj)
+        segments = jnp.sum(traj.rewards) / jnp.maximum(jnp.sum(traj.resets), 1)
+        metrics = {"return": jnp.where(jnp.isnan(completed), segments, completed),
+                   "policy_loss": pg, "value_loss": vloss, "entropy": ent, "approx_kl": kl}
+        return PPOState(params=params, opt_state=opt_state, step=state.step + 1), metrics

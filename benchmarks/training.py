@@ -1,0 +1,135 @@
+"""Chunked, checkpointed, resumable training of any pure `update(state, key)`, vmapped over seeds.
+
+`train(...)` runs `iterations` iterations of `update` for `num_seeds` seeds at once:
+
+    states  = vmap(init)(init_keys)                                   (leading seed axis)
+    chunk(states, start) = lax.scan over i in [start, start + chunk_size):
+        states, metrics = vmap(update)(states, fold_in(train_keys, i))
+
+One `jit` per chunk (compiled ahead of time, so compile time is measured apart from run
+time); the key of iteration `i` is derived from the seed and `i` alone, so training is a pure
+function of (initial state, seed) and chunk boundaries: a run resumed from a checkpoint taken
+after chunk `k` runs exactly the same chunks afterwards as an uninterrupted run and ends with
+the same params. Chunks are aligned to multiples of `chunk_size` from iteration 0 (the last
+one may be shorter), and checkpoints are taken at the end of the chunk that reaches a multiple
+of `checkpoint_every`, and at the end.
+
+Progress: one line per chunk (iteration, mean train return, losses, env steps/s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.checkpointing import Checkpointer, CheckpointError
+
+INIT_STREAM = 0
+TRAIN_STREAM = 1
+
+
+def seed_keys(seed: int, num_seeds: int, stream: int) -> jax.Array:
+    """`(num_seeds,)` keys: seed `seed + s`, folded with the stream id (init / train / eval)."""
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), stream))(
+        jnp.arange(seed, seed + num_seeds))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """states: final states (leading seed axis); history: metric name -> per-iteration list
+    (mean over seeds; `return_per_seed`: per-iteration list of per-seed lists); timing."""
+
+    states: Any
+    history: dict
+    compile_s: float
+    run_s: float
+    env_steps: int
+    resumed_from: Optional[int]
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    """Keep the scalar-per-iteration metrics (shape (chunk, seeds)) and return_by_step."""
+    return {k: v for k, v in metrics.items() if v.ndim == 2 or k == "return_by_step"}
+
+
+def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: int,
+          iterations: int, chunk_size: int, env_steps_per_update: int,
+          checkpointer: Optional[Checkpointer] = None, checkpoint_every: int = 50,
+          metadata: Optional[dict] = None, resume: bool = False,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) one model for all seeds; see the module docstring.
+
+    Args:
+      name: label for progress lines and checkpoint metadata.
+      init: `key -> state` for one seed. update: `(state, key) -> (state, metrics)` for one
+        seed; metrics are scalars (plus optionally `return_by_step` `(K + 1,)`), one of them
+        named `return`.
+      checkpointer: where to save (None: no checkpoints).
+      metadata: JSON-serialisable dict stored with every checkpoint (e.g. the config); on
+        resume it must equal the stored one.
+      resume: continue from the checkpointer's last complete checkpoint (if any).
+    """
+    metadata = {} if metadata is None else dict(metadata)
+    init_keys = seed_keys(seed, num_seeds, INIT_STREAM)
+    train_keys = seed_keys(seed, num_seeds, TRAIN_STREAM)
+    states = jax.jit(jax.vmap(init))(init_keys)
+    history: dict = {}
+    start = 0
+    resumed_from = None
+    if resume and checkpointer is not None and checkpointer.latest_step() is not None:
+        states, meta, start = checkpointer.restore(states)
+        if meta.get("run") != metadata:
+            raise CheckpointError(
+                f"checkpoint in {checkpointer.directory!r} was written by a different "
+                f"configuration; stored {meta.get('run')!r}, this run {metadata!r}")
+        history = meta.get("history", {})
+        resumed_from = start
+        log(f"[{name}] resumed from checkpoint at iteration {start}/{iterations}")
+    if start > iterations:
+        raise CheckpointError(f"checkpoint at iteration {start} is past this run's {iterations} iterations")
+
+    def run_chunk(states, start_it, length):
+        def body(s, i):
+            keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(train_keys)
+            return jax.vmap(update)(s, keys)
+
+        return jax.lax.scan(body, states, start_it + jnp.arange(length))
+
+    compiled = {}
+    compile_s = 0.0
+    run_s = 0.0
+    env_steps = 0
+    it = start
+    while it < iterations:
+        length = min(chunk_size - it % chunk_size, iterations - it)
+        if length not in compiled:
+            t0 = time.perf_counter()
+            compiled[length] = (jax.jit(run_chunk, static_argnums=2)
+                                .lower(states, jnp.int32(it), length).compile())
+            compile_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        states, metrics = compiled[length](states, jnp.int32(it))
+        metrics = jax.device_get(_scalar_metrics(metrics))
+        dt = time.perf_counter() - t0
+        run_s += dt
+        steps = length * num_seeds * env_steps_per_update
+        env_steps += steps
+        for k, v in metrics.items():
+            v = np.asarray(v, np.float64)
+            history.setdefault(k, []).extend(v.mean(axis=1).tolist())
+            if k == "return":
+                history.setdefault("return_per_seed", []).extend(v.tolist())
+        it += length
+        shown = " ".join(f"{k}={np.nanmean(np.asarray(v)):.3g}" for k, v in sorted(metrics.items())
+                         if k != "return_by_step")
+        log(f"[{name}] it {it:5d}/{iterations} {shown} | {steps / max(dt, 1e-9):,.0f} env steps/s")
+        if checkpointer is not None and (it == iterations or it // checkpoint_every > (it - length) // checkpoint_every):
+            checkpointer.save(it, states, {"run": metadata, "history": history, "iteration": it,
+                                           "name": name})
+    return TrainResult(states=states, history=history, compile_s=compile_s, run_s=run_s,
+                       env_steps=env_steps, resumed_from=resumed_from)

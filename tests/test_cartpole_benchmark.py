@@ -1,0 +1,166 @@
+"""`python -m benchmarks.cartpole`: CLI validation, statistics, the pipeline end to end
+(results.json schema, returns in [0, 500], plots), eval-only and resume through the CLI."""
+
+import json
+import math
+import os
+import shutil
+import statistics
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import cartpole
+from benchmarks.checkpointing import Checkpointer
+from benchmarks.cli import parse_args
+from benchmarks.config import METHODS, BenchmarkConfig
+from benchmarks.stats import mean_ci95, summarize
+
+TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
+           "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
+
+
+def _error_of(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_epochs", "0"], "--num_epochs must be an integer >= 1"),
+    (["--inner_lr", "-0.1"], "--inner_lr must be >= 0"),
+    (["--outer_lr", "0"], "--outer_lr must be > 0"),
+    (["--outer_lr", "nan"], "--outer_lr must be a finite number"),
+    (["--num_inner_steps", "0"], "--num_inner_steps must be an integer >= 1"),
+    (["--num_seeds", "-2"], "--num_seeds must be an integer >= 1"),
+    (["--env_name", "Pendulum-v1"], "--env_name must be one of"),
+    (["--mode", "supervised"], "invalid choice"),
+    (["--tasks_per_epoch", "two"], "invalid int value"),
+    (["--methods", "maml_adapted,magic"], "--methods must be a non-empty subset"),
+    (["--mode", "policy_gradient", "--methods", "in_context"], "runs only ['non_adaptive']"),
+    (["--eval_only"], "--eval_only needs --checkpoint"),
+    (["--checkpoint", "x"], "--checkpoint is only used with --eval_only"),
+    (["--resume", "/nonexistent/run"], "does not exist"),
+    (["--first_order", "--second_order"], "not allowed with argument"),
+])
+def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
+    assert message in _error_of(argv, capsys)
+
+
+def test_cli_builds_validated_configs():
+    config, opts = parse_args(["--num_epochs", "7", "--second_order", "--inner_lr", "0.05", "--out", "x"])
+    assert (config.num_epochs, config.first_order, config.inner_lr, opts.out) == (7, False, 0.05, "x")
+    assert config.methods == METHODS
+    config, _ = parse_args(["--mode", "policy_gradient", "--num_episodes", "12"])
+    assert config.methods == ("non_adaptive",) and config.ppo_iterations == 12
+    quick, _ = parse_args(["--quick"])
+    assert quick.quick and quick.num_epochs < BenchmarkConfig().num_epochs
+    assert BenchmarkConfig().eval_tasks >= 256 and BenchmarkConfig().num_seeds >= 3
+    assert BenchmarkConfig.from_dict(BenchmarkConfig().to_dict()) == BenchmarkConfig()
+    with pytest.raises(Exception):
+        BenchmarkConfig().num_epochs = 3  # frozen
+
+
+def test_mean_ci95_matches_the_textbook_formula_and_kinds_split():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 500, size=(3, 40))
+    inv = rng.uniform(size=(3, 40)) < 0.5
+    mean, ci, n = mean_ci95(x)
+    flat = list(x.ravel())
+    assert n == 120 and math.isclose(mean, statistics.fmean(flat))
+    assert math.isclose(ci, 1.959963984540054 * statistics.stdev(flat) / math.sqrt(120))
+    s = summarize(x, inv)
+    assert math.isclose(s["return_by_task_kind"]["inverted"]["mean"], statistics.fmean(x[inv].tolist()))
+    assert s["return_by_task_kind"]["normal"]["n"] == int((~inv).sum())
+    assert np.allclose(s["per_seed_mean"], x.mean(axis=1))
+    x[0, 0] = np.nan
+    assert summarize(x, inv)["nonfinite"] == 1 and summarize(x, inv)["n"] == 119
+
+
+def _check_results(out, methods):
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    assert set(res) >= {"config", "methods", "timing", "versions"}
+    assert BenchmarkConfig.from_dict(res["config"]).methods == tuple(methods)
+    assert set(res["methods"]) == set(methods)
+    for name, m in res["methods"].items():
+        for key in ("return_mean", "return_ci95", "return_by_task_kind", "episodes"):
+            assert key in m, (name, key)
+        assert 0.0 <= m["return_mean"] <= 500.0
+        for kind in ("normal", "inverted"):
+            assert 0.0 <= m["return_by_task_kind"][kind]["mean"] <= 500.0
+            assert m["return_by_task_kind"][kind]["n"] > 0
+    t = res["timing"]
+    for key in ("wall_s", "compile_s", "env_steps", "env_steps_per_s"):
+        assert key in t
+    assert t["env_steps"] > 0 and t["wall_s"] > 0
+    assert res["versions"]["jax"] == jax.__version__
+    for png in ("training_curves.png", "returns_by_task_kind.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return res
+
+
+def _final_params(out, name="non_adaptive"):
+    ckpt = Checkpointer(os.path.join(out, "checkpoints", name), create=False)
+    step = ckpt.latest_step()
+    d = os.path.join(out, "checkpoints", name)
+    return step, d
+
+
+def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, capsys):
+    """policy_gradient mode with tiny budgets: results.json schema, plots, then --eval_only on
+    the saved checkpoint reproduces the evaluation exactly; a missing checkpoint dir fails clearly."""
+    out = str(tmp_path / "run")
+    assert cartpole.main(TINY_PG + ["--out", out]) == 0
+    res = _check_results(out, ["non_adaptive"])
+    assert res["methods"]["non_adaptive"]["n"] == 12  # 2 seeds x 6 tasks
+    assert Checkpointer(os.path.join(out, "checkpoints", "non_adaptive")).all_steps() == [2, 4]
+    eval_out = str(tmp_path / "eval")
+    assert cartpole.main(["--eval_only", "--checkpoint", out, "--out", eval_out]) == 0
+    again = _check_results(eval_out, ["non_adaptive"])
+    assert again["methods"]["non_adaptive"]["return_mean"] == res["methods"]["non_adaptive"]["return_mean"]
+    # missing / corrupted checkpoint directories: a clear error, exit status 1
+    shutil.rmtree(os.path.join(out, "checkpoints", "non_adaptive"))
+    capsys.readouterr()
+    assert cartpole.main(["--eval_only", "--checkpoint", out, "--out", eval_out]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_resume_after_losing_the_last_checkpoint_equals_uninterrupted(tmp_path):
+    out = str(tmp_path / "run")
+    assert cartpole.main(TINY_PG + ["--out", out]) == 0
+    ckdir = os.path.join(out, "checkpoints", "non_adaptive")
+    with open(os.path.join(out, "results.json")) as f:
+        before = json.load(f)["methods"]["non_adaptive"]["return_mean"]
+    ckpt = Checkpointer(ckdir, create=False)
+    template = jax.tree.map(np.zeros_like, _restore_raw(ckdir, 4))
+    final, _, _ = ckpt.restore(template, step=4)
+    shutil.rmtree(os.path.join(ckdir, "4"))  # as if killed after the checkpoint at 2
+    assert cartpole.main(["--resume", out]) == 0
+    resumed, _, step = Checkpointer(ckdir, create=False).restore(template)
+    assert step == 4
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["methods"]["non_adaptive"]["return_mean"] == before
+
+
+def _restore_raw(ckdir, step):
+    """The saved state of the non_adaptive model with its real structure (a fresh init)."""
+    config = BenchmarkConfig.quick_preset(mode="policy_gradient", methods=("non_adaptive",),
+                                          ppo_iterations=4, num_seeds=2)
+    model = cartpole.Model("non_adaptive", config)
+    return jax.jit(jax.vmap(model.init))(jax.random.split(jax.random.key(0), 2))
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+    out = str(tmp_path / "quick")
+    assert cartpole.main(["--quick", "--out", out]) == 0
+    res = _check_results(out, METHODS)
+    assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
+    assert "first_episode" in res["methods"]["in_context"]
