@@ -14,9 +14,10 @@ already compiled jitted meta-update, compile time reported separately):
    gradient, query rollouts, outer update) for 8 tasks, MLP and SSM policies, first vs
    second order.
 
-Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy (the
-batched linear solves of the SSM's Cayley transform, vmapped over tasks, suffer most from
-multi-threading under contention: ``--single-thread`` gives steadier numbers). The seeds'
+Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy. The
+batched linear solves of the SSM's Cayley transform (per-task adapted params under ``vmap``)
+can be hundreds of times slower multi-threaded on a loaded 2-core machine than on one pinned
+core; ``--single-thread`` pins the process to one core and gives steady numbers. The seeds'
 reference is 380 ms per meta-update (210 ms single-threaded). Nothing is written to disk.
 """
 
@@ -27,9 +28,9 @@ import os
 import sys
 import time
 
-if "--single-thread" in sys.argv:  # must happen before jax is imported
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+if "--single-thread" in sys.argv:  # must happen before jax is imported: XLA sizes its pools then
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
 
 import flax.linen as nn
 import jax
@@ -149,8 +150,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats, sinusoid scaling up to 64 tasks")
     parser.add_argument("--skip-rl", action="store_true", help="skip the MAML-RL workload")
     parser.add_argument("--single-thread", action="store_true",
-                        help="single-threaded XLA CPU (compare with the seeds' 210 ms single-threaded "
-                             "reference; also much less noisy on a shared machine)")
+                        help="pin the process to one core, single-threaded XLA (compare with the seeds' "
+                             "210 ms single-threaded reference; far steadier on a shared machine)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")

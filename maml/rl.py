@@ -44,6 +44,13 @@ sampled the data; truncated episodes are bootstrapped with the value of their la
 normalised per batch. The value head is trained in the outer loss on every support batch
 (at ``theta_k``) and on the query batch (at ``theta_K``).
 
+A recipe that works on CartPole (measured once each on a shared 2-core CPU, held-out test
+split, 16 tasks x 4 envs x 500 steps, returns after 0/1/2/3 inner steps):
+``MAMLRLConfig(num_inner_steps=2, first_order=True, learn_inner_lr=True, query_steps=200,
+outer_lr=2e-3)`` with 8 tasks per meta-update gave 22/444/457/486 (MLPPolicy(hidden 64),
+2000 meta-updates, ~3 min) and 28/500/465/432 (SSMPolicy(core "ssm", state 16, hidden 64),
+5000 meta-updates, ~5 min). The same MLP run with second order learned more slowly.
+
 Policies follow the ``ssm_jax`` policy contract (``SSMPolicy``, ``MLPPolicy``): rollouts use
 ``method="step"``; the losses recompute log-probs and values with the sequence ``apply`` and
 the rollout's ``resets``.
