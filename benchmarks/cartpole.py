@@ -70,14 +70,16 @@ class Model:
             self.policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c.hidden_dim)
             self.algo = PPO(self.policy, PPOConfig(
                 num_tasks=c.ppo_tasks, num_envs=c.ppo_envs, num_steps=500, lr=c.ppo_lr,
-                total_iterations=c.ppo_iterations), env=base, task_dist=self.task_dist)
+                entropy_coef=c.ppo_entropy_coef, total_iterations=c.ppo_iterations), env=base, task_dist=self.task_dist)
         elif name == "in_context":
             self.env = ContextWrapper(base)
-            self.policy = SSMPolicy(obs_dim=envs.obs_dim(self.env), action_dim=2, core="ssm",
-                                    state_dim=c.state_dim, hidden_dim=c.hidden_dim)
+            self.policy = SSMPolicy(obs_dim=envs.obs_dim(self.env), action_dim=2,
+                                    core=c.in_context_core, state_dim=c.in_context_state_dim,
+                                    hidden_dim=c.hidden_dim, parallel=c.in_context_core != "ssm")
             self.algo = PPO(self.policy, PPOConfig(
                 num_tasks=c.in_context_tasks, num_envs=c.in_context_envs,
                 num_steps=c.in_context_steps, lr=c.in_context_lr,
+                entropy_coef=c.in_context_entropy_coef,
                 total_iterations=c.in_context_iterations, carry_across_episodes=True),
                 env=self.env, task_dist=self.task_dist)
         elif name in ("maml_ssm", "maml_mlp"):

@@ -17,6 +17,7 @@ METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test
 #: Methods each mode runs (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
 ENV_NAMES = ("CartPole-v1",)
+CORES = ("ssm", "diagonal", "selective")
 
 
 def _int(name, value, minimum):
@@ -40,8 +41,10 @@ class BenchmarkConfig:
     MAML (meta_rl): num_epochs meta-updates of tasks_per_epoch train tasks; inner_lr (initial
     Meta-SGD step size), outer_lr, num_inner_steps, first_order; support/query windows of
     maml_envs envs x maml_support_steps / maml_query_steps steps.
-    PPO: ppo_iterations iterations of ppo_tasks x ppo_envs envs x 500 steps (non_adaptive);
-    in_context_iterations of in_context_tasks x in_context_envs x in_context_steps (RL^2).
+    PPO: ppo_iterations iterations of ppo_tasks x ppo_envs envs x 500 steps (non_adaptive, MLP,
+    entropy bonus ppo_entropy_coef); in_context_iterations of in_context_tasks x
+    in_context_envs x in_context_steps (RL^2, SSMPolicy with core in_context_core on
+    ContextWrapper observations).
     Evaluation: eval_tasks held-out test tasks per seed, eval_envs envs each; the MAML methods
     are evaluated after 0..eval_inner_steps inner steps.
     Seeds: seed, seed + 1, ... (num_seeds of them, vmapped in training).
@@ -59,15 +62,19 @@ class BenchmarkConfig:
     maml_envs: int = 8
     maml_support_steps: int = 200
     maml_query_steps: int = 500
-    ppo_iterations: int = 60
+    ppo_iterations: int = 250
     ppo_tasks: int = 8
     ppo_envs: int = 4
     ppo_lr: float = 1e-3
-    in_context_iterations: int = 200
+    ppo_entropy_coef: float = 0.0
+    in_context_iterations: int = 150
     in_context_tasks: int = 8
     in_context_envs: int = 4
     in_context_steps: int = 500
     in_context_lr: float = 1e-3
+    in_context_entropy_coef: float = 0.01
+    in_context_core: str = "selective"
+    in_context_state_dim: int = 8
     state_dim: int = 16
     hidden_dim: int = 64
     tta_lr: float = 0.01
@@ -99,7 +106,7 @@ class BenchmarkConfig:
         for name in ("num_epochs", "tasks_per_epoch", "maml_envs", "maml_support_steps",
                      "maml_query_steps", "ppo_iterations", "ppo_tasks", "ppo_envs",
                      "in_context_iterations", "in_context_tasks", "in_context_envs",
-                     "in_context_steps", "state_dim", "hidden_dim", "tta_rounds", "eval_tasks",
+                     "in_context_steps", "in_context_state_dim", "state_dim", "hidden_dim", "tta_rounds", "eval_tasks",
                      "eval_envs", "num_seeds", "chunk_size", "checkpoint_every"):
             _int(name, getattr(self, name), 1)
         _int("num_inner_steps", self.num_inner_steps, 1)
@@ -110,6 +117,10 @@ class BenchmarkConfig:
         _float("inner_lr", self.inner_lr, nonneg=True)
         for name in ("outer_lr", "ppo_lr", "in_context_lr", "tta_lr"):
             _float(name, getattr(self, name), positive=True)
+        for name in ("ppo_entropy_coef", "in_context_entropy_coef"):
+            _float(name, getattr(self, name), nonneg=True)
+        if self.in_context_core not in CORES:
+            raise ValueError(f"--in_context_core must be one of {list(CORES)}, got {self.in_context_core!r}")
         for name in ("first_order", "quick"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"--{name} must be a bool, got {getattr(self, name)!r}")
