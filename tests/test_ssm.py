@@ -269,3 +269,16 @@ def test_bad_inputs_raise_clear_errors(cls, extra):
     for field in ("state_dim", "input_dim", "output_dim", "hidden_dim"):
         with pytest.raises(ValueError, match=f"{field} must be a positive int"):
             make(cls, extra, **{field: 0})
+
+
+def test_householder_product_is_orthogonal_and_reaches_reflections():
+    from ssm_jax.ssm import householder_product
+
+    w = jax.random.normal(jax.random.PRNGKey(17), (7, 7))
+    q = householder_product(w)
+    chex.assert_trees_all_close(q @ q.T, jnp.eye(7), atol=1e-5)
+    # A single non-zero row gives exactly that reflection (the other rows are zero vectors,
+    # whose "reflection" is the identity because of the guarded normalisation).
+    v = jnp.arange(1.0, 8.0)
+    single = householder_product(jnp.zeros((7, 7)).at[0].set(v))
+    chex.assert_trees_all_close(single, jnp.eye(7) - 2 * jnp.outer(v, v) / jnp.dot(v, v), atol=1e-6)
