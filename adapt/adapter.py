@@ -185,7 +185,7 @@ class Adapter:
             raise ValueError("params must be given: the model parameters to adapt (e.g. model.init(key, x)).")
         if not jax.tree.leaves(params):
             raise ValueError("params has no array leaves; expected the model's parameter pytree.")
-        make_apply_fn(target)  # validates target
+        make_apply_fn(target, "target")  # validates target
         try:
             hash(target)
         except TypeError:

@@ -6,60 +6,12 @@ functional core minimises is ``objective(params, (x, y)) = loss_fn(apply(params,
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-ApplyFn = Callable[[Any, chex.Array], Any]
-
-
-def mse_loss(predictions: chex.Array, targets: chex.Array) -> chex.Array:
-    """Mean squared error over all elements (like ``torch.nn.functional.mse_loss``).
-
-    ``predictions`` and ``targets`` must have the same shape.
-    """
-    if jnp.shape(predictions) != jnp.shape(targets):
-        raise ValueError(
-            f"mse_loss: predictions of shape {jnp.shape(predictions)} do not match targets of "
-            f"shape {jnp.shape(targets)}."
-        )
-    return jnp.mean(jnp.square(predictions - targets))
-
-
-def predictions_of(output):
-    """Predictions in a model output: a tuple ``(ys, carry)`` (the ``ssm_jax``
-    modules) gives ``ys``; anything else is the predictions itself."""
-    if isinstance(output, (tuple, list)):
-        if not output:
-            raise ValueError("the model returned an empty tuple; expected predictions or (predictions, carry).")
-        return output[0]
-    return output
-
-
-def make_apply_fn(target) -> ApplyFn:
-    """``(params, x) -> predictions`` from a Flax module or an apply function
-    (the same convention as ``maml.MetaMAML``'s ``model``)."""
-    if isinstance(target, nn.Module):
-        return lambda params, x: predictions_of(target.apply(params, x))
-    if callable(target):
-        return lambda params, x: predictions_of(target(params, x))
-    raise ValueError(
-        "target must be a flax.linen.Module or a callable (params, x) -> predictions, "
-        f"got {type(target).__name__}."
-    )
-
-
-def supervised_objective(apply_fn: ApplyFn, loss_fn: Callable):
-    """``objective(params, (x, y)) = loss_fn(apply_fn(params, x), y)``."""
-
-    def objective(params, batch):
-        x, y = batch
-        return loss_fn(apply_fn(params, x), y)
-
-    return objective
+# One convention for models and losses across the library: adapt takes its target exactly as
+# MetaMAML takes its model, so the glue is shared rather than repeated.
+from maml.core import ApplyFn, make_apply_fn, mse_loss, predictions_of, supervised_objective  # noqa: F401
 
 
 def hybrid_objective(objective, replay_weight: float):

@@ -58,22 +58,27 @@ def predictions_of(output) -> chex.Array:
     return output
 
 
-def make_apply_fn(model) -> ApplyFn:
-    """``(params, x) -> predictions`` from a Flax module or an apply function."""
+def make_apply_fn(model, arg_name: str = "model") -> ApplyFn:
+    """``(params, x) -> predictions`` from a Flax module or an apply function.
+
+    ``arg_name`` is the caller's name for the argument, used in the error message.
+    """
     if isinstance(model, nn.Module):
         return lambda params, x: predictions_of(model.apply(params, x))
     if callable(model):
         return lambda params, x: predictions_of(model(params, x))
     raise ValueError(
-        f"model must be a flax.linen.Module or a callable (params, x) -> predictions, got {type(model).__name__}."
+        f"{arg_name} must be a flax.linen.Module or a callable (params, x) -> predictions, "
+        f"got {type(model).__name__}."
     )
 
 
 def mse_loss(predictions: chex.Array, targets: chex.Array) -> chex.Array:
     """Mean squared error over every element; predictions and targets share a shape."""
-    if predictions.shape != targets.shape:
+    if jnp.shape(predictions) != jnp.shape(targets):
         raise ValueError(
-            f"loss_fn: predictions of shape {predictions.shape} do not match targets of shape {targets.shape}."
+            f"mse_loss: predictions of shape {jnp.shape(predictions)} do not match targets of "
+            f"shape {jnp.shape(targets)}."
         )
     return jnp.mean(jnp.square(predictions - targets))
 
