@@ -69,10 +69,10 @@ class BenchmarkConfig:
     ppo_entropy_coef: float = 0.0
     in_context_iterations: int = 150
     in_context_tasks: int = 8
-    in_context_envs: int = 4
-    in_context_steps: int = 500
+    in_context_envs: int = 2
+    in_context_steps: int = 1000
     in_context_lr: float = 1e-3
-    in_context_entropy_coef: float = 0.01
+    in_context_entropy_coef: float = 0.0
     in_context_core: str = "selective"
     in_context_state_dim: int = 8
     state_dim: int = 16
