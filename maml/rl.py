@@ -246,6 +246,7 @@ class MAMLRL:
         self.adapt_filter = adapt_filter
         self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
         self._mask = None
+        self._mask_treedef = None
         self.meta_update = jax.jit(self._meta_update)
         self.adapt = jax.jit(
             self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
@@ -258,11 +259,21 @@ class MAMLRL:
         return self.init_from_params(params)
 
     def init_from_params(self, params) -> core.MetaState:
-        self._mask = core.build_mask(params, self.adapt_filter)
+        self._mask_for(params)
         lr = None
         if self.config.learn_inner_lr:
             lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.float32), params)
         return core.init_state(params, self.optimizer, lr)
+
+    def _mask_for(self, params):
+        """The static inner-loop mask of ``adapt_filter`` for ``params``, built on demand and
+        cached by tree structure (so a state restored from a checkpoint, never passed through
+        ``init`` on this object, still honours ``adapt_filter``)."""
+        treedef = jax.tree.structure(params)
+        if self._mask_treedef is None or self._mask_treedef != treedef:
+            self._mask = core.build_mask(params, self.adapt_filter)
+            self._mask_treedef = treedef
+        return self._mask
 
     def _lr(self, inner_lr):
         return self.config.inner_lr if inner_lr is None else inner_lr
@@ -305,7 +316,8 @@ class MAMLRL:
         """One LVC policy-gradient step; returns ``(new_params, (inner_loss, value_loss))``."""
         first_order = self.config.first_order if first_order is None else first_order
         leaves, treedef = jax.tree.flatten(params)
-        mask = [True] * len(leaves) if self._mask is None else treedef.flatten_up_to(self._mask)
+        mask = self._mask_for(params)
+        mask = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
         lrs = core._flat_lrs(inner_lr, treedef, len(leaves))
         (loss, vloss), grads = jax.value_and_grad(self.inner_objective, has_aux=True)(params, batch)
         if first_order:

@@ -195,3 +195,21 @@ def test_meta_training_improves_post_adaptation_return():
     state = train(state, jax.random.key(1))
     after = evaluate(state)
     assert after > 2.0 * before, (before, after)
+
+
+def test_adapt_filter_honoured_without_init_on_the_same_object():
+    """A state built by another object (e.g. restored from a checkpoint in a new process):
+    adapt_filter=["heads"] must still freeze the torso in the inner loop."""
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    cfg = MAMLRLConfig(**SMALL)
+    state = MAMLRL(policy, cfg).init(jax.random.key(0))   # a different object
+    algo = MAMLRL(policy, cfg, adapt_filter=["heads"])     # init never called on it
+    tasks = envs.CartPoleTasks().sample(jax.random.key(1), 2)
+    out = algo.adapt(state, tasks, jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=20)
+    for i in range(2):
+        adapted = jax.tree.map(lambda x: x[i], out["params"])
+        for name in ("dense_0", "dense_1"):
+            chex.assert_trees_all_equal(adapted["params"][name], state.params["params"][name])
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), adapted["params"]["heads"],
+                               state.params["params"]["heads"])
+        assert any(jax.tree.leaves(changed))
