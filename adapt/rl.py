@@ -163,13 +163,20 @@ def evaluate_with_adaptation(
 
     Round ``r``: roll out ``num_envs`` environments for ``steps_per_round``
     steps with ``policy_params_fn(params_r)`` (``envs.rollout``; every round
-    starts fresh episodes), record the mean return of the completed episodes,
-    then take up to ``adapt_steps_per_round`` guarded steps (``adapt_steps``)
-    of ``objective(params, traj)`` on that round's trajectory. With
+    starts fresh episodes), record the mean over envs of the return of each
+    env's FIRST episode of the round (``envs.first_episode_return``), then take
+    up to ``adapt_steps_per_round`` guarded steps (``adapt_steps``) of
+    ``objective(params, traj)`` on that round's trajectory. With
     ``replay_capacity > 0`` (hybrid) the trajectory rows of earlier rounds are
     kept in a ring buffer and ``num_envs`` of them are replayed with weight
     ``replay_ratio`` (use an off-policy-safe objective such as
     ``next_observation_loss`` then: replayed rows come from older params).
+
+    The reported return is always finite and counts every env once (no bias
+    toward short episodes). An episode still running at the end of the round
+    counts its partial return (a lower bound): use ``steps_per_round`` >= the
+    task's episode limit (``task.max_steps_in_episode``, 500 for CartPole-v1)
+    for exact episode returns.
 
     Everything is one ``lax.scan`` over rounds: call it inside ``jit``, and
     ``vmap`` it over tasks/keys. ``policy``, ``objective``, ``optimizer``,
@@ -177,9 +184,9 @@ def evaluate_with_adaptation(
     ``obs_mode``, ``deterministic``) are static.
 
     Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
-    is each round's mean completed-episode return (NaN if none completed, see
-    ``envs.mean_episode_return``), measured BEFORE that round's adaptation;
-    ``infos`` is an ``AdaptInfo`` with a leading ``(num_rounds,)`` axis.
+    is each round's mean first-episode return (see above), measured BEFORE
+    that round's adaptation; ``infos`` is an ``AdaptInfo`` with a leading
+    ``(num_rounds,)`` axis.
     """
     import envs  # local import: `adapt` does not need `envs` unless this is used
 
@@ -209,7 +216,7 @@ def evaluate_with_adaptation(
         p, opt_state, buf = carry
         k_roll, k_replay = jax.random.split(k)
         traj = run(p, k_roll)
-        ret = envs.mean_episode_return(traj)
+        ret = jnp.mean(envs.first_episode_return(traj))
         if use_replay:
             replay, valid = rb.buffer_sample(buf, k_replay, num_envs)
             batch = (traj, replay, valid)

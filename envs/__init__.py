@@ -6,6 +6,7 @@ from envs.registry import ENV_NAMES, make
 from envs.rollout import (
     Trajectory,
     episode_returns_per_row,
+    first_episode_return,
     mean_episode_return,
     num_episodes,
     rollout,
@@ -30,6 +31,7 @@ __all__ = [
     "Trajectory",
     "VARIED_FIELDS",
     "episode_returns_per_row",
+    "first_episode_return",
     "force_sign",
     "is_inverted",
     "make",

@@ -109,6 +109,23 @@ def episode_returns_per_row(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
     return total, count
 
 
+def first_episode_return(traj: Trajectory) -> jax.Array:
+    """Per-row undiscounted return of the FIRST episode of the window (float32).
+
+    Shape `traj.dones.shape[:-1]` (e.g. `(E,)`). Where a row's first episode ended inside the
+    window this is its exact return (`episode_returns` at its first done step); where it was
+    still running at the window end it is the partial return (the sum of the row's rewards),
+    a lower bound that is exact once `num_steps` >= the episode limit
+    (`task.max_steps_in_episode`, 500 for CartPole-v1). Always finite, and every row counts
+    once whatever its episode length (unlike `mean_episode_return`, which favours rows that
+    finish several short episodes and is NaN when none finishes).
+    """
+    first = traj.dones & (jnp.cumsum(traj.dones, axis=-1) == 1)
+    done_return = jnp.sum(jnp.where(first, traj.episode_returns, 0.0), axis=-1)
+    partial = jnp.sum(traj.rewards, axis=-1)
+    return jnp.where(jnp.any(traj.dones, axis=-1), done_return, partial).astype(jnp.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # validation (plain Python on shapes: works with traced arrays inside an outer jit/vmap/grad)
 

@@ -120,7 +120,37 @@ def test_rolled_back_rounds_equal_plain_rollouts():
     for r, k in enumerate(jax.random.split(key, 3)):
         k_roll, _ = jax.random.split(k)
         traj = envs.rollout(k_roll, policy, params, task, num_envs=4, num_steps=100, env=ENV)
-        np.testing.assert_allclose(returns[r], envs.mean_episode_return(traj), rtol=1e-6)
+        np.testing.assert_allclose(returns[r], np.mean(_first_episode_loop(traj)), rtol=1e-6)
+
+
+def _first_episode_loop(traj):
+    """Per-env return of the first episode by summing rewards up to the first done."""
+    rewards, dones = np.asarray(traj.rewards), np.asarray(traj.dones)
+    out = []
+    for e in range(rewards.shape[0]):
+        total = 0.0
+        for t in range(rewards.shape[1]):
+            total += float(rewards[e, t])
+            if dones[e, t]:
+                break
+        out.append(total)
+    return np.array(out)
+
+
+def test_first_episode_return_matches_loop_and_is_finite_when_no_episode_ends():
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=16)
+    params = jax.jit(policy.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1, 4)))
+    traj = _traj(policy, params, key=5, num_envs=6, num_steps=25)  # some rows finish twice, some never
+    assert bool(jnp.any(traj.dones)) and not bool(jnp.all(jnp.any(traj.dones, axis=1)))
+    np.testing.assert_allclose(envs.first_episode_return(traj), _first_episode_loop(traj), rtol=1e-6)
+    # a window shorter than any CartPole episode (>= 8 steps): no episode completes, the old
+    # completed-episode mean was NaN; the reported return is the partial return (= steps)
+    task = jax.tree.map(lambda x: x[0], envs.CartPoleTasks().sample(jax.random.PRNGKey(3), 1))
+    _, returns, _ = jax.jit(lambda k: rl.evaluate_with_adaptation(
+        k, policy, params, task, objective=functools.partial(rl.policy_gradient_loss, policy=policy),
+        optimizer=optax.sgd(1e-3), num_rounds=2, steps_per_round=5, num_envs=3, env=ENV))(
+        jax.random.PRNGKey(1))
+    np.testing.assert_allclose(returns, [5.0, 5.0])
 
 
 @pytest.mark.slow
@@ -136,7 +166,7 @@ def test_policy_gradient_adaptation_raises_the_return_side_by_side():
         opt = optax.chain(make_optimizer("adam", 0.01), optax.scale(lr_scale))
         return jax.vmap(lambda k, t: rl.evaluate_with_adaptation(
             k, policy, params, t, objective=objective, optimizer=opt, num_rounds=12,
-            steps_per_round=200, num_envs=32, env=ENV))(keys, tasks)
+            steps_per_round=500, num_envs=32, env=ENV))(keys, tasks)
 
     keys = jax.random.split(jax.random.PRNGKey(2), 2)
     _, adapted, infos = evaluate(1.0, keys)
