@@ -8,6 +8,7 @@ Losses are pure functions of ``(params, traj)`` where ``traj`` is an
   traj.actions     (E, T) int (discrete) or (E, T, A) float (continuous)
   traj.rewards     (E, T)
   traj.dones       (E, T) bool  the episode ended at step t
+  traj.truncated   (E, T) bool  optional: it ended by the time limit (bootstrapped)
   traj.resets      (E, T) bool  obs[:, t] starts an episode (policy carry reset)
   traj.last_obs    (E, D)       observation after the last step
   traj.last_value  (E,)         value of last_obs (bootstrap)
@@ -48,24 +49,37 @@ PyTree = Any
 
 
 def discounted_returns(rewards: chex.Array, dones: chex.Array, bootstrap: chex.Array,
-                       gamma: float) -> chex.Array:
+                       gamma: float, truncated: Optional[chex.Array] = None,
+                       truncation_values: Optional[chex.Array] = None) -> chex.Array:
     """Reward-to-go within episodes, ``(E, T)``.
 
-    ``G[:, t] = rewards[:, t] + gamma * (1 - dones[:, t]) * G[:, t + 1]`` with
-    ``G[:, T] = bootstrap`` (``(E,)``, e.g. the value of ``last_obs``; zeros for
-    none). A done step (termination or time limit) ends the sum.
+    ``G[:, t] = rewards[:, t] + gamma * next[:, t]`` with ``next = G[:, t + 1]``
+    (``G[:, T] = bootstrap``, ``(E,)``, e.g. the value of ``last_obs``; zeros for
+    none), 0 after a done step, except after a time-limit truncation
+    (``truncated`` ``(E, T)`` bool, given with ``truncation_values`` ``(E, T)``)
+    where it is ``truncation_values[:, t]``: the episode did not really end, so
+    it is bootstrapped with the value estimate available (the value of the last
+    state: the true next state is lost to the auto-reset), as ``maml.rl.gae``
+    does. Without ``truncated`` every done step ends the sum.
     """
     chex.assert_rank(rewards, 2)
     chex.assert_equal_shape([rewards, dones])
     chex.assert_shape(bootstrap, rewards.shape[:1])
+    if (truncated is None) != (truncation_values is None):
+        raise ValueError("discounted_returns: give both truncated and truncation_values, or neither.")
+    if truncated is None:
+        truncated = jnp.zeros(rewards.shape, bool)
+        truncation_values = jnp.zeros(rewards.shape, jnp.float32)
+    chex.assert_equal_shape([rewards, truncated, truncation_values])
 
     def back(g_next, xs):
-        r, d = xs
-        g = r + gamma * jnp.where(d, 0.0, g_next)
+        r, d, tr, v = xs
+        g = r + gamma * jnp.where(tr, v, jnp.where(d, 0.0, g_next))
         return g, g
 
     _, g = jax.lax.scan(back, bootstrap.astype(jnp.float32),
-                        (rewards.T.astype(jnp.float32), dones.T), reverse=True)
+                        (rewards.T.astype(jnp.float32), dones.T, truncated.T,
+                         truncation_values.T.astype(jnp.float32)), reverse=True)
     return g.T
 
 
@@ -79,7 +93,10 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     from ``traj.obs`` (carry reset where ``resets``, default ``traj.resets``;
     pass resets True only at ``t = 0`` for rollouts that kept the carry across
     episodes). Advantages ``A = G - V`` (``G`` from ``discounted_returns``,
-    bootstrapped with ``traj.last_value`` if ``bootstrap``; ``V`` the value head
+    bootstrapped with ``traj.last_value`` at the window end and, at time-limit
+    truncations (``traj.truncated``, if the trajectory has it), with the value
+    head's estimate of the last state, if ``bootstrap``, as in ``maml.rl``;
+    ``V`` the value head
     without gradient, or 0 if not ``value_baseline``), standardised over the
     batch if ``normalize_advantages``. Loss
     ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``.
@@ -89,7 +106,10 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     log_probs = out.dist.log_prob(traj.actions)
     values = out.value
     boot = jax.lax.stop_gradient(traj.last_value) if bootstrap else jnp.zeros_like(traj.last_value)
-    returns = jax.lax.stop_gradient(discounted_returns(traj.rewards, traj.dones, boot, gamma))
+    truncated = getattr(traj, "truncated", None) if bootstrap else None
+    trunc_values = None if truncated is None else jax.lax.stop_gradient(values)
+    returns = jax.lax.stop_gradient(discounted_returns(traj.rewards, traj.dones, boot, gamma,
+                                                       truncated, trunc_values))
     adv = returns - (jax.lax.stop_gradient(values) if value_baseline else 0.0)
     if normalize_advantages:
         adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-6)

@@ -23,13 +23,17 @@ def _traj(policy, params, key=0, num_envs=3, num_steps=40, task=None):
                         num_steps=num_steps, env=ENV)
 
 
-def _returns_loop(rewards, dones, bootstrap, gamma):
+def _returns_loop(rewards, dones, bootstrap, gamma, truncated=None, values=None):
     rewards, dones, bootstrap = map(np.asarray, (rewards, dones, bootstrap))
+    truncated = np.zeros(rewards.shape, bool) if truncated is None else np.asarray(truncated)
     g = np.zeros(rewards.shape, np.float64)
     for e in range(rewards.shape[0]):
         nxt = float(bootstrap[e])
         for t in reversed(range(rewards.shape[1])):
-            nxt = rewards[e, t] + (0.0 if dones[e, t] else gamma * nxt)
+            if truncated[e, t]:
+                nxt = rewards[e, t] + gamma * float(values[e, t])
+            else:
+                nxt = rewards[e, t] + (0.0 if dones[e, t] else gamma * nxt)
             g[e, t] = nxt
     return g
 
@@ -41,6 +45,25 @@ def test_discounted_returns_match_a_python_loop():
     bootstrap = rng.normal(size=4).astype(np.float32)
     got = jax.jit(rl.discounted_returns, static_argnums=3)(rewards, dones, bootstrap, 0.9)
     np.testing.assert_allclose(got, _returns_loop(rewards, dones, bootstrap, 0.9), rtol=1e-5, atol=1e-5)
+    truncated = dones & (rng.uniform(size=(4, 30)) < 0.5)
+    values = rng.normal(size=(4, 30)).astype(np.float32)
+    got = jax.jit(rl.discounted_returns, static_argnums=3)(rewards, dones, bootstrap, 0.9, truncated, values)
+    np.testing.assert_allclose(got, _returns_loop(rewards, dones, bootstrap, 0.9, truncated, values),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_policy_gradient_loss_bootstraps_time_limit_truncations():
+    """A 10-step time limit: truncated episodes are bootstrapped with the value of their
+    last state (as maml.rl.gae does), not treated as true endings."""
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=16)
+    params = jax.jit(policy.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1, 4)))
+    task = ENV.default_params.replace(max_steps_in_episode=10)
+    traj = _traj(policy, params, key=1, num_envs=3, num_steps=40, task=task)
+    assert bool(jnp.any(traj.truncated))
+    g = _returns_loop(traj.rewards, traj.dones, traj.last_value, 0.95, traj.truncated, traj.values)
+    loss = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, value_baseline=False,
+                                   normalize_advantages=False, value_coef=0.0)
+    np.testing.assert_allclose(loss, -np.mean(np.asarray(traj.log_probs) * g), rtol=1e-4)
 
 
 def _pg_setup():
@@ -48,7 +71,7 @@ def _pg_setup():
     params = jax.jit(policy.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1, 4)))
     traj = _traj(policy, params, num_steps=60)
     assert int(traj.dones.sum()) > 0  # episodes end inside the window, so resets matter
-    g = _returns_loop(traj.rewards, traj.dones, traj.last_value, 0.95)
+    g = _returns_loop(traj.rewards, traj.dones, traj.last_value, 0.95, traj.truncated, traj.values)
     loss = functools.partial(rl.policy_gradient_loss, policy=policy, gamma=0.95, value_baseline=False,
                              normalize_advantages=False, value_coef=0.0)
     return policy, params, traj, g, loss
