@@ -22,14 +22,17 @@ def check_dims(module: Any, *names: str) -> None:
         check_positive_int(name, getattr(module, name))
 
 
-def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any):
+def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any, name: str = "xs"):
     """Check a sequence call's arguments; returns ``(xs, resets, carry)`` with defaults filled.
 
-    ``resets`` defaults to all false and ``carry`` to ``module.initialize_carry(batch)``.
+    ``resets`` defaults to all false and ``carry`` to ``module.initialize_carry(batch)``;
+    ``name`` is the caller's name for ``xs`` in error messages.
     """
     xs = jnp.asarray(xs)
-    check_array("xs", xs, (None, None, module.input_dim), f"(batch, time, input_dim={module.input_dim})")
+    check_array(name, xs, (None, None, module.input_dim), f"(batch, time, input_dim={module.input_dim})")
     batch, time = xs.shape[:2]
+    if time < 1:
+        raise ValueError(f"{name} must have at least one time step, got shape {tuple(xs.shape)}")
     if resets is None:
         resets = jnp.zeros((batch, time), dtype=bool)
     else:
@@ -45,10 +48,10 @@ def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any):
     return xs, resets, carry
 
 
-def prepare_step(module: Any, x: Any, carry: Any, reset: Any):
+def prepare_step(module: Any, x: Any, carry: Any, reset: Any, name: str = "x"):
     """Check a step call's arguments; returns ``(x, reset)`` (``reset`` ``None`` if not given)."""
     x = jnp.asarray(x)
-    check_array("x", x, (None, module.input_dim), f"(batch, input_dim={module.input_dim})")
+    check_array(name, x, (None, module.input_dim), f"(batch, input_dim={module.input_dim})")
     batch = x.shape[0]
     check_carry("carry", carry, module.initialize_carry(batch))
     if reset is not None:

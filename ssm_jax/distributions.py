@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -24,7 +25,15 @@ class Categorical:
         return jax.random.categorical(key, self.logits).astype(jnp.int32)
 
     def log_prob(self, actions: jax.Array) -> jax.Array:
-        """Log-probabilities of integer ``actions`` (shape ``logits.shape[:-1]``)."""
+        """Log-probabilities of integer ``actions`` (shape ``logits.shape[:-1]``).
+
+        Actions must lie in ``[0, action_dim)``; concrete (non-traced) actions are checked.
+        """
+        if not isinstance(actions, jax.core.Tracer):
+            a = np.asarray(actions)
+            n = self.logits.shape[-1]
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise ValueError(f"actions must be integers in [0, {n}), got values in [{a.min()}, {a.max()}]")
         logp = jax.nn.log_softmax(self.logits)
         return jnp.take_along_axis(logp, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 

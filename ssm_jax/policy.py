@@ -108,11 +108,13 @@ class SSMPolicy(nn.Module):
 
     def __call__(self, obs_seq, resets=None, carry=None):
         """``obs_seq`` ``(batch, time, obs_dim)`` -> ``(PolicyOutput, final carry)``."""
+        prepare_sequence(self, obs_seq, resets, carry, name="obs_seq")  # errors in policy terms
         features, carry = self.core_net(obs_seq, resets, carry)
         return self.heads(jnp.tanh(features)), carry
 
     def step(self, obs, carry, reset=None):
         """``obs`` ``(batch, obs_dim)`` -> ``(PolicyOutput, carry)``."""
+        prepare_step(self, obs, carry, reset, name="obs")
         features, carry = self.core_net.step(obs, carry, reset)
         return self.heads(jnp.tanh(features)), carry
 
@@ -152,9 +154,9 @@ class MLPPolicy(nn.Module):
         return self.heads(h)
 
     def __call__(self, obs_seq, resets=None, carry=None):
-        obs_seq, _, carry = prepare_sequence(self, obs_seq, resets, carry)
+        obs_seq, _, carry = prepare_sequence(self, obs_seq, resets, carry, name="obs_seq")
         return self._forward(obs_seq), carry
 
     def step(self, obs, carry, reset=None):
-        obs, _ = prepare_step(self, obs, carry, reset)
+        obs, _ = prepare_step(self, obs, carry, reset, name="obs")
         return self._forward(obs), carry

@@ -6,7 +6,8 @@
 
 ``A = U diag(s) V^T`` where ``U`` and ``V`` are orthogonal (products of Householder reflections
 built from the rows of free square matrices: only matrix-vector products, no linear solve, so
-it stays cheap when vmapped over many tasks) and ``s = max_radius * sigmoid(logits)``. Every singular value of ``A`` is below
+it stays cheap when vmapped over many tasks) and ``s = max_radius * tanh(logits)`` (signed, so
+``det A`` may take either sign and reflecting or oscillating modes are reachable). Every singular value of ``A``, ``|s_i|``, is below
 ``max_radius < 1``, so the spectral radius is too, whatever values training gives the free
 parameters: the recurrence is a contraction and the state stays bounded over any horizon.
 """
@@ -37,12 +38,11 @@ def householder_product(w: jax.Array) -> jax.Array:
     return q
 
 
-def _logit_uniform(low: float, high: float):
-    """Initialiser for logits whose sigmoid is uniform in ``[low, high]``."""
+def _atanh_uniform(low: float, high: float):
+    """Initialiser for logits whose ``tanh`` is uniform in ``[low, high]``."""
 
     def init(key, shape, dtype=jnp.float32):
-        p = jax.random.uniform(key, shape, dtype, low, high)
-        return jnp.log(p) - jnp.log1p(-p)
+        return jnp.arctanh(jax.random.uniform(key, shape, dtype, low, high))
 
     return init
 
@@ -82,11 +82,11 @@ class SSM(nn.Module):
         ortho_init = nn.initializers.normal(1.0)
         self.A_left = self.param("A_left", ortho_init, (n, n))
         self.A_right = self.param("A_right", ortho_init, (n, n))
-        self.A_logits = self.param("A_logits", _logit_uniform(0.5, 0.95), (n,))
+        self.A_logits = self.param("A_logits", _atanh_uniform(0.5, 0.95), (n,))
 
     def transition(self) -> jax.Array:
         """The ``(state_dim, state_dim)`` state matrix ``A`` (largest singular value < max_radius)."""
-        s = self.max_radius * jax.nn.sigmoid(self.A_logits)
+        s = self.max_radius * jnp.tanh(self.A_logits)
         return householder_product(self.A_left) @ (s[:, None] * householder_product(self.A_right).T)
 
     def initialize_carry(self, batch_size: int) -> jax.Array:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -43,4 +44,11 @@ def check_carry(name: str, carry: Any, reference: Any) -> None:
             raise ValueError(
                 f"{name} leaves must have shapes {[r.shape for r in ref_leaves]} "
                 f"(leading batch axis), got {[getattr(l, 'shape', None) for l in leaves]}"
+            )
+        dtype = getattr(leaf, "dtype", None)
+        # Same kind (real vs complex); a wider float (e.g. float64 under x64) is accepted.
+        if dtype is None or jnp.iscomplexobj(leaf) != jnp.iscomplexobj(ref):
+            raise ValueError(
+                f"{name} leaves must have dtypes {[str(r.dtype) for r in ref_leaves]}, "
+                f"got {[str(getattr(l, 'dtype', None)) for l in leaves]}"
             )

@@ -107,5 +107,19 @@ def test_bad_policy_configs_raise():
         SSMPolicy(obs_dim=OBS, action_dim=ACT, core="ssm", parallel=True)
     policy = MLPPolicy(obs_dim=OBS, action_dim=ACT)
     params = policy.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS)))
-    with pytest.raises(ValueError, match=r"xs must have shape \(batch, time, input_dim=4\)"):
+    with pytest.raises(ValueError, match=r"obs_seq must have shape \(batch, time, input_dim=4\)"):
         policy.apply(params, jnp.zeros((1, 1, OBS + 1)))
+
+
+def test_errors_use_policy_argument_names_and_actions_are_range_checked():
+    policy = SSMPolicy(obs_dim=OBS, action_dim=ACT, state_dim=8, hidden_dim=16)
+    params = policy.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, OBS)))
+    with pytest.raises(ValueError, match=r"obs_seq must have shape \(batch, time, input_dim=4\)"):
+        policy.apply(params, jnp.zeros((1, 1, OBS + 1)))
+    with pytest.raises(ValueError, match=r"obs must have shape \(batch, input_dim=4\)"):
+        policy.apply(params, jnp.zeros((1, OBS + 1)), policy.initialize_carry(1), method="step")
+    dist = Categorical(jnp.zeros((2, ACT)))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        dist.log_prob(jnp.array([0, ACT]))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        dist.log_prob(jnp.array([-1, 0]))

@@ -20,6 +20,12 @@ VARIANTS = [
     (SelectiveSSM, {"parallel": True}),
 ]
 IDS = ["ssm", "diagonal-seq", "diagonal-par", "selective-seq", "selective-par"]
+# Expensive properties (long sequences, second-order gradients) run for two variants by default and
+# for all of them in the slow pass.
+SLOW_VARIANTS = [
+    pytest.param(cls, extra, id=i, marks=() if i in ("ssm", "selective-par") else pytest.mark.slow)
+    for (cls, extra), i in zip(VARIANTS, IDS)
+]
 
 
 def make(cls, extra, **dims):
@@ -136,7 +142,7 @@ def _perturb(params, key, scale):
     return jax.tree.unflatten(tree, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("cls,extra", SLOW_VARIANTS)
 def test_long_sequences_stay_finite_even_with_perturbed_params(cls, extra):
     model = make(cls, extra)
     xs = 10.0 * jax.random.normal(jax.random.PRNGKey(8), (2, 10_000, DIMS["input_dim"]))
@@ -175,7 +181,7 @@ def test_diagonal_discretisation_is_stable_and_zero_order_hold():
     chex.assert_trees_all_close(b_bar, integral[:, None] * b, atol=1e-5, rtol=1e-3)
 
 
-@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("cls,extra", SLOW_VARIANTS)
 def test_first_and_second_order_gradients_are_finite_and_nonzero(cls, extra):
     model = make(cls, extra)
     xs, resets = data(seed=11, time=40)
@@ -282,3 +288,29 @@ def test_householder_product_is_orthogonal_and_reaches_reflections():
     v = jnp.arange(1.0, 8.0)
     single = householder_product(jnp.zeros((7, 7)).at[0].set(v))
     chex.assert_trees_all_close(single, jnp.eye(7) - 2 * jnp.outer(v, v) / jnp.dot(v, v), atol=1e-6)
+
+
+def test_ssm_transition_reaches_both_determinant_signs():
+    """Signed singular values: a one-dimensional SSM can learn a negative (oscillating) decay."""
+    model = SSM(state_dim=1, input_dim=3, output_dim=2, hidden_dim=8)
+    params = init(model, data()[0])
+    flipped = jax.tree_util.tree_map_with_path(
+        lambda path, a: -a if "A_logits" in jax.tree_util.keystr(path) else a, params
+    )
+    a_pos = model.apply(params, method=model.transition)
+    a_neg = model.apply(flipped, method=model.transition)
+    assert float(jnp.linalg.det(a_pos)) * float(jnp.linalg.det(a_neg)) < 0
+    assert float(jnp.max(jnp.abs(a_neg))) < 1.0
+
+
+@pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
+def test_empty_sequences_and_wrong_carry_dtype_raise(cls, extra):
+    model = make(cls, extra)
+    xs, _ = data()
+    params = init(model, xs)
+    with pytest.raises(ValueError, match="xs must have at least one time step"):
+        model.apply(params, xs[:, :0])
+    carry = model.initialize_carry(BATCH)
+    wrong = jax.tree.map(lambda c: c.real if jnp.iscomplexobj(c) else c.astype(jnp.complex64), carry)
+    with pytest.raises(ValueError, match="carry leaves must have dtypes"):
+        model.apply(params, xs, None, wrong)
