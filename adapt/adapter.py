@@ -8,13 +8,16 @@
 Strategies:
   ``"none"``    no update; ``adapt`` only measures the loss (params untouched).
   ``"online"``  guarded gradient steps on the current batch (optimiser and
-                step size from the config).
+                step size from the config), joined by the samples recorded
+                with ``observe`` since the previous ``adapt`` call.
   ``"meta"``    the same, from a ``maml.MetaMAML``'s meta-learned params with
                 its meta-learned inner rule: plain gradient descent with its
                 inner step size (Meta-SGD per-parameter step sizes if it learned
                 them), only on the params its ``adapt_filter`` adapts (ANIL).
                 ``cfg.lr``/``cfg.optimizer`` are not used; ``cfg.grad_clip``,
                 ``cfg.divergence_threshold`` and ``cfg.max_steps_per_call`` are.
+                The default loss is the MetaMAML's own ``loss_fn``. Observed
+                samples join the next batch, as in ``"online"``.
   ``"hybrid"``  ``"online"`` on the current batch pooled with samples replayed
                 from a ring buffer of earlier experience (``observe`` and, by
                 default, earlier ``adapt`` batches feed it; batches holding a
@@ -158,6 +161,8 @@ class Adapter:
         (the MetaMAML's fixed ``inner_lr`` is used).
       meta: the ``maml.MetaMAML`` (required by, and only used by, ``"meta"``).
       key: PRNG key (or int seed) for replay sampling in hybrid mode.
+      The default ``loss_fn`` of ``adapt``/``loss`` is the MetaMAML's ``loss_fn``
+      with ``"meta"``, mean squared error otherwise.
 
     Attributes:
       params: the current (adapted) params.
@@ -177,8 +182,10 @@ class Adapter:
         self.cfg = cfg
         self.strategy = strategy
         lr_tree = None
+        self.default_loss_fn = mse_loss
         if strategy == "meta":
             params, lr_tree, target = self._meta_rule(meta, params, target)
+            self.default_loss_fn = getattr(meta, "loss_fn", None) or mse_loss
         elif meta is not None:
             raise ValueError(f"meta (a MetaMAML) is only used by strategy='meta', got strategy={strategy!r}.")
         if params is None:
@@ -235,6 +242,7 @@ class Adapter:
         self.opt_state = self.optimizer.init(self._initial_params)
         self.buffer = None
         self.context = None
+        self._pending = []
         self._key = self._key0
 
     # ------------------------------------------------------------- public API
@@ -243,13 +251,40 @@ class Adapter:
             self.buffer = rb.buffer_init_like({"observations": obs, "targets": targets},
                                               self.cfg.replay_capacity)
 
-    def adapt(self, batch: Mapping[str, Any], loss_fn: Callable = mse_loss) -> dict:
+    def _resolve_loss(self, loss_fn):
+        loss_fn = self.default_loss_fn if loss_fn is None else loss_fn
+        if not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
+        return loss_fn
+
+    def _with_pending(self, obs, targets):
+        """The batch joined (along the sample axis) by the samples observed since the last
+        ``adapt`` call (online/meta); the pending samples are then cleared."""
+        if not self._pending:
+            return obs, targets
+        for i, (o, t) in enumerate(self._pending):
+            if o.shape[1:] != obs.shape[1:] or t.shape[1:] != targets.shape[1:]:
+                raise ValueError(
+                    f"observed context #{i} has per-sample shapes {o.shape[1:]} / {t.shape[1:]} but "
+                    f"batch['observations'] / batch['targets'] have {obs.shape[1:]} / "
+                    f"{targets.shape[1:]}; they must match to be adapted on together.")
+        obs = jnp.concatenate([o for o, _ in self._pending] + [obs], axis=0)
+        targets = jnp.concatenate([t for _, t in self._pending] + [targets], axis=0)
+        self._pending = []
+        return obs, targets
+
+    def adapt(self, batch: Mapping[str, Any], loss_fn: Optional[Callable] = None) -> dict:
         """Adapt ``self.params`` to ``batch`` and report what happened.
 
         Args:
           batch: mapping with ``'observations'`` (N, ...) and ``'targets'``
             (N, ...) (other keys are ignored).
-          loss_fn: ``(predictions, targets) -> scalar`` (default mean squared error).
+          loss_fn: ``(predictions, targets) -> scalar``; None (default): the
+            MetaMAML's ``loss_fn`` with ``"meta"``, mean squared error otherwise.
+
+        With ``"online"``/``"meta"`` the samples recorded by ``observe`` since
+        the previous call are prepended to ``batch`` (so the batch size, hence
+        the compiled shape, grows by their count) and then cleared.
 
         Returns a dict of Python numbers: ``loss_before`` and ``loss_after``
         (the loss of the call's objective before/after; for hybrid it includes
@@ -257,8 +292,9 @@ class Adapter:
         gradient steps), ``rollbacks`` and ``rolled_back`` (a step was undone).
         """
         obs, targets = _check_batch(batch, "batch")
-        if not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
+        loss_fn = self._resolve_loss(loss_fn)
+        if self.strategy in ("online", "meta"):
+            obs, targets = self._with_pending(obs, targets)
         if self.strategy == "none":
             loss = float(_loss_call(self.params, obs, targets, spec=self._spec, loss_fn=loss_fn))
             return {"loss_before": loss, "loss_after": loss, "loss": loss, "steps": 0,
@@ -282,27 +318,33 @@ class Adapter:
     def observe(self, context: Mapping[str, Any]) -> None:
         """Record ``context`` (kept in ``self.context``).
 
-        In hybrid mode a context with ``'observations'`` and ``'targets'``
-        (N, ...) adds those N samples to the replay buffer, which later
-        ``adapt`` calls replay (a batch with a non-finite value is dropped
-        whole); a context with only one of the two keys is an error there. Other strategies only keep the context (their gradient
-        steps use the ``adapt`` batch alone).
+        A context with ``'observations'`` and ``'targets'`` (N, ...) is
+        experience for adaptation (a context with only one of the two keys is
+        an error):
+          * ``"hybrid"``: the N samples go to the replay buffer, which later
+            ``adapt`` calls replay (a batch with a non-finite value is dropped
+            whole);
+          * ``"online"``/``"meta"``: the N samples join the NEXT ``adapt``
+            call's batch (prepended along the sample axis), then are cleared;
+          * ``"none"``: only kept in ``self.context`` (no update happens).
         """
         if not isinstance(context, Mapping):
             raise ValueError(f"context must be a mapping, got {type(context).__name__}.")
         self.context = dict(context)
-        if self.strategy != "hybrid":
-            return
         present = [k for k in BATCH_KEYS if k in context]
-        if not present:
+        if not present or self.strategy == "none":
             return
         obs, targets = _check_batch(context, "context")
+        if self.strategy in ("online", "meta"):
+            self._pending.append((obs, targets))
+            return
         self._ensure_buffer(obs, targets)
         items = {"observations": obs, "targets": targets}
         rb._check_structure(self.buffer, items, "context")
         self.buffer = _add_call(self.buffer, items)
 
-    def loss(self, batch: Mapping[str, Any], loss_fn: Callable = mse_loss) -> float:
-        """The loss of the current params on ``batch`` (no update)."""
+    def loss(self, batch: Mapping[str, Any], loss_fn: Optional[Callable] = None) -> float:
+        """The loss of the current params on ``batch`` (no update; default loss as in ``adapt``)."""
         obs, targets = _check_batch(batch, "batch")
+        loss_fn = self._resolve_loss(loss_fn)
         return float(_loss_call(self.params, obs, targets, spec=self._spec, loss_fn=loss_fn))

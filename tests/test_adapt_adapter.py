@@ -306,3 +306,46 @@ def test_repeated_adapt_calls_do_not_retrace(strategy):
     other = Adapter(MLP(2), cfg, strategy=strategy, params=_mlp_and_params(seed=3)[1])
     other.adapt(_regression(rng, 0.0, np.eye(2), 16), mse_loss)
     assert adapter.num_traces == 1 and other.num_traces == 1
+
+
+def test_meta_strategy_defaults_to_the_metamamls_own_loss():
+    maml = pytest.importorskip("maml")
+    model, params = _mlp_and_params()
+    batch = _regression(np.random.default_rng(8), 0.0, np.eye(2), 16)
+    x, y = jnp.asarray(batch["observations"]), jnp.asarray(batch["targets"])
+    l1 = lambda p, t: jnp.mean(jnp.abs(p - t))
+    meta = maml.MetaMAML(model, inner_lr=0.1, num_inner_steps=2, loss_fn=l1)
+    adapter = Adapter(model, AdaptationConfig(max_steps_per_call=2), strategy="meta", params=params, meta=meta)
+    info = adapter.adapt(batch)  # no loss_fn: the MetaMAML's L1 loss
+    chex.assert_trees_all_close(adapter.params, meta.inner_loop(params, x, y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(info["loss_before"], float(l1(model.apply(params, x), y)), rtol=1e-5)
+    np.testing.assert_allclose(adapter.loss(batch), float(l1(model.apply(adapter.params, x), y)), rtol=1e-5)
+    # other strategies still default to mean squared error
+    online = Adapter(model, AdaptationConfig(), strategy="online", params=params)
+    np.testing.assert_allclose(online.loss(batch), float(mse_loss(model.apply(params, x), y)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["online", "meta"])
+def test_observed_samples_join_the_next_adapt_batch_then_clear(strategy):
+    maml = pytest.importorskip("maml")
+    model, params = _mlp_and_params()
+    rng = np.random.default_rng(9)
+    ctx, batch, later = (_regression(rng, 0.0, np.eye(2), n) for n in (6, 10, 10))
+    kw = dict(strategy=strategy, params=params)
+    if strategy == "meta":
+        kw["meta"] = maml.MetaMAML(model, inner_lr=0.05, num_inner_steps=2)
+    cfg = AdaptationConfig(lr=0.05, max_steps_per_call=2)
+    observed, pooled = Adapter(model, cfg, **kw), Adapter(model, cfg, **kw)
+    observed.observe(ctx)
+    info = observed.adapt(batch)
+    joined = {k: np.concatenate([ctx[k], batch[k]]) for k in ("observations", "targets")}
+    ref = pooled.adapt(joined)
+    chex.assert_trees_all_close(observed.params, pooled.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(info["loss_before"], ref["loss_before"], rtol=1e-6)
+    # the observed samples were used once: the next call adapts on its batch alone
+    observed.adapt(later)
+    pooled.adapt(later)
+    chex.assert_trees_all_close(observed.params, pooled.params, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="per-sample shapes"):
+        observed.observe({"observations": np.zeros((3, 5), np.float32), "targets": np.zeros((3, 2), np.float32)})
+        observed.adapt(later)
