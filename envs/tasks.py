@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -66,6 +67,19 @@ def _check_range(name: str, value, *, positive: bool) -> tuple[float, float]:
     return lo, hi
 
 
+def _as_positive_int(name: str, value) -> int:
+    """`value` as a Python int >= 1 (numpy integers accepted via `operator.index`)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class CartPoleTasks:
     """A distribution of CartPole-v1 tasks (gymnax `EnvParams`).
@@ -93,7 +107,9 @@ class CartPoleTasks:
       ValueError (on construction): a range that is not a finite `(min, max)` pair, has
       `min > max`, or a non-positive minimum (lengths, masses, gravity and force magnitudes must
       be > 0); `inverted_fraction` outside [0, 1]; an unknown `test_ranges` field;
-      `max_steps_in_episode < 1`.
+      `test_ranges` that all lie inside the train ranges (the test split would not be held
+      out: at least one test range must reach below the train min or above the train max,
+      e.g. after widening a train range, widen a test range too); `max_steps_in_episode < 1`.
     """
 
     length: tuple[float, float] = (0.25, 0.75)
@@ -128,6 +144,18 @@ class CartPoleTasks:
                 )
             checked[name] = _check_range(f"test_ranges[{name!r}]", value, positive=True)
         object.__setattr__(self, "test_ranges", MappingProxyType(checked))
+        outside = [
+            name
+            for name, (lo, hi) in checked.items()
+            if lo < getattr(self, name)[0] or hi > getattr(self, name)[1]
+        ]
+        if not outside:
+            raise ValueError(
+                "test_ranges must reach outside the train ranges on at least one field so the "
+                f"test split is held out; got test_ranges={dict(checked)!r} inside train ranges "
+                f"{ {n: getattr(self, n) for n in VARIED_FIELDS}!r} (widen a test range past "
+                "the train min or max)"
+            )
         steps = self.max_steps_in_episode
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"max_steps_in_episode must be a positive int, got {steps!r}")
@@ -157,8 +185,7 @@ class CartPoleTasks:
           `envs.rollout_tasks`. Inverted tasks have `force_mag < 0`. Works under `jit` with
           `num_tasks` and `split` static.
         """
-        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
-            raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
+        num_tasks = _as_positive_int("num_tasks", num_tasks)
         ranges = self.ranges(split)
         key = jax.random.fold_in(key, _SPLIT_IDS[split])
         keys = jax.random.split(key, len(VARIED_FIELDS) + 1)

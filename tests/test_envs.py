@@ -1,5 +1,6 @@
 """Tests for envs: registry, CartPole task distribution, observation modes, dynamics."""
 
+import chex
 import gymnax
 import jax
 import jax.numpy as jnp
@@ -248,3 +249,27 @@ def test_unknown_obs_mode_is_rejected():
         envs.obs_dim("CartPole-v1", "pixels")
     with pytest.raises(ValueError, match="obs_mode"):
         envs.observe(jnp.zeros(4), "noisy", "CartPole-v1")
+
+
+def test_test_split_must_reach_outside_custom_train_ranges():
+    # wider train ranges swallow every default test range: the test split would not be held out
+    wide = dict(length=(0.25, 1.5), masspole=(0.05, 0.5), masscart=(0.5, 3.0))
+    with pytest.raises(ValueError, match="test_ranges"):
+        envs.CartPoleTasks(**wide)
+    with pytest.raises(ValueError, match="test_ranges"):
+        envs.CartPoleTasks(test_ranges={})
+    with pytest.raises(ValueError, match="test_ranges"):
+        envs.CartPoleTasks(test_ranges={"length": (0.3, 0.7)})
+    # one axis reaching outside (here below the train min) is enough
+    dist = envs.CartPoleTasks(**wide, test_ranges={"length": (0.1, 1.5)})
+    lengths = np.asarray(dist.sample(jax.random.PRNGKey(0), 256, split="test").length)
+    assert lengths.min() < 0.25
+
+
+def test_numpy_integer_counts_are_accepted():
+    dist = envs.CartPoleTasks()
+    tasks = dist.sample(jax.random.PRNGKey(0), np.int64(3))
+    assert tasks.length.shape == (3,)
+    chex.assert_trees_all_equal(tasks, dist.sample(jax.random.PRNGKey(0), 3))
+    with pytest.raises(ValueError, match="num_tasks"):
+        dist.sample(jax.random.PRNGKey(0), 2.0)
