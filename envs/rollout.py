@@ -20,6 +20,7 @@ Key schedule (what a reference loop must replicate to reproduce a rollout exactl
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import flax.struct
@@ -141,9 +142,17 @@ def _resolve_env(env) -> Environment:
     return env
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _check_positive_int(name: str, value) -> int:
+    """`value` as a Python int >= 1 (numpy integers accepted via `operator.index`)."""
+    if isinstance(value, bool):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> None:
@@ -175,7 +184,24 @@ def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> No
             )
 
 
+#: (policy, env, obs_mode) combinations that already passed `_check_policy` (the check
+#: traces `observe`, which costs more than a cached jitted rollout: do it once per combination).
+_CHECKED_POLICIES: set = set()
+
+
 def _check_policy(policy, env: Environment, obs_mode: str, task) -> None:
+    try:
+        cache_key = (policy, env, obs_mode)
+        if cache_key in _CHECKED_POLICIES:
+            return
+    except TypeError:  # unhashable policy: validate every time (the jit will reject it anyway)
+        cache_key = None
+    _check_policy_uncached(policy, env, obs_mode)
+    if cache_key is not None:
+        _CHECKED_POLICIES.add(cache_key)
+
+
+def _check_policy_uncached(policy, env: Environment, obs_mode: str) -> None:
     for attr in ("apply", "initialize_carry"):
         if not hasattr(policy, attr):
             raise ValueError(
@@ -330,8 +356,8 @@ def rollout(
       task: ONE task, an `EnvParams` pytree of `env` without a task axis (e.g. one element of
         `envs.CartPoleTasks(...).sample(...)`; inverted-force CartPole tasks carry a negative
         `force_mag`). `None` means `env.default_params`. For a batch use `rollout_tasks`.
-      num_envs: number of parallel environments `E` (static).
-      num_steps: number of time steps `T` (static).
+      num_envs: number of parallel environments `E` (static; a Python or numpy integer).
+      num_steps: number of time steps `T` (static; a Python or numpy integer).
       obs_mode: `"full"` or `"partial"` (velocities dropped; see `envs.observation`).
       carry_across_episodes: False (default): the policy carry is reset whenever an episode
         starts. True: it is reset only at `t = 0` and kept across auto-resets, so a recurrent
@@ -353,11 +379,12 @@ def rollout(
     Raises:
       ValueError: on a non-positive `num_envs`/`num_steps`, an unknown `obs_mode`, a task
         with a leading task axis or of the wrong type, a policy whose `obs_dim` does not match
-        the observation mode, or an `env` that is not a gymnax environment.
+        the observation mode, or an `env` that is not a gymnax environment. (The policy check
+        runs once per `(policy, env, obs_mode)` and is cached.)
     """
-    _check_positive_int("num_envs", num_envs)
-    _check_positive_int("num_steps", num_steps)
-    _check_positive_int("unroll", unroll)
+    num_envs = _check_positive_int("num_envs", num_envs)
+    num_steps = _check_positive_int("num_steps", num_steps)
+    unroll = _check_positive_int("unroll", unroll)
     env = _resolve_env(env)
     check_obs_mode(obs_mode, env)
     task = env.default_params if task is None else task

@@ -376,3 +376,28 @@ def test_context_wrapper_rejects_bad_arguments():
         envs.ContextWrapper("CartPole-v1")
     with pytest.raises(ValueError, match="obs_mode"):
         envs.ContextWrapper(envs.make()[0], obs_mode="pixels")
+
+
+def test_numpy_integer_sizes_and_cached_policy_check(monkeypatch):
+    import sys
+
+    rollout_module = sys.modules["envs.rollout"]  # (envs.rollout is the re-exported function)
+
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=7)  # a size no other test uses
+    params = _init(policy)
+    key = jax.random.PRNGKey(0)
+    ref = envs.rollout(key, policy, params, num_envs=2, num_steps=6)
+    got = envs.rollout(key, policy, params, num_envs=np.int32(2), num_steps=np.int64(6))
+    chex.assert_trees_all_equal(got, ref)
+    with pytest.raises(ValueError, match="num_steps"):
+        envs.rollout(key, policy, params, num_envs=2, num_steps=6.0)
+    # the policy check already passed for (policy, env, "full"): later calls skip it
+    calls = []
+    real = rollout_module._check_policy_uncached
+    monkeypatch.setattr(rollout_module, "_check_policy_uncached", lambda *a: calls.append(a) or real(*a))
+    envs.rollout(key, policy, params, num_envs=2, num_steps=6)
+    assert calls == []
+    # another obs_mode is a new combination: still checked (and rejected: obs_dim 4 != 2)
+    with pytest.raises(ValueError, match="obs_dim"):
+        envs.rollout(key, policy, params, num_envs=2, num_steps=6, obs_mode="partial")
+    assert len(calls) == 1
