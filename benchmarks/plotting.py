@@ -31,8 +31,10 @@ def plot_training_curves(histories: dict, path: str) -> None:
                              squeeze=False)
     for ax, name in zip(axes[0], names):
         h = histories[name]
-        ax.plot(np.arange(1, len(h["return"]) + 1), h["return"], label="return")
-        if "post_return" in h:
+        adapted = "post_return" in h
+        ax.plot(np.arange(1, len(h["return"]) + 1), h["return"],
+                label="before adaptation" if adapted else "return")
+        if adapted:
             ax.plot(np.arange(1, len(h["post_return"]) + 1), h["post_return"], label="after inner steps")
         ax.set_title(name)
         ax.set_xlabel("iteration")
