@@ -233,7 +233,10 @@ TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
 
 
 def check_tasks(tasks) -> int:
-    """Validate a task batch (at trace time) and return the number of tasks."""
+    """Validate a task batch (at trace time) and return the number of tasks.
+
+    Only ``TASK_KEYS`` need (and get) a leading task axis; other keys are allowed and ignored.
+    """
     if not isinstance(tasks, dict) or any(k not in tasks for k in TASK_KEYS):
         got = sorted(tasks) if isinstance(tasks, dict) else type(tasks).__name__
         raise ValueError(f"tasks must be a dict with keys {TASK_KEYS}, each with a leading task axis; got {got}.")
@@ -254,10 +257,12 @@ def meta_loss(params, inner_lr, tasks, *, objective: Objective, num_steps: int,
     ``task_meta_loss``'s metrics. Differentiable in ``params`` and ``inner_lr``.
     """
     check_tasks(tasks)
+    # vmap over the four task arrays only: other keys (e.g. task metadata without a task
+    # axis) are ignored rather than crashing the vmap
     per_task = jax.vmap(
         lambda t: task_meta_loss(params, inner_lr, t, objective=objective, num_steps=num_steps,
                                  mask=mask, first_order=first_order, remat=remat)
-    )(tasks)
+    )({k: tasks[k] for k in TASK_KEYS})
     losses, metrics = per_task
     return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
 

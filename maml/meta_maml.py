@@ -22,6 +22,12 @@ from maml import core
 from maml.config import MAMLConfig
 
 
+def _task_arrays(tasks):
+    """The four task arrays of a validated task dict (other keys, e.g. metadata without a
+    task axis, are ignored)."""
+    return {k: tasks[k] for k in core.TASK_KEYS}
+
+
 class MetaMAML:
     """Model-Agnostic Meta-Learning (MAML, FOMAML, Meta-SGD, ANIL) in pure JAX.
 
@@ -57,6 +63,10 @@ class MetaMAML:
         self._mask = None
         self._mask_treedef = None
         self._meta_update = jax.jit(self._meta_update_impl)
+        # jitted once per object: eager calls reuse the compilation (no re-trace per call)
+        self._inner_loop_jit = jax.jit(self._inner_loop_impl)
+        self._outer_loop_jit = jax.jit(self._outer_loop_impl)
+        self._meta_loss_jit = jax.jit(self._meta_loss_impl)
 
     # ------------------------------------------------------------------ state
     def init(self, params) -> core.MetaState:
@@ -88,20 +98,33 @@ class MetaMAML:
         """Adapted params after ``num_inner_steps`` steps on the support set.
 
         ``inner_lr``: None (the config value), a scalar, or Meta-SGD step
-        sizes (``state.inner_lr``).
+        sizes (``state.inner_lr``). Jitted once per object (differentiable).
         """
+        return self._inner_loop_jit(params, support_x, support_y, inner_lr)
+
+    def _inner_loop_impl(self, params, support_x, support_y, inner_lr):
         adapted, _ = core.inner_loop(params, self._lr(inner_lr), (support_x, support_y),
                                      **self._kw(params))
         return adapted
 
-    adapt = inner_loop
+    def adapt(self, params, support_x, support_y, inner_lr=None):
+        """Alias of ``inner_loop``."""
+        return self.inner_loop(params, support_x, support_y, inner_lr)
 
     def outer_loop(self, adapted_params, query_x, query_y):
-        """Query loss of ``adapted_params`` (scalar)."""
+        """Query loss of ``adapted_params`` (scalar); jitted once per object."""
+        return self._outer_loop_jit(adapted_params, query_x, query_y)
+
+    def _outer_loop_impl(self, adapted_params, query_x, query_y):
         return self.objective(adapted_params, (query_x, query_y))
 
     def meta_loss(self, params, tasks, inner_lr=None):
-        """Mean post-adaptation query loss over the task batch; differentiable."""
+        """Mean post-adaptation query loss over the task batch; differentiable; jitted once
+        per object."""
+        core.check_tasks(tasks)
+        return self._meta_loss_jit(params, _task_arrays(tasks), inner_lr)
+
+    def _meta_loss_impl(self, params, tasks, inner_lr):
         loss, _ = core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
         return loss
 
@@ -122,4 +145,4 @@ class MetaMAML:
         if not isinstance(state, core.MetaState):
             raise ValueError(f"state must be the MetaState returned by init(params), got {type(state).__name__}.")
         core.check_tasks(tasks)
-        return self._meta_update(state, tasks)
+        return self._meta_update(state, _task_arrays(tasks))

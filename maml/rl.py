@@ -248,9 +248,20 @@ class MAMLRL:
         self._mask = None
         self._mask_treedef = None
         self.meta_update = jax.jit(self._meta_update)
-        self.adapt = jax.jit(
+        self._adapt_jit = jax.jit(
             self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
-        self.adaptation_returns = self.adapt
+
+    def adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
+              num_steps: int = 500, deterministic: bool = False):
+        """Jitted ``_adapt`` (see there) after validating the static counts:
+        ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1."""
+        num_inner_steps = _check_int("num_inner_steps", num_inner_steps, minimum=0)
+        num_envs = _check_int("num_envs", num_envs, minimum=1)
+        num_steps = _check_int("num_steps", num_steps, minimum=1)
+        return self._adapt_jit(state, tasks, key, num_inner_steps=num_inner_steps, num_envs=num_envs,
+                               num_steps=num_steps, deterministic=bool(deterministic))
+
+    adaptation_returns = adapt
 
     # ------------------------------------------------------------ state
     def init(self, key) -> core.MetaState:

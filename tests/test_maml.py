@@ -209,7 +209,46 @@ def test_bad_tasks_rejected():
         m.meta_update(state, bad)
 
 
+def test_extra_task_keys_without_a_task_axis_are_ignored():
+    params = tiny_params(jax.random.key(0))
+    m = MetaMAML(tiny_apply, inner_lr=0.1, num_inner_steps=2)
+    tasks = tiny_tasks(jax.random.key(1))
+    extra = dict(tasks, task_id=jnp.arange(7), name="sines", scale=1.5)
+    np.testing.assert_allclose(m.meta_loss(params, extra), m.meta_loss(params, tasks), rtol=1e-6)
+    loss, _ = core.meta_loss(params, 0.1, extra, **m._kw(params))
+    np.testing.assert_allclose(loss, m.meta_loss(params, tasks), rtol=1e-6)
+    s1, _ = m.meta_update(m.init(params), extra)
+    s2, _ = m.meta_update(m.init(params), tasks)
+    chex.assert_trees_all_close(s1.params, s2.params)
+
+
+def test_mamlrl_adapt_rejects_bad_num_inner_steps():
+    rl = pytest.importorskip("maml.rl")
+    from ssm_jax import MLPPolicy
+    algo = rl.MAMLRL(MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8))
+    state = algo.init(jax.random.key(0))
+    for bad in (-1, 1.5, None, True):
+        with pytest.raises(ValueError, match="num_inner_steps"):
+            algo.adapt(state, None, jax.random.key(1), num_inner_steps=bad, num_envs=2, num_steps=4)
+
+
 # ------------------------------------------------------------ no retracing
+def test_eager_methods_are_jitted_once_per_object():
+    params = tiny_params(jax.random.key(0))
+    m = MetaMAML(tiny_apply, inner_lr=0.1, num_inner_steps=2)
+    for i in range(3):
+        tasks = tiny_tasks(jax.random.key(10 + i))
+        x, y = tasks["support_x"][0], tasks["support_y"][0]
+        adapted = m.inner_loop(params, x, y)
+        m.adapt(params, x, y)
+        m.outer_loop(adapted, tasks["query_x"][0], tasks["query_y"][0])
+        m.meta_loss(params, tasks)
+    for fn in (m._inner_loop_jit, m._outer_loop_jit, m._meta_loss_jit):
+        assert fn._cache_size() == 1
+    # and each matches the un-jitted reference
+    chex.assert_trees_all_close(adapted, manual_adapt(params, x, y, 0.1, 2), rtol=1e-5, atol=1e-6)
+
+
 def test_meta_update_traces_once():
     params = tiny_params(jax.random.key(0))
     m = MetaMAML(tiny_apply, inner_lr=0.1, num_inner_steps=2, learn_inner_lr=True, grad_clip=1.0)
