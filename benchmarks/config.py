@@ -53,7 +53,7 @@ class BenchmarkConfig:
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
     methods: tuple = METHODS
-    num_epochs: int = 300
+    num_epochs: int = 350
     tasks_per_epoch: int = 8
     inner_lr: float = 0.1
     outer_lr: float = 3e-3
@@ -72,7 +72,7 @@ class BenchmarkConfig:
     in_context_envs: int = 2
     in_context_steps: int = 1000
     in_context_lr: float = 1e-3
-    in_context_entropy_coef: float = 0.0
+    in_context_entropy_coef: float = 0.01
     in_context_core: str = "selective"
     in_context_state_dim: int = 8
     state_dim: int = 16
