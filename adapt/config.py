@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Optional
 
+from ssm_jax.validation import check_int
+
 import jax
 import optax
 
@@ -24,14 +26,6 @@ def _real(name: str, value) -> float:
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN.")
     return value
-
-
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +81,7 @@ class AdaptationConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}.")
         object.__setattr__(self, "lr", lr)
         object.__setattr__(
-            self, "max_steps_per_call", _int("max_steps_per_call", self.max_steps_per_call, 1)
+            self, "max_steps_per_call", check_int("max_steps_per_call", self.max_steps_per_call, 1)
         )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
@@ -104,7 +98,7 @@ class AdaptationConfig:
             object.__setattr__(
                 self, "divergence_threshold", _real("divergence_threshold", self.divergence_threshold)
             )
-        object.__setattr__(self, "replay_capacity", _int("replay_capacity", self.replay_capacity, 1))
+        object.__setattr__(self, "replay_capacity", check_int("replay_capacity", self.replay_capacity, 1))
         ratio = _real("replay_ratio", self.replay_ratio)
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"replay_ratio must be in [0, 1), got {self.replay_ratio!r}.")

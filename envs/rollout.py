@@ -20,7 +20,6 @@ Key schedule (what a reference loop must replicate to reproduce a rollout exactl
 from __future__ import annotations
 
 import functools
-import operator
 from typing import Any
 
 import flax.struct
@@ -30,6 +29,7 @@ from gymnax.environments.environment import Environment
 
 from envs.observation import check_obs_mode, observe
 from envs.registry import DEFAULT_ENV_NAME, make
+from ssm_jax.validation import check_int
 
 
 @flax.struct.dataclass
@@ -140,19 +140,6 @@ def _resolve_env(env) -> Environment:
             f"got {type(env).__name__}"
         )
     return env
-
-
-def _check_positive_int(name: str, value) -> int:
-    """`value` as a Python int >= 1 (numpy integers accepted via `operator.index`)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> None:
@@ -382,9 +369,9 @@ def rollout(
         the observation mode, or an `env` that is not a gymnax environment. (The policy check
         runs once per `(policy, env, obs_mode)` and is cached.)
     """
-    num_envs = _check_positive_int("num_envs", num_envs)
-    num_steps = _check_positive_int("num_steps", num_steps)
-    unroll = _check_positive_int("unroll", unroll)
+    num_envs = check_int("num_envs", num_envs)
+    num_steps = check_int("num_steps", num_steps)
+    unroll = check_int("unroll", unroll)
     env = _resolve_env(env)
     check_obs_mode(obs_mode, env)
     task = env.default_params if task is None else task

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Mapping
 from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 from gymnax.environments.classic_control.cartpole import EnvParams
+
+from ssm_jax.validation import check_int
 
 #: The sampled (varied) `EnvParams` fields, in sampling order.
 VARIED_FIELDS: tuple[str, ...] = ("length", "masspole", "masscart", "gravity", "force_mag")
@@ -65,19 +66,6 @@ def _check_range(name: str, value, *, positive: bool) -> tuple[float, float]:
     if positive and lo <= 0.0:
         raise ValueError(f"{name} must be strictly positive, got min={lo}")
     return lo, hi
-
-
-def _as_positive_int(name: str, value) -> int:
-    """`value` as a Python int >= 1 (numpy integers accepted via `operator.index`)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +173,7 @@ class CartPoleTasks:
           `envs.rollout_tasks`. Inverted tasks have `force_mag < 0`. Works under `jit` with
           `num_tasks` and `split` static.
         """
-        num_tasks = _as_positive_int("num_tasks", num_tasks)
+        num_tasks = check_int("num_tasks", num_tasks)
         ranges = self.ranges(split)
         key = jax.random.fold_in(key, _SPLIT_IDS[split])
         keys = jax.random.split(key, len(VARIED_FIELDS) + 1)

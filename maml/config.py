@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Optional
 
+from ssm_jax.validation import check_int
+
 
 def _check_float(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
     """Return ``value`` as a finite float >= minimum (> if strict), else raise."""
@@ -24,14 +26,6 @@ def _check_float(name: str, value, *, minimum: float = 0.0, strict: bool = False
     if not strict and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
     return value
-
-
-def _check_int(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +60,7 @@ class MAMLConfig:
         object.__setattr__(self, "inner_lr", _check_float("inner_lr", self.inner_lr))
         object.__setattr__(self, "outer_lr", _check_float("outer_lr", self.outer_lr, strict=True))
         object.__setattr__(
-            self, "num_inner_steps", _check_int("num_inner_steps", self.num_inner_steps, minimum=0)
+            self, "num_inner_steps", check_int("num_inner_steps", self.num_inner_steps, minimum=0)
         )
         for name in ("first_order", "learn_inner_lr", "remat_inner"):
             if not isinstance(getattr(self, name), bool):

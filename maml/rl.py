@@ -70,7 +70,8 @@ import optax
 
 import envs
 from maml import core
-from maml.config import _check_float, _check_int
+from maml.config import _check_float
+from ssm_jax.validation import check_int
 
 
 # --------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class MAMLRLConfig:
 
     def __post_init__(self):
         f = lambda name, **kw: object.__setattr__(self, name, _check_float(name, getattr(self, name), **kw))
-        i = lambda name, minimum: object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum=minimum))
+        i = lambda name, minimum: object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=minimum))
         f("inner_lr")
         f("outer_lr", strict=True)
         i("num_inner_steps", 0)
@@ -255,9 +256,9 @@ class MAMLRL:
               num_steps: int = 500, deterministic: bool = False):
         """Jitted ``_adapt`` (see there) after validating the static counts:
         ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1."""
-        num_inner_steps = _check_int("num_inner_steps", num_inner_steps, minimum=0)
-        num_envs = _check_int("num_envs", num_envs, minimum=1)
-        num_steps = _check_int("num_steps", num_steps, minimum=1)
+        num_inner_steps = check_int("num_inner_steps", num_inner_steps, minimum=0)
+        num_envs = check_int("num_envs", num_envs, minimum=1)
+        num_steps = check_int("num_steps", num_steps, minimum=1)
         return self._adapt_jit(state, tasks, key, num_inner_steps=num_inner_steps, num_envs=num_envs,
                                num_steps=num_steps, deterministic=bool(deterministic))
 

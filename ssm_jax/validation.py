@@ -6,16 +6,34 @@ argument and the expected shape instead of failing deep inside XLA.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as a Python int ``>= minimum`` (numpy integers accepted), else ``ValueError``.
+
+    Shared by every config and entry point of the library, so the message is the same
+    everywhere: ``"<name> must be a positive int"`` (minimum 1) or ``"<name> must be an int >= m"``.
+    """
+    expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive Python int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    """Raise ``ValueError`` unless ``value`` is a positive int."""
+    check_int(name, value, 1)
 
 
 def check_array(name: str, x: Any, expected: Sequence[int | None], expected_str: str) -> None:
