@@ -111,8 +111,6 @@ class BenchmarkConfig:
             _int(name, getattr(self, name), 1)
         _int("num_inner_steps", self.num_inner_steps, 1)
         _int("eval_inner_steps", self.eval_inner_steps, 1)
-        if self.num_inner_steps > 3 and not self.quick:
-            pass  # allowed; the target is stated for <= 3 inner steps
         _int("seed", self.seed, 0)
         _float("inner_lr", self.inner_lr, nonneg=True)
         for name in ("outer_lr", "ppo_lr", "in_context_lr", "tta_lr"):

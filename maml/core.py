@@ -140,6 +140,26 @@ def build_mask(params: PyTree, adapt_filter) -> Optional[PyTree]:
     return _checked_mask(mask)
 
 
+class MaskCache:
+    """``build_mask(params, adapt_filter)``, rebuilt only when the params' tree structure changes.
+
+    Shared by ``MetaMAML`` and ``MAMLRL``: the mask is built on demand from whatever params
+    arrive (also a state restored from a checkpoint that never went through ``init``).
+    """
+
+    def __init__(self, adapt_filter):
+        self.adapt_filter = adapt_filter
+        self._treedef = None
+        self._mask = None
+
+    def __call__(self, params: PyTree) -> Optional[PyTree]:
+        treedef = jax.tree.structure(params)
+        if self._treedef is None or self._treedef != treedef:
+            self._mask = build_mask(params, self.adapt_filter)
+            self._treedef = treedef
+        return self._mask
+
+
 def _checked_mask(mask):
     if not any(jax.tree.leaves(mask)):
         raise ValueError("adapt_filter selects no parameter to adapt; check the names/predicate.")

@@ -60,8 +60,7 @@ class MetaMAML:
         self.objective = core.supervised_objective(self.apply_fn, self.loss_fn)
         self.adapt_filter = adapt_filter
         self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
-        self._mask = None
-        self._mask_treedef = None
+        self._set_mask = core.MaskCache(adapt_filter)
         self._meta_update = jax.jit(self._meta_update_impl)
         # jitted once per object: eager calls reuse the compilation (no re-trace per call)
         self._inner_loop_jit = jax.jit(self._inner_loop_impl)
@@ -77,13 +76,6 @@ class MetaMAML:
             lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.result_type(p)),
                               params)
         return core.init_state(params, self.optimizer, lr)
-
-    def _set_mask(self, params):
-        treedef = jax.tree.structure(params)
-        if self._mask_treedef is None or self._mask_treedef != treedef:
-            self._mask = core.build_mask(params, self.adapt_filter)
-            self._mask_treedef = treedef
-        return self._mask
 
     def _lr(self, inner_lr):
         return self.config.inner_lr if inner_lr is None else inner_lr

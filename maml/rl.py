@@ -246,8 +246,9 @@ class MAMLRL:
                 f"{self.obs_dim} observation components.")
         self.adapt_filter = adapt_filter
         self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
-        self._mask = None
-        self._mask_treedef = None
+        # The inner-loop mask of adapt_filter, built on demand and cached by tree structure (so a
+        # state restored from a checkpoint, never passed through init here, still honours it).
+        self._mask_for = core.MaskCache(adapt_filter)
         self.meta_update = jax.jit(self._meta_update)
         self._adapt_jit = jax.jit(
             self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
@@ -276,16 +277,6 @@ class MAMLRL:
         if self.config.learn_inner_lr:
             lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.float32), params)
         return core.init_state(params, self.optimizer, lr)
-
-    def _mask_for(self, params):
-        """The static inner-loop mask of ``adapt_filter`` for ``params``, built on demand and
-        cached by tree structure (so a state restored from a checkpoint, never passed through
-        ``init`` on this object, still honours ``adapt_filter``)."""
-        treedef = jax.tree.structure(params)
-        if self._mask_treedef is None or self._mask_treedef != treedef:
-            self._mask = core.build_mask(params, self.adapt_filter)
-            self._mask_treedef = treedef
-        return self._mask
 
     def _lr(self, inner_lr):
         return self.config.inner_lr if inner_lr is None else inner_lr

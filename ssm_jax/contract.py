@@ -22,6 +22,12 @@ def check_dims(module: Any, *names: str) -> None:
         check_positive_int(name, getattr(module, name))
 
 
+def check_dt_range(module: Any) -> None:
+    """Validate ``0 < module.dt_min <= module.dt_max`` (initial step sizes of a diagonal SSM)."""
+    if not 0.0 < module.dt_min <= module.dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={module.dt_min}, dt_max={module.dt_max}")
+
+
 def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any, name: str = "xs"):
     """Check a sequence call's arguments; returns ``(xs, resets, carry)`` with defaults filled.
 

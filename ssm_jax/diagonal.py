@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
+from ssm_jax.contract import check_dims, check_dt_range, prepare_sequence, prepare_step
 from ssm_jax.scan import linear_recurrence, reset_carry
 
 
@@ -59,8 +59,7 @@ class DiagonalSSM(nn.Module):
 
     def __post_init__(self):
         check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
-        if not 0.0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        check_dt_range(self)
         super().__post_init__()
 
     def setup(self):
