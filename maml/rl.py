@@ -85,6 +85,9 @@ class MAMLRLConfig:
       inner_lr: inner step size (initial value of every per-parameter step size if
         ``learn_inner_lr``), >= 0.
       outer_lr: Adam step size, > 0.
+      outer_lr_decay_steps: if set, the outer step size decays linearly from ``outer_lr`` to 0
+        over this many Adam steps (meta-updates x ``num_outer_epochs``), so the final
+        meta-parameters settle instead of jittering at full step size (None: constant).
       num_inner_steps: inner policy-gradient steps K (each on fresh support data), >= 0.
       first_order: drop the second-order terms (see module docstring).
       learn_inner_lr: Meta-SGD per-parameter inner step sizes, meta-learned.
@@ -105,6 +108,7 @@ class MAMLRLConfig:
 
     inner_lr: float = 0.1
     outer_lr: float = 1e-3
+    outer_lr_decay_steps: Optional[int] = None
     num_inner_steps: int = 1
     first_order: bool = False
     learn_inner_lr: bool = True
@@ -131,6 +135,8 @@ class MAMLRLConfig:
         f("inner_lr")
         f("outer_lr", strict=True)
         i("num_inner_steps", 0)
+        if self.outer_lr_decay_steps is not None:
+            i("outer_lr_decay_steps", 1)
         for name in ("support_envs", "support_steps", "query_envs", "query_steps", "num_outer_epochs"):
             i(name, 1)
         for name in ("gamma", "gae_lambda"):
@@ -245,7 +251,11 @@ class MAMLRL:
                 f"policy.obs_dim is {policy.obs_dim} but obs_mode={self.config.obs_mode!r} gives "
                 f"{self.obs_dim} observation components.")
         self.adapt_filter = adapt_filter
-        self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
+        c = self.config
+        outer_lr = c.outer_lr
+        if c.outer_lr_decay_steps is not None:
+            outer_lr = optax.linear_schedule(c.outer_lr, 0.0, c.outer_lr_decay_steps)
+        self.optimizer = core.make_optimizer(outer_lr, c.grad_clip)
         # The inner-loop mask of adapt_filter, built on demand and cached by tree structure (so a
         # state restored from a checkpoint, never passed through init here, still honours it).
         self._mask_for = core.MaskCache(adapt_filter)

@@ -162,10 +162,27 @@ def test_adaptation_returns_shapes_and_range(mlp_data):
     (dict(inner_lr=-1.0), "inner_lr"), (dict(num_inner_steps=-1), "num_inner_steps"),
     (dict(gamma=1.5), "gamma"), (dict(support_envs=0), "support_envs"),
     (dict(obs_mode="weird"), "obs_mode"), (dict(outer_lr=0), "outer_lr"),
+    (dict(outer_lr_decay_steps=0), "outer_lr_decay_steps"),
 ])
 def test_invalid_rl_config_rejected(kwargs, field):
     with pytest.raises(ValueError, match=field):
         MAMLRLConfig(**kwargs)
+
+
+def test_outer_lr_decay_reaches_zero():
+    """With outer_lr_decay_steps=2 the second Adam step has step size outer_lr / 2 and every
+    later one 0: the params move on meta-updates 1 and 2 and then stay put."""
+    algo = small_algo(outer_lr_decay_steps=2, first_order=True)
+    state = algo.init(jax.random.key(0))
+    tasks = envs.CartPoleTasks().sample(jax.random.key(1), 2)
+    history = [state.params]
+    for i in range(4):
+        state, _ = algo.meta_update(state, tasks, jax.random.key(10 + i))
+        history.append(state.params)
+    moved = [float(ravel_pytree(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), b, a))[0].max())
+             for a, b in zip(history, history[1:])]
+    assert moved[0] > 0 and moved[1] > 0, moved
+    assert moved[2] == 0 and moved[3] == 0, moved
 
 
 def test_policy_obs_dim_mismatch_rejected():
