@@ -10,22 +10,13 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_float, check_int
 
 import jax
 import optax
 
 #: Optimiser names accepted by ``AdaptationConfig.optimizer`` (all from optax).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be NaN.")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,33 +67,25 @@ class AdaptationConfig:
     store_adapt_batches: bool = True
 
     def __post_init__(self):
-        lr = _real("lr", self.lr)
-        if not math.isfinite(lr) or lr <= 0.0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}.")
-        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "lr", check_float("lr", self.lr, minimum=0.0, strict_min=True))
         object.__setattr__(
             self, "max_steps_per_call", check_int("max_steps_per_call", self.max_steps_per_call, 1)
         )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
-        momentum = _real("momentum", self.momentum)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}.")
-        object.__setattr__(self, "momentum", momentum)
+        object.__setattr__(self, "momentum", check_float("momentum", self.momentum, minimum=0.0,
+                                                         maximum=1.0, strict_max=True))
         if self.grad_clip is not None:
-            clip = _real("grad_clip", self.grad_clip)
-            if not math.isfinite(clip) or clip <= 0.0:
-                raise ValueError(f"grad_clip must be None or a finite number > 0, got {self.grad_clip!r}.")
-            object.__setattr__(self, "grad_clip", clip)
+            object.__setattr__(self, "grad_clip", check_float("grad_clip", self.grad_clip, minimum=0.0,
+                                                              strict_min=True))
         if self.divergence_threshold is not None:
             object.__setattr__(
-                self, "divergence_threshold", _real("divergence_threshold", self.divergence_threshold)
+                self, "divergence_threshold", check_float("divergence_threshold", self.divergence_threshold,
+                                                          allow_inf=True)
             )
         object.__setattr__(self, "replay_capacity", check_int("replay_capacity", self.replay_capacity, 1))
-        ratio = _real("replay_ratio", self.replay_ratio)
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"replay_ratio must be in [0, 1), got {self.replay_ratio!r}.")
-        object.__setattr__(self, "replay_ratio", ratio)
+        object.__setattr__(self, "replay_ratio", check_float("replay_ratio", self.replay_ratio,
+                                                             minimum=0.0, maximum=1.0, strict_max=True))
         for name in ("monotone", "store_adapt_batches"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")

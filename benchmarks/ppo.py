@@ -32,21 +32,7 @@ import optax
 
 import envs
 from maml.rl import gae
-
-
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_float(name, value, lo=0.0, hi=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    bad = value <= lo if strict else value < lo
-    if bad or (hi is not None and value > hi) or value != value:
-        rng = f"({lo}, {hi}]" if strict else f"[{lo}, {hi}]"
-        raise ValueError(f"{name} must be in {rng.replace('None', 'inf')}, got {value!r}")
+from ssm_jax.validation import check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,18 +73,18 @@ class PPOConfig:
     def __post_init__(self):
         for name in ("num_tasks", "num_envs", "num_steps", "num_epochs", "num_minibatches",
                      "total_iterations"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if (self.num_tasks * self.num_envs) % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide num_tasks * num_envs "
                 f"({self.num_tasks * self.num_envs})")
-        _check_float("lr", self.lr, strict=True)
+        check_float("lr", self.lr, minimum=0.0, strict_min=True)
         for name in ("gamma", "gae_lambda"):
-            _check_float(name, getattr(self, name), 0.0, 1.0)
+            check_float(name, getattr(self, name), minimum=0.0, maximum=1.0)
         for name in ("clip_eps", "grad_clip", "reward_scale"):
-            _check_float(name, getattr(self, name), strict=True)
+            check_float(name, getattr(self, name), minimum=0.0, strict_min=True)
         for name in ("value_coef", "entropy_coef"):
-            _check_float(name, getattr(self, name))
+            check_float(name, getattr(self, name), minimum=0.0)
         for name in ("anneal_lr", "carry_across_episodes"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -6,6 +6,8 @@ argument and the expected shape instead of failing deep inside XLA.
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from typing import Any, Sequence
 
@@ -28,6 +30,27 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
         raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})") from None
     if value < minimum:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, *, minimum: float | None = None,
+                maximum: float | None = None, strict_min: bool = False, strict_max: bool = False,
+                allow_inf: bool = False) -> float:
+    """``value`` as a Python float in the given range, else ``ValueError`` naming ``name``.
+
+    Python and numpy reals are accepted; bools and non-numbers are rejected, NaN always, infinities unless ``allow_inf``; the bounds
+    are inclusive unless ``strict_min``/``strict_max``. Messages: ``"<name> must be a real
+    number"``, ``"must be finite"``, ``"must be > m"``/``">= m"``, ``"must be < M"``/``"<= M"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (value <= minimum if strict_min else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value!r}")
+    if maximum is not None and (value >= maximum if strict_max else value > maximum):
+        raise ValueError(f"{name} must be {'<' if strict_max else '<='} {maximum}, got {value!r}")
     return value
 
 

@@ -29,12 +29,12 @@ def _error_of(argv, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--num_epochs", "0"], "--num_epochs must be an integer >= 1"),
+    (["--num_epochs", "0"], "--num_epochs must be a positive int"),
     (["--inner_lr", "-0.1"], "--inner_lr must be >= 0"),
     (["--outer_lr", "0"], "--outer_lr must be > 0"),
-    (["--outer_lr", "nan"], "--outer_lr must be a finite number"),
-    (["--num_inner_steps", "0"], "--num_inner_steps must be an integer >= 1"),
-    (["--num_seeds", "-2"], "--num_seeds must be an integer >= 1"),
+    (["--outer_lr", "nan"], "--outer_lr must be finite"),
+    (["--num_inner_steps", "0"], "--num_inner_steps must be a positive int"),
+    (["--num_seeds", "-2"], "--num_seeds must be a positive int"),
     (["--env_name", "Pendulum-v1"], "--env_name must be one of"),
     (["--mode", "supervised"], "invalid choice"),
     (["--tasks_per_epoch", "two"], "invalid int value"),
