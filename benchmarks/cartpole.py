@@ -75,7 +75,8 @@ class Model:
             self.env = ContextWrapper(base)
             self.policy = SSMPolicy(obs_dim=envs.obs_dim(self.env), action_dim=2,
                                     core=c.in_context_core, state_dim=c.in_context_state_dim,
-                                    hidden_dim=c.hidden_dim, parallel=c.in_context_core != "ssm")
+                                    hidden_dim=c.in_context_hidden_dim,
+                                    parallel=c.in_context_core != "ssm" and jax.default_backend() != "cpu")
             self.algo = PPO(self.policy, PPOConfig(
                 num_tasks=c.in_context_tasks, num_envs=c.in_context_envs,
                 num_steps=c.in_context_steps, lr=c.in_context_lr,
@@ -90,6 +91,7 @@ class Model:
                 self.policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c.hidden_dim)
             self.algo = MAMLRL(self.policy, MAMLRLConfig(
                 inner_lr=c.inner_lr, outer_lr=c.outer_lr, num_inner_steps=c.num_inner_steps,
+                outer_lr_decay_steps=c.num_epochs if c.anneal_outer_lr else None,
                 first_order=c.first_order, support_envs=c.maml_envs,
                 support_steps=c.maml_support_steps, query_envs=c.maml_envs,
                 query_steps=c.maml_query_steps), env=base)

@@ -8,8 +8,9 @@ expected, before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
+
+from ssm_jax.validation import check_float, check_int
 
 MODES = ("meta_rl", "policy_gradient")
 METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
@@ -21,17 +22,11 @@ CORES = ("ssm", "diagonal", "selective")
 
 
 def _int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+    check_int(f"--{name}", value, minimum)
 
 
 def _float(name, value, *, positive=False, nonneg=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"--{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"--{name} must be > 0, got {value!r}")
-    if nonneg and value < 0:
-        raise ValueError(f"--{name} must be >= 0, got {value!r}")
+    check_float(f"--{name}", value, minimum=0.0 if positive or nonneg else None, strict_min=positive)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +54,7 @@ class BenchmarkConfig:
     outer_lr: float = 3e-3
     num_inner_steps: int = 3
     first_order: bool = True
+    anneal_outer_lr: bool = False
     maml_envs: int = 8
     maml_support_steps: int = 200
     maml_query_steps: int = 500
@@ -75,6 +71,7 @@ class BenchmarkConfig:
     in_context_entropy_coef: float = 0.01
     in_context_core: str = "selective"
     in_context_state_dim: int = 8
+    in_context_hidden_dim: int = 64
     state_dim: int = 16
     hidden_dim: int = 64
     tta_lr: float = 0.01
@@ -106,7 +103,7 @@ class BenchmarkConfig:
         for name in ("num_epochs", "tasks_per_epoch", "maml_envs", "maml_support_steps",
                      "maml_query_steps", "ppo_iterations", "ppo_tasks", "ppo_envs",
                      "in_context_iterations", "in_context_tasks", "in_context_envs",
-                     "in_context_steps", "in_context_state_dim", "state_dim", "hidden_dim", "tta_rounds", "eval_tasks",
+                     "in_context_steps", "in_context_state_dim", "in_context_hidden_dim", "state_dim", "hidden_dim", "tta_rounds", "eval_tasks",
                      "eval_envs", "num_seeds", "chunk_size", "checkpoint_every"):
             _int(name, getattr(self, name), 1)
         _int("num_inner_steps", self.num_inner_steps, 1)
@@ -119,7 +116,7 @@ class BenchmarkConfig:
             _float(name, getattr(self, name), nonneg=True)
         if self.in_context_core not in CORES:
             raise ValueError(f"--in_context_core must be one of {list(CORES)}, got {self.in_context_core!r}")
-        for name in ("first_order", "quick"):
+        for name in ("first_order", "anneal_outer_lr", "quick"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"--{name} must be a bool, got {getattr(self, name)!r}")
         if (self.ppo_tasks * self.ppo_envs) % 4 or (self.in_context_tasks * self.in_context_envs) % 4:
