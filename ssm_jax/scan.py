@@ -29,7 +29,7 @@ def sequential_scan(
     step: Callable[[Any, Any], tuple[Any, Any]],
     carry: Any,
     inputs: Any,
-    resets: jax.Array,
+    resets: jax.Array | None,
 ) -> tuple[Any, Any]:
     """Scan ``step(carry, x_t) -> (carry, y_t)`` over the time axis (axis 1) with resets.
 
@@ -37,17 +37,23 @@ def sequential_scan(
       step: one time step on batch-major slices (leaves of shape ``(batch, ...)``).
       carry: initial carry, leaves ``(batch, ...)``.
       inputs: pytree of ``(batch, time, ...)`` arrays.
-      resets: ``(batch, time)`` bool; the carry is zeroed before step ``t`` where true.
+      resets: ``(batch, time)`` bool; the carry is zeroed before step ``t`` where true. ``None``
+        means no resets: same result as all false, without the per-step select (and without
+        the masks that differentiating the select would store).
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` leaves of shape ``(batch, time, ...)``.
     """
+    if resets is None:
+        body = step
+        time_major = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), inputs)
+    else:
 
-    def body(c, xr):
-        x_t, r_t = xr
-        return step(reset_carry(c, r_t), x_t)
+        def body(c, xr):
+            x_t, r_t = xr
+            return step(reset_carry(c, r_t), x_t)
 
-    time_major = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (inputs, resets))
+        time_major = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (inputs, resets))
     carry, ys = jax.lax.scan(body, carry, time_major)
     return carry, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), ys)
 

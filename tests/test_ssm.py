@@ -290,6 +290,71 @@ def test_householder_product_is_orthogonal_and_reaches_reflections():
     chex.assert_trees_all_close(single, jnp.eye(7) - 2 * jnp.outer(v, v) / jnp.dot(v, v), atol=1e-6)
 
 
+def _reflection_loop(w):
+    """Reference: the Householder matrices multiplied one by one in a Python loop."""
+    n = w.shape[1]
+    q = jnp.eye(n, dtype=w.dtype)
+    for v in w:
+        q = q @ (jnp.eye(n, dtype=w.dtype) - 2.0 * jnp.outer(v, v) / (jnp.dot(v, v) + 1e-12))
+    return q
+
+
+@pytest.mark.parametrize("n", [1, 5, 12])
+def test_householder_product_equals_reflections_multiplied_in_a_loop(n):
+    """The compact WY form is the same matrix, with the same first and second derivatives."""
+    from ssm_jax.ssm import householder_product
+
+    with jax.enable_x64(True):
+        kw, kc, kd = jax.random.split(jax.random.PRNGKey(n), 3)
+        w = jax.random.normal(kw, (n, n), jnp.float64)
+        c = jax.random.normal(kc, (n, n), jnp.float64)
+        d = jax.random.normal(kd, (n, n), jnp.float64)
+        chex.assert_trees_all_close(householder_product(w), _reflection_loop(w), atol=1e-12)
+
+        def objective(fn):  # a non-linear scalar of the product, as a loss would be
+            return lambda w: jnp.sum(jnp.sin(fn(w)) * c)
+
+        # gradient and Hessian-vector product (what second-order MAML differentiates through)
+        def grad_and_hvp(fn):
+            grad = jax.grad(objective(fn))
+            return jax.jit(lambda w, d: (grad(w), jax.jvp(grad, (w,), (d,))[1]))
+
+        chex.assert_trees_all_close(grad_and_hvp(householder_product)(w, d),
+                                    grad_and_hvp(_reflection_loop)(w, d), atol=1e-9)
+    # float32 at the largest size the benchmarks use: same matrix, still orthogonal
+    w32 = jax.random.normal(jax.random.PRNGKey(n + 100), (32, 32))
+    q32 = householder_product(w32)
+    chex.assert_trees_all_close(q32, _reflection_loop(w32), atol=2e-5)
+    chex.assert_trees_all_close(q32 @ q32.T, jnp.eye(32), atol=2e-5)
+
+
+def test_sequence_without_resets_equals_all_false_resets():
+    """resets=None skips the per-step select: same outputs and gradients as all-false resets."""
+    from ssm_jax import sequential_scan
+
+    model = SSM(**DIMS)
+    xs, _ = data(seed=21)
+    no_resets = jnp.zeros((BATCH, TIME), bool)
+    targets = jax.random.normal(jax.random.PRNGKey(22), (BATCH, TIME, DIMS["output_dim"]))
+    params = init(model, xs)
+    chex.assert_trees_all_close(model.apply(params, xs), model.apply(params, xs, no_resets), atol=0)
+
+    def loss(p, resets):
+        return jnp.mean((model.apply(p, xs, resets)[0] - targets) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    chex.assert_trees_all_close(grad(params, None), grad(params, no_resets), atol=1e-6)
+
+    def step(h, x_t):
+        h = 0.5 * h + x_t
+        return h, 2.0 * h
+
+    carry0 = jnp.ones((BATCH, 3))
+    inputs = xs[..., :3]
+    chex.assert_trees_all_close(sequential_scan(step, carry0, inputs, None),
+                                sequential_scan(step, carry0, inputs, no_resets), atol=0)
+
+
 def test_ssm_transition_reaches_both_determinant_signs():
     """Signed singular values: a one-dimensional SSM can learn a negative (oscillating) decay."""
     model = SSM(state_dim=1, input_dim=3, output_dim=2, hidden_dim=8)
