@@ -17,8 +17,10 @@ already compiled jitted meta-update, compile time reported separately):
 Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy
 (multi-threaded XLA on a loaded 2-core machine in particular); ``--single-thread`` pins the
 process to one core and gives steadier numbers. Our SSM builds the orthogonal factors of its
-state matrix from Householder products (no linear solve, so per-task adapted params under
-``vmap`` stay cheap); it is a smaller model than the seeds': SSM(16,4,4,64) has 1,972 params
+state matrix from Householder products evaluated in compact WY form (a Gram matrix, one
+triangular solve, one matrix product: no n-step loop, which under second-order MAML per task
+and per factor used to dominate workload 1b, and no general linear solve, so per-task adapted
+params under ``vmap`` stay cheap); it is a smaller model than the seeds': SSM(16,4,4,64) has 1,972 params
 here vs 3,576 in the seeds' PyTorch model (the table prints both), so the ratio is per
 meta-update of the same workload, not of the same model. The seeds' reference is 380 ms per
 meta-update (210 ms single-threaded). Nothing is written to disk.
