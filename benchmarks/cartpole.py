@@ -52,6 +52,26 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoin
             "matplotlib")
 
 
+#: jax.monitoring events that together make up the time jax spends before running a new jit.
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_duration_event(event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent tracing, lowering and compiling jitted functions so far."""
+    return _compile_seconds[0]
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -305,13 +325,16 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             f"{result.env_steps / max(result.run_s, 1e-9):,.0f} env steps/s")
     t_eval = time.perf_counter()
     log(f"evaluating on {config.eval_tasks} held-out test tasks x {config.num_seeds} seeds ...")
+    compiled_before = compile_seconds()
     methods, eval_steps = evaluate(config, models, states)
     eval_s = time.perf_counter() - t_eval
+    eval_compile_s = compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
     results = {
         "config": config.to_dict(),
         "methods": methods,
-        "timing": {"wall_s": wall, "compile_s": compile_s, "train_run_s": run_s, "eval_s": eval_s,
+        "timing": {"wall_s": wall, "compile_s": compile_s + eval_compile_s, "train_compile_s": compile_s,
+                   "train_run_s": run_s, "eval_compile_s": eval_compile_s, "eval_s": eval_s,
                    "env_steps": env_steps + eval_steps, "train_env_steps": env_steps,
                    "eval_env_steps": eval_steps,
                    "env_steps_per_s": env_steps / run_s if run_s > 0 else None,
@@ -332,7 +355,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     plot_training_curves(curves, os.path.join(out, "training_curves.png"))
     plot_returns(methods, os.path.join(out, "returns_by_task_kind.png"))
     print_table(methods)
-    log(f"\nwall {wall:.0f}s (compile {compile_s:.0f}s, train {run_s:.0f}s, eval {eval_s:.0f}s); "
+    log(f"\nwall {wall:.0f}s (compile {compile_s + eval_compile_s:.0f}s, train {run_s:.0f}s, eval "
+        f"{eval_s:.0f}s of which compile {eval_compile_s:.0f}s); "
         f"wrote {os.path.join(out, 'results.json')} and plots")
     return results
 

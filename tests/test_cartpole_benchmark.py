@@ -96,6 +96,10 @@ def _check_results(out, methods):
     for key in ("wall_s", "compile_s", "env_steps", "env_steps_per_s"):
         assert key in t
     assert t["env_steps"] > 0 and t["wall_s"] > 0
+    # evaluation jits compiled during the run (none if cached by an earlier run in this process)
+    assert t["eval_compile_s"] >= 0
+    assert abs(t["compile_s"] - t["train_compile_s"] - t["eval_compile_s"]) < 1e-6
+    assert t["compile_s"] < t["wall_s"]
     assert res["versions"]["jax"] == jax.__version__
     for png in ("training_curves.png", "returns_by_task_kind.png"):
         with open(os.path.join(out, png), "rb") as f:
