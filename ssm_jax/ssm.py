@@ -5,9 +5,8 @@
     y_t = C h_t + b_C + D x_t                         (output_dim)
 
 ``A = U diag(s) V^T`` where ``U`` and ``V`` are orthogonal (products of Householder reflections
-built from the rows of free square matrices, evaluated in compact WY form: two matrix products
-and one triangular solve, no general linear solve, so it stays cheap when vmapped over many
-tasks and differentiated twice) and ``s = max_radius * tanh(logits)`` (signed, so
+built from the rows of free square matrices, evaluated in compact WY form with matrix products
+only, no linear solve, so it stays cheap when vmapped over many tasks and differentiated twice) and ``s = max_radius * tanh(logits)`` (signed, so
 ``det A`` may take either sign and reflecting or oscillating modes are reachable). Every singular value of ``A``, ``|s_i|``, is below
 ``max_radius < 1``, so the spectral radius is too, whatever values training gives the free
 parameters: the recurrence is a contraction and the state stays bounded over any horizon.
@@ -23,6 +22,23 @@ from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
 from ssm_jax.scan import reset_carry, sequential_scan
 
 
+def _neumann_inverse(p: jax.Array) -> jax.Array:
+    """``(I - P)^{-1}`` of a strictly upper triangular ``(n, n)`` ``P``, from matrix products only.
+
+    ``P`` is nilpotent (``P^n = 0``), so ``(I - P)^{-1} = sum_{k<n} P^k``, which the doubling
+    identity ``sum_{k<2^m} P^k = (I + P)(I + P^2)(I + P^4) ... (I + P^{2^{m-1}})`` gives exactly in
+    ``2 ceil(log2 n) - 1`` products.
+    """
+    hi = jax.lax.Precision.HIGHEST
+    eye = jnp.eye(p.shape[0], dtype=p.dtype)
+    inverse, power, span = eye + p, p, 2
+    while span < p.shape[0]:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
+        power = jnp.matmul(power, power, precision=hi)
+        inverse = jnp.matmul(inverse, eye + power, precision=hi)
+        span *= 2
+    return inverse
+
+
 def householder_product(w: jax.Array) -> jax.Array:
     """Orthogonal ``(n, n)`` matrix ``H(w_1) H(w_2) ... H(w_n)`` of the rows of ``w`` (``(n, n)``).
 
@@ -35,15 +51,20 @@ def householder_product(w: jax.Array) -> jax.Array:
 
         H(w_1) ... H(w_n) = I - W^T S^{-1} W,   S = striu(W W^T) + diag(|w_i|^2 / 2),
 
-    ``S`` upper triangular with a positive diagonal, so one Gram matrix, one triangular solve and
-    one matrix product replace ``n`` sequential rank-one updates. Same matrix as the sequential
-    product, but no length-``n`` loop: under second-order MAML that loop (forward, backward and
-    backward-of-backward, per task and per factor) dominated the meta-update.
+    so one Gram matrix and a few matrix products replace ``n`` sequential rank-one updates (under
+    second-order MAML that loop, forward, backward and backward-of-backward, per task and per
+    factor, dominated the meta-update). ``S^{-1} = (I - P)^{-1} D^{-1}`` with ``D = diag(S)`` and
+    ``P = -D^{-1} striu(W W^T)`` strictly upper triangular, inverted by ``_neumann_inverse``:
+    matrix products only. A LAPACK triangular solve (``solve_triangular``) is cheaper, but its
+    custom call inside a rematerialised (``jax.checkpoint``) second-order meta-update hung
+    multi-threaded XLA:CPU (jax 0.10.2, 2 cores: every thread idle, ``block_until_ready`` never
+    returning), and matrix products run on any backend.
     """
     hi = jax.lax.Precision.HIGHEST  # orthogonality needs full float32 products on any backend
     gram = jnp.matmul(w, w.T, precision=hi)
-    s = jnp.triu(gram, 1) + jnp.diag((jnp.diagonal(gram) + 1e-12) / 2)
-    x = jax.scipy.linalg.solve_triangular(s, w, lower=False)
+    inv_diag = 2.0 / (jnp.diagonal(gram) + 1e-12)
+    p = -jnp.triu(gram, 1) * inv_diag[:, None]
+    x = jnp.matmul(_neumann_inverse(p), w * inv_diag[:, None], precision=hi)
     return jnp.eye(w.shape[1], dtype=w.dtype) - jnp.matmul(w.T, x, precision=hi)
 
 
