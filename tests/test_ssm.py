@@ -118,10 +118,11 @@ def test_reset_row_equals_fresh_sequence(cls, extra):
     ys, _ = model.apply(params, xs, resets)
     fresh, _ = model.apply(params, xs[1:2, t0:])
     chex.assert_trees_all_close(ys[1, t0:], fresh[0], atol=2e-5, rtol=2e-5)
-    # Rows without a reset are untouched by another row's reset.
+    # Rows without a reset are untouched by another row's reset. The two calls compile to
+    # different programs (resets=None skips the select), so float32 rounding may differ.
     ys_plain, _ = model.apply(params, xs)
-    chex.assert_trees_all_close(ys[0], ys_plain[0])
-    chex.assert_trees_all_close(ys[1, :t0], ys_plain[1, :t0])
+    chex.assert_trees_all_close(ys[0], ys_plain[0], atol=1e-6, rtol=1e-5)
+    chex.assert_trees_all_close(ys[1, :t0], ys_plain[1, :t0], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
@@ -355,13 +356,15 @@ def test_sequence_without_resets_equals_all_false_resets():
     no_resets = jnp.zeros((BATCH, TIME), bool)
     targets = jax.random.normal(jax.random.PRNGKey(22), (BATCH, TIME, DIMS["output_dim"]))
     params = init(model, xs)
-    chex.assert_trees_all_close(model.apply(params, xs), model.apply(params, xs, no_resets), atol=0)
+    # Different compiled programs: equal up to float32 rounding (XLA may fuse them differently).
+    chex.assert_trees_all_close(model.apply(params, xs), model.apply(params, xs, no_resets),
+                                atol=1e-6, rtol=1e-5)
 
     def loss(p, resets):
         return jnp.mean((model.apply(p, xs, resets)[0] - targets) ** 2)
 
     grad = jax.jit(jax.grad(loss))
-    chex.assert_trees_all_close(grad(params, None), grad(params, no_resets), atol=1e-6)
+    chex.assert_trees_all_close(grad(params, None), grad(params, no_resets), atol=1e-6, rtol=1e-5)
 
     def step(h, x_t):
         h = 0.5 * h + x_t
@@ -370,7 +373,8 @@ def test_sequence_without_resets_equals_all_false_resets():
     carry0 = jnp.ones((BATCH, 3))
     inputs = xs[..., :3]
     chex.assert_trees_all_close(sequential_scan(step, carry0, inputs, None),
-                                sequential_scan(step, carry0, inputs, no_resets), atol=0)
+                                sequential_scan(step, carry0, inputs, no_resets),
+                                atol=1e-6, rtol=1e-6)
 
 
 def test_ssm_transition_reaches_both_determinant_signs():
