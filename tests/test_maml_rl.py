@@ -65,8 +65,11 @@ def test_meta_update_runs_jitted_with_finite_metrics_and_no_retracing(policy):
 
 
 def test_outer_gradient_depends_on_first_order_and_first_order_is_identity_jacobian(mlp_data):
-    so, state, support, query = mlp_data
-    fo = small_algo(first_order=True)
+    _, state, support, query = mlp_data
+    # no value loss: the value head's own second-order terms must not be what tells them apart
+    so = small_algo(value_coef=0.0)
+    fo = small_algo(first_order=True, value_coef=0.0)
+    so.init_from_params(state.params)
     fo.init_from_params(state.params)
     g_so = jax.jit(jax.grad(lambda p: so.outer_loss(p, state.inner_lr, (support, query))[0]))(state.params)
     g_fo = jax.jit(jax.grad(lambda p: fo.outer_loss(p, state.inner_lr, (support, query))[0]))(state.params)
@@ -91,6 +94,52 @@ def test_outer_gradient_depends_on_first_order_and_first_order_is_identity_jacob
         return jnp.mean(jax.vmap(one)(support, query))
 
     chex.assert_trees_all_close(g_fo, jax.jit(jax.grad(detached_loss))(state.params), rtol=2e-4, atol=1e-6)
+
+
+def test_second_order_meta_gradient_matches_explicit_score_function_formula():
+    """One inner step, fixed step size alpha, no value loss. With theta' = theta + alpha grad J_s,
+    the meta-gradient of the query objective must be (I + alpha H_s)^T g_q, where
+
+      g_q = -mean_t grad log pi_{theta'}(a_t|s_t) A_t                  (query score function: the
+            query data are sampled by theta', so their distribution depends on theta through it)
+      H_s = mean_t (hess log pi_theta + grad log pi_theta grad log pi_theta^T) A_t
+            (support curvature with the sampling-distribution term),
+
+    built here from explicit per-sample Jacobians and Hessians instead of autodiff through the
+    inner loop. The naive policy-gradient Hessian (without the outer-product term) must not match."""
+    with jax.enable_x64(True):
+        alpha = 0.5
+        algo = small_algo(num_inner_steps=1, learn_inner_lr=False, inner_lr=alpha, value_coef=0.0,
+                          first_order=False)
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), algo.init(jax.random.key(4)).params)
+        task = jax.tree.map(lambda x: x[0], envs.CartPoleTasks().sample(jax.random.key(5), 1))
+        _, support, query = jax.jit(lambda p: algo.collect_task(
+            p, alpha, task, jax.random.key(6), 1, (2, 16), (2, 12)))(params)
+        support = jax.tree.map(lambda b: b[0], support)          # the one support batch
+        flat, unravel = ravel_pytree(params)
+
+        def logps(v, batch):
+            return algo._outputs(unravel(v), batch)[0].ravel()
+
+        adapted = flat + alpha * jax.jit(jax.grad(lambda v: -algo.inner_objective(unravel(v), support)[0]))(flat)
+        np.testing.assert_allclose(logps(adapted, query), query.old_log_probs.ravel(), rtol=1e-4, atol=1e-5)
+
+        a_s, a_q = support.advantages.ravel(), query.advantages.ravel()
+
+        @jax.jit
+        def explicit(flat, adapted):
+            jac_s = jax.jacrev(logps)(flat, support)                     # (n_s, P)
+            hess_s = jax.hessian(lambda v: jnp.sum(logps(v, support) * a_s))(flat) / a_s.size
+            h_s = hess_s + jac_s.T @ (a_s[:, None] * jac_s) / a_s.size
+            g_q = -jax.jacrev(logps)(adapted, query).T @ a_q / a_q.size
+            return g_q, hess_s, g_q + alpha * h_s.T @ g_q
+
+        g_q, hess_s, expected = explicit(flat, adapted)
+        got = jax.jit(jax.grad(lambda v: algo.task_outer_loss(
+            unravel(v), alpha, jax.tree.map(lambda b: b[None], support), query)[0]))(flat)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * float(jnp.abs(expected).max()))
+        naive = g_q + alpha * hess_s.T @ g_q
+        assert float(jnp.abs(got - naive).max()) > 1e-3 * float(jnp.abs(got).max())
 
 
 def test_lvc_inner_surrogate_has_score_outer_product_curvature(mlp_data):
