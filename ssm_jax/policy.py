@@ -60,12 +60,20 @@ class SSMPolicy(nn.Module):
     """Recurrent actor-critic: an SSM core (``core``: "ssm", "diagonal" or "selective") and heads.
 
     The core maps each observation (with its memory of the episode) to ``hidden_dim`` features;
-    the heads read ``tanh`` of them.
+    the heads read ``tanh`` of them. With ``num_layers > 1`` the cores are stacked, each reading
+    ``tanh`` of the previous one's features (as deep SSMs stack layers with a nonlinearity
+    between them). Stacking matters for in-context adaptation: a single linear recurrence
+    accumulates functions of each input alone, so it cannot integrate evidence that is a
+    product of the current input and an earlier one (the previous action times the change in
+    cart velocity reveals CartPole's force direction); a second layer reads the first one's
+    memory of the earlier input next to the current one and can.
 
     Attributes:
       obs_dim, action_dim: observation size; number of actions (discrete) or action size.
       core: which :mod:`ssm_jax` layer carries the memory.
-      state_dim, hidden_dim: passed to the core.
+      state_dim, hidden_dim: passed to every core.
+      num_layers: stacked cores; the carry is the core's carry for one layer, a tuple of the
+        layers' carries for more.
       discrete: categorical (True) or Gaussian (False) actions.
       parallel: associative scan for sequence calls ("diagonal" and "selective" cores only).
       init_log_std: initial log standard deviation of Gaussian actions.
@@ -79,9 +87,10 @@ class SSMPolicy(nn.Module):
     discrete: bool = True
     parallel: bool = False
     init_log_std: float = -0.5
+    num_layers: int = 1
 
     def __post_init__(self):
-        check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim")
+        check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim", "num_layers")
         if self.core not in CORES:
             raise ValueError(f"core must be one of {sorted(CORES)}, got {self.core!r}")
         if self.parallel and self.core == "ssm":
@@ -92,31 +101,50 @@ class SSMPolicy(nn.Module):
     def input_dim(self) -> int:
         return self.obs_dim
 
-    def _make_core(self, **module_kwargs) -> nn.Module:
-        kwargs = dict(state_dim=self.state_dim, input_dim=self.obs_dim, output_dim=self.hidden_dim, hidden_dim=self.hidden_dim)
+    def _make_core(self, layer: int = 0, **module_kwargs) -> nn.Module:
+        input_dim = self.obs_dim if layer == 0 else self.hidden_dim
+        kwargs = dict(state_dim=self.state_dim, input_dim=input_dim, output_dim=self.hidden_dim,
+                      hidden_dim=self.hidden_dim)
         if self.core != "ssm":
             kwargs["parallel"] = self.parallel
         return CORES[self.core](**kwargs, **module_kwargs)
 
     def setup(self):
-        self.core_net = self._make_core(name="core")
+        # layer 0 keeps the name "core" (single-layer params are unchanged by stacking)
+        self.cores = [self._make_core(i, name="core" if i == 0 else f"core_{i}")
+                      for i in range(self.num_layers)]
         self.heads = _Heads(self.action_dim, self.discrete, self.init_log_std, name="heads")
 
     def initialize_carry(self, batch_size: int):
-        """The core's zero state for ``batch_size`` rows."""
-        return self._make_core(parent=None).initialize_carry(batch_size)
+        """The cores' zero state for ``batch_size`` rows (a tuple of them if ``num_layers > 1``)."""
+        carries = tuple(self._make_core(i, parent=None).initialize_carry(batch_size)
+                        for i in range(self.num_layers))
+        return carries[0] if self.num_layers == 1 else carries
+
+    def _layers(self, carry):
+        return (carry,) if self.num_layers == 1 else tuple(carry)
+
+    def _pack(self, carries):
+        return carries[0] if self.num_layers == 1 else tuple(carries)
 
     def __call__(self, obs_seq, resets=None, carry=None):
         """``obs_seq`` ``(batch, time, obs_dim)`` -> ``(PolicyOutput, final carry)``."""
         prepare_sequence(self, obs_seq, resets, carry, name="obs_seq")  # errors in policy terms
-        features, carry = self.core_net(obs_seq, resets, carry)
-        return self.heads(jnp.tanh(features)), carry
+        layer_carries = (None,) * self.num_layers if carry is None else self._layers(carry)
+        features, carries = obs_seq, []
+        for i, (core, c) in enumerate(zip(self.cores, layer_carries)):
+            features, c = core(features if i == 0 else jnp.tanh(features), resets, c)
+            carries.append(c)
+        return self.heads(jnp.tanh(features)), self._pack(carries)
 
     def step(self, obs, carry, reset=None):
         """``obs`` ``(batch, obs_dim)`` -> ``(PolicyOutput, carry)``."""
         prepare_step(self, obs, carry, reset, name="obs")
-        features, carry = self.core_net.step(obs, carry, reset)
-        return self.heads(jnp.tanh(features)), carry
+        features, carries = obs, []
+        for i, (core, c) in enumerate(zip(self.cores, self._layers(carry))):
+            features, c = core.step(features if i == 0 else jnp.tanh(features), c, reset)
+            carries.append(c)
+        return self.heads(jnp.tanh(features)), self._pack(carries)
 
 
 class MLPPolicy(nn.Module):
