@@ -1,0 +1,81 @@
+"""A per-batch linear feature baseline for policy-gradient advantages (Duan et al., 2016).
+
+The original MAML-RL (Finn et al., 2017) and ProMP compute the advantages of every inner step
+from a linear baseline fitted, by ridge regression, to the returns of the very batch being used:
+a learned value head has to predict the values of a pre-update policy and of every adapted one,
+on tasks it has never seen (the held-out test split reaches outside the train ranges), while a
+baseline fitted to the batch is right for whatever policy and task produced it.
+
+Shapes: ``E`` envs, ``T`` steps, ``D`` observation size; inputs are one rollout window of one
+task (``envs.Trajectory`` fields). Episodes end at terminations and time-limit truncations
+alike (the benchmark's return is capped at the time limit, so a truncated episode has no
+future to value), and the window's own end cuts returns too; the time features (steps into the
+episode, steps left in the window) let the fit follow both.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+#: Time features are in units of this many steps (as in the reference implementation).
+TIME_SCALE = 100.0
+
+
+def returns_to_go(rewards: jax.Array, dones: jax.Array, gamma: float) -> jax.Array:
+    """Discounted returns ``G_t = r_t + gamma G_{t+1}`` cut at episode ends and the window end.
+
+    ``rewards``, ``dones`` ``(E, T)``; returns ``(E, T)``.
+    """
+
+    def body(g, x):
+        r, d = x
+        g = r + gamma * g * (1.0 - d)
+        return g, g
+
+    _, g = jax.lax.scan(body, jnp.zeros(rewards.shape[0], rewards.dtype),
+                        (rewards.T, dones.T.astype(rewards.dtype)), reverse=True)
+    return g.T
+
+
+def features(obs: jax.Array, resets: jax.Array) -> jax.Array:
+    """``(E, T, 2 D + 7)`` regression features: obs, obs^2, steps into the episode and steps left
+    in the window (each to the powers 1, 2, 3, in units of ``TIME_SCALE``), and a constant.
+
+    ``resets`` ``(E, T)`` is True where ``obs[:, t]`` starts an episode (``Trajectory.resets``).
+    """
+    e, t = resets.shape
+
+    def count(c, r):
+        c = jnp.where(r, 0.0, c + 1.0)
+        return c, c
+
+    _, into = jax.lax.scan(count, jnp.zeros(e), resets.T)
+    into = into.T / TIME_SCALE
+    left = jnp.broadcast_to((t - 1 - jnp.arange(t, dtype=jnp.float32)) / TIME_SCALE, (e, t))
+    obs = jnp.clip(obs, -10.0, 10.0)
+    powers = [x[..., None] ** k for x in (into, left) for k in (1, 2, 3)]
+    return jnp.concatenate([obs, obs * obs, *powers, jnp.ones((e, t, 1), obs.dtype)], axis=-1)
+
+
+def fit_linear_baseline(x: jax.Array, targets: jax.Array, reg: float = 1e-5) -> jax.Array:
+    """Ridge-regression fit of ``targets`` ``(...)`` on features ``x`` ``(..., F)``; returns the
+    fitted values ``(...)``. Columns are standardised first; ``reg`` is the ridge weight on the
+    standardised normal equations (scale-free, so one value serves any batch)."""
+    f = x.shape[-1]
+    x = x.reshape(-1, f)
+    y = targets.reshape(-1)
+    mean = jnp.mean(x, axis=0)
+    std = jnp.std(x, axis=0)
+    constant = std < 1e-6
+    z = jnp.where(constant, 1.0, (x - mean) / jnp.where(constant, 1.0, std))
+    n = x.shape[0]
+    gram = z.T @ z / n + reg * jnp.eye(f, dtype=z.dtype)
+    w = jnp.linalg.solve(gram, z.T @ y / n)
+    return (z @ w).reshape(targets.shape)
+
+
+def linear_baseline(obs, rewards, dones, resets, gamma: float, reg: float = 1e-5) -> jax.Array:
+    """Baseline values ``(E, T)`` of one window: a linear fit to its own discounted returns."""
+    targets = returns_to_go(rewards, dones, gamma)
+    return fit_linear_baseline(features(obs, resets), jax.lax.stop_gradient(targets), reg)

@@ -1,0 +1,69 @@
+"""maml.baseline: returns-to-go against a Python loop, the ridge fit against an exact linear
+target and numpy's least squares, and MAMLRL(baseline="linear") end to end."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from maml import baseline
+from maml.rl import MAMLRL, MAMLRLConfig
+from ssm_jax import MLPPolicy
+
+
+def test_returns_to_go_match_a_python_loop():
+    rng = np.random.default_rng(0)
+    rewards = rng.uniform(size=(3, 17)).astype(np.float32)
+    dones = rng.uniform(size=(3, 17)) < 0.2
+    got = np.asarray(baseline.returns_to_go(jnp.asarray(rewards), jnp.asarray(dones), 0.9))
+    ref = np.zeros_like(rewards)
+    for e in range(3):
+        g = 0.0
+        for t in reversed(range(17)):
+            g = rewards[e, t] + 0.9 * g * (1.0 - dones[e, t])
+            ref[e, t] = g
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_features_count_steps_into_the_episode_and_left_in_the_window():
+    resets = jnp.zeros((1, 6), bool).at[0, 0].set(True).at[0, 4].set(True)
+    x = baseline.features(jnp.ones((1, 6, 2)), resets)
+    chex.assert_shape(x, (1, 6, 2 * 2 + 7))
+    np.testing.assert_allclose(x[0, :, 4] * baseline.TIME_SCALE, [0, 1, 2, 3, 0, 1], atol=1e-4)
+    np.testing.assert_allclose(x[0, :, 7] * baseline.TIME_SCALE, [5, 4, 3, 2, 1, 0], atol=1e-4)
+
+
+def test_ridge_fit_recovers_a_linear_target_and_matches_least_squares():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(2, 50, 5)) * [1, 10, 0.1, 3, 1], np.ones((2, 50, 1))], -1)
+    w = rng.normal(size=6)
+    y = x @ w
+    fit = baseline.fit_linear_baseline(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), reg=1e-8)
+    np.testing.assert_allclose(fit, y, atol=1e-3 * np.abs(y).max())
+    noisy = y + rng.normal(size=y.shape)
+    lstsq = x.reshape(-1, 6) @ np.linalg.lstsq(x.reshape(-1, 6), noisy.reshape(-1), rcond=None)[0]
+    fit = baseline.fit_linear_baseline(jnp.asarray(x, jnp.float32), jnp.asarray(noisy, jnp.float32), reg=1e-8)
+    np.testing.assert_allclose(np.asarray(fit).reshape(-1), lstsq, atol=1e-3 * np.abs(lstsq).max())
+
+
+def test_linear_baseline_mamlrl_explains_returns_and_updates():
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    config = MAMLRLConfig(baseline="linear", num_inner_steps=1, support_envs=4, support_steps=60,
+                          query_envs=4, query_steps=60, normalize_advantages=False, gae_lambda=1.0)
+    algo = MAMLRL(policy, config)
+    state = algo.init(jax.random.key(0))
+    task = jax.tree.map(lambda x: x[0], envs.CartPoleTasks().sample(jax.random.key(1), 1))
+    batch = algo.collect(state.params, jax.random.key(2), task, 4, 60)
+    # with lambda = 1: advantages = returns-to-go minus the fitted baseline, which explains most
+    # of their variance
+    traj = envs.rollout(jax.random.key(2), policy, state.params, task, num_envs=4, num_steps=60)
+    ends = traj.terminated | traj.truncated
+    rtg = baseline.returns_to_go(traj.rewards * config.reward_scale, ends, config.gamma)
+    np.testing.assert_allclose(batch.returns, rtg, rtol=1e-4, atol=1e-5)
+    assert float(jnp.var(batch.advantages)) < 0.5 * float(jnp.var(rtg))
+    state, metrics = algo.meta_update(state, envs.CartPoleTasks().sample(jax.random.key(3), 2), jax.random.key(4))
+    chex.assert_tree_all_finite(metrics)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        MAMLRLConfig(baseline="mean")
