@@ -44,6 +44,7 @@ import optax
 from adapt import buffer as rb
 from adapt.core import adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, predictions_of
+from maml import baseline as baseline_fit
 
 PyTree = Any
 
@@ -83,8 +84,11 @@ def discounted_returns(rewards: chex.Array, dones: chex.Array, bootstrap: chex.A
     return g.T
 
 
+BASELINES = ("value", "linear", "none")
+
+
 def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
-                         value_baseline: bool = True, normalize_advantages: bool = True,
+                         baseline: str = "value", normalize_advantages: bool = True,
                          value_coef: float = 0.5, entropy_coef: float = 0.0,
                          bootstrap: bool = True, resets: Optional[chex.Array] = None) -> chex.Array:
     """Actor-critic policy-gradient loss (scalar) of ``policy`` on its own trajectory.
@@ -92,15 +96,24 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     The policy's sequence call recomputes the action distribution and values
     from ``traj.obs`` (carry reset where ``resets``, default ``traj.resets``;
     pass resets True only at ``t = 0`` for rollouts that kept the carry across
-    episodes). Advantages ``A = G - V`` (``G`` from ``discounted_returns``,
-    bootstrapped with ``traj.last_value`` at the window end and, at time-limit
-    truncations (``traj.truncated``, if the trajectory has it), with the value
-    head's estimate of the last state, if ``bootstrap``, as in ``maml.rl``;
-    ``V`` the value head
-    without gradient, or 0 if not ``value_baseline``), standardised over the
-    batch if ``normalize_advantages``. Loss
-    ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``.
+    episodes). Advantages ``A = G - b``, standardised over the batch if
+    ``normalize_advantages``, with ``baseline``:
+
+      * ``"value"``: ``b`` is the value head (without gradient); ``G`` from
+        ``discounted_returns``, bootstrapped with ``traj.last_value`` at the
+        window end and, at time-limit truncations (``traj.truncated``, if the
+        trajectory has it), with the value head's estimate of the last state,
+        if ``bootstrap``, as in ``maml.rl``;
+      * ``"linear"``: ``b`` is a linear feature baseline fitted to this
+        trajectory's own returns (``maml.baseline``; ``G`` cut at every episode
+        end and at the window end, no bootstrap), right for any task without a
+        trained value head;
+      * ``"none"``: ``b = 0`` (``G`` as for ``"value"``).
+
+    Loss ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``.
     """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     resets = traj.resets if resets is None else resets
     out, _ = policy.apply(params, traj.obs, resets=resets)
     log_probs = out.dist.log_prob(traj.actions)
@@ -108,9 +121,14 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     boot = jax.lax.stop_gradient(traj.last_value) if bootstrap else jnp.zeros_like(traj.last_value)
     truncated = getattr(traj, "truncated", None) if bootstrap else None
     trunc_values = None if truncated is None else jax.lax.stop_gradient(values)
-    returns = jax.lax.stop_gradient(discounted_returns(traj.rewards, traj.dones, boot, gamma,
-                                                       truncated, trunc_values))
-    adv = returns - (jax.lax.stop_gradient(values) if value_baseline else 0.0)
+    if baseline == "linear":
+        returns = baseline_fit.returns_to_go(traj.rewards.astype(jnp.float32), traj.dones, gamma)
+        b = baseline_fit.fit_linear_baseline(baseline_fit.features(traj.obs, traj.resets), returns)
+    else:
+        returns = discounted_returns(traj.rewards, traj.dones, boot, gamma, truncated, trunc_values)
+        b = values if baseline == "value" else 0.0
+    returns = jax.lax.stop_gradient(returns)
+    adv = returns - jax.lax.stop_gradient(b)
     if normalize_advantages:
         adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-6)
     loss = -jnp.mean(log_probs * adv)

@@ -61,7 +61,7 @@ def test_policy_gradient_loss_bootstraps_time_limit_truncations():
     traj = _traj(policy, params, key=1, num_envs=3, num_steps=40, task=task)
     assert bool(jnp.any(traj.truncated))
     g = _returns_loop(traj.rewards, traj.dones, traj.last_value, 0.95, traj.truncated, traj.values)
-    loss = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, value_baseline=False,
+    loss = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, baseline="none",
                                    normalize_advantages=False, value_coef=0.0)
     np.testing.assert_allclose(loss, -np.mean(np.asarray(traj.log_probs) * g), rtol=1e-4)
 
@@ -72,9 +72,24 @@ def _pg_setup():
     traj = _traj(policy, params, num_steps=60)
     assert int(traj.dones.sum()) > 0  # episodes end inside the window, so resets matter
     g = _returns_loop(traj.rewards, traj.dones, traj.last_value, 0.95, traj.truncated, traj.values)
-    loss = functools.partial(rl.policy_gradient_loss, policy=policy, gamma=0.95, value_baseline=False,
+    loss = functools.partial(rl.policy_gradient_loss, policy=policy, gamma=0.95, baseline="none",
                              normalize_advantages=False, value_coef=0.0)
     return policy, params, traj, g, loss
+
+
+def test_policy_gradient_loss_with_a_linear_baseline_matches_its_formula():
+    """baseline="linear": advantages are the episode-cut returns-to-go minus a ridge fit of them
+    on maml.baseline's features of the same trajectory (no value head involved)."""
+    from maml import baseline as fit
+    policy, params, traj, _, _ = _pg_setup()
+    g = np.asarray(fit.returns_to_go(traj.rewards, traj.dones, 0.95))
+    b = np.asarray(fit.fit_linear_baseline(fit.features(traj.obs, traj.resets), jnp.asarray(g)))
+    loss = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, baseline="linear",
+                                   normalize_advantages=False, value_coef=0.0)
+    np.testing.assert_allclose(loss, -np.mean(np.asarray(traj.log_probs) * (g - b)), rtol=1e-4, atol=1e-6)
+    assert np.var(g - b) < 0.5 * np.var(g)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        rl.policy_gradient_loss(params, traj, policy=policy, baseline="critic")
 
 
 def test_policy_gradient_loss_matches_the_rollout_log_probs():
