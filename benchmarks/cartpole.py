@@ -39,7 +39,7 @@ import numpy as np
 import envs
 from benchmarks import evaluation as ev
 from benchmarks.checkpointing import Checkpointer, CheckpointError
-from benchmarks.cli import RunOptions, parse_args
+from benchmarks.cli import RunOptions, holds_run, parse_args
 from benchmarks.config import BenchmarkConfig, trainer_of, trainers
 from benchmarks.ppo import PPO, PPOConfig
 from benchmarks.stats import summarize
@@ -96,6 +96,7 @@ class Model:
             self.policy = SSMPolicy(obs_dim=envs.obs_dim(self.env), action_dim=2,
                                     core=c.in_context_core, state_dim=c.in_context_state_dim,
                                     hidden_dim=c.in_context_hidden_dim,
+                                    num_layers=c.in_context_layers,
                                     parallel=c.in_context_core != "ssm" and jax.default_backend() != "cpu")
             self.algo = PPO(self.policy, PPOConfig(
                 num_tasks=c.in_context_tasks, num_envs=c.in_context_envs,
@@ -114,7 +115,8 @@ class Model:
                 outer_lr_decay_steps=c.num_epochs if c.anneal_outer_lr else None,
                 first_order=c.first_order, support_envs=c.maml_envs,
                 support_steps=c.maml_support_steps, query_envs=c.maml_envs,
-                query_steps=c.maml_query_steps), env=base)
+                query_steps=c.maml_query_steps, baseline=c.maml_baseline,
+                gae_lambda=c.maml_gae_lambda), env=base)
         else:
             raise ValueError(f"unknown model {name!r}")
         self.tasks_per_epoch = c.tasks_per_epoch
@@ -212,18 +214,19 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
             elif method in ("maml_zero_shot", "maml_adapted", "maml_adapted_mlp"):
                 if model.name not in cache:
                     cache[model.name] = np.asarray(ev.evaluate_maml(
-                        key, model.algo, state, tasks, num_inner_steps=c.eval_inner_steps, num_envs=e))
-                    k = c.eval_inner_steps
+                        key, model.algo, state, tasks, num_inner_steps=c.reported_inner_steps, num_envs=e))
+                    k = c.reported_inner_steps
                     env_steps += n * ((k + 1) * e * ev.EPISODE_STEPS
                                       + k * model.algo.config.support_envs * model.algo.config.support_steps)
                 by_step = cache[model.name]
-                col = 0 if method == "maml_zero_shot" else min(c.num_inner_steps, c.eval_inner_steps)
+                col = 0 if method == "maml_zero_shot" else c.num_inner_steps
                 per_method[method].append(by_step[:, col])
                 extras[method].append(by_step)
             elif method == "test_time_adapted":
                 r = np.asarray(ev.evaluate_test_time(key, model.policy, state, tasks,
                                                      num_rounds=c.tta_rounds, num_envs=e,
-                                                     fixed_lr=c.tta_lr))
+                                                     fixed_lr=c.tta_lr,
+                                                     baseline=model.algo.config.baseline))
                 per_method[method].append(r[:, -1])
                 extras[method].append(r)
                 env_steps += n * e * c.tta_rounds * ev.EPISODE_STEPS
@@ -241,12 +244,13 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
                                              for k in range(by_step.shape[-1])]
             entry["return_by_inner_step_and_kind"] = [
                 summarize(by_step[..., k], kinds)["return_by_task_kind"] for k in range(by_step.shape[-1])]
-            entry["num_inner_steps"] = 0 if method == "maml_zero_shot" else int(min(c.num_inner_steps, c.eval_inner_steps))
+            entry["num_inner_steps"] = 0 if method == "maml_zero_shot" else c.num_inner_steps
         if method == "test_time_adapted":
             by_round = np.stack(extras[method])
             entry["return_by_round"] = [summarize(by_round[..., r], kinds)["return_mean"]
                                         for r in range(by_round.shape[-1])]
-            entry["rule"] = "adapt.evaluate_with_adaptation, online, policy_gradient_loss, Meta-SGD rates"
+            entry["rule"] = (f"adapt.evaluate_with_adaptation, online, policy_gradient_loss "
+                             f"(baseline {models[trainer_of(method)].algo.config.baseline}), Meta-SGD rates")
         if method == "in_context":
             first = np.stack(extras[method])
             entry["first_episode"] = summarize(first, kinds)
@@ -256,14 +260,17 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
 
 
 def print_table(methods: dict) -> None:
+    log("\nmean return over seeds x held-out tasks; +- is the half-width of a 95% interval from a "
+        "seed-then-task bootstrap (benchmarks.stats)")
     head = f"{'method':20s} {'return (95% CI)':>20s} {'normal force':>18s} {'inverted force':>18s}"
-    log("\n" + head + "\n" + "-" * len(head))
+    log(head + "\n" + "-" * len(head))
     for name, m in methods.items():
         k = m["return_by_task_kind"]
         fmt = lambda mean, ci: f"{mean:7.1f} +- {ci:5.1f}" if np.isfinite(ci) else f"{mean:7.1f}"  # noqa: E731
         log(f"{name:20s} {fmt(m['return_mean'], m['return_ci95']):>20s} "
             f"{fmt(k['normal']['mean'], k['normal']['ci95']):>18s} "
             f"{fmt(k['inverted']['mean'], k['inverted']['ci95']):>18s}")
+        log(f"{'':20s}   per training seed: " + ", ".join(f"{x:.1f}" for x in m["per_seed_mean"]))
         if "return_by_inner_step" in m and name != "maml_zero_shot":
             log(f"{'':20s}   after 0,1,..,K inner steps: "
                 + ", ".join(f"{x:.1f}" for x in m["return_by_inner_step"]))
@@ -278,9 +285,20 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     """Train (or load), evaluate, write results; returns the results dict."""
     t_start = time.perf_counter()
     out = options.out
+    fresh = not options.eval_only and not options.resume
+    if fresh or options.eval_only:
+        if holds_run(out) and not options.overwrite:
+            raise CheckpointError(f"{out!r} already holds a run; resume it, or pass overwrite=True "
+                                  f"(--overwrite) to replace it")
     os.makedirs(out, exist_ok=True)
     ckpt_root = os.path.join(options.checkpoint or out, "checkpoints")
-    if not options.eval_only and not options.resume:
+    if fresh:
+        # a replaced run's checkpoints and results never mix with this one's
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+        for stale in ("results.json", "training_curves.png", "returns_by_task_kind.png"):
+            if os.path.exists(os.path.join(out, stale)):
+                os.remove(os.path.join(out, stale))
+    if not options.resume:
         write_json_atomic(os.path.join(out, "config.json"), config.to_dict())
     log(f"benchmarks.cartpole: methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
@@ -304,8 +322,6 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             states[name] = state
             histories[name] = meta.get("history", {})
             continue
-        if not options.resume and os.path.isdir(directory):
-            shutil.rmtree(directory)  # a fresh run never mixes with an old run's checkpoints
         ckpt = Checkpointer(directory, create=True)
         result: TrainResult = train(
             name, init=model.init, update=model.update, seed=config.seed,

@@ -21,12 +21,14 @@ DEFAULT_OUT = os.path.join("results", "cartpole")
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """out: output directory; resume: previous run's out dir to continue; eval_only with
-    checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated."""
+    checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated;
+    overwrite: a fresh run may replace the run already in out (else it is refused)."""
 
     out: str
     resume: Optional[str]
     eval_only: bool
     checkpoint: Optional[str]
+    overwrite: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--second_order", dest="first_order", action="store_false",
                     help="full second-order MAML meta-gradient (LVC estimator)")
     a("--num_episodes", type=int, default=None,
-      help="seeds' flag: alias of --ppo_iterations in policy_gradient mode")
+      help="the seeds' name for --ppo_iterations (policy-gradient training of non_adaptive)")
     a("--ppo_iterations", type=int, default=None,
       help=f"PPO iterations of non_adaptive (8 tasks x 4 envs x 500 steps each) [default {d.ppo_iterations}]")
     a("--in_context_iterations", type=int, default=None,
@@ -73,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"iterations per jitted chunk (one progress line each) [default {d.chunk_size}]")
     a("--checkpoint_every", type=int, default=None,
       help=f"save a checkpoint every N iterations (and at the end) [default {d.checkpoint_every}]")
-    a("--out", default=None, help=f"output directory (results.json, plots, checkpoints/) [default {DEFAULT_OUT}]")
+    a("--out", default=None,
+      help=f"output directory (results.json, plots, checkpoints/) [default {DEFAULT_OUT}; with "
+           f"--eval_only, the checkpoint's run directory + /eval]; a directory that already "
+           f"holds a run is refused unless --overwrite is given")
+    a("--overwrite", action="store_true",
+      help="replace the run (results, config and checkpoints) already in --out")
     a("--quick", action="store_true",
       help="tiny smoke-test budgets (< 2 minutes; numbers are not meaningful)")
     a("--resume", metavar="DIR", default=None,
@@ -87,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 _CONFIG_FLAGS = ("mode", "env_name", "num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr",
                  "num_inner_steps", "first_order", "ppo_iterations", "in_context_iterations",
                  "eval_tasks", "seed", "num_seeds", "chunk_size", "checkpoint_every")
+
+#: Flags that only affect one trained model, so passing them without it is a mistake.
+_FLAGS_OF_TRAINER = {
+    "maml": ("num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr", "num_inner_steps", "first_order"),
+    "non_adaptive": ("ppo_iterations",),
+    "in_context": ("in_context_iterations",),
+}
+
+#: Files whose presence means a directory already holds a benchmark run.
+RUN_FILES = ("config.json", "results.json", "checkpoints")
 
 
 def _run_dir_of(path: str) -> str:
@@ -106,6 +123,40 @@ def load_run_config(run_dir: str) -> BenchmarkConfig:
         raise ValueError(f"{path!r} is not a valid benchmark config ({err})") from err
 
 
+def holds_run(path: str) -> bool:
+    """Whether the directory `path` already holds a benchmark run (or an evaluation of one)."""
+    return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
+
+
+def _check_out(out: str, overwrite: bool, what: str) -> None:
+    """Refuse an --out that is a file, cannot be created, or already holds a run (unless overwrite)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+    if holds_run(out) and not overwrite:
+        raise ValueError(
+            f"--out {out!r} already holds a {what} (config.json, results.json or checkpoints/); "
+            f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out")
+    # the directory is created when the run starts; check now that it can be
+    ancestor = os.path.abspath(out)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} cannot be created ({ancestor!r} is not a writable directory)")
+
+
+def _check_flags_apply(config: BenchmarkConfig, given: set) -> None:
+    """Reject flags of models that this run does not train (they would be silently ignored)."""
+    from benchmarks.config import trainers
+
+    running = {"maml" if t.startswith("maml") else t for t in trainers(config)}
+    for trainer, flags in _FLAGS_OF_TRAINER.items():
+        unused = sorted(f for f in flags if f in given)
+        if trainer not in running and unused:
+            raise ValueError(
+                f"--{unused[0]} has no effect: this run trains no {trainer} model "
+                f"(methods {list(config.methods)})")
+
+
 def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -123,6 +174,8 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         raise ValueError("--checkpoint is only used with --eval_only (use --resume DIR to continue training)")
     if args.resume and args.eval_only:
         raise ValueError("--resume and --eval_only are exclusive")
+    if args.quick and (args.resume or args.eval_only):
+        raise ValueError("--quick sets training budgets; it cannot be combined with --resume or --eval_only")
     overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
     if args.num_episodes is not None:
         if "ppo_iterations" in overrides:
@@ -144,11 +197,26 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
             if bad:
                 raise ValueError(f"--eval_only accepts only --eval_tasks/--methods, got {bad}")
             config = dataclasses.replace(config, **overrides)
-        out = args.out or run_dir
-        return config, RunOptions(out=out, resume=run_dir if args.resume else None,
-                                  eval_only=args.eval_only, checkpoint=run_dir if args.eval_only else None)
+        if args.resume:
+            if args.out and os.path.abspath(args.out) != run_dir:
+                raise ValueError(f"--resume continues the run in {run_dir!r} and writes there; "
+                                 f"drop --out (got {args.out!r})")
+            if args.overwrite:
+                raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
+            return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None)
+        out = args.out or os.path.join(run_dir, "eval")
+        if os.path.abspath(out) == run_dir:
+            raise ValueError(f"--eval_only would overwrite the training run's results in {run_dir!r}; "
+                             f"choose another --out (default {os.path.join(run_dir, 'eval')!r})")
+        _check_out(out, args.overwrite, "run or evaluation")
+        return config, RunOptions(out=out, resume=None, eval_only=True, checkpoint=run_dir,
+                                  overwrite=args.overwrite)
     mode = overrides.get("mode", "meta_rl")
     if mode == "policy_gradient" and "methods" not in overrides:
         overrides["methods"] = ("non_adaptive",)
     config = BenchmarkConfig.quick_preset(**overrides) if args.quick else BenchmarkConfig(**overrides)
-    return config, RunOptions(out=args.out or DEFAULT_OUT, resume=None, eval_only=False, checkpoint=None)
+    _check_flags_apply(config, set(overrides))
+    out = args.out or DEFAULT_OUT
+    _check_out(out, args.overwrite, "run")
+    return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
+                              overwrite=args.overwrite)

@@ -127,25 +127,29 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
 
 
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
-                       lr_scale: float = 1.0, fixed_lr: float = 0.01, env=None) -> jax.Array:
+                       lr_scale: float = 1.0, fixed_lr: float = 0.01, env=None,
+                       baseline: str = "value") -> jax.Array:
     """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule.
 
-    The objective is `adapt.policy_gradient_loss` (actor-critic REINFORCE with the value head
-    as baseline, no value term, so only the policy moves); the optimiser is SGD with the MAML
+    The objective is `adapt.policy_gradient_loss` (REINFORCE with `baseline`, the one the MAML
+    policy was trained with: its value head or a linear fit to each round's returns; no value
+    term, so only the policy moves); the optimiser is SGD with the MAML
     state's Meta-SGD step sizes (times `lr_scale`), or `fixed_lr` if it has none. One guarded
     step per round (`divergence_threshold` rejects non-finite or exploding steps).
     """
     return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale,
-                               fixed_lr, env)
+                               fixed_lr, env, baseline)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, fixed_lr, env):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, fixed_lr, env,
+                        baseline):
     if state.inner_lr is None:
         optimizer = optax.sgd(fixed_lr)
     else:
         optimizer = adapt.scale_by_tree(jax.tree.map(lambda x: lr_scale * x, state.inner_lr))
-    objective = functools.partial(adapt.policy_gradient_loss, policy=policy, value_coef=0.0)
+    objective = functools.partial(adapt.policy_gradient_loss, policy=policy, value_coef=0.0,
+                                  baseline=baseline)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
