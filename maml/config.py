@@ -8,24 +8,9 @@ was expected, before anything is traced or compiled.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
-from ssm_jax.validation import check_int
-
-
-def _check_float(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """Return ``value`` as a finite float >= minimum (> if strict), else raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    if strict and value <= minimum:
-        raise ValueError(f"{name} must be > {minimum}, got {value!r}.")
-    if not strict and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
-    return value
+from ssm_jax.validation import check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +42,8 @@ class MAMLConfig:
     remat_inner: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "inner_lr", _check_float("inner_lr", self.inner_lr))
-        object.__setattr__(self, "outer_lr", _check_float("outer_lr", self.outer_lr, strict=True))
+        object.__setattr__(self, "inner_lr", check_float("inner_lr", self.inner_lr, minimum=0.0))
+        object.__setattr__(self, "outer_lr", check_float("outer_lr", self.outer_lr, minimum=0.0, strict_min=True))
         object.__setattr__(
             self, "num_inner_steps", check_int("num_inner_steps", self.num_inner_steps, minimum=0)
         )
@@ -67,5 +52,5 @@ class MAMLConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
         if self.grad_clip is not None:
             object.__setattr__(
-                self, "grad_clip", _check_float("grad_clip", self.grad_clip, strict=True)
+                self, "grad_clip", check_float("grad_clip", self.grad_clip, minimum=0.0, strict_min=True)
             )

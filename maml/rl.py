@@ -73,8 +73,7 @@ import optax
 
 import envs
 from maml import baseline, core
-from maml.config import _check_float
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_float, check_int
 
 
 # --------------------------------------------------------------------------
@@ -141,7 +140,10 @@ class MAMLRLConfig:
     remat_inner: bool = False
 
     def __post_init__(self):
-        f = lambda name, **kw: object.__setattr__(self, name, _check_float(name, getattr(self, name), **kw))
+        def f(name, strict=False, maximum=None):
+            value = check_float(name, getattr(self, name), minimum=0.0, strict_min=strict, maximum=maximum)
+            object.__setattr__(self, name, value)
+
         i = lambda name, minimum: object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=minimum))
         f("inner_lr")
         f("outer_lr", strict=True)
@@ -151,9 +153,7 @@ class MAMLRLConfig:
         for name in ("support_envs", "support_steps", "query_envs", "query_steps", "num_outer_epochs"):
             i(name, 1)
         for name in ("gamma", "gae_lambda"):
-            f(name)
-            if getattr(self, name) > 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}.")
+            f(name, maximum=1.0)
         f("reward_scale", strict=True)
         f("value_coef")
         f("entropy_coef")
