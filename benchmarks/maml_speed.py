@@ -12,7 +12,8 @@ already compiled jitted meta-update, compile time reported separately):
    second order, and the scaling with 8 -> 64 -> 256 tasks.
 3. MAML-RL on CartPole (``maml.rl``): one full meta-step (support rollouts, inner policy
    gradient, query rollouts, outer update) for 8 tasks, MLP and SSM policies, first vs
-   second order.
+   second order: a small setup (1 inner step, 8 x 100 support and query steps) and the one
+   ``python -m benchmarks.cartpole`` trains with (read from its default config).
 
 Timings are wall clock on whatever machine runs this; on a shared CPU they are noisy
 (multi-threaded XLA on a loaded 2-core machine in particular); ``--single-thread`` pins the
@@ -20,7 +21,8 @@ process to one core and gives steadier numbers. Our SSM builds the orthogonal fa
 state matrix from Householder products evaluated in compact WY form (a Gram matrix and a few
 matrix products: no n-step loop, which under second-order MAML per task and per factor used to
 dominate workload 1b, and no LAPACK call, so per-task adapted params under ``vmap`` stay cheap
-and the rematerialised update cannot hit the triangular-solve hang noted in ``ssm_jax.ssm``); it is a smaller model than the seeds': SSM(16,4,4,64) has 1,972 params
+and the rematerialised update cannot hit the triangular-solve hang noted in ``ssm_jax.ssm``);
+it is a smaller model than the seeds': SSM(16,4,4,64) has 1,972 params
 here vs 3,576 in the seeds' PyTorch model (the table prints both), so the ratio is per
 meta-update of the same workload, not of the same model. The seeds' reference is 380 ms per
 meta-update (210 ms single-threaded); the ratios use the one that matches the threading of
@@ -132,31 +134,42 @@ def sinusoid_workloads(repeats, task_counts):
 
 def rl_workloads(repeats):
     import envs
+    from benchmarks.config import BenchmarkConfig
     from maml.rl import MAMLRL, MAMLRLConfig
     from ssm_jax import MLPPolicy, SSMPolicy
 
-    cfg0 = MAMLRLConfig()
-    print("\n== 3. MAML-RL on CartPole: one full meta-step for 8 tasks ==")
-    print(f"1 inner step; per task {cfg0.support_envs} envs x {cfg0.support_steps} support steps + "
-          f"{cfg0.query_envs} x {cfg0.query_steps} query steps; MLPPolicy(hidden 64), "
-          "SSMPolicy(core ssm, state 16, hidden 64)")
-    print(f"{'policy':>6s} {'order':>6s} {'compile s':>9s} {'ms median':>9s} {'ms min':>8s} {'updates/s':>10s} {'env steps/s':>12s}")
-    task_dist = envs.CartPoleTasks()
-    tasks = task_dist.sample(jax.random.key(0), 8)
-    for name, policy in (("mlp", MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=64)),
-                         ("ssm", SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=16, hidden_dim=64))):
-        for first_order in (False, True):
-            cfg = MAMLRLConfig(num_inner_steps=1, first_order=first_order)
-            algo = MAMLRL(policy, cfg)
-            state = algo.init(jax.random.key(1))
+    b = BenchmarkConfig()
+    setups = {
+        "small": dict(num_inner_steps=1),
+        "benchmark": dict(num_inner_steps=b.num_inner_steps, support_envs=b.maml_envs,
+                          support_steps=b.maml_support_steps, query_envs=b.maml_envs,
+                          query_steps=b.maml_query_steps, baseline=b.maml_baseline,
+                          gae_lambda=b.maml_gae_lambda),
+    }
+    print("\n== 3. MAML-RL on CartPole: one full meta-step (sampling to Adam update) for 8 tasks ==")
+    for label, kw in setups.items():
+        c = MAMLRLConfig(**kw)
+        print(f"{label}: {c.num_inner_steps} inner step(s) of {c.support_envs} envs x {c.support_steps} "
+              f"support steps, {c.query_envs} x {c.query_steps} query steps, {c.baseline} baseline")
+    print("MLPPolicy(hidden 64), SSMPolicy(core ssm, state 16, hidden 64)")
+    print(f"{'setup':>9s} {'policy':>6s} {'order':>6s} {'compile s':>9s} {'ms median':>9s} {'ms min':>8s} "
+          f"{'updates/s':>10s} {'env steps/s':>12s}")
+    tasks = envs.CartPoleTasks().sample(jax.random.key(0), 8)
+    for label, kw in setups.items():
+        for name, policy in (("mlp", MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=64)),
+                             ("ssm", SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=16, hidden_dim=64))):
+            for first_order in (False, True):
+                algo = MAMLRL(policy, MAMLRLConfig(first_order=first_order, **kw))
+                state = algo.init(jax.random.key(1))
 
-            def step(s, batch):
-                return algo.meta_update(s, batch[0], batch[1])
+                def step(s, batch, algo=algo):
+                    return algo.meta_update(s, batch[0], batch[1])
 
-            c, (ms, mn), _ = time_step(step, state, (tasks, jax.random.key(2)), repeats)
-            steps = algo.env_steps_per_update(8)
-            label = "first" if first_order else "second"
-            print(f"{name:>6s} {label:>6s} {c:9.2f} {ms:9.2f} {mn:8.2f} {1e3 / ms:10.1f} {steps / ms * 1e3:12.0f}")
+                c, (ms, mn), _ = time_step(step, state, (tasks, jax.random.key(2)), repeats)
+                steps = algo.env_steps_per_update(8)
+                order = "first" if first_order else "second"
+                print(f"{label:>9s} {name:>6s} {order:>6s} {c:9.2f} {ms:9.2f} {mn:8.2f} {1e3 / ms:10.1f} "
+                      f"{steps / ms * 1e3:12.0f}")
 
 
 def main(argv=None):
