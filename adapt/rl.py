@@ -110,7 +110,10 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
         trained value head;
       * ``"none"``: ``b = 0`` (``G`` as for ``"value"``).
 
-    Loss ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``.
+    Loss ``-mean(log pi(a|.) A) + value_coef mean((V - G)^2) - entropy_coef mean(H)``,
+    with ``G`` the returns of the chosen baseline: under ``"linear"`` a value term would fit
+    the head to cut (not bootstrapped) returns, so pass ``value_coef=0`` there unless that is
+    what is wanted (test-time adaptation passes 0 for every baseline).
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")

@@ -26,7 +26,7 @@ params), while a learned ``inner_lr`` still receives its (exact) gradient
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import chex
 import flax.linen as nn
