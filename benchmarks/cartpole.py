@@ -24,6 +24,7 @@ Each trained model is trained for `--num_seeds` seeds at once (`vmap`), in jitte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -33,14 +34,13 @@ import time
 from importlib import metadata as importlib_metadata
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import envs
 from benchmarks import evaluation as ev
 from benchmarks.checkpointing import Checkpointer, CheckpointError
-from benchmarks.cli import RunOptions, holds_run, parse_args
-from benchmarks.config import BenchmarkConfig, trainer_of, trainers
+from benchmarks.cli import RunOptions, check_replaceable, holds_run, parse_args, run_dir_of
+from benchmarks.config import TRAINER_OF, BenchmarkConfig, trainer_of, trainers
 from benchmarks.ppo import PPO, PPOConfig
 from benchmarks.stats import summarize
 from benchmarks.training import TrainResult, train
@@ -261,7 +261,7 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
 
 def print_table(methods: dict) -> None:
     log("\nmean return over seeds x held-out tasks; +- is the half-width of a 95% interval from a "
-        "seed-then-task bootstrap (benchmarks.stats)")
+        "Student-t over the training seeds' means (benchmarks.stats)")
     head = f"{'method':20s} {'return (95% CI)':>20s} {'normal force':>18s} {'inverted force':>18s}"
     log(head + "\n" + "-" * len(head))
     for name, m in methods.items():
@@ -286,15 +286,26 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     t_start = time.perf_counter()
     out = options.out
     fresh = not options.eval_only and not options.resume
+    if options.eval_only and os.path.abspath(out) == run_dir_of(options.checkpoint or out):
+        raise CheckpointError(f"an evaluation would overwrite the training run's config and results "
+                              f"in {out!r}; write it elsewhere (the CLI default is <run>/eval)")
     if fresh or options.eval_only:
         if holds_run(out) and not options.overwrite:
             raise CheckpointError(f"{out!r} already holds a run; resume it, or pass overwrite=True "
                                   f"(--overwrite) to replace it")
+        try:
+            check_replaceable(out)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
     os.makedirs(out, exist_ok=True)
     ckpt_root = os.path.join(options.checkpoint or out, "checkpoints")
     if fresh:
-        # a replaced run's checkpoints and results never mix with this one's
-        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+        # a replaced run's checkpoints and results never mix with this one's; only the
+        # benchmark's own per-model checkpoint directories are removed
+        for trainer in set(TRAINER_OF.values()):
+            shutil.rmtree(os.path.join(out, "checkpoints", trainer), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out, "checkpoints"))  # only if nothing else is in it
         for stale in ("results.json", "training_curves.png", "returns_by_task_kind.png"):
             if os.path.exists(os.path.join(out, stale)):
                 os.remove(os.path.join(out, stale))

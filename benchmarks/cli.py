@@ -98,7 +98,7 @@ _CONFIG_FLAGS = ("mode", "env_name", "num_epochs", "tasks_per_epoch", "inner_lr"
 #: Flags that only affect one trained model, so passing them without it is a mistake.
 _FLAGS_OF_TRAINER = {
     "maml": ("num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr", "num_inner_steps", "first_order"),
-    "non_adaptive": ("ppo_iterations",),
+    "non_adaptive": ("ppo_iterations", "num_episodes"),
     "in_context": ("in_context_iterations",),
 }
 
@@ -106,7 +106,8 @@ _FLAGS_OF_TRAINER = {
 RUN_FILES = ("config.json", "results.json", "checkpoints")
 
 
-def _run_dir_of(path: str) -> str:
+def run_dir_of(path: str) -> str:
+    """The absolute run directory of `path` (a run directory or its checkpoints/ directory)."""
     path = os.path.abspath(path)
     return os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
 
@@ -128,6 +129,17 @@ def holds_run(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
 
 
+def check_replaceable(path: str) -> None:
+    """Refuse to replace a directory whose config.json is not a benchmark config: --overwrite
+    replaces a benchmark run, never files of something else that happen to share a name."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        try:
+            load_run_config(path)
+        except ValueError as err:
+            raise ValueError(f"--out {path!r} holds a config.json that is not a benchmark run's; "
+                             f"refusing to replace it ({err})") from err
+
+
 def _check_out(out: str, overwrite: bool, what: str) -> None:
     """Refuse an --out that is a file, cannot be created, or already holds a run (unless overwrite)."""
     if os.path.exists(out) and not os.path.isdir(out):
@@ -136,6 +148,8 @@ def _check_out(out: str, overwrite: bool, what: str) -> None:
         raise ValueError(
             f"--out {out!r} already holds a {what} (config.json, results.json or checkpoints/); "
             f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out")
+    if overwrite:
+        check_replaceable(out)
     # the directory is created when the run starts; check now that it can be
     ancestor = os.path.abspath(out)
     while not os.path.exists(ancestor):
@@ -185,7 +199,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     source = args.resume or args.checkpoint
     if source:
-        run_dir = _run_dir_of(source)
+        run_dir = run_dir_of(source)
         if not os.path.isdir(run_dir):
             raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
         config = load_run_config(run_dir)
@@ -215,7 +229,10 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     if mode == "policy_gradient" and "methods" not in overrides:
         overrides["methods"] = ("non_adaptive",)
     config = BenchmarkConfig.quick_preset(**overrides) if args.quick else BenchmarkConfig(**overrides)
-    _check_flags_apply(config, set(overrides))
+    given = set(overrides)
+    if args.num_episodes is not None:  # name the flag the user typed
+        given = (given - {"ppo_iterations"}) | {"num_episodes"}
+    _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
     _check_out(out, args.overwrite, "run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,

@@ -8,7 +8,6 @@ expected, before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from maml.rl import BASELINES
 from ssm_jax.validation import check_float, check_int
@@ -132,9 +131,10 @@ class BenchmarkConfig:
             _float(name, getattr(self, name), positive=True)
         for name in ("ppo_entropy_coef", "in_context_entropy_coef"):
             _float(name, getattr(self, name), nonneg=True)
-        check_float("--maml_gae_lambda", self.maml_gae_lambda, minimum=0.0, maximum=1.0)
+        object.__setattr__(self, "maml_gae_lambda",
+                           check_float("maml_gae_lambda", self.maml_gae_lambda, minimum=0.0, maximum=1.0))
         if self.maml_baseline not in BASELINES:
-            raise ValueError(f"--maml_baseline must be one of {list(BASELINES)}, got {self.maml_baseline!r}")
+            raise ValueError(f"maml_baseline must be one of {list(BASELINES)}, got {self.maml_baseline!r}")
         if self.in_context_core not in CORES:
             raise ValueError(f"--in_context_core must be one of {list(CORES)}, got {self.in_context_core!r}")
         for name in ("first_order", "anneal_outer_lr", "quick"):
@@ -182,11 +182,16 @@ class BenchmarkConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"config has unknown fields {unknown}")
-        d = dict(d)
+        # runs saved before a field existed ran with its old value, not today's default
+        d = {**LEGACY_VALUES, **d}
         if "methods" in d:
             d["methods"] = tuple(d["methods"])
         return cls(**d)
 
+
+#: Values of fields added after runs were first saved, as those runs trained with them
+#: (``from_dict`` fills them in when a saved config.json lacks the field).
+LEGACY_VALUES = {"in_context_layers": 1, "maml_baseline": "value", "maml_gae_lambda": 0.95}
 
 #: Which trained model each method evaluates (methods sharing a trainer share its params).
 TRAINER_OF = {"non_adaptive": "non_adaptive", "in_context": "in_context",

@@ -6,15 +6,15 @@ plain-Python floats for results.json.
 
 Two sources of variation make a reported mean uncertain: which tasks were drawn, and which
 training seed produced the policy (seeds of RL runs differ far more than tasks within a seed).
-`return_ci95` therefore comes from a two-level (hierarchical) bootstrap: resample the seeds
-with replacement, then each chosen seed's tasks (through the normal approximation of a
-resampled task mean), and take the mean of the resampled returns. The interval is the
-2.5-97.5 percentile range of that mean over `NUM_RESAMPLES` resamples (fixed RNG, so the same
-returns always give the same interval), reported as its half-width and its ends. With only a
-few seeds this is itself rough, and two-level resampling is conservative when seeds do not
-differ (task-level noise enters twice); but unlike the textbook `1.96 std / sqrt(n)` over all
-seed x task returns (`mean_ci95`, kept as `task_ci95`) it does not treat the tasks of one
-policy as independent evidence about every seed.
+The unit of replication is therefore the training seed: `return_ci95` is the Student-t
+interval over the S per-seed means, `mean +- t(0.975, S - 1) * sd(seed means) / sqrt(S)`. Each
+seed mean already averages its tasks, so task noise is inside the spread of the seed means,
+and with few seeds the t quantile (4.30 for S = 3) is what keeps the interval honest: a
+percentile bootstrap over 3 seeds, or the normal quantile, covers the true mean far less than
+95% of the time. With one seed there is no seed-level interval (NaN). The textbook
+`1.96 std / sqrt(n)` over all seed x task returns, which treats every task of one policy as
+independent evidence, is kept as `task_ci95` (`mean_ci95`): it answers "how well did these
+particular policies do", not "how well does the method do".
 
 Non-finite returns (a task where no episode completed, which cannot happen with 500-step
 windows) are excluded and counted.
@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.stats
 
 Z95 = 1.959963984540054
-NUM_RESAMPLES = 10000
 
 
 def mean_ci95(values) -> tuple[float, float, int]:
@@ -43,37 +43,28 @@ def mean_ci95(values) -> tuple[float, float, int]:
     return mean, float(Z95 * np.std(v, ddof=1) / math.sqrt(n)), n
 
 
-def hierarchical_bootstrap(returns, mask=None, num_resamples: int = NUM_RESAMPLES,
-                           seed: int = 0) -> tuple[float, float]:
-    """2.5 and 97.5 percentiles of the seed-then-task bootstrap distribution of the mean.
+def seed_t_interval(returns, mask=None) -> tuple[float, float]:
+    """Ends of the 95% Student-t interval of the mean over training seeds.
 
-    `returns` `(S, N)`; `mask` `(S, N)` bool selects the entries to use (and non-finite entries
-    are dropped). Seeds left with no entries are dropped; NaNs if none remain. Each resample
-    picks S seeds with replacement and, for each pick, resamples that seed's n_s returns; the
-    mean of n_s resampled returns is drawn from its normal approximation
-    N(mean_s, var_s / n_s) (n_s is in the hundreds here), which keeps the cost O(resamples x S).
-    The statistic is the mean over all resampled returns (picks weighted by n_s).
+    `returns` `(S, N)`; `mask` `(S, N)` bool selects the entries to use (non-finite entries are
+    dropped). Each seed contributes the mean of its selected entries; seeds with none are
+    dropped. NaNs if fewer than two seeds remain.
     """
     r = np.asarray(returns, dtype=np.float64)
     r = r.reshape(r.shape[0], -1)
     keep = np.isfinite(r) if mask is None else (np.asarray(mask, bool).reshape(r.shape) & np.isfinite(r))
-    rows = [r[s][keep[s]] for s in range(r.shape[0]) if keep[s].any()]
-    if not rows:
+    seed_means = np.array([r[s][keep[s]].mean() for s in range(r.shape[0]) if keep[s].any()])
+    if seed_means.size < 2:
         return math.nan, math.nan
-    n = np.array([v.size for v in rows], np.float64)
-    mean = np.array([v.mean() for v in rows])
-    sem = np.array([v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in rows])
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(rows), size=(num_resamples, len(rows)))    # (B, S) seed picks
-    slot_means = mean[picks] + sem[picks] * rng.standard_normal(picks.shape)
-    means = (n[picks] * slot_means).sum(axis=1) / n[picks].sum(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    center = float(seed_means.mean())
+    half = float(scipy.stats.t.ppf(0.975, seed_means.size - 1)
+                 * seed_means.std(ddof=1) / math.sqrt(seed_means.size))
+    return center - half, center + half
 
 
 def _entry(r, mask) -> dict:
     mean, task_ci, n = mean_ci95(r[mask])
-    low, high = hierarchical_bootstrap(r, mask)
+    low, high = seed_t_interval(r, mask)
     return {"mean": mean, "ci95": (high - low) / 2.0, "ci95_low": low, "ci95_high": high,
             "task_ci95": task_ci, "n": n}
 
@@ -81,8 +72,9 @@ def _entry(r, mask) -> dict:
 def summarize(returns, inverted) -> dict:
     """Summary of per-task returns `(S, N)` with task kinds `inverted` `(S, N)` bool.
 
-    Returns a dict: return_mean, return_ci95 (half-width of the hierarchical bootstrap
-    interval), return_ci95_low/high (its ends), task_ci95 (the normal-approximation half-width
+    Returns a dict: return_mean, return_ci95 (half-width of the seed-level t interval, centred
+    on the mean of the seed means, which equals return_mean when seeds have equally many
+    tasks), return_ci95_low/high (its ends), task_ci95 (the normal-approximation half-width
     that treats all S x N returns as independent), n, return_by_task_kind {normal, inverted:
     {mean, ci95, ci95_low, ci95_high, task_ci95, n}}, per_seed_mean (S floats), nonfinite
     (count of excluded returns).

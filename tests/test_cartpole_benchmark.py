@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from benchmarks import cartpole
-from benchmarks.checkpointing import Checkpointer
-from benchmarks.cli import parse_args
+from benchmarks.checkpointing import Checkpointer, CheckpointError
+from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import METHODS, BenchmarkConfig
-from benchmarks.stats import hierarchical_bootstrap, mean_ci95, summarize
+from benchmarks.stats import mean_ci95, seed_t_interval, summarize
 
 TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
            "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
@@ -53,7 +53,7 @@ def _error_of(argv, capsys):
     (["--first_order", "--second_order"], "not allowed with argument"),
     (["--mode", "policy_gradient", "--inner_lr", "0.1"], "--inner_lr has no effect: this run trains no maml model"),
     (["--methods", "non_adaptive", "--in_context_iterations", "5"], "--in_context_iterations has no effect"),
-    (["--methods", "maml_adapted", "--num_episodes", "5"], "--ppo_iterations has no effect"),
+    (["--methods", "maml_adapted", "--num_episodes", "5"], "--num_episodes has no effect"),
     (["--quick", "--eval_only", "--checkpoint", "x"], "--quick sets training budgets"),
 ])
 def test_cli_rejects_bad_flags_with_a_clear_message(argv, message, capsys):
@@ -67,6 +67,12 @@ def test_cli_protects_existing_runs_and_output_paths(tmp_path, capsys):
     assert "already holds a run" in _error_of(["--out", str(run)], capsys)
     _, opts = parse_args(["--out", str(run), "--overwrite"])
     assert opts.overwrite and opts.out == str(run)
+    # --overwrite replaces benchmark runs only, never another program's config.json
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"learning_rate": 3}))
+    assert "not a benchmark run's; refusing to replace it" in _error_of(
+        ["--out", str(other), "--overwrite"], capsys)
     # resume writes into the run it continues; eval-only writes beside it, never over it
     _, opts = parse_args(["--resume", str(run)])
     assert opts.out == str(run) and opts.resume == str(run)
@@ -95,29 +101,34 @@ def test_cli_builds_validated_configs():
     assert quick.quick and quick.num_epochs < BenchmarkConfig().num_epochs
     assert BenchmarkConfig().eval_tasks >= 256 and BenchmarkConfig().num_seeds >= 3
     assert BenchmarkConfig.from_dict(BenchmarkConfig().to_dict()) == BenchmarkConfig()
+    # a config.json saved before a field existed loads with the value that run trained with
+    old_run = {k: v for k, v in BenchmarkConfig().to_dict().items()
+               if k not in ("in_context_layers", "maml_baseline", "maml_gae_lambda")}
+    legacy = BenchmarkConfig.from_dict(old_run)
+    assert (legacy.in_context_layers, legacy.maml_baseline, legacy.maml_gae_lambda) == (1, "value", 0.95)
     with pytest.raises(Exception):
         BenchmarkConfig().num_epochs = 3  # frozen
 
 
-def test_hierarchical_bootstrap_matches_direct_resampling_and_sees_seed_spread():
+def test_seed_t_interval_matches_its_formula_and_covers_the_true_mean():
     rng = np.random.default_rng(3)
     offsets = np.array([[40.0], [0.0], [-25.0]])
     x = np.clip(rng.normal(420, 60, size=(3, 200)) + offsets, 0, 500)
-    low, high = hierarchical_bootstrap(x)
-    # reference: resample seeds, then each picked seed's tasks, explicitly
-    means = []
-    for _ in range(4000):
-        picked = rng.integers(0, 3, size=3)
-        means.append(np.mean(np.concatenate([x[s][rng.integers(0, 200, size=200)] for s in picked])))
-    ref_low, ref_high = np.percentile(means, [2.5, 97.5])
-    assert abs(low - ref_low) < 3.0 and abs(high - ref_high) < 3.0
-    assert hierarchical_bootstrap(x) == (low, high)  # fixed RNG: same returns, same interval
+    low, high = seed_t_interval(x)
+    seed_means = [statistics.fmean(row) for row in x.tolist()]
+    half = 4.302652729911275 * statistics.stdev(seed_means) / math.sqrt(3)  # t(0.975, 2)
+    assert math.isclose(low, statistics.fmean(seed_means) - half)
+    assert math.isclose(high, statistics.fmean(seed_means) + half)
     # seeds that disagree widen the interval far beyond the all-tasks-independent formula
     s = summarize(x, np.zeros_like(x, bool))
     assert s["return_ci95"] > 4 * s["task_ci95"]
     assert s["return_ci95_low"] < x.mean() < s["return_ci95_high"]
-    same = summarize(x - offsets, np.zeros_like(x, bool))
-    assert same["return_ci95"] < 0.5 * s["return_ci95"]
+    # one seed: no seed-level interval
+    assert all(math.isnan(v) for v in seed_t_interval(x[:1]))
+    # coverage: 3 seeds (seed sd 20) x 64 tasks (task sd 60), 2000 simulated benchmark runs
+    runs = 420 + rng.normal(0, 20, size=(2000, 3, 1)) + rng.normal(0, 60, size=(2000, 3, 64))
+    covered = [lo < 420 < hi for lo, hi in map(seed_t_interval, runs)]
+    assert 0.93 < np.mean(covered) < 0.97
 
 
 def test_mean_ci95_matches_the_textbook_formula_and_kinds_split():
@@ -166,7 +177,14 @@ def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, cap
     """policy_gradient mode with tiny budgets: results.json schema, plots, then --eval_only on
     the saved checkpoint reproduces the evaluation exactly; a missing checkpoint dir fails clearly."""
     out = str(tmp_path / "run")
-    assert cartpole.main(TINY_PG + ["--out", out]) == 0
+    # --overwrite removes the benchmark's own checkpoint directories, nothing else in checkpoints/
+    os.makedirs(os.path.join(out, "checkpoints", "notes"))
+    with open(os.path.join(out, "checkpoints", "notes", "keep.txt"), "w") as f:
+        f.write("mine")
+    with pytest.raises(SystemExit):                        # refused without --overwrite
+        cartpole.main(TINY_PG + ["--out", out])
+    assert cartpole.main(TINY_PG + ["--out", out, "--overwrite"]) == 0
+    assert os.path.exists(os.path.join(out, "checkpoints", "notes", "keep.txt"))
     res = _check_results(out, ["non_adaptive"])
     assert res["methods"]["non_adaptive"]["n"] == 12  # 2 seeds x 6 tasks
     assert Checkpointer(os.path.join(out, "checkpoints", "non_adaptive")).all_steps() == [2, 4]
@@ -174,6 +192,9 @@ def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, cap
     again = _check_results(os.path.join(out, "eval"), ["non_adaptive"])
     assert again["methods"]["non_adaptive"]["return_mean"] == res["methods"]["non_adaptive"]["return_mean"]
     assert _check_results(out, ["non_adaptive"]) == res   # the training run's results are untouched
+    with pytest.raises(CheckpointError, match="would overwrite the training run"):
+        cartpole.run(BenchmarkConfig.from_dict(res["config"]),
+                     RunOptions(out=out, resume=None, eval_only=True, checkpoint=out, overwrite=True))
     eval_out = str(tmp_path / "eval")
     # missing / corrupted checkpoint directories: a clear error, exit status 1
     shutil.rmtree(os.path.join(out, "checkpoints", "non_adaptive"))
