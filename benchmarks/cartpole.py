@@ -42,7 +42,7 @@ from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, check_replaceable, holds_run, parse_args, run_dir_of
 from benchmarks.config import TRAINER_OF, BenchmarkConfig, trainer_of, trainers
 from benchmarks.ppo import PPO, PPOConfig
-from benchmarks.stats import summarize
+from benchmarks.stats import paired_difference, summarize
 from benchmarks.training import TrainResult, train
 from envs.context import ContextWrapper
 from maml.rl import MAMLRL, MAMLRLConfig
@@ -255,6 +255,9 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
             first = np.stack(extras[method])
             entry["first_episode"] = summarize(first, kinds)
             entry["measured_on"] = "episodes after the first (context) episode, carry kept"
+        if method != "non_adaptive" and "non_adaptive" in per_method:
+            entry["vs_non_adaptive"] = paired_difference(returns, np.stack(per_method["non_adaptive"]),
+                                                         kinds)
         results[method] = entry
     return results, env_steps
 
@@ -278,6 +281,11 @@ def print_table(methods: dict) -> None:
             log(f"{'':20s}   by adaptation round: " + ", ".join(f"{x:.1f}" for x in m["return_by_round"]))
         if "first_episode" in m:
             log(f"{'':20s}   first (context) episode: {m['first_episode']['return_mean']:.1f}")
+        if "vs_non_adaptive" in m:
+            v = m["vs_non_adaptive"]
+            span = lambda d: f"{d['mean']:+.1f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"  # noqa: E731
+            log(f"{'':20s}   minus non_adaptive, paired by task (95% CI): {span(v['all'])}; "
+                f"inverted force {span(v['inverted'])}")
 
 
 # ------------------------------------------------------------------------------------ main

@@ -92,3 +92,26 @@ def summarize(returns, inverted) -> dict:
             "task_ci95": everything["task_ci95"], "n": everything["n"],
             "return_by_task_kind": kinds, "per_seed_mean": per_seed,
             "nonfinite": int(np.sum(~np.isfinite(r)))}
+
+
+def paired_difference(returns, baseline, inverted) -> dict:
+    """Mean return difference `returns - baseline` on the same tasks, with seed-level intervals.
+
+    `returns`, `baseline` `(S, N)`: two methods' returns on the same held-out tasks of the same
+    seeds; `inverted` `(S, N)` bool. Pairing by task removes the task-to-task variation the two
+    share, so this answers "is A better than B" more sharply than comparing A's and B's own
+    intervals. Returns {all, normal, inverted: {mean, ci95_low, ci95_high}} (the seed-level t
+    interval of the per-seed mean differences; NaN ends with one seed).
+    """
+    a = np.asarray(returns, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"returns and baseline must have the same (seeds, tasks) shape, got "
+                         f"{a.shape} and {b.shape}")
+    d = (a - b).reshape(a.shape[0] if a.ndim > 1 else 1, -1)
+    inv = np.broadcast_to(np.asarray(inverted, dtype=bool).reshape(d.shape), d.shape)
+    out = {}
+    for name, mask in (("all", np.ones_like(inv)), ("normal", ~inv), ("inverted", inv)):
+        low, high = seed_t_interval(d, mask)
+        out[name] = {"mean": mean_ci95(d[mask])[0], "ci95_low": low, "ci95_high": high}
+    return out

@@ -15,7 +15,7 @@ from benchmarks import cartpole
 from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import METHODS, BenchmarkConfig
-from benchmarks.stats import mean_ci95, seed_t_interval, summarize
+from benchmarks.stats import mean_ci95, paired_difference, seed_t_interval, summarize
 
 TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
            "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
@@ -131,6 +131,21 @@ def test_seed_t_interval_matches_its_formula_and_covers_the_true_mean():
     assert 0.93 < np.mean(covered) < 0.97
 
 
+def test_paired_difference_is_the_seed_interval_of_per_task_differences():
+    rng = np.random.default_rng(7)
+    base = rng.uniform(100, 500, size=(3, 50))
+    inv = rng.uniform(size=(3, 50)) < 0.5
+    better = base + 20 + rng.normal(0, 2, size=base.shape)   # +20 on every task, little noise
+    d = paired_difference(better, base, inv)
+    assert d["inverted"]["ci95_low"] > 0 and math.isclose(d["all"]["mean"], float(np.mean(better - base)))
+    assert (d["inverted"]["ci95_low"], d["inverted"]["ci95_high"]) == seed_t_interval(better - base, inv)
+    # the unpaired intervals of the two methods overlap: task variation hides the +20
+    a, b = summarize(better, inv), summarize(base, inv)
+    assert a["return_ci95_low"] < b["return_ci95_high"]
+    with pytest.raises(ValueError, match="same \\(seeds, tasks\\) shape"):
+        paired_difference(better[:2], base, inv)
+
+
 def test_mean_ci95_matches_the_textbook_formula_and_kinds_split():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 500, size=(3, 40))
@@ -240,3 +255,4 @@ def test_quick_run_end_to_end(tmp_path):
     res = _check_results(out, METHODS)
     assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
     assert "first_episode" in res["methods"]["in_context"]
+    assert set(res["methods"]["maml_adapted"]["vs_non_adaptive"]) == {"all", "normal", "inverted"}
