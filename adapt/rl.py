@@ -45,43 +45,9 @@ from adapt import buffer as rb
 from adapt.core import adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, predictions_of
 from maml import baseline as baseline_fit
+from maml.baseline import discounted_returns  # shared with MAML-RL; re-exported by adapt
 
 PyTree = Any
-
-
-def discounted_returns(rewards: chex.Array, dones: chex.Array, bootstrap: chex.Array,
-                       gamma: float, truncated: Optional[chex.Array] = None,
-                       truncation_values: Optional[chex.Array] = None) -> chex.Array:
-    """Reward-to-go within episodes, ``(E, T)``.
-
-    ``G[:, t] = rewards[:, t] + gamma * next[:, t]`` with ``next = G[:, t + 1]``
-    (``G[:, T] = bootstrap``, ``(E,)``, e.g. the value of ``last_obs``; zeros for
-    none), 0 after a done step, except after a time-limit truncation
-    (``truncated`` ``(E, T)`` bool, given with ``truncation_values`` ``(E, T)``)
-    where it is ``truncation_values[:, t]``: the episode did not really end, so
-    it is bootstrapped with the value estimate available (the value of the last
-    state: the true next state is lost to the auto-reset), as ``maml.rl.gae``
-    does. Without ``truncated`` every done step ends the sum.
-    """
-    chex.assert_rank(rewards, 2)
-    chex.assert_equal_shape([rewards, dones])
-    chex.assert_shape(bootstrap, rewards.shape[:1])
-    if (truncated is None) != (truncation_values is None):
-        raise ValueError("discounted_returns: give both truncated and truncation_values, or neither.")
-    if truncated is None:
-        truncated = jnp.zeros(rewards.shape, bool)
-        truncation_values = jnp.zeros(rewards.shape, jnp.float32)
-    chex.assert_equal_shape([rewards, truncated, truncation_values])
-
-    def back(g_next, xs):
-        r, d, tr, v = xs
-        g = r + gamma * jnp.where(tr, v, jnp.where(d, 0.0, g_next))
-        return g, g
-
-    _, g = jax.lax.scan(back, bootstrap.astype(jnp.float32),
-                        (rewards.T.astype(jnp.float32), dones.T, truncated.T,
-                         truncation_values.T.astype(jnp.float32)), reverse=True)
-    return g.T
 
 
 BASELINES = ("value", "linear", "none")
@@ -125,7 +91,7 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     truncated = getattr(traj, "truncated", None) if bootstrap else None
     trunc_values = None if truncated is None else jax.lax.stop_gradient(values)
     if baseline == "linear":
-        returns = baseline_fit.returns_to_go(traj.rewards.astype(jnp.float32), traj.dones, gamma)
+        returns = discounted_returns(traj.rewards, traj.dones, jnp.zeros_like(traj.last_value), gamma)
         b = baseline_fit.fit_linear_baseline(baseline_fit.features(traj.obs, traj.resets), returns)
     else:
         returns = discounted_returns(traj.rewards, traj.dones, boot, gamma, truncated, trunc_values)

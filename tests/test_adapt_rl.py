@@ -82,7 +82,7 @@ def test_policy_gradient_loss_with_a_linear_baseline_matches_its_formula():
     on maml.baseline's features of the same trajectory (no value head involved)."""
     from maml import baseline as fit
     policy, params, traj, _, _ = _pg_setup()
-    g = np.asarray(fit.returns_to_go(traj.rewards, traj.dones, 0.95))
+    g = np.asarray(fit.discounted_returns(traj.rewards, traj.dones, jnp.zeros_like(traj.last_value), 0.95))
     b = np.asarray(fit.fit_linear_baseline(fit.features(traj.obs, traj.resets), jnp.asarray(g)))
     loss = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, baseline="linear",
                                    normalize_advantages=False, value_coef=0.0)
