@@ -72,6 +72,10 @@ def compile_seconds() -> float:
     return _compile_seconds[0]
 
 
+#: What a run writes into --out besides config.json and checkpoints/.
+RESULTS_FILE, CURVES_FILE, RETURNS_FILE = "results.json", "training_curves.png", "returns_by_task_kind.png"
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -314,7 +318,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             shutil.rmtree(os.path.join(out, "checkpoints", trainer), ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(out, "checkpoints"))  # only if nothing else is in it
-        for stale in ("results.json", "training_curves.png", "returns_by_task_kind.png"):
+        for stale in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE):
             if os.path.exists(os.path.join(out, stale)):
                 os.remove(os.path.join(out, stale))
     if not options.resume:
@@ -378,7 +382,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         "command": " ".join(["python -m benchmarks.cartpole"] + sys.argv[1:]),
     }
     results = _clean(results)
-    write_json_atomic(os.path.join(out, "results.json"), results)
+    write_json_atomic(os.path.join(out, RESULTS_FILE), results)
     from benchmarks.plotting import plot_returns, plot_training_curves
 
     curves = {}
@@ -387,8 +391,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         if "post_return" in h:
             curves[name]["post_return"] = h["post_return"]
             curves[name]["return"] = h.get("pre_return", [])
-    plot_training_curves(curves, os.path.join(out, "training_curves.png"))
-    plot_returns(methods, os.path.join(out, "returns_by_task_kind.png"))
+    plot_training_curves(curves, os.path.join(out, CURVES_FILE))
+    plot_returns(methods, os.path.join(out, RETURNS_FILE))
     print_table(methods)
     log(f"\nwall {wall:.0f}s (compile {compile_s + eval_compile_s:.0f}s, train {run_s:.0f}s, eval "
         f"{eval_s:.0f}s of which compile {eval_compile_s:.0f}s); "
