@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -51,6 +52,32 @@ def check_float(name: str, value: Any, *, minimum: float | None = None,
         raise ValueError(f"{name} must be {'>' if strict_min else '>='} {minimum}, got {value!r}")
     if maximum is not None and (value >= maximum if strict_max else value > maximum):
         raise ValueError(f"{name} must be {'<' if strict_max else '<='} {maximum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a Python or numpy bool, else ``ValueError``: ``"<name> must be a bool"``.
+
+    Ints are refused (``1`` is not ``True`` here): a flag given a number is a mistake.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else ``ValueError``: ``"<name> must be one of [...]"``."""
+    def same(choice) -> bool:
+        # True == 1 in Python; a bool only matches a bool choice, and vice versa
+        if isinstance(choice, bool) != isinstance(value, bool):
+            return False
+        try:
+            return bool(choice == value)
+        except (TypeError, ValueError):  # e.g. an array compared elementwise
+            return False
+
+    if not any(same(c) for c in choices):
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
 

@@ -39,3 +39,23 @@ def test_check_int_accepts_numpy_ints_and_rejects_bools_and_floats():
             check_int("n", bad)
     with pytest.raises(ValueError, match="n must be an int >= 0"):
         check_int("n", -1, minimum=0)
+
+
+def test_check_bool_accepts_python_and_numpy_bools_only():
+    from ssm_jax.validation import check_bool
+
+    assert check_bool("flag", True) is True and check_bool("flag", np.bool_(False)) is False
+    for bad in (1, 0, "yes", None, 1.0):
+        with pytest.raises(ValueError, match="flag must be a bool"):
+            check_bool("flag", bad)
+
+
+def test_check_choice_names_the_argument_and_lists_the_choices():
+    from ssm_jax.validation import check_choice
+
+    assert check_choice("mode", "a", ("a", "b")) == "a"
+    for bad in ("c", None, ["a"], 1):
+        with pytest.raises(ValueError, match=r"mode must be one of \['a', 'b'\]"):
+            check_choice("mode", bad, ("a", "b"))
+    with pytest.raises(ValueError, match="must be one of"):
+        check_choice("k", True, (1, 2))  # True == 1, but a bool is not the int choice
