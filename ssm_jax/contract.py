@@ -13,19 +13,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssm_jax.validation import check_array, check_carry, check_positive_int
+from ssm_jax.validation import check_array, check_carry, check_float, check_int
 
 
 def check_dims(module: Any, *names: str) -> None:
     """Validate that each named module field is a positive int."""
     for name in names:
-        check_positive_int(name, getattr(module, name))
+        check_int(name, getattr(module, name))
 
 
 def check_dt_range(module: Any) -> None:
     """Validate ``0 < module.dt_min <= module.dt_max`` (initial step sizes of a diagonal SSM)."""
-    if not 0.0 < module.dt_min <= module.dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={module.dt_min}, dt_max={module.dt_max}")
+    dt_min = check_float("dt_min", module.dt_min, minimum=0.0, strict_min=True)
+    check_float("dt_max", module.dt_max, minimum=dt_min)
 
 
 def prepare_sequence(module: Any, xs: Any, resets: Any, carry: Any, name: str = "xs"):

@@ -1,7 +1,10 @@
-"""Argument checks at the library boundary.
+"""The project's one home for argument checks, used by every package (``ssm_jax``, ``envs``,
+``maml``, ``adapt``, ``benchmarks``).
 
-They run on static shapes at trace time, so a wrong input raises a ``ValueError`` that names the
-argument and the expected shape instead of failing deep inside XLA.
+Each check raises a ``ValueError`` whose message names the argument and what it must be (type,
+range, choices or shape), so every config and entry point reports a bad value the same way.
+The checks read only Python values and static shapes, so they run at trace time: a wrong input
+fails at the call, with that message, rather than deep inside XLA.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import numpy as np
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as a Python int ``>= minimum`` (numpy integers accepted), else ``ValueError``.
 
-    Shared by every config and entry point of the library, so the message is the same
-    everywhere: ``"<name> must be a positive int"`` (minimum 1) or ``"<name> must be an int >= m"``.
+    Bools are refused. Messages: ``"<name> must be a positive int"`` (minimum 1) or
+    ``"<name> must be an int >= m"``.
     """
     expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     if isinstance(value, bool):
@@ -39,8 +42,8 @@ def check_float(name: str, value: Any, *, minimum: float | None = None,
                 allow_inf: bool = False) -> float:
     """``value`` as a Python float in the given range, else ``ValueError`` naming ``name``.
 
-    Python and numpy reals are accepted; bools and non-numbers are rejected, NaN always, infinities unless ``allow_inf``; the bounds
-    are inclusive unless ``strict_min``/``strict_max``. Messages: ``"<name> must be a real
+    Python and numpy reals are accepted; bools and non-numbers are rejected, NaN always,
+    infinities unless ``allow_inf``; the bounds are inclusive unless ``strict_min``/``strict_max``. Messages: ``"<name> must be a real
     number"``, ``"must be finite"``, ``"must be > m"``/``">= m"``, ``"must be < M"``/``"<= M"``.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -79,11 +82,6 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     if not any(same(c) for c in choices):
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value`` is a positive int."""
-    check_int(name, value, 1)
 
 
 def check_array(name: str, x: Any, expected: Sequence[int | None], expected_str: str) -> None:
