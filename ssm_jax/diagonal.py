@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, check_dt_range, prepare_sequence, prepare_step
 from ssm_jax.scan import linear_recurrence, reset_carry
+from ssm_jax.validation import check_bool
 
 
 def _log_uniform(low: float, high: float):
@@ -60,6 +61,7 @@ class DiagonalSSM(nn.Module):
     def __post_init__(self):
         check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
         check_dt_range(self)
+        check_bool("parallel", self.parallel)
         super().__post_init__()
 
     def setup(self):

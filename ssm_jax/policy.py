@@ -26,6 +26,7 @@ from ssm_jax.diagonal import DiagonalSSM
 from ssm_jax.distributions import Categorical, Gaussian
 from ssm_jax.selective import SelectiveSSM
 from ssm_jax.ssm import SSM
+from ssm_jax.validation import check_bool, check_choice
 
 CORES = {"ssm": SSM, "diagonal": DiagonalSSM, "selective": SelectiveSSM}
 
@@ -91,8 +92,9 @@ class SSMPolicy(nn.Module):
 
     def __post_init__(self):
         check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim", "num_layers")
-        if self.core not in CORES:
-            raise ValueError(f"core must be one of {sorted(CORES)}, got {self.core!r}")
+        check_choice("core", self.core, sorted(CORES))
+        check_bool("discrete", self.discrete)
+        check_bool("parallel", self.parallel)
         if self.parallel and self.core == "ssm":
             raise ValueError("parallel=True needs a diagonal core ('diagonal' or 'selective'), got core='ssm'")
         super().__post_init__()
@@ -110,7 +112,7 @@ class SSMPolicy(nn.Module):
         return CORES[self.core](**kwargs, **module_kwargs)
 
     def setup(self):
-        # layer 0 keeps the name "core" (single-layer params are unchanged by stacking)
+        # layer 0 is named "core" for any num_layers: a one-layer policy's params are {core, heads}
         self.cores = [self._make_core(i, name="core" if i == 0 else f"core_{i}")
                       for i in range(self.num_layers)]
         self.heads = _Heads(self.action_dim, self.discrete, self.init_log_std, name="heads")
@@ -162,6 +164,7 @@ class MLPPolicy(nn.Module):
 
     def __post_init__(self):
         check_dims(self, "obs_dim", "action_dim", "hidden_dim")
+        check_bool("discrete", self.discrete)
         super().__post_init__()
 
     @property

@@ -6,9 +6,10 @@
 
 ``A = U diag(s) V^T`` where ``U`` and ``V`` are orthogonal (products of Householder reflections
 built from the rows of free square matrices, evaluated in compact WY form with matrix products
-only, no linear solve, so it stays cheap when vmapped over many tasks and differentiated twice) and ``s = max_radius * tanh(logits)`` (signed, so
-``det A`` may take either sign and reflecting or oscillating modes are reachable). Every singular value of ``A``, ``|s_i|``, is below
-``max_radius < 1``, so the spectral radius is too, whatever values training gives the free
+only: no linear solve and no custom call, so it vmaps over tasks and differentiates twice on any
+backend) and ``s = max_radius * tanh(logits)`` (signed, so ``det A`` may take either sign and
+reflecting or oscillating modes are reachable). Every singular value of ``A``, ``|s_i|``, is
+below ``max_radius < 1``, so the spectral radius is too, whatever values training gives the free
 parameters: the recurrence is a contraction and the state stays bounded over any horizon.
 """
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
 from ssm_jax.scan import reset_carry, sequential_scan
+from ssm_jax.validation import check_float
 
 
 def _neumann_inverse(p: jax.Array) -> jax.Array:
@@ -51,14 +53,11 @@ def householder_product(w: jax.Array) -> jax.Array:
 
         H(w_1) ... H(w_n) = I - W^T S^{-1} W,   S = striu(W W^T) + diag(|w_i|^2 / 2),
 
-    so one Gram matrix and a few matrix products replace ``n`` sequential rank-one updates (under
-    second-order MAML that loop, forward, backward and backward-of-backward, per task and per
-    factor, dominated the meta-update). ``S^{-1} = (I - P)^{-1} D^{-1}`` with ``D = diag(S)`` and
+    so the product costs one Gram matrix and a few matrix products, with no sequential loop over
+    the ``n`` reflections. ``S^{-1} = (I - P)^{-1} D^{-1}`` with ``D = diag(S)`` and
     ``P = -D^{-1} striu(W W^T)`` strictly upper triangular, inverted by ``_neumann_inverse``:
-    matrix products only. A LAPACK triangular solve (``solve_triangular``) is cheaper, but its
-    custom call inside a rematerialised (``jax.checkpoint``) second-order meta-update hung
-    multi-threaded XLA:CPU (jax 0.10.2, 2 cores: every thread idle, ``block_until_ready`` never
-    returning), and matrix products run on any backend.
+    matrix products only (no triangular solve, no custom call), which differentiate to any order
+    under ``vmap`` and ``jax.checkpoint`` on every backend.
     """
     hi = jax.lax.Precision.HIGHEST  # orthogonality needs full float32 products on any backend
     gram = jnp.matmul(w, w.T, precision=hi)
@@ -85,7 +84,7 @@ class SSM(nn.Module):
       input_dim: size of each input ``x_t``.
       output_dim: size of each output ``y_t``.
       hidden_dim: width of the input MLP.
-      max_radius: bound on the singular values of ``A`` (must be in ``(0, 1)``).
+      max_radius: bound on the singular values of ``A``, in ``(0, 1)``.
 
     Shapes: ``xs`` ``(batch, time, input_dim)`` -> ``ys`` ``(batch, time, output_dim)``; the carry
     is ``(batch, state_dim)`` float32, zero initially.
@@ -99,8 +98,8 @@ class SSM(nn.Module):
 
     def __post_init__(self):
         check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
-        if not 0.0 < self.max_radius < 1.0:
-            raise ValueError(f"max_radius must be in (0, 1), got {self.max_radius!r}")
+        check_float("max_radius", self.max_radius, minimum=0.0, maximum=1.0, strict_min=True,
+                    strict_max=True)
         super().__post_init__()
 
     def setup(self):
