@@ -25,6 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ssm_jax.validation import check_choice
+
 OBS_MODES: tuple[str, ...] = ("full", "partial")
 
 #: Indices of the full observation that `"partial"` keeps (everything but velocities).
@@ -43,8 +45,7 @@ def _env_name(env) -> str:
 
 def check_obs_mode(obs_mode: str, env) -> None:
     """Raise a ValueError if `obs_mode` is unknown or unsupported for `env` (object or name)."""
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"obs_mode must be one of {list(OBS_MODES)}, got {obs_mode!r}")
+    check_choice("obs_mode", obs_mode, OBS_MODES)
     name = _env_name(env)
     if obs_mode == "partial" and name not in PARTIAL_OBS_INDICES:
         raise ValueError(

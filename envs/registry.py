@@ -12,6 +12,8 @@ import functools
 
 import gymnax
 
+from ssm_jax.validation import check_choice
+
 #: The environment names `make` accepts (gymnax's classic-control suite).
 ENV_NAMES: tuple[str, ...] = (
     "CartPole-v1",
@@ -43,9 +45,6 @@ def make(name: str = DEFAULT_ENV_NAME):
     Raises:
       ValueError: if `name` is not one of `ENV_NAMES`; the message lists the valid names.
     """
-    if not isinstance(name, str) or name not in ENV_NAMES:
-        raise ValueError(
-            f"envs.make: unknown environment name {name!r}; expected one of {list(ENV_NAMES)}"
-        )
+    check_choice("envs.make: the environment name", name, ENV_NAMES)
     env = _make_env(name)
     return env, env.default_params

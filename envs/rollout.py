@@ -29,7 +29,7 @@ from gymnax.environments.environment import Environment
 
 from envs.observation import check_obs_mode, observe
 from envs.registry import DEFAULT_ENV_NAME, make
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_bool, check_int
 
 
 @flax.struct.dataclass
@@ -364,7 +364,8 @@ def rollout(
       carry no gradient.
 
     Raises:
-      ValueError: on a non-positive `num_envs`/`num_steps`, an unknown `obs_mode`, a task
+      ValueError: on a non-positive `num_envs`/`num_steps`, a `carry_across_episodes` or
+        `deterministic` that is not a bool, an unknown `obs_mode`, a task
         with a leading task axis or of the wrong type, a policy whose `obs_dim` does not match
         the observation mode, or an `env` that is not a gymnax environment. (The policy check
         runs once per `(policy, env, obs_mode)` and is cached.)
@@ -385,9 +386,9 @@ def rollout(
         num_envs=num_envs,
         num_steps=num_steps,
         obs_mode=obs_mode,
-        carry_across_episodes=bool(carry_across_episodes),
+        carry_across_episodes=check_bool("carry_across_episodes", carry_across_episodes),
         env=env,
-        deterministic=bool(deterministic),
+        deterministic=check_bool("deterministic", deterministic),
         unroll=unroll,
     )
 

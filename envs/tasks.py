@@ -24,7 +24,6 @@ the split id), so the same key never gives the same tasks in both splits.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -32,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from gymnax.environments.classic_control.cartpole import EnvParams
 
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_choice, check_float, check_int
 
 #: The sampled (varied) `EnvParams` fields, in sampling order.
 VARIED_FIELDS: tuple[str, ...] = ("length", "masspole", "masscart", "gravity", "force_mag")
@@ -51,20 +50,12 @@ SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 
-def _check_range(name: str, value, *, positive: bool) -> tuple[float, float]:
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
+def _check_range(name: str, value) -> tuple[float, float]:
+    """``value`` as a finite ``(min, max)`` pair of floats with ``0 < min <= max``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}")
-    lo, hi = float(value[0]), float(value[1])
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if lo > hi:
-        raise ValueError(f"{name} must have min <= max, got min={lo} > max={hi}")
-    if positive and lo <= 0.0:
-        raise ValueError(f"{name} must be strictly positive, got min={lo}")
+    lo = check_float(f"{name} min", value[0], minimum=0.0, strict_min=True)
+    hi = check_float(f"{name} max", value[1], minimum=lo)
     return lo, hi
 
 
@@ -113,24 +104,17 @@ class CartPoleTasks:
 
     def __post_init__(self):
         for name in VARIED_FIELDS:
-            object.__setattr__(
-                self, name, _check_range(name, getattr(self, name), positive=True)
-            )
-        frac = self.inverted_fraction
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
-            raise ValueError(f"inverted_fraction must be a number in [0, 1], got {frac!r}")
-        object.__setattr__(self, "inverted_fraction", float(frac))
+            object.__setattr__(self, name, _check_range(name, getattr(self, name)))
+        object.__setattr__(self, "inverted_fraction", check_float(
+            "inverted_fraction", self.inverted_fraction, minimum=0.0, maximum=1.0))
         if not isinstance(self.test_ranges, Mapping):
             raise ValueError(
                 f"test_ranges must be a mapping field -> (min, max), got {self.test_ranges!r}"
             )
         checked = {}
         for name, value in self.test_ranges.items():
-            if name not in VARIED_FIELDS:
-                raise ValueError(
-                    f"test_ranges: unknown field {name!r}; expected one of {list(VARIED_FIELDS)}"
-                )
-            checked[name] = _check_range(f"test_ranges[{name!r}]", value, positive=True)
+            check_choice("test_ranges key", name, VARIED_FIELDS)
+            checked[name] = _check_range(f"test_ranges[{name!r}]", value)
         object.__setattr__(self, "test_ranges", MappingProxyType(checked))
         outside = [
             name
@@ -144,9 +128,8 @@ class CartPoleTasks:
                 f"{ {n: getattr(self, n) for n in VARIED_FIELDS}!r} (widen a test range past "
                 "the train min or max)"
             )
-        steps = self.max_steps_in_episode
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"max_steps_in_episode must be a positive int, got {steps!r}")
+        object.__setattr__(self, "max_steps_in_episode",
+                           check_int("max_steps_in_episode", self.max_steps_in_episode))
 
     def __hash__(self):  # frozen dataclass with a mapping field: hash its items
         return hash(
@@ -157,8 +140,7 @@ class CartPoleTasks:
 
     def ranges(self, split: str = "train") -> dict[str, tuple[float, float]]:
         """The `(min, max)` range of every varied field (force_mag: magnitude) in `split`."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        check_choice("split", split, SPLITS)
         out = {name: getattr(self, name) for name in VARIED_FIELDS}
         if split == "test":
             out.update(self.test_ranges)
