@@ -25,6 +25,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from ssm_jax.validation import check_int
+
 PyTree = Any
 
 
@@ -66,8 +68,7 @@ def buffer_init(example: PyTree, capacity: int) -> ReplayBuffer:
     ``example`` is ONE sample (no leading axis), e.g. ``{'observations':
     (10,), 'targets': (4,)}`` arrays (or ``jax.ShapeDtypeStruct``s).
     """
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}.")
+    capacity = check_int("capacity", capacity)
     if not jax.tree.leaves(example):
         raise ValueError("example must be a non-empty pytree of arrays (one sample).")
     data = jax.tree.map(lambda x: jnp.zeros((capacity,) + tuple(jnp.shape(x)), x.dtype), example)
@@ -128,8 +129,7 @@ def buffer_sample(buffer: ReplayBuffer, key: chex.PRNGKey, num_samples: int) -> 
     *sample_shape)``; ``valid`` is a ``(num_samples,)`` bool array, all True
     unless the buffer is empty (then all False and the samples are zeros).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be an int >= 0, got {num_samples!r}.")
+    num_samples = check_int("num_samples", num_samples, 0)
     idx = jax.random.randint(key, (num_samples,), 0, jnp.maximum(buffer.size, 1))
     nonempty = buffer.size > 0
     samples = jax.tree.map(lambda d: jnp.where(nonempty, d[idx], jnp.zeros_like(d[idx])), buffer.data)

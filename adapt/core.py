@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssm_jax.validation import check_bool, check_int
+
 PyTree = Any
 Objective = Callable[[PyTree, Any], chex.Array]
 
@@ -148,8 +150,8 @@ def adapt_steps(
     stops independently (finished rows are left unchanged).
     Returns ``(params, opt_state, info)``.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}.")
+    num_steps = check_int("num_steps", num_steps, 0)
+    monotone = check_bool("monotone", monotone)
     objective = _scalar_objective(objective)
     loss0, grads0 = jax.value_and_grad(objective)(params, batch)
     threshold = jnp.asarray(divergence_threshold, jnp.float32)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ssm_jax.validation import check_int
+
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, jnp.pi)
 X_RANGE = (-5.0, 5.0)
@@ -21,9 +23,9 @@ def sample_sinusoid_tasks(key, num_tasks: int, num_shots: int = 10, num_query: i
     ``query_x``/``query_y`` (num_tasks, num_query, 1), and ``amplitude``,
     ``phase`` (num_tasks,). All float32.
     """
-    for name, v in (("num_tasks", num_tasks), ("num_shots", num_shots), ("num_query", num_query)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}.")
+    num_tasks = check_int("num_tasks", num_tasks)
+    num_shots = check_int("num_shots", num_shots)
+    num_query = check_int("num_query", num_query)
     k_amp, k_phase, k_x = jax.random.split(key, 3)
     amp = jax.random.uniform(k_amp, (num_tasks,), minval=AMPLITUDE[0], maxval=AMPLITUDE[1])
     phase = jax.random.uniform(k_phase, (num_tasks,), minval=PHASE[0], maxval=PHASE[1])
