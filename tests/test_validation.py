@@ -2,9 +2,17 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import envs
+from adapt.buffer import buffer_init, buffer_sample
+from adapt.core import adapt_steps
+from maml.sinusoid import sample_sinusoid_tasks
+from ssm_jax import SSM, DiagonalSSM, MLPPolicy, SelectiveSSM, SSMPolicy
 from ssm_jax.validation import check_float, check_int
 
 
@@ -59,3 +67,62 @@ def test_check_choice_names_the_argument_and_lists_the_choices():
             check_choice("mode", bad, ("a", "b"))
     with pytest.raises(ValueError, match="must be one of"):
         check_choice("k", True, (1, 2))  # True == 1, but a bool is not the int choice
+
+
+
+# --------------------------------------------------- the checks at each package's entry points
+_KEY = jax.random.PRNGKey(0)
+_EXAMPLE = {"x": jnp.zeros(3)}
+
+
+def _adapt_steps(**kw):
+    params, opt = {"w": jnp.ones(3)}, optax.sgd(0.1)
+    return adapt_steps(params, opt.init(params), jnp.ones(3), optimizer=opt,
+                       objective=lambda p, b: jnp.sum((p["w"] - b) ** 2), **{"num_steps": 1, **kw})
+
+
+def _rollout(**kw):
+    policy = MLPPolicy(obs_dim=4, action_dim=2)
+    params = policy.init(_KEY, jnp.zeros((1, 1, 4)))
+    return envs.rollout(_KEY, policy, params, num_envs=1, num_steps=1, **kw)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: SSM(4, 2, 2, 8, max_radius=1.0), "max_radius must be < 1.0"),
+    (lambda: SSM(4, 2, 2, 8, max_radius=True), "max_radius must be a real number"),
+    (lambda: DiagonalSSM(4, 2, 2, 8, dt_min=0.1, dt_max=0.01), "dt_max must be >= 0.1"),
+    (lambda: SelectiveSSM(4, 2, 2, 8, dt_min=0.0), "dt_min must be > 0.0"),
+    (lambda: DiagonalSSM(4, 2, 2, 8, parallel=1), "parallel must be a bool"),
+    (lambda: SSMPolicy(4, 2, core="diagonal", parallel="yes"), "parallel must be a bool"),
+    (lambda: SSMPolicy(4, 2, core="lstm"), r"core must be one of \['diagonal', 'selective', 'ssm'\]"),
+    (lambda: MLPPolicy(4, 2, discrete=1), "discrete must be a bool"),
+    (lambda: envs.CartPoleTasks(inverted_fraction=True), "inverted_fraction must be a real number"),
+    (lambda: envs.CartPoleTasks(length=(0.5, "1")), "length max must be a real number"),
+    (lambda: envs.CartPoleTasks(gravity=(0.0, 9.8)), "gravity min must be > 0.0"),
+    (lambda: envs.CartPoleTasks(max_steps_in_episode=1.5), "max_steps_in_episode must be a positive int"),
+    (lambda: envs.CartPoleTasks(test_ranges={"tau": (0.01, 0.02)}),
+     r"test_ranges key must be one of \['length', .*got 'tau'"),
+    (lambda: envs.CartPoleTasks().sample(_KEY, 4, split="val"), r"split must be one of \['train', 'test'\]"),
+    (lambda: envs.make("Pong-v0"), r"environment name must be one of \['CartPole-v1'"),
+    (lambda: envs.observe(jnp.zeros(4), "hidden", "CartPole-v1"), "obs_mode must be one of"),
+    (lambda: _rollout(deterministic=1), "deterministic must be a bool"),
+    (lambda: _rollout(carry_across_episodes="no"), "carry_across_episodes must be a bool"),
+    (lambda: buffer_init(_EXAMPLE, capacity=2.0), "capacity must be a positive int"),
+    (lambda: buffer_sample(buffer_init(_EXAMPLE, 2), _KEY, -1), "num_samples must be an int >= 0"),
+    (lambda: _adapt_steps(num_steps=True), "num_steps must be an int >= 0"),
+    (lambda: _adapt_steps(monotone=None), "monotone must be a bool"),
+    (lambda: sample_sinusoid_tasks(_KEY, 4, num_shots=0), "num_shots must be a positive int"),
+])
+def test_every_package_rejects_bad_arguments_with_the_shared_messages(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_numpy_integers_are_accepted_where_ints_are_and_stored_as_python_ints():
+    buf = buffer_init({"x": np.zeros(3, np.float32)}, capacity=np.int64(5))
+    assert buf.capacity == 5 and buf.data["x"].shape == (5, 3)
+    tasks = envs.CartPoleTasks(max_steps_in_episode=np.int64(200))
+    assert type(tasks.max_steps_in_episode) is int and tasks.max_steps_in_episode == 200
+    assert tasks == envs.CartPoleTasks(max_steps_in_episode=200)
+    batch = sample_sinusoid_tasks(_KEY, np.int32(3), np.int64(4), 2)
+    assert batch["support_x"].shape == (3, 4, 1) and batch["query_x"].shape == (3, 2, 1)
