@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 import envs
-from maml.rl import gae
+from maml import onpolicy
 from ssm_jax.validation import check_float, check_int
 
 
@@ -142,7 +142,7 @@ class PPO:
         out, _ = self.policy.apply(params, obs, resets=resets)
         logp = out.dist.log_prob(actions)
         ratio = jnp.exp(logp - old_logp)
-        adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
+        adv = onpolicy.normalize_advantages(adv)
         pg = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - c.clip_eps, 1 + c.clip_eps) * adv))
         vloss = jnp.mean(jnp.square(out.value - targets))
         ent = jnp.mean(out.dist.entropy())
@@ -162,10 +162,8 @@ class PPO:
                             (traj.obs, traj.actions, traj.resets, traj.log_probs, traj.values,
                              traj.rewards, traj.terminated, traj.truncated, traj.last_value))
         obs, actions, resets, logp, values, rewards, term, trunc, last_value = flat
-        adv, targets = gae(rewards * c.reward_scale, values, term, trunc, last_value, c.gamma, c.gae_lambda)
-        if c.carry_across_episodes:
-            resets = jnp.zeros_like(resets).at[:, 0].set(True)
-        data = (obs, actions, resets, logp, adv, targets)
+        adv, targets = onpolicy.gae(rewards * c.reward_scale, values, term, trunc, last_value, c.gamma, c.gae_lambda)
+        data = (obs, actions, onpolicy.policy_resets(resets, c.carry_across_episodes), logp, adv, targets)
 
         def minibatch_step(carry, idx):
             params, opt_state = carry
@@ -182,7 +180,6 @@ class PPO:
             epoch, (state.params, state.opt_state), jax.random.split(k_perm, c.num_epochs))
         pg, vloss, ent, kl = jax.tree.map(jnp.mean, aux)
         completed = envs.mean_episode_return(traj)
-        segments = jnp.sum(traj.rewards) / jnp.maximum(jnp.sum(traj.resets), 1)
-        metrics = {"return": jnp.where(jnp.isnan(completed), segments, completed),
+        metrics = {"return": jnp.where(jnp.isnan(completed), onpolicy.segment_return(traj), completed),
                    "policy_loss": pg, "value_loss": vloss, "entropy": ent, "approx_kl": kl}
         return PPOState(params=params, opt_state=opt_state, step=state.step + 1), metrics

@@ -13,7 +13,8 @@ from maml.core import (
     predictions_of,
 )
 from maml.meta_maml import MetaMAML
-from maml.rl import MAMLRL, MAMLRLConfig, gae
+from maml.onpolicy import gae
+from maml.rl import MAMLRL, MAMLRLConfig
 from maml.sinusoid import sample_sinusoid_tasks
 
 __all__ = [
