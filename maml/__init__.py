@@ -14,6 +14,7 @@ from maml.core import (
 )
 from maml.meta_maml import MetaMAML
 from maml.onpolicy import gae
+from maml.ppo import PPO, PPOConfig, PPOState
 from maml.rl import MAMLRL, MAMLRLConfig
 from maml.sinusoid import sample_sinusoid_tasks
 
@@ -23,6 +24,9 @@ __all__ = [
     "MAMLRLConfig",
     "MetaMAML",
     "MetaState",
+    "PPO",
+    "PPOConfig",
+    "PPOState",
     "build_mask",
     "gae",
     "inner_loop",

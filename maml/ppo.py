@@ -1,23 +1,27 @@
-"""PPO over a task distribution, jitted end to end: a pure `update(state, key)` per iteration.
+"""PPO over a task distribution, jitted end to end: a pure ``update(state, key)`` per iteration.
 
-One iteration (everything inside one `jit`, a pure function of `(state, key)`):
+One iteration (everything inside one ``jit``, a pure function of ``(state, key)``)::
 
     tasks  ~ task_dist.sample(k_tasks, num_tasks, "train")          (N tasks)
     traj   = envs.rollout_tasks(k_roll, policy, params, tasks, ...)  (N x E envs x T steps)
-    GAE(gamma, lambda) from the value head (bootstrapped at truncations and the window end)
-    num_epochs x num_minibatches Adam steps on the clipped PPO loss, minibatches of whole
-    (task, env) rows so a recurrent policy is recomputed over full sequences from its carry.
+    advantages, targets = onpolicy.gae(reward_scale * rewards, values, ...)
+    update_epochs passes, each over num_minibatches minibatches of whole (task, env) rows:
+        one Adam step on the clipped PPO loss (advantages normalised per minibatch)
 
-Two uses in the benchmark:
-  * `non_adaptive` (domain randomisation): an `MLPPolicy`, carry irrelevant, fresh tasks every
-    iteration; the policy never knows which task it is in.
-  * `in_context` (RL^2): an `SSMPolicy` on `envs.context.ContextWrapper` observations with
-    `carry_across_episodes=True`, so the recurrent state persists over the several episodes of
-    a task in a window and the policy learns to infer the task from its own experience.
+Minibatches hold whole rows, so a recurrent policy is recomputed over full sequences from its
+initial carry. Every window starts from a fresh reset and a zero carry, so the sequence
+``apply`` with ``onpolicy.policy_resets(traj.resets, carry_across_episodes)`` reproduces exactly
+the log-probs and values the rollout acted with: the probability ratio of the first minibatch
+step is 1.
 
-Every window starts from a fresh reset and a zero carry, so the sequence `apply` with resets at
-`t = 0` (carry across episodes) or at every episode start (`traj.resets`) reproduces exactly the
-log-probs and values the rollout acted with.
+Two uses over a task distribution:
+  * non-adaptive training (domain randomisation): a memoryless policy (``MLPPolicy``) on fresh
+    tasks every iteration; it never knows which task it is in and learns one behaviour that
+    does well on average.
+  * RL^2 (in-context adaptation): a recurrent policy (``SSMPolicy``) on
+    ``envs.context.ContextWrapper`` observations (previous action, reward and done appended)
+    with ``carry_across_episodes=True``, so its state persists over the several episodes of a
+    task in a window and it learns to infer the task from its own experience.
 """
 
 from __future__ import annotations
@@ -32,31 +36,33 @@ import optax
 
 import envs
 from maml import onpolicy
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_bool, check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """PPO hyper-parameters (validated on construction; ValueError names the bad field).
+    """PPO hyper-parameters (validated on construction; ``ValueError`` names the bad field).
 
     Attributes:
-      num_tasks: train tasks sampled per iteration (N).
-      num_envs: parallel environments per task (E); N * E must be divisible by num_minibatches.
-      num_steps: rollout window length T in steps (each window starts from a fresh reset).
-      num_epochs, num_minibatches: PPO passes over the data and minibatches per pass.
-      lr: Adam step size; anneal_lr: linearly decay it to 0 over `total_iterations`.
-      total_iterations: the schedule length (only used with anneal_lr).
-      gamma, gae_lambda: discount and GAE lambda in [0, 1].
-      clip_eps: PPO ratio clip; value_coef, entropy_coef: loss weights.
-      grad_clip: global-norm clip of each gradient.
-      reward_scale: rewards are multiplied by this for the value targets and advantages.
+      num_tasks: train tasks sampled per iteration (N), >= 1.
+      num_envs: parallel environments per task (E), >= 1; ``num_tasks * num_envs`` must be
+        divisible by ``num_minibatches``.
+      num_steps: rollout window length T in steps (each window starts from a fresh reset), >= 1.
+      update_epochs: passes over each iteration's data, >= 1.
+      num_minibatches: minibatches (of whole rows) per pass, >= 1.
+      lr: Adam step size, > 0; anneal_lr: decay it linearly to 0 over ``total_iterations``.
+      total_iterations: the schedule length in iterations (only used with anneal_lr), >= 1.
+      gamma, gae_lambda: discount and GAE lambda, in [0, 1].
+      clip_eps: PPO ratio clip, > 0; value_coef, entropy_coef: loss weights, >= 0.
+      grad_clip: global-norm clip of each gradient, > 0.
+      reward_scale: rewards are multiplied by this for the value targets and advantages, > 0.
       carry_across_episodes: keep the recurrent carry across episodes in a window (RL^2).
     """
 
     num_tasks: int = 8
     num_envs: int = 4
     num_steps: int = 500
-    num_epochs: int = 4
+    update_epochs: int = 4
     num_minibatches: int = 4
     lr: float = 1e-3
     anneal_lr: bool = True
@@ -71,23 +77,25 @@ class PPOConfig:
     carry_across_episodes: bool = False
 
     def __post_init__(self):
-        for name in ("num_tasks", "num_envs", "num_steps", "num_epochs", "num_minibatches",
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        for name in ("num_tasks", "num_envs", "num_steps", "update_epochs", "num_minibatches",
                      "total_iterations"):
-            check_int(name, getattr(self, name))
+            set_(name, check_int(name, getattr(self, name)))
         if (self.num_tasks * self.num_envs) % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide num_tasks * num_envs "
                 f"({self.num_tasks * self.num_envs})")
-        check_float("lr", self.lr, minimum=0.0, strict_min=True)
+        set_("lr", check_float("lr", self.lr, minimum=0.0, strict_min=True))
         for name in ("gamma", "gae_lambda"):
-            check_float(name, getattr(self, name), minimum=0.0, maximum=1.0)
+            set_(name, check_float(name, getattr(self, name), minimum=0.0, maximum=1.0))
         for name in ("clip_eps", "grad_clip", "reward_scale"):
-            check_float(name, getattr(self, name), minimum=0.0, strict_min=True)
+            set_(name, check_float(name, getattr(self, name), minimum=0.0, strict_min=True))
         for name in ("value_coef", "entropy_coef"):
-            check_float(name, getattr(self, name), minimum=0.0)
+            set_(name, check_float(name, getattr(self, name), minimum=0.0))
         for name in ("anneal_lr", "carry_across_episodes"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            set_(name, check_bool(name, getattr(self, name)))
 
 
 @flax.struct.dataclass
@@ -100,10 +108,18 @@ class PPOState:
 
 
 class PPO:
-    """PPO of an `ssm_jax` policy over `task_dist`'s train split, in `env`.
+    """PPO of an ``ssm_jax`` policy over ``task_dist``'s train split, in ``env``.
 
-    Pure API: `state = ppo.init(key)`; `state, metrics = ppo.update(state, key)` (one
-    iteration; jit/vmap/scan it). `ppo.env_steps_per_update` env steps per iteration.
+    Args:
+      policy: an ``ssm_jax`` policy module (``MLPPolicy``, ``SSMPolicy``) whose ``obs_dim`` is
+        the environment's full observation size.
+      config: a ``PPOConfig`` (default ``PPOConfig()``).
+      env: a gymnax environment (default CartPole-v1), e.g. an ``envs.context.ContextWrapper``.
+      task_dist: the task distribution (default ``envs.CartPoleTasks()``); iterations sample
+        its ``"train"`` split.
+
+    Pure API: ``state = ppo.init(key)``; ``state, metrics = ppo.update(state, key)`` (one
+    iteration; jit/vmap/scan it); ``ppo.env_steps_per_update`` env steps per iteration.
     """
 
     def __init__(self, policy, config: Optional[PPOConfig] = None, env=None,
@@ -120,23 +136,35 @@ class PPO:
         c = self.config
         lr = c.lr
         if c.anneal_lr:
-            lr = optax.linear_schedule(c.lr, 0.0, c.total_iterations * c.num_epochs * c.num_minibatches)
+            lr = optax.linear_schedule(c.lr, 0.0, c.total_iterations * c.update_epochs * c.num_minibatches)
         self.optimizer = optax.chain(optax.clip_by_global_norm(c.grad_clip), optax.adam(lr, eps=1e-5))
 
     @property
     def env_steps_per_update(self) -> int:
+        """Environment steps of one ``update``: ``num_tasks * num_envs * num_steps``."""
         c = self.config
         return c.num_tasks * c.num_envs * c.num_steps
 
     def init(self, key) -> PPOState:
+        """Fresh policy params (``policy.init``) and optimiser state, ``step`` 0."""
         params = self.policy.init(key, jnp.zeros((1, 1, self.obs_dim), jnp.float32))
         return self.init_from_params(params)
 
     def init_from_params(self, params) -> PPOState:
+        """A ``PPOState`` around given policy params (fresh optimiser state, ``step`` 0)."""
         return PPOState(params=params, opt_state=self.optimizer.init(params),
                         step=jnp.zeros((), jnp.int32))
 
     def _loss(self, params, batch):
+        """Clipped PPO loss of one minibatch and its parts ``(policy_loss, value_loss, entropy,
+        approx_kl)``.
+
+        ``batch = (obs (B, T, D), actions (B, T), resets (B, T) bool, old_log_probs (B, T),
+        advantages (B, T), value_targets (B, T))``: ``resets`` as the policy's sequence apply
+        needs them (``onpolicy.policy_resets``); advantages are normalised here, over the
+        minibatch. ``approx_kl`` is the estimator ``mean((r - 1) - log r)`` of
+        ``KL(pi_old || pi)``, with ``r`` the probability ratio.
+        """
         c = self.config
         obs, actions, resets, old_logp, adv, targets = batch
         out, _ = self.policy.apply(params, obs, resets=resets)
@@ -150,7 +178,12 @@ class PPO:
         return pg + c.value_coef * vloss - c.entropy_coef * ent, (pg, vloss, ent, kl)
 
     def update(self, state: PPOState, key):
-        """One PPO iteration; returns `(state, metrics)` (scalars: return, losses, entropy, kl)."""
+        """One PPO iteration; returns ``(state, metrics)``, metrics all scalars.
+
+        ``episode_return``: the mean return of the episodes completed in the iteration's
+        rollout (``onpolicy.segment_return`` of the window if none completed); ``policy_loss``,
+        ``value_loss``, ``entropy``, ``approx_kl``: means over every minibatch step.
+        """
         c = self.config
         k_tasks, k_roll, k_perm = jax.random.split(key, 3)
         tasks = self.task_dist.sample(k_tasks, c.num_tasks, "train")
@@ -162,7 +195,8 @@ class PPO:
                             (traj.obs, traj.actions, traj.resets, traj.log_probs, traj.values,
                              traj.rewards, traj.terminated, traj.truncated, traj.last_value))
         obs, actions, resets, logp, values, rewards, term, trunc, last_value = flat
-        adv, targets = onpolicy.gae(rewards * c.reward_scale, values, term, trunc, last_value, c.gamma, c.gae_lambda)
+        adv, targets = onpolicy.gae(rewards * c.reward_scale, values, term, trunc, last_value,
+                                    c.gamma, c.gae_lambda)
         data = (obs, actions, onpolicy.policy_resets(resets, c.carry_across_episodes), logp, adv, targets)
 
         def minibatch_step(carry, idx):
@@ -177,9 +211,10 @@ class PPO:
             return jax.lax.scan(minibatch_step, carry, perm)
 
         (params, opt_state), aux = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(k_perm, c.num_epochs))
+            epoch, (state.params, state.opt_state), jax.random.split(k_perm, c.update_epochs))
         pg, vloss, ent, kl = jax.tree.map(jnp.mean, aux)
         completed = envs.mean_episode_return(traj)
-        metrics = {"return": jnp.where(jnp.isnan(completed), onpolicy.segment_return(traj), completed),
+        episode_return = jnp.where(jnp.isnan(completed), onpolicy.segment_return(traj), completed)
+        metrics = {"episode_return": episode_return,
                    "policy_loss": pg, "value_loss": vloss, "entropy": ent, "approx_kl": kl}
         return PPOState(params=params, opt_state=opt_state, step=state.step + 1), metrics
