@@ -45,7 +45,9 @@ from adapt import buffer as rb
 from adapt.core import adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, predictions_of
 from maml import baseline as baseline_fit
-from maml.baseline import discounted_returns  # shared with MAML-RL; re-exported by adapt
+from maml import onpolicy
+from maml.onpolicy import discounted_returns  # re-exported as adapt.discounted_returns
+from ssm_jax.validation import check_float, check_int
 
 PyTree = Any
 
@@ -61,8 +63,9 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
 
     The policy's sequence call recomputes the action distribution and values
     from ``traj.obs`` (carry reset where ``resets``, default ``traj.resets``;
-    pass resets True only at ``t = 0`` for rollouts that kept the carry across
-    episodes). Advantages ``A = G - b``, standardised over the batch if
+    for rollouts that kept the carry across episodes pass
+    ``maml.onpolicy.policy_resets(traj.resets, True)``). Advantages ``A = G - b``,
+    standardised over the batch (``maml.onpolicy.normalize_advantages``) if
     ``normalize_advantages``, with ``baseline``:
 
       * ``"value"``: ``b`` is the value head (without gradient); ``G`` from
@@ -99,7 +102,7 @@ def policy_gradient_loss(params: PyTree, traj, *, policy, gamma: float = 0.99,
     returns = jax.lax.stop_gradient(returns)
     adv = returns - jax.lax.stop_gradient(b)
     if normalize_advantages:
-        adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-6)
+        adv = onpolicy.normalize_advantages(adv)
     loss = -jnp.mean(log_probs * adv)
     if value_coef:
         loss = loss + value_coef * jnp.mean(jnp.square(values - returns))
@@ -198,12 +201,10 @@ def evaluate_with_adaptation(
     import envs  # local import: `adapt` does not need `envs` unless this is used
 
     rollout_fn = envs.rollout if rollout_fn is None else rollout_fn
-    for name, value in (("num_rounds", num_rounds), ("steps_per_round", steps_per_round),
-                        ("num_envs", num_envs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-    if not 0.0 <= replay_ratio < 1.0:
-        raise ValueError(f"replay_ratio must be in [0, 1), got {replay_ratio!r}.")
+    num_rounds = check_int("num_rounds", num_rounds)
+    steps_per_round = check_int("steps_per_round", steps_per_round)
+    num_envs = check_int("num_envs", num_envs)
+    replay_ratio = check_float("replay_ratio", replay_ratio, minimum=0.0, maximum=1.0, strict_max=True)
 
     def run(p, k):
         return rollout_fn(k, policy, policy_params_fn(p), task, num_envs=num_envs,

@@ -41,10 +41,10 @@ from benchmarks import evaluation as ev
 from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, check_replaceable, holds_run, parse_args, run_dir_of
 from benchmarks.config import TRAINER_OF, BenchmarkConfig, trainer_of, trainers
-from benchmarks.ppo import PPO, PPOConfig
 from benchmarks.stats import paired_difference, summarize
 from benchmarks.training import TrainResult, train
 from envs.context import ContextWrapper
+from maml.ppo import PPO, PPOConfig
 from maml.rl import MAMLRL, MAMLRLConfig
 from ssm_jax import MLPPolicy, SSMPolicy
 

@@ -13,7 +13,9 @@ from maml.core import (
     predictions_of,
 )
 from maml.meta_maml import MetaMAML
-from maml.rl import MAMLRL, MAMLRLConfig, gae
+from maml.onpolicy import gae
+from maml.ppo import PPO, PPOConfig, PPOState
+from maml.rl import MAMLRL, MAMLRLConfig
 from maml.sinusoid import sample_sinusoid_tasks
 
 __all__ = [
@@ -22,6 +24,9 @@ __all__ = [
     "MAMLRLConfig",
     "MetaMAML",
     "MetaState",
+    "PPO",
+    "PPOConfig",
+    "PPOState",
     "build_mask",
     "gae",
     "inner_loop",

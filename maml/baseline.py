@@ -10,56 +10,19 @@ Shapes: ``E`` envs, ``T`` steps, ``D`` observation size; inputs are one rollout 
 task (``envs.Trajectory`` fields). Episodes end at terminations and time-limit truncations
 alike (the benchmark's return is capped at the time limit, so a truncated episode has no
 future to value), and the window's own end cuts returns too; the time features (steps into the
-episode, steps left in the window) let the fit follow both. ``discounted_returns`` (also
-exported as ``adapt.discounted_returns``) is the one reward-to-go of the project: cut at the
-window end with a zero bootstrap, as here, or bootstrapped with value estimates.
+episode, steps left in the window) let the fit follow both. The fitted targets are
+``maml.onpolicy.discounted_returns`` cut at the window end with a zero bootstrap.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
-import chex
 import jax
 import jax.numpy as jnp
 
+from maml.onpolicy import discounted_returns
+
 #: Time features are in units of this many steps (as in the reference implementation).
 TIME_SCALE = 100.0
-
-
-def discounted_returns(rewards: chex.Array, dones: chex.Array, bootstrap: chex.Array,
-                       gamma: float, truncated: Optional[chex.Array] = None,
-                       truncation_values: Optional[chex.Array] = None) -> chex.Array:
-    """Reward-to-go within episodes, ``(E, T)``.
-
-    ``G[:, t] = rewards[:, t] + gamma * next[:, t]`` with ``next = G[:, t + 1]``
-    (``G[:, T] = bootstrap``, ``(E,)``, e.g. the value of ``last_obs``; zeros for
-    none), 0 after a done step, except after a time-limit truncation
-    (``truncated`` ``(E, T)`` bool, given with ``truncation_values`` ``(E, T)``)
-    where it is ``truncation_values[:, t]``: the episode did not really end, so
-    it is bootstrapped with the value estimate available (the value of the last
-    state: the true next state is lost to the auto-reset), as ``maml.rl.gae``
-    does. Without ``truncated`` every done step ends the sum.
-    """
-    chex.assert_rank(rewards, 2)
-    chex.assert_equal_shape([rewards, dones])
-    chex.assert_shape(bootstrap, rewards.shape[:1])
-    if (truncated is None) != (truncation_values is None):
-        raise ValueError("discounted_returns: give both truncated and truncation_values, or neither.")
-    if truncated is None:
-        truncated = jnp.zeros(rewards.shape, bool)
-        truncation_values = jnp.zeros(rewards.shape, jnp.float32)
-    chex.assert_equal_shape([rewards, truncated, truncation_values])
-
-    def back(g_next, xs):
-        r, d, tr, v = xs
-        g = r + gamma * jnp.where(tr, v, jnp.where(d, 0.0, g_next))
-        return g, g
-
-    _, g = jax.lax.scan(back, bootstrap.astype(jnp.float32),
-                        (rewards.T.astype(jnp.float32), dones.T, truncated.T,
-                         truncation_values.T.astype(jnp.float32)), reverse=True)
-    return g.T
 
 
 def features(obs: jax.Array, resets: jax.Array) -> jax.Array:

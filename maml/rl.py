@@ -72,7 +72,7 @@ import jax.numpy as jnp
 import optax
 
 import envs
-from maml import baseline, core
+from maml import baseline, core, onpolicy
 from ssm_jax.validation import check_float, check_int
 
 
@@ -181,7 +181,7 @@ class Batch:
     to the policy's sequence apply); old_log_probs (E, T) under the sampling params;
     advantages (E, T) (normalised if configured); returns (E, T) value targets (scaled
     rewards); episode_return (): mean return per episode segment of the window (see
-    ``segment_return``); completed_return (): mean return of completed episodes (NaN if none).
+    ``onpolicy.segment_return``); completed_return (): mean return of completed episodes (NaN if none).
     """
 
     obs: chex.Array
@@ -192,41 +192,6 @@ class Batch:
     returns: chex.Array
     episode_return: chex.Array
     completed_return: chex.Array
-
-
-def gae(rewards, values, terminated, truncated, last_value, gamma, lam):
-    """GAE advantages and value targets, all ``(E, T)``.
-
-    ``next value`` is 0 after a termination, the value of the same (last) state after a
-    time-limit truncation (the true next state is lost to auto-reset), ``last_value`` after
-    the window's last step, and ``values[:, t+1]`` otherwise. Traces are cut at episode ends.
-    """
-    next_values = jnp.concatenate([values[:, 1:], last_value[:, None]], axis=1)
-    next_values = jnp.where(terminated, 0.0, jnp.where(truncated, values, next_values))
-    deltas = rewards + gamma * next_values - values
-    cont = (~(terminated | truncated)).astype(values.dtype)
-
-    def body(acc, x):
-        d, c = x
-        acc = d + gamma * lam * c * acc
-        return acc, acc
-
-    _, adv = jax.lax.scan(body, jnp.zeros_like(last_value), (deltas.T, cont.T), reverse=True)
-    adv = adv.T
-    return adv, adv + values
-
-
-def segment_return(traj: envs.Trajectory) -> chex.Array:
-    """Total reward / number of episode segments in the window (a finite lower bound on
-    the mean episode return: the unfinished last episode of each env counts as one)."""
-    return jnp.sum(traj.rewards) / jnp.maximum(jnp.sum(traj.resets), 1)
-
-
-def policy_resets(resets, carry_across_episodes):
-    """The resets to give the sequence apply so that it reproduces the rollout's outputs."""
-    if carry_across_episodes:
-        return jnp.zeros_like(resets).at[:, 0].set(True)
-    return resets
 
 
 # --------------------------------------------------------------------------
@@ -323,17 +288,17 @@ class MAMLRL:
             # baseline is fitted to exactly these cut returns (see maml.baseline)
             ends = traj.terminated | traj.truncated
             values = baseline.linear_baseline(traj.obs, rewards, ends, traj.resets, c.gamma)
-            adv, returns = gae(rewards, values, ends, jnp.zeros_like(ends),
-                               jnp.zeros_like(traj.last_value), c.gamma, c.gae_lambda)
+            adv, returns = onpolicy.gae(rewards, values, ends, jnp.zeros_like(ends),
+                                        jnp.zeros_like(traj.last_value), c.gamma, c.gae_lambda)
         else:
-            adv, returns = gae(rewards, traj.values, traj.terminated, traj.truncated, traj.last_value,
-                               c.gamma, c.gae_lambda)
+            adv, returns = onpolicy.gae(rewards, traj.values, traj.terminated, traj.truncated,
+                                        traj.last_value, c.gamma, c.gae_lambda)
         if c.normalize_advantages:
-            adv = (adv - jnp.mean(adv)) / (jnp.std(adv) + 1e-8)
+            adv = onpolicy.normalize_advantages(adv)
         return Batch(obs=traj.obs, actions=traj.actions,
-                     resets=policy_resets(traj.resets, c.carry_across_episodes),
+                     resets=onpolicy.policy_resets(traj.resets, c.carry_across_episodes),
                      old_log_probs=traj.log_probs, advantages=adv, returns=returns,
-                     episode_return=segment_return(traj),
+                     episode_return=onpolicy.segment_return(traj),
                      completed_return=envs.mean_episode_return(traj))
 
     def _outputs(self, params, batch: Batch):

@@ -54,7 +54,7 @@ def test_discounted_returns_match_a_python_loop():
 
 def test_policy_gradient_loss_bootstraps_time_limit_truncations():
     """A 10-step time limit: truncated episodes are bootstrapped with the value of their
-    last state (as maml.rl.gae does), not treated as true endings."""
+    last state (as maml.onpolicy.gae does), not treated as true endings."""
     policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=16)
     params = jax.jit(policy.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1, 4)))
     task = ENV.default_params.replace(max_steps_in_episode=10)
@@ -101,7 +101,7 @@ def test_policy_gradient_loss_matches_the_rollout_log_probs():
     # the full loss: standardised advantages against the value head, plus the value term
     full = rl.policy_gradient_loss(params, traj, policy=policy, gamma=0.95, value_coef=0.5)
     adv = g - np.asarray(traj.values)
-    adv = (adv - adv.mean()) / (adv.std() + 1e-6)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     ref = -np.mean(np.asarray(traj.log_probs) * adv) + 0.5 * np.mean((np.asarray(traj.values) - g) ** 2)
     np.testing.assert_allclose(full, ref, rtol=1e-4)
 

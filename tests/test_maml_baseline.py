@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import envs
-from maml import baseline
+from maml import baseline, onpolicy
 from maml.rl import MAMLRL, MAMLRLConfig
 from ssm_jax import MLPPolicy
 
@@ -17,7 +17,7 @@ def test_window_cut_returns_match_a_python_loop():
     rng = np.random.default_rng(0)
     rewards = rng.uniform(size=(3, 17)).astype(np.float32)
     dones = rng.uniform(size=(3, 17)) < 0.2
-    got = np.asarray(baseline.discounted_returns(jnp.asarray(rewards), jnp.asarray(dones), jnp.zeros(3), 0.9))
+    got = np.asarray(onpolicy.discounted_returns(jnp.asarray(rewards), jnp.asarray(dones), jnp.zeros(3), 0.9))
     ref = np.zeros_like(rewards)
     for e in range(3):
         g = 0.0
@@ -60,7 +60,7 @@ def test_linear_baseline_mamlrl_explains_returns_and_updates():
     # of their variance
     traj = envs.rollout(jax.random.key(2), policy, state.params, task, num_envs=4, num_steps=60)
     ends = traj.terminated | traj.truncated
-    rtg = baseline.discounted_returns(traj.rewards * config.reward_scale, ends, jnp.zeros(4), config.gamma)
+    rtg = onpolicy.discounted_returns(traj.rewards * config.reward_scale, ends, jnp.zeros(4), config.gamma)
     np.testing.assert_allclose(batch.returns, rtg, rtol=1e-4, atol=1e-5)
     assert float(jnp.var(batch.advantages)) < 0.5 * float(jnp.var(rtg))
     state, metrics = algo.meta_update(state, envs.CartPoleTasks().sample(jax.random.key(3), 2), jax.random.key(4))

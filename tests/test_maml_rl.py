@@ -9,7 +9,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import envs
-from maml.rl import MAMLRL, MAMLRLConfig, gae
+from maml.onpolicy import gae
+from maml.rl import MAMLRL, MAMLRLConfig
 from ssm_jax import MLPPolicy, SSMPolicy
 
 SMALL = dict(support_envs=2, support_steps=16, query_envs=2, query_steps=12, num_inner_steps=2)

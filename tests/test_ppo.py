@@ -1,0 +1,112 @@
+"""maml.ppo: a library algorithm (importable without ``benchmarks``); at the sampling params the
+clipped loss is the plain policy gradient (ratio 1, approximate KL 0); one ``update`` takes
+``update_epochs x num_minibatches`` Adam steps; config validation."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from maml import PPO, PPOConfig, PPOState, onpolicy
+from ssm_jax import MLPPolicy, SSMPolicy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(num_tasks=2, num_envs=2, num_steps=24, num_minibatches=2, update_epochs=3,
+             total_iterations=5)
+
+
+def test_ppo_imports_without_benchmarks():
+    code = ("import sys\n"
+            "from maml import PPO, PPOConfig, PPOState\n"
+            "from maml.ppo import PPO as P\n"
+            "assert P is PPO\n"
+            "loaded = sorted(m for m in sys.modules if m == 'benchmarks' or m.startswith('benchmarks.'))\n"
+            "assert not loaded, loaded\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+
+
+def _batch_at_sampling_params(ppo, params, key):
+    """The minibatch layout of ``PPO._loss`` built from a rollout with ``params`` itself."""
+    c = ppo.config
+    tasks = ppo.task_dist.sample(jax.random.key(key), c.num_tasks, "train")
+    traj = envs.rollout_tasks(jax.random.key(key + 1), ppo.policy, params, tasks,
+                              num_envs=c.num_envs, num_steps=c.num_steps, env=ppo.env,
+                              carry_across_episodes=c.carry_across_episodes)
+    rows = c.num_tasks * c.num_envs
+    flat = lambda x: x.reshape((rows,) + x.shape[2:])
+    adv, targets = onpolicy.gae(flat(traj.rewards) * c.reward_scale, flat(traj.values),
+                                flat(traj.terminated), flat(traj.truncated), flat(traj.last_value),
+                                c.gamma, c.gae_lambda)
+    resets = onpolicy.policy_resets(flat(traj.resets), c.carry_across_episodes)
+    return (flat(traj.obs), flat(traj.actions), resets, flat(traj.log_probs), adv, targets), traj
+
+
+@pytest.mark.parametrize("policy, carry_across", [
+    (MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8), False),
+    (SSMPolicy(obs_dim=4, action_dim=2, state_dim=4, hidden_dim=8), True),  # RL^2's setting
+])
+def test_loss_at_the_sampling_params_is_the_plain_policy_gradient(policy, carry_across):
+    ppo = PPO(policy, PPOConfig(**SMALL, value_coef=0.0, entropy_coef=0.0,
+                                carry_across_episodes=carry_across))
+    params = ppo.init(jax.random.key(0)).params
+    batch, traj = jax.jit(_batch_at_sampling_params, static_argnums=(0, 2))(ppo, params, 1)
+    obs, actions, resets, old_logp, adv, targets = batch
+    assert int(jnp.sum(traj.dones)) > 0
+
+    a = np.asarray(adv, np.float64)
+    adv_n = (a - a.mean()) / (a.std() + 1e-8)
+    adv_n32 = jnp.asarray(adv_n, jnp.float32)
+
+    def reinforce(p):
+        out, _ = policy.apply(p, obs, resets=resets)
+        return -jnp.mean(out.dist.log_prob(actions) * adv_n32)
+
+    @jax.jit
+    def losses_and_grads(p):
+        (loss, parts), g_ppo = jax.value_and_grad(ppo._loss, has_aux=True)(p, batch)
+        return loss, parts, g_ppo, jax.grad(reinforce)(p)
+
+    loss, (pg, vloss, ent, kl), g_ppo, g_ref = losses_and_grads(params)
+    # the sequence apply reproduces the rollout's log-probs: ratio 1, no KL, and the clipped
+    # surrogate is -mean(normalised advantages) (0 up to rounding)
+    assert float(kl) == 0.0
+    np.testing.assert_allclose(float(pg), -adv_n.mean(), atol=1e-6)
+    np.testing.assert_allclose(float(loss), float(pg), rtol=0, atol=0)  # both coefficients 0
+    values = np.asarray(traj.values).reshape(a.shape)
+    np.testing.assert_allclose(float(vloss), np.mean((values - np.asarray(targets)) ** 2), rtol=1e-5)
+    # and its gradient is the policy gradient -mean(grad log pi(a|s) * A_normalised)
+    for x, y in zip(jax.tree.leaves(g_ppo), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_update_takes_update_epochs_times_minibatches_adam_steps():
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    ppo = PPO(policy, PPOConfig(**SMALL))
+    state = ppo.init(jax.random.key(0))
+    new, metrics = jax.jit(ppo.update)(state, jax.random.key(1))
+    assert isinstance(new, PPOState) and int(new.step) == 1
+    assert set(metrics) == {"episode_return", "policy_loss", "value_loss", "entropy", "approx_kl"}
+    assert all(m.shape == () and bool(jnp.isfinite(m)) for m in metrics.values())
+    counts = [int(x) for x in jax.tree.leaves(new.opt_state) if jnp.ndim(x) == 0 and x.dtype == jnp.int32]
+    assert counts and all(n == 3 * 2 for n in counts)
+    assert ppo.env_steps_per_update == 2 * 2 * 24
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(update_epochs=0), "update_epochs must be a positive int"),
+    (dict(num_minibatches=3), "num_minibatches .* must divide"),
+    (dict(anneal_lr=1), "anneal_lr must be a bool"),
+    (dict(carry_across_episodes="yes"), "carry_across_episodes must be a bool"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(gamma=1.5), "gamma must be <= 1"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PPOConfig(**kw)
