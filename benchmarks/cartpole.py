@@ -19,16 +19,14 @@ Each trained model is trained for `--num_seeds` seeds at once (`vmap`), in jitte
 `--chunk_size` iterations (one progress line each), with orbax checkpoints every
 `--checkpoint_every` iterations and at the end under `--out/checkpoints/<model>/`;
 `--resume DIR` continues an interrupted run, `--eval_only --checkpoint DIR` re-evaluates one.
-`python -m benchmarks.cartpole --help` documents every flag.
+`python -m benchmarks.cartpole --help` documents every flag; `benchmarks.rundir` the run
+directory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from importlib import metadata as importlib_metadata
@@ -37,11 +35,13 @@ import jax
 import numpy as np
 
 import envs
+from benchmarks import compile_time, rundir
 from benchmarks import evaluation as ev
 from benchmarks.checkpointing import Checkpointer, CheckpointError
-from benchmarks.cli import RunOptions, check_replaceable, holds_run, parse_args, run_dir_of
+from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import TRAINER_OF, BenchmarkConfig, trainer_of, trainers
 from benchmarks.ppo import PPO, PPOConfig
+from benchmarks.rundir import RunDirError
 from benchmarks.stats import paired_difference, summarize
 from benchmarks.training import TrainResult, train
 from envs.context import ContextWrapper
@@ -50,30 +50,6 @@ from ssm_jax import MLPPolicy, SSMPolicy
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
             "matplotlib")
-
-
-#: jax.monitoring events that together make up the time jax spends before running a new jit.
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-
-
-def _on_duration_event(event: str, duration: float, **_) -> None:
-    if event in COMPILE_EVENTS:
-        _compile_seconds[0] += duration
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
-
-
-def compile_seconds() -> float:
-    """Seconds this process has spent tracing, lowering and compiling jitted functions so far."""
-    return _compile_seconds[0]
-
-
-#: What a run writes into --out besides config.json and checkpoints/.
-RESULTS_FILE, CURVES_FILE, RETURNS_FILE = "results.json", "training_curves.png", "returns_by_task_kind.png"
 
 
 def log(msg: str) -> None:
@@ -151,15 +127,6 @@ class Model:
 
 
 # ------------------------------------------------------------------------------------ I/O
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform(),
            "machine": platform.machine(), "cpu_count": os.cpu_count(),
@@ -294,35 +261,26 @@ def print_table(methods: dict) -> None:
 
 # ------------------------------------------------------------------------------------ main
 def run(config: BenchmarkConfig, options: RunOptions) -> dict:
-    """Train (or load), evaluate, write results; returns the results dict."""
+    """Train (or load), evaluate, write results; returns the results dict.
+
+    Raises RunDirError if `options.out` must not be written (see `benchmarks.rundir`) and
+    CheckpointError if a checkpoint to resume or evaluate is missing or does not match.
+    """
+    compile_time.install()
     t_start = time.perf_counter()
     out = options.out
     fresh = not options.eval_only and not options.resume
-    if options.eval_only and os.path.abspath(out) == run_dir_of(options.checkpoint or out):
-        raise CheckpointError(f"an evaluation would overwrite the training run's config and results "
-                              f"in {out!r}; write it elsewhere (the CLI default is <run>/eval)")
+    source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
+    if options.eval_only:
+        rundir.check_eval_out(out, source)
     if fresh or options.eval_only:
-        if holds_run(out) and not options.overwrite:
-            raise CheckpointError(f"{out!r} already holds a run; resume it, or pass overwrite=True "
-                                  f"(--overwrite) to replace it")
-        try:
-            check_replaceable(out)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from err
+        rundir.check_out(out, overwrite=options.overwrite,
+                         what="run or evaluation" if options.eval_only else "run")
     os.makedirs(out, exist_ok=True)
-    ckpt_root = os.path.join(options.checkpoint or out, "checkpoints")
-    if fresh:
-        # a replaced run's checkpoints and results never mix with this one's; only the
-        # benchmark's own per-model checkpoint directories are removed
-        for trainer in set(TRAINER_OF.values()):
-            shutil.rmtree(os.path.join(out, "checkpoints", trainer), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(out, "checkpoints"))  # only if nothing else is in it
-        for stale in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE):
-            if os.path.exists(os.path.join(out, stale)):
-                os.remove(os.path.join(out, stale))
+    if fresh:  # a replaced run's checkpoints and results never mix with this one's
+        rundir.clear_run(out, set(TRAINER_OF.values()))
     if not options.resume:
-        write_json_atomic(os.path.join(out, "config.json"), config.to_dict())
+        rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
     log(f"benchmarks.cartpole: methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
     models = {name: Model(name, config) for name in trainers(config)}
@@ -330,7 +288,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     compile_s = run_s = 0.0
     env_steps = 0
     for name, model in models.items():
-        directory = os.path.join(ckpt_root, name)
+        directory = rundir.checkpoint_dir(source, name)
         run_meta = {"config": config.to_dict(), "model": name}
         iterations = config.iterations(next(m for m in config.methods if trainer_of(m) == name))
         if options.eval_only:
@@ -364,10 +322,10 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             f"{result.env_steps / max(result.run_s, 1e-9):,.0f} env steps/s")
     t_eval = time.perf_counter()
     log(f"evaluating on {config.eval_tasks} held-out test tasks x {config.num_seeds} seeds ...")
-    compiled_before = compile_seconds()
+    compiled_before = compile_time.compile_seconds()
     methods, eval_steps = evaluate(config, models, states)
     eval_s = time.perf_counter() - t_eval
-    eval_compile_s = compile_seconds() - compiled_before
+    eval_compile_s = compile_time.compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
     results = {
         "config": config.to_dict(),
@@ -382,7 +340,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         "command": " ".join(["python -m benchmarks.cartpole"] + sys.argv[1:]),
     }
     results = _clean(results)
-    write_json_atomic(os.path.join(out, RESULTS_FILE), results)
+    rundir.write_json_atomic(os.path.join(out, rundir.RESULTS_FILE), results)
     from benchmarks.plotting import plot_returns, plot_training_curves
 
     curves = {}
@@ -391,12 +349,12 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         if "post_return" in h:
             curves[name]["post_return"] = h["post_return"]
             curves[name]["return"] = h.get("pre_return", [])
-    plot_training_curves(curves, os.path.join(out, CURVES_FILE))
-    plot_returns(methods, os.path.join(out, RETURNS_FILE))
+    plot_training_curves(curves, os.path.join(out, rundir.CURVES_FILE))
+    plot_returns(methods, os.path.join(out, rundir.RETURNS_FILE))
     print_table(methods)
     log(f"\nwall {wall:.0f}s (compile {compile_s + eval_compile_s:.0f}s, train {run_s:.0f}s, eval "
         f"{eval_s:.0f}s of which compile {eval_compile_s:.0f}s); "
-        f"wrote {os.path.join(out, 'results.json')} and plots")
+        f"wrote {os.path.join(out, rundir.RESULTS_FILE)} and plots")
     return results
 
 
@@ -404,7 +362,7 @@ def main(argv=None) -> int:
     config, options = parse_args(argv)
     try:
         run(config, options)
-    except CheckpointError as err:
+    except (CheckpointError, RunDirError) as err:
         print(f"benchmarks.cartpole: error: {err}", file=sys.stderr)
         return 1
     return 0

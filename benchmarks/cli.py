@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from typing import Optional
 
+from benchmarks import rundir
 from benchmarks.config import METHODS, MODES, BenchmarkConfig
 
 DEFAULT_OUT = os.path.join("results", "cartpole")
@@ -102,62 +102,6 @@ _FLAGS_OF_TRAINER = {
     "in_context": ("in_context_iterations",),
 }
 
-#: Files whose presence means a directory already holds a benchmark run.
-RUN_FILES = ("config.json", "results.json", "checkpoints")
-
-
-def run_dir_of(path: str) -> str:
-    """The absolute run directory of `path` (a run directory or its checkpoints/ directory)."""
-    path = os.path.abspath(path)
-    return os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
-
-
-def load_run_config(run_dir: str) -> BenchmarkConfig:
-    """The config.json of a previous run (ValueError if missing or invalid)."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{run_dir!r} is not a benchmark run directory (no config.json)")
-    try:
-        with open(path) as f:
-            return BenchmarkConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path!r} is not a valid benchmark config ({err})") from err
-
-
-def holds_run(path: str) -> bool:
-    """Whether the directory `path` already holds a benchmark run (or an evaluation of one)."""
-    return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
-
-
-def check_replaceable(path: str) -> None:
-    """Refuse to replace a directory whose config.json is not a benchmark config: --overwrite
-    replaces a benchmark run, never files of something else that happen to share a name."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        try:
-            load_run_config(path)
-        except ValueError as err:
-            raise ValueError(f"--out {path!r} holds a config.json that is not a benchmark run's; "
-                             f"refusing to replace it ({err})") from err
-
-
-def _check_out(out: str, overwrite: bool, what: str) -> None:
-    """Refuse an --out that is a file, cannot be created, or already holds a run (unless overwrite)."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} exists and is not a directory")
-    if holds_run(out) and not overwrite:
-        raise ValueError(
-            f"--out {out!r} already holds a {what} (config.json, results.json or checkpoints/); "
-            f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out")
-    if overwrite:
-        check_replaceable(out)
-    # the directory is created when the run starts; check now that it can be
-    ancestor = os.path.abspath(out)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r} cannot be created ({ancestor!r} is not a writable directory)")
-
-
 def _check_flags_apply(config: BenchmarkConfig, given: set) -> None:
     """Reject flags of models that this run does not train (they would be silently ignored)."""
     from benchmarks.config import trainers
@@ -176,7 +120,7 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     args = parser.parse_args(argv)
     try:
         return _build(args)
-    except ValueError as err:
+    except ValueError as err:  # RunDirError included
         parser.error(str(err))
         raise  # unreachable
 
@@ -199,10 +143,10 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     source = args.resume or args.checkpoint
     if source:
-        run_dir = run_dir_of(source)
+        run_dir = rundir.run_dir_of(source)
         if not os.path.isdir(run_dir):
             raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
-        config = load_run_config(run_dir)
+        config = rundir.load_run_config(run_dir)
         if args.resume and (overrides or args.quick):
             raise ValueError("--resume continues a run with its saved config.json; do not pass other config flags")
         if args.eval_only:  # evaluation settings may be changed
@@ -219,10 +163,8 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                 raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
             return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None)
         out = args.out or os.path.join(run_dir, "eval")
-        if os.path.abspath(out) == run_dir:
-            raise ValueError(f"--eval_only would overwrite the training run's results in {run_dir!r}; "
-                             f"choose another --out (default {os.path.join(run_dir, 'eval')!r})")
-        _check_out(out, args.overwrite, "run or evaluation")
+        rundir.check_eval_out(out, run_dir)
+        rundir.check_out(out, overwrite=args.overwrite, what="run or evaluation")
         return config, RunOptions(out=out, resume=None, eval_only=True, checkpoint=run_dir,
                                   overwrite=args.overwrite)
     mode = overrides.get("mode", "meta_rl")
@@ -234,6 +176,6 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         given = (given - {"ppo_iterations"}) | {"num_episodes"}
     _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
-    _check_out(out, args.overwrite, "run")
+    rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite)

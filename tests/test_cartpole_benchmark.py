@@ -6,15 +6,18 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from benchmarks import cartpole
-from benchmarks.checkpointing import Checkpointer, CheckpointError
+from benchmarks.checkpointing import Checkpointer
 from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import METHODS, BenchmarkConfig
+from benchmarks.rundir import RunDirError
 from benchmarks.stats import mean_ci95, paired_difference, seed_t_interval, summarize
 
 TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
@@ -108,6 +111,25 @@ def test_cli_builds_validated_configs():
     assert (legacy.in_context_layers, legacy.maml_baseline, legacy.maml_gae_lambda) == (1, "value", 0.95)
     with pytest.raises(Exception):
         BenchmarkConfig().num_epochs = 3  # frozen
+
+
+COMPILE_LISTENER_SCRIPT = """
+import jax
+from benchmarks import cartpole, compile_time
+event = compile_time.COMPILE_EVENTS[0]
+jax.monitoring.record_event_duration_secs(event, 1.0)
+assert compile_time.compile_seconds() == 0.0, "importing the benchmark installed the listener"
+compile_time.install()
+compile_time.install()
+jax.monitoring.record_event_duration_secs(event, 1.5)
+jax.monitoring.record_event_duration_secs("/jax/some/other/event", 4.0)
+assert compile_time.compile_seconds() == 1.5, compile_time.compile_seconds()
+"""
+
+
+def test_the_compile_time_listener_is_installed_by_a_run_once_not_on_import():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", COMPILE_LISTENER_SCRIPT], check=True, cwd=root, timeout=300)
 
 
 def test_seed_t_interval_matches_its_formula_and_covers_the_true_mean():
@@ -207,7 +229,7 @@ def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, cap
     again = _check_results(os.path.join(out, "eval"), ["non_adaptive"])
     assert again["methods"]["non_adaptive"]["return_mean"] == res["methods"]["non_adaptive"]["return_mean"]
     assert _check_results(out, ["non_adaptive"]) == res   # the training run's results are untouched
-    with pytest.raises(CheckpointError, match="would overwrite the training run"):
+    with pytest.raises(RunDirError, match="would overwrite the training run"):
         cartpole.run(BenchmarkConfig.from_dict(res["config"]),
                      RunOptions(out=out, resume=None, eval_only=True, checkpoint=out, overwrite=True))
     eval_out = str(tmp_path / "eval")
