@@ -15,12 +15,12 @@ Methods (see `benchmarks.evaluation` for exactly how each is measured):
   test_time_adapted  the MAML SSM policy adapted online by `adapt` during evaluation rounds;
   maml_adapted_mlp   the MAML pipeline with an MLP policy (what the SSM contributes).
 
-Each trained model is trained for `--num_seeds` seeds at once (`vmap`), in jitted chunks of
-`--chunk_size` iterations (one progress line each), with orbax checkpoints every
-`--checkpoint_every` iterations and at the end under `--out/checkpoints/<model>/`;
+Each trainer (`benchmarks.trainers`) is trained for `--num_seeds` seeds at once (`vmap`), in
+jitted chunks of `--chunk_size` iterations (one progress line each), with orbax checkpoints every
+`--checkpoint_every` iterations and at the end under `--out/checkpoints/<trainer>/`;
 `--resume DIR` continues an interrupted run, `--eval_only --checkpoint DIR` re-evaluates one.
-`python -m benchmarks.cartpole --help` documents every flag; `benchmarks.rundir` the run
-directory.
+`python -m benchmarks.cartpole --help` documents every flag; `benchmarks.config` the
+configuration, `benchmarks.rundir` the run directory.
 """
 
 from __future__ import annotations
@@ -34,19 +34,16 @@ from importlib import metadata as importlib_metadata
 import jax
 import numpy as np
 
-import envs
 from benchmarks import compile_time, rundir
 from benchmarks import evaluation as ev
 from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, parse_args
-from benchmarks.config import TRAINER_OF, BenchmarkConfig, trainer_of, trainers
-from benchmarks.ppo import PPO, PPOConfig
+from benchmarks.config import BenchmarkConfig, trainer_of, trainers
 from benchmarks.rundir import RunDirError
 from benchmarks.stats import paired_difference, summarize
+from benchmarks.trainers import TRAINERS, Trainer, build_trainer
 from benchmarks.training import TrainResult, train
-from envs.context import ContextWrapper
-from maml.rl import MAMLRL, MAMLRLConfig
-from ssm_jax import MLPPolicy, SSMPolicy
+
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
             "matplotlib")
@@ -56,77 +53,37 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# ------------------------------------------------------------------------------------ models
-class Model:
-    """A trainer behind one or more methods: pure `init(key)`, `update(state, key)`."""
-
-    def __init__(self, name: str, config: BenchmarkConfig):
-        self.name = name
-        c = config
-        self.task_dist = envs.CartPoleTasks()
-        base = envs.make(c.env_name)[0]
-        self.env = base
-        if name == "non_adaptive":
-            self.policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c.hidden_dim)
-            self.algo = PPO(self.policy, PPOConfig(
-                num_tasks=c.ppo_tasks, num_envs=c.ppo_envs, num_steps=500, lr=c.ppo_lr,
-                entropy_coef=c.ppo_entropy_coef, total_iterations=c.ppo_iterations), env=base, task_dist=self.task_dist)
-        elif name == "in_context":
-            self.env = ContextWrapper(base)
-            self.policy = SSMPolicy(obs_dim=envs.obs_dim(self.env), action_dim=2,
-                                    core=c.in_context_core, state_dim=c.in_context_state_dim,
-                                    hidden_dim=c.in_context_hidden_dim,
-                                    num_layers=c.in_context_layers,
-                                    parallel=c.in_context_core != "ssm" and jax.default_backend() != "cpu")
-            self.algo = PPO(self.policy, PPOConfig(
-                num_tasks=c.in_context_tasks, num_envs=c.in_context_envs,
-                num_steps=c.in_context_steps, lr=c.in_context_lr,
-                entropy_coef=c.in_context_entropy_coef,
-                total_iterations=c.in_context_iterations, carry_across_episodes=True),
-                env=self.env, task_dist=self.task_dist)
-        elif name in ("maml_ssm", "maml_mlp"):
-            if name == "maml_ssm":
-                self.policy = SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=c.state_dim,
-                                        hidden_dim=c.hidden_dim)
-            else:
-                self.policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c.hidden_dim)
-            self.algo = MAMLRL(self.policy, MAMLRLConfig(
-                inner_lr=c.inner_lr, outer_lr=c.outer_lr, num_inner_steps=c.num_inner_steps,
-                outer_lr_decay_steps=c.num_epochs if c.anneal_outer_lr else None,
-                first_order=c.first_order, support_envs=c.maml_envs,
-                support_steps=c.maml_support_steps, query_envs=c.maml_envs,
-                query_steps=c.maml_query_steps, baseline=c.maml_baseline,
-                gae_lambda=c.maml_gae_lambda), env=base)
-        else:
-            raise ValueError(f"unknown model {name!r}")
-        self.tasks_per_epoch = c.tasks_per_epoch
-
-    @property
-    def is_maml(self) -> bool:
-        return isinstance(self.algo, MAMLRL)
-
-    def init(self, key):
-        return self.algo.init(key)
-
-    def update(self, state, key):
-        if not self.is_maml:
-            return self.algo.update(state, key)
-        k_tasks, k_update = jax.random.split(key)
-        tasks = self.task_dist.sample(k_tasks, self.tasks_per_epoch, "train")
-        state, m = self.algo.meta_update(state, tasks, k_update)
-        keep = ("policy_loss", "value_loss", "entropy", "pre_return", "post_return", "return_by_step")
-        metrics = {k: m[k] for k in keep if k in m}
-        metrics["return"] = m["post_return"]
-        return state, metrics
-
-    @property
-    def env_steps_per_update(self) -> int:
-        if self.is_maml:
-            return self.algo.env_steps_per_update(self.tasks_per_epoch)
-        return self.algo.env_steps_per_update
+def same_run(stored, current: dict) -> bool:
+    """Whether checkpoint metadata `stored` was written by the run `current` describes: the
+    same trainer and the same config once both configs are read by `BenchmarkConfig.from_dict`
+    (so either JSON form of the config compares by its values)."""
+    if not isinstance(stored, dict) or stored.get("model") != current["model"]:
+        return False
+    try:
+        return BenchmarkConfig.from_dict(stored.get("config")) == BenchmarkConfig.from_dict(current["config"])
+    except ValueError:
+        return False
 
 
-# ------------------------------------------------------------------------------------ I/O
+def load_trained(trainer: Trainer, directory: str, num_seeds: int) -> tuple:
+    """`(states, history)` of the last checkpoint of `trainer` in `directory` (CheckpointError if
+    it is missing, unreadable or another trainer's)."""
+    ckpt = Checkpointer(directory, create=False)
+    target = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(0), num_seeds))
+    states, meta, step = ckpt.restore(target)
+    stored = meta.get("run", {}).get("model")
+    if stored != trainer.name:
+        raise CheckpointError(f"{directory!r} holds model {stored!r}, not {trainer.name!r}")
+    if step != trainer.iterations:
+        log(f"[{trainer.name}] note: evaluating the checkpoint at iteration {step} of {trainer.iterations}")
+    return states, trainer.migrate_history(meta.get("history", {}))
+
+
+def _curves(trainers: dict, histories: dict) -> dict:
+    return {name: {label: histories[name].get(key, []) for label, key in t.curves.items()}
+            for name, t in trainers.items()}
+
+
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform(),
            "machine": platform.machine(), "cpu_count": os.cpu_count(),
@@ -157,50 +114,49 @@ def _clean(x):
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict, int]:
+def evaluate(config: BenchmarkConfig, trainers: dict, states: dict) -> tuple[dict, int]:
     """Evaluate every configured method on the same test tasks per seed; returns (methods, env steps)."""
     c = config
     per_method = {m: [] for m in c.methods}
     extras = {m: [] for m in c.methods}
     kinds = []
     env_steps = 0
-    n, e = c.eval_tasks, c.eval_envs
+    n, e = c.evaluation.num_tasks, c.evaluation.num_envs
     for s in range(c.num_seeds):
         key = ev.eval_key(c.seed, s)
         tasks = ev.test_tasks(key, n)
         kinds.append(np.asarray(ev.task_kinds(tasks)))
         cache = {}
         for method in c.methods:
-            model = models[trainer_of(method)]
-            state = _seed_slice(states[model.name], s)
+            trainer = trainers[trainer_of(method)]
+            state = _seed_slice(states[trainer.name], s)
             if method == "non_adaptive":
-                r = ev.evaluate_policy(key, model.policy, state.params, tasks, num_envs=e, env=model.env)
+                r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env)
                 per_method[method].append(np.asarray(r))
                 env_steps += n * e * ev.EPISODE_STEPS
             elif method == "in_context":
-                out = ev.evaluate_in_context(key, model.policy, state.params, tasks, num_envs=e, env=model.env)
+                out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env)
                 per_method[method].append(np.asarray(out["after_context"]))
                 extras[method].append(np.asarray(out["first_episode"]))
                 env_steps += n * e * 2 * ev.EPISODE_STEPS
             elif method in ("maml_zero_shot", "maml_adapted", "maml_adapted_mlp"):
-                if model.name not in cache:
-                    cache[model.name] = np.asarray(ev.evaluate_maml(
-                        key, model.algo, state, tasks, num_inner_steps=c.reported_inner_steps, num_envs=e))
+                if trainer.name not in cache:
+                    cache[trainer.name] = np.asarray(ev.evaluate_maml(
+                        key, trainer.algo, state, tasks, num_inner_steps=c.reported_inner_steps, num_envs=e))
                     k = c.reported_inner_steps
                     env_steps += n * ((k + 1) * e * ev.EPISODE_STEPS
-                                      + k * model.algo.config.support_envs * model.algo.config.support_steps)
-                by_step = cache[model.name]
-                col = 0 if method == "maml_zero_shot" else c.num_inner_steps
+                                      + k * trainer.algo.config.support_envs * trainer.algo.config.support_steps)
+                by_step = cache[trainer.name]
+                col = 0 if method == "maml_zero_shot" else c.maml.rl.num_inner_steps
                 per_method[method].append(by_step[:, col])
                 extras[method].append(by_step)
             elif method == "test_time_adapted":
-                r = np.asarray(ev.evaluate_test_time(key, model.policy, state, tasks,
-                                                     num_rounds=c.tta_rounds, num_envs=e,
-                                                     fixed_lr=c.tta_lr,
-                                                     baseline=model.algo.config.baseline))
+                r = np.asarray(ev.evaluate_test_time(key, trainer.policy, state, tasks,
+                                                     num_rounds=c.evaluation.test_time_rounds, num_envs=e,
+                                                     env=trainer.env, baseline=trainer.algo.config.baseline))
                 per_method[method].append(r[:, -1])
                 extras[method].append(r)
-                env_steps += n * e * c.tta_rounds * ev.EPISODE_STEPS
+                env_steps += n * e * c.evaluation.test_time_rounds * ev.EPISODE_STEPS
     kinds = np.stack(kinds)
     results = {}
     for method in c.methods:
@@ -215,13 +171,13 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
                                              for k in range(by_step.shape[-1])]
             entry["return_by_inner_step_and_kind"] = [
                 summarize(by_step[..., k], kinds)["return_by_task_kind"] for k in range(by_step.shape[-1])]
-            entry["num_inner_steps"] = 0 if method == "maml_zero_shot" else c.num_inner_steps
+            entry["num_inner_steps"] = 0 if method == "maml_zero_shot" else c.maml.rl.num_inner_steps
         if method == "test_time_adapted":
             by_round = np.stack(extras[method])
             entry["return_by_round"] = [summarize(by_round[..., r], kinds)["return_mean"]
                                         for r in range(by_round.shape[-1])]
             entry["rule"] = (f"adapt.evaluate_with_adaptation, online, policy_gradient_loss "
-                             f"(baseline {models[trainer_of(method)].algo.config.baseline}), Meta-SGD rates")
+                             f"(baseline {trainers[trainer_of(method)].algo.config.baseline}), Meta-SGD rates")
         if method == "in_context":
             first = np.stack(extras[method])
             entry["first_episode"] = summarize(first, kinds)
@@ -278,38 +234,29 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
                          what="run or evaluation" if options.eval_only else "run")
     os.makedirs(out, exist_ok=True)
     if fresh:  # a replaced run's checkpoints and results never mix with this one's
-        rundir.clear_run(out, set(TRAINER_OF.values()))
+        rundir.clear_run(out, TRAINERS)
     if not options.resume:
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
     log(f"benchmarks.cartpole: methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
-    models = {name: Model(name, config) for name in trainers(config)}
+    built = {name: build_trainer(name, config) for name in trainers(config)}
     states, histories, timing_train = {}, {}, {}
     compile_s = run_s = 0.0
     env_steps = 0
-    for name, model in models.items():
+    for name, trainer in built.items():
         directory = rundir.checkpoint_dir(source, name)
-        run_meta = {"config": config.to_dict(), "model": name}
-        iterations = config.iterations(next(m for m in config.methods if trainer_of(m) == name))
         if options.eval_only:
-            ckpt = Checkpointer(directory, create=False)
-            target = jax.jit(jax.vmap(model.init))(
-                jax.random.split(jax.random.key(0), config.num_seeds))
-            state, meta, step = ckpt.restore(target)
-            if meta.get("run", {}).get("model") != name:
-                raise CheckpointError(f"{directory!r} holds model {meta.get('run', {}).get('model')!r}, not {name!r}")
-            if step != iterations:
-                log(f"[{name}] note: evaluating the checkpoint at iteration {step} of {iterations}")
-            states[name] = state
-            histories[name] = meta.get("history", {})
+            states[name], histories[name] = load_trained(trainer, directory, config.num_seeds)
             continue
-        ckpt = Checkpointer(directory, create=True)
         result: TrainResult = train(
-            name, init=model.init, update=model.update, seed=config.seed,
-            num_seeds=config.num_seeds, iterations=iterations, chunk_size=config.chunk_size,
-            env_steps_per_update=model.env_steps_per_update, checkpointer=ckpt,
-            checkpoint_every=config.checkpoint_every, metadata=run_meta,
-            resume=options.resume is not None, log=log)
+            name, init=trainer.init, update=trainer.update, seed=config.seed,
+            num_seeds=config.num_seeds, iterations=trainer.iterations, chunk_size=config.chunk_size,
+            env_steps_per_update=trainer.env_steps_per_update,
+            checkpointer=Checkpointer(directory, create=True),
+            checkpoint_every=config.checkpoint_every,
+            metadata={"config": config.to_dict(), "model": name},
+            resume=options.resume is not None, per_seed=(trainer.return_metric,),
+            same_run=same_run, migrate_history=trainer.migrate_history, log=log)
         states[name] = result.states
         histories[name] = result.history
         compile_s += result.compile_s
@@ -321,9 +268,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         log(f"[{name}] trained: compile {result.compile_s:.1f}s, run {result.run_s:.1f}s, "
             f"{result.env_steps / max(result.run_s, 1e-9):,.0f} env steps/s")
     t_eval = time.perf_counter()
-    log(f"evaluating on {config.eval_tasks} held-out test tasks x {config.num_seeds} seeds ...")
+    log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
-    methods, eval_steps = evaluate(config, models, states)
+    methods, eval_steps = evaluate(config, built, states)
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
@@ -343,13 +290,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     rundir.write_json_atomic(os.path.join(out, rundir.RESULTS_FILE), results)
     from benchmarks.plotting import plot_returns, plot_training_curves
 
-    curves = {}
-    for name, h in histories.items():
-        curves[name] = {"return": h.get("return", [])}
-        if "post_return" in h:
-            curves[name]["post_return"] = h["post_return"]
-            curves[name]["return"] = h.get("pre_return", [])
-    plot_training_curves(curves, os.path.join(out, rundir.CURVES_FILE))
+    plot_training_curves(_curves(built, histories), os.path.join(out, rundir.CURVES_FILE))
     plot_returns(methods, os.path.join(out, rundir.RETURNS_FILE))
     print_table(methods)
     log(f"\nwall {wall:.0f}s (compile {compile_s + eval_compile_s:.0f}s, train {run_s:.0f}s, eval "
