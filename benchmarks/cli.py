@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import textwrap
 from typing import Optional
 
 from benchmarks import rundir
-from benchmarks.config import METHODS, MODES, BenchmarkConfig, trainers
+from benchmarks.config import MODES, BenchmarkConfig
+from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
 
 DEFAULT_OUT = os.path.join("results", "cartpole")
@@ -62,15 +64,18 @@ class RunOptions:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cartpole",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Meta-RL benchmark on CartPole task distributions: meta-train on the train split, "
             "evaluate on held-out test tasks (longer/heavier poles, half with inverted force), "
-            "print a table, write results.json and PNG plots into --out."))
+            "print a table, write results.json and PNG plots into --out.\n\nmethods:\n"
+            + "\n".join(textwrap.fill(m.label, 96, initial_indent=f"  {m.name:18s} ",
+                                       subsequent_indent=" " * 21) for m in REGISTRY)))
     d = BenchmarkConfig()
     a = p.add_argument
     a("--mode", choices=MODES, default=None,
-      help=f"meta_rl: all methods ({', '.join(METHODS)}); policy_gradient: the non-meta PPO "
-           f"baseline (non_adaptive) alone [default {d.mode}]")
+      help=f"meta_rl: every method; policy_gradient: the non-meta PPO baseline (non_adaptive) "
+           f"alone [default {d.mode}]")
     a("--env_name", default=None, help=f"gymnax environment; only CartPole-v1 [default {d.env_name}]")
     a("--methods", default=None,
       help="comma-separated subset of the mode's methods to run [default: all of the mode's]")
@@ -135,7 +140,7 @@ def _flag_message(err: ValueError, given: list) -> str:
 
 def _check_flags_apply(config: BenchmarkConfig, given: list) -> None:
     """Reject flags of trainers this run does not train (they would be silently ignored)."""
-    running = sections_used(trainers(config))
+    running = sections_used(trainer_names(config.methods))
     for flag in given:
         section = FLAG_PATHS[flag].partition(".")[0]
         if section in trainer_sections() and section not in running:

@@ -23,14 +23,13 @@ import re
 import typing
 from typing import Any, Mapping, Optional
 
+from benchmarks.methods import METHODS
 from benchmarks.ppo import PPOConfig
 from maml.rl import MAMLRLConfig
 from ssm_jax import MLPPolicy, SSMPolicy
 from ssm_jax.validation import check_bool, check_choice, check_int
 
 MODES = ("meta_rl", "policy_gradient")
-METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
-           "maml_adapted_mlp")
 #: Methods each mode runs (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
 #: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
@@ -401,18 +400,3 @@ def _paths(d: Mapping[str, Any], prefix: str = "") -> dict:
         else:
             out[prefix + key] = value
     return out
-
-
-#: Which trainer each method evaluates (methods sharing a trainer share its params).
-TRAINER_OF = {"non_adaptive": "non_adaptive", "in_context": "in_context",
-              "maml_zero_shot": "maml_ssm", "maml_adapted": "maml_ssm",
-              "test_time_adapted": "maml_ssm", "maml_adapted_mlp": "maml_mlp"}
-
-
-def trainer_of(method: str) -> str:
-    return TRAINER_OF[method]
-
-
-def trainers(config: BenchmarkConfig) -> tuple:
-    """The distinct trainers the configured methods need, in a fixed order."""
-    return tuple(dict.fromkeys(trainer_of(m) for m in config.methods))

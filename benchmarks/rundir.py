@@ -44,7 +44,7 @@ def checkpoint_dir(run_dir: str, trainer: str) -> str:
 
 
 def load_run_config(run_dir: str) -> BenchmarkConfig:
-    """The config.json of a run (`BenchmarkConfig.from_dict`).
+    """The config.json of a run (either JSON form, see `BenchmarkConfig.from_dict`).
 
     Raises RunDirError if it is missing or not a benchmark config.
     """

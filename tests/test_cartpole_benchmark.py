@@ -1,6 +1,7 @@
 """`python -m benchmarks.cartpole`: CLI validation, statistics, the pipeline end to end
 (results.json schema, returns in [0, 500], plots), eval-only and resume through the CLI."""
 
+import dataclasses
 import json
 import math
 import os
@@ -9,15 +10,20 @@ import statistics
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+import envs
 from benchmarks import cartpole
+from benchmarks import evaluation as ev
+from benchmarks import methods as registry
 from benchmarks.checkpointing import Checkpointer
 from benchmarks.cli import FLAG_PATHS, RunOptions, build_parser, parse_args
 from benchmarks.config import FLAT_PATHS, METHODS, BenchmarkConfig, EvaluationConfig
 from benchmarks.ppo import PPOConfig
+from benchmarks.results import method_results, print_table
 from benchmarks.rundir import RunDirError
 from benchmarks.stats import mean_ci95, paired_difference, seed_t_interval, summarize
 from benchmarks.trainers import build_trainer
@@ -202,6 +208,110 @@ def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
     for flag, path in FLAG_PATHS.items():
         BenchmarkConfig().get(path)  # an existing field
         assert f"--{flag}" in help_text
+
+
+def _series_of(rng, n, config):
+    """Fake per-task series of every evaluator, (n, ...)."""
+    return {"return": rng.uniform(0, 500, n), "after_context": rng.uniform(0, 500, n),
+            "first_episode": rng.uniform(0, 500, n),
+            "by_inner_step": rng.uniform(0, 500, (n, config.reported_inner_steps + 1)),
+            "by_round": rng.uniform(0, 500, (n, config.evaluation.test_time_rounds))}
+
+
+def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(capsys):
+    """measure() calls each (evaluator, trainer) once per seed with that seed's test tasks and
+    key, shares one computation between methods (maml_zero_shot / maml_adapted), counts its env
+    steps once, and each method's returns are its entry's view of the shared series."""
+    config = BenchmarkConfig.quick_preset().with_values({"evaluation.num_tasks": 5, "num_seeds": 3, "seed": 7})
+    calls = []
+    rng = np.random.default_rng(0)
+
+    def spy(evaluator):
+        def evaluate(key, tasks, trainer, state, cfg):
+            assert cfg is config
+            calls.append({"evaluator": evaluator, "trainer": trainer, "key": key, "tasks": tasks,
+                          "state": state})
+            n = jax.tree.leaves(tasks)[0].shape[0]
+            calls[-1]["out"] = registry.Evaluation(_series_of(rng, n, config), env_steps=1000 + len(calls))
+            return calls[-1]["out"]
+        return evaluate
+
+    spies = {m.evaluator: spy(m.evaluator) for m in registry.REGISTRY}
+    entries = {m.name: dataclasses.replace(m, evaluator=spies[m.evaluator]) for m in registry.REGISTRY}
+    names = registry.trainer_names(config.methods)
+    assert names == ("non_adaptive", "in_context", "maml_ssm", "maml_mlp")
+    trainers = {t: build_trainer(t, config) for t in names}
+    states = {t: {"w": np.arange(3) + 10 * i} for i, t in enumerate(names)}
+    m = registry.measure(config, trainers, states, registry=entries)
+
+    computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
+    assert len(computations) == 5 and len(calls) == 5 * 3
+    for s in range(3):
+        seed_calls = calls[5 * s: 5 * (s + 1)]
+        assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
+        key = ev.eval_key(config.seed, s)
+        tasks = ev.test_tasks(key, 5)
+        for c in seed_calls:
+            chex.assert_trees_all_equal(c["tasks"], tasks)
+            np.testing.assert_array_equal(jax.random.key_data(c["key"]), jax.random.key_data(key))
+            assert c["state"]["w"] == states[c["trainer"].name]["w"][s]
+        np.testing.assert_array_equal(m.kinds[s], np.asarray(ev.task_kinds(tasks)))
+    assert not np.array_equal(calls[0]["tasks"].gravity, calls[5]["tasks"].gravity)
+    assert m.env_steps == sum(c["out"].env_steps for c in calls)
+
+    by_step = np.stack([c["out"].series["by_inner_step"] for c in calls
+                        if c["evaluator"] is registry.evaluate_maml_inner_steps
+                        and c["trainer"].name == "maml_ssm"])  # (seeds, tasks, K + 1)
+    k = config.maml.rl.num_inner_steps
+    np.testing.assert_array_equal(m.returns["maml_zero_shot"], by_step[..., 0])
+    np.testing.assert_array_equal(m.returns["maml_adapted"], by_step[..., k])
+    results = method_results(config, trainers, m, registry=entries)
+    assert list(results) == list(config.methods)
+    assert results["maml_adapted"]["num_inner_steps"] == k and results["maml_zero_shot"]["num_inner_steps"] == 0
+    assert results["maml_adapted"]["return_by_inner_step"][k] == pytest.approx(results["maml_adapted"]["return_mean"])
+    for name, entry in results.items():
+        assert entry["trained_model"] == entries[name].trainer
+        assert ("vs_non_adaptive" in entry) == (name != "non_adaptive")
+    assert results["in_context"]["vs_non_adaptive"]["all"]["mean"] == pytest.approx(
+        float(np.mean(m.returns["in_context"] - m.returns["non_adaptive"])))
+    print_table(results, registry=entries)
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in config.methods) and "by adaptation round" in printed
+
+
+class _CountingCartPole(type(envs.make("CartPole-v1")[0])):
+    """CartPole that counts the environment steps it runs (a host callback in every step)."""
+
+    steps = [0]
+
+    def step_env(self, key, state, action, params):
+        jax.debug.callback(_CountingCartPole._count, state.time)
+        return super().step_env(key, state, action, params)
+
+    @staticmethod
+    def _count(time):
+        _CountingCartPole.steps[0] += int(np.size(time))  # one per env (a batch under vmap)
+
+
+@pytest.mark.slow
+def test_every_evaluator_reports_the_env_steps_it_ran():
+    config = BenchmarkConfig.quick_preset().with_values({
+        "policy.hidden_dim": 8, "in_context_policy.hidden_dim": 8, "in_context_policy.state_dim": 4,
+        "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 3, "maml.rl.support_steps": 30,
+        "evaluation.inner_steps": 2, "evaluation.num_envs": 2, "evaluation.test_time_rounds": 2})
+    env = _CountingCartPole()
+    cases = {registry.evaluate_fixed_policy: "non_adaptive", registry.evaluate_in_context: "in_context",
+             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp"}
+    assert {m.evaluator for m in registry.REGISTRY} == set(cases)
+    key = ev.eval_key(0, 0)
+    tasks = ev.test_tasks(key, 3)
+    for evaluator, name in cases.items():
+        trainer = build_trainer(name, config, env=env)
+        state = trainer.init(jax.random.key(1))
+        before = _CountingCartPole.steps[0]
+        evaluation = evaluator(key, tasks, trainer, state, config)
+        jax.effects_barrier()
+        assert evaluation.env_steps == _CountingCartPole.steps[0] - before > 0, evaluator.__name__
 
 
 def test_histories_and_run_metadata_in_the_flat_form_are_migrated():
