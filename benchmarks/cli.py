@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.cartpole",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Meta-RL benchmark on CartPole task distributions: meta-train on the train split, "
-            "evaluate on held-out test tasks (longer/heavier poles, half with inverted force), "
-            "print a table, write results.json and PNG plots into --out.\n\nmethods:\n"
+            textwrap.fill("Meta-RL benchmark on CartPole task distributions: meta-train on the "
+                          "train split, evaluate on held-out test tasks (longer/heavier poles, half "
+                          "with inverted force), print a table, write results.json and PNG plots "
+                          "into --out.", 96) + "\n\nmethods:\n"
             + "\n".join(textwrap.fill(m.label, 96, initial_indent=f"  {m.name:18s} ",
                                        subsequent_indent=" " * 21) for m in REGISTRY)))
     d = BenchmarkConfig()
