@@ -1,21 +1,51 @@
 """Command line of `python -m benchmarks.cartpole`, shaped like the seeds' main.py.
 
 `parse_args(argv)` returns `(config, options)`: a validated `BenchmarkConfig` and the run
-options (out dir, resume / eval-only directories). Bad values exit with status 2 and a
-one-line message naming the flag, before JAX compiles anything.
+options (out dir, resume / eval-only directories). Each config flag sets one field of the nested
+config (`FLAG_PATHS`, the one table of flag names); a bad value exits with status 2 and a
+one-line message naming the flag the user typed, before JAX compiles anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import textwrap
 from typing import Optional
 
-from benchmarks.config import METHODS, MODES, BenchmarkConfig
+from benchmarks import rundir
+from benchmarks.config import MODES, BenchmarkConfig
+from benchmarks.methods import REGISTRY, trainer_names
+from benchmarks.trainers import sections_used, trainer_sections
 
 DEFAULT_OUT = os.path.join("results", "cartpole")
+
+#: Each config flag -> the field path it sets (`BenchmarkConfig.with_values`). The seeds' flag
+#: names: --num_epochs counts MAML meta-updates, --num_episodes is the seeds' name for the PPO
+#: iterations of non_adaptive.
+FLAG_PATHS = {
+    "mode": "mode",
+    "env_name": "env_name",
+    "methods": "methods",
+    "num_epochs": "maml.num_meta_updates",
+    "tasks_per_epoch": "maml.tasks_per_update",
+    "inner_lr": "maml.rl.inner_lr",
+    "outer_lr": "maml.rl.outer_lr",
+    "num_inner_steps": "maml.rl.num_inner_steps",
+    "first_order": "maml.rl.first_order",
+    "num_episodes": "non_adaptive.total_iterations",
+    "ppo_iterations": "non_adaptive.total_iterations",
+    "in_context_iterations": "in_context.total_iterations",
+    "eval_tasks": "evaluation.num_tasks",
+    "seed": "seed",
+    "num_seeds": "num_seeds",
+    "chunk_size": "chunk_size",
+    "checkpoint_every": "checkpoint_every",
+}
+
+#: Config flags that --eval_only accepts (evaluation settings).
+EVAL_ONLY_FLAGS = ("eval_tasks", "methods")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,41 +64,48 @@ class RunOptions:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cartpole",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Meta-RL benchmark on CartPole task distributions: meta-train on the train split, "
-            "evaluate on held-out test tasks (longer/heavier poles, half with inverted force), "
-            "print a table, write results.json and PNG plots into --out."))
+            textwrap.fill("Meta-RL benchmark on CartPole task distributions: meta-train on the "
+                          "train split, evaluate on held-out test tasks (longer/heavier poles, half "
+                          "with inverted force), print a table, write results.json and PNG plots "
+                          "into --out.", 96) + "\n\nmethods:\n"
+            + "\n".join(textwrap.fill(m.label, 96, initial_indent=f"  {m.name:18s} ",
+                                       subsequent_indent=" " * 21) for m in REGISTRY)))
     d = BenchmarkConfig()
     a = p.add_argument
     a("--mode", choices=MODES, default=None,
-      help=f"meta_rl: all methods ({', '.join(METHODS)}); policy_gradient: the non-meta PPO "
-           f"baseline (non_adaptive) alone [default {d.mode}]")
+      help=f"meta_rl: every method; policy_gradient: the non-meta PPO baseline (non_adaptive) "
+           f"alone [default {d.mode}]")
     a("--env_name", default=None, help=f"gymnax environment; only CartPole-v1 [default {d.env_name}]")
     a("--methods", default=None,
       help="comma-separated subset of the mode's methods to run [default: all of the mode's]")
     a("--num_epochs", type=int, default=None,
-      help=f"MAML meta-updates (outer iterations) [default {d.num_epochs}]")
+      help=f"MAML meta-updates (outer iterations) [default {d.maml.num_meta_updates}]")
     a("--tasks_per_epoch", type=int, default=None,
-      help=f"train tasks per MAML meta-update [default {d.tasks_per_epoch}]")
+      help=f"train tasks per MAML meta-update [default {d.maml.tasks_per_update}]")
     a("--inner_lr", type=float, default=None,
       help=f"MAML inner step size (initial value of the learned per-parameter step sizes) "
-           f"[default {d.inner_lr}]")
-    a("--outer_lr", type=float, default=None, help=f"MAML outer Adam step size [default {d.outer_lr}]")
+           f"[default {d.maml.rl.inner_lr}]")
+    a("--outer_lr", type=float, default=None, help=f"MAML outer Adam step size [default {d.maml.rl.outer_lr}]")
     a("--num_inner_steps", type=int, default=None,
-      help=f"MAML inner policy-gradient steps, in training and for maml_adapted [default {d.num_inner_steps}]")
+      help=f"MAML inner policy-gradient steps, in training and for maml_adapted "
+           f"[default {d.maml.rl.num_inner_steps}]")
     fo = p.add_mutually_exclusive_group()
     fo.add_argument("--first_order", dest="first_order", action="store_true", default=None,
-                    help=f"first-order MAML (drop second-order terms) [default {d.first_order}]")
+                    help=f"first-order MAML (drop second-order terms) [default {d.maml.rl.first_order}]")
     fo.add_argument("--second_order", dest="first_order", action="store_false",
                     help="full second-order MAML meta-gradient (LVC estimator)")
     a("--num_episodes", type=int, default=None,
       help="the seeds' name for --ppo_iterations (policy-gradient training of non_adaptive)")
+    ppo = d.non_adaptive
     a("--ppo_iterations", type=int, default=None,
-      help=f"PPO iterations of non_adaptive (8 tasks x 4 envs x 500 steps each) [default {d.ppo_iterations}]")
+      help=f"PPO iterations of non_adaptive ({ppo.num_tasks} tasks x {ppo.num_envs} envs x "
+           f"{ppo.num_steps} steps each) [default {ppo.total_iterations}]")
     a("--in_context_iterations", type=int, default=None,
-      help=f"PPO iterations of the in_context (RL^2) agent [default {d.in_context_iterations}]")
+      help=f"PPO iterations of the in_context (RL^2) agent [default {d.in_context.total_iterations}]")
     a("--eval_tasks", type=int, default=None,
-      help=f"held-out test tasks per seed (>= 256 for the reported table) [default {d.eval_tasks}]")
+      help=f"held-out test tasks per seed (>= 256 for the reported table) [default {d.evaluation.num_tasks}]")
     a("--seed", type=int, default=None, help=f"first seed; seeds are seed..seed+num_seeds-1 [default {d.seed}]")
     a("--num_seeds", type=int, default=None, help=f"seeds per method, vmapped in training [default {d.num_seeds}]")
     a("--chunk_size", type=int, default=None,
@@ -91,84 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_CONFIG_FLAGS = ("mode", "env_name", "num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr",
-                 "num_inner_steps", "first_order", "ppo_iterations", "in_context_iterations",
-                 "eval_tasks", "seed", "num_seeds", "chunk_size", "checkpoint_every")
-
-#: Flags that only affect one trained model, so passing them without it is a mistake.
-_FLAGS_OF_TRAINER = {
-    "maml": ("num_epochs", "tasks_per_epoch", "inner_lr", "outer_lr", "num_inner_steps", "first_order"),
-    "non_adaptive": ("ppo_iterations", "num_episodes"),
-    "in_context": ("in_context_iterations",),
-}
-
-#: Files whose presence means a directory already holds a benchmark run.
-RUN_FILES = ("config.json", "results.json", "checkpoints")
+def _flag_message(err: ValueError, given: list) -> str:
+    """The message of a config error with its leading field path replaced by the flag (among
+    `given`, else any flag of that path) that sets it."""
+    msg = str(err)
+    for flag in list(given) + [f for f in FLAG_PATHS if f not in given]:
+        path = FLAG_PATHS[flag]
+        if msg.startswith(path + " "):
+            return f"--{flag}{msg[len(path):]}"
+    return msg
 
 
-def run_dir_of(path: str) -> str:
-    """The absolute run directory of `path` (a run directory or its checkpoints/ directory)."""
-    path = os.path.abspath(path)
-    return os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
-
-
-def load_run_config(run_dir: str) -> BenchmarkConfig:
-    """The config.json of a previous run (ValueError if missing or invalid)."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{run_dir!r} is not a benchmark run directory (no config.json)")
-    try:
-        with open(path) as f:
-            return BenchmarkConfig.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path!r} is not a valid benchmark config ({err})") from err
-
-
-def holds_run(path: str) -> bool:
-    """Whether the directory `path` already holds a benchmark run (or an evaluation of one)."""
-    return any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
-
-
-def check_replaceable(path: str) -> None:
-    """Refuse to replace a directory whose config.json is not a benchmark config: --overwrite
-    replaces a benchmark run, never files of something else that happen to share a name."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        try:
-            load_run_config(path)
-        except ValueError as err:
-            raise ValueError(f"--out {path!r} holds a config.json that is not a benchmark run's; "
-                             f"refusing to replace it ({err})") from err
-
-
-def _check_out(out: str, overwrite: bool, what: str) -> None:
-    """Refuse an --out that is a file, cannot be created, or already holds a run (unless overwrite)."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} exists and is not a directory")
-    if holds_run(out) and not overwrite:
-        raise ValueError(
-            f"--out {out!r} already holds a {what} (config.json, results.json or checkpoints/); "
-            f"pass --resume {out} to continue it, --overwrite to replace it, or choose another --out")
-    if overwrite:
-        check_replaceable(out)
-    # the directory is created when the run starts; check now that it can be
-    ancestor = os.path.abspath(out)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r} cannot be created ({ancestor!r} is not a writable directory)")
-
-
-def _check_flags_apply(config: BenchmarkConfig, given: set) -> None:
-    """Reject flags of models that this run does not train (they would be silently ignored)."""
-    from benchmarks.config import trainers
-
-    running = {"maml" if t.startswith("maml") else t for t in trainers(config)}
-    for trainer, flags in _FLAGS_OF_TRAINER.items():
-        unused = sorted(f for f in flags if f in given)
-        if trainer not in running and unused:
-            raise ValueError(
-                f"--{unused[0]} has no effect: this run trains no {trainer} model "
-                f"(methods {list(config.methods)})")
+def _check_flags_apply(config: BenchmarkConfig, given: list) -> None:
+    """Reject flags of trainers this run does not train (they would be silently ignored)."""
+    running = sections_used(trainer_names(config.methods))
+    for flag in given:
+        section = FLAG_PATHS[flag].partition(".")[0]
+        if section in trainer_sections() and section not in running:
+            raise ValueError(f"--{flag} has no effect: this run trains no {section} model "
+                             f"(methods {list(config.methods)})")
 
 
 def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
@@ -176,7 +154,7 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     args = parser.parse_args(argv)
     try:
         return _build(args)
-    except ValueError as err:
+    except ValueError as err:  # RunDirError included
         parser.error(str(err))
         raise  # unreachable
 
@@ -190,27 +168,26 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         raise ValueError("--resume and --eval_only are exclusive")
     if args.quick and (args.resume or args.eval_only):
         raise ValueError("--quick sets training budgets; it cannot be combined with --resume or --eval_only")
-    overrides = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
-    if args.num_episodes is not None:
-        if "ppo_iterations" in overrides:
-            raise ValueError("give --num_episodes or --ppo_iterations, not both")
-        overrides["ppo_iterations"] = args.num_episodes
-    if args.methods is not None:
-        overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    given = [f for f in FLAG_PATHS if getattr(args, f) is not None]
+    if "num_episodes" in given and "ppo_iterations" in given:
+        raise ValueError("give --num_episodes or --ppo_iterations, not both")
+    values = {f: getattr(args, f) for f in given}
+    if "methods" in values:
+        values["methods"] = tuple(m.strip() for m in values["methods"].split(",") if m.strip())
     source = args.resume or args.checkpoint
     if source:
-        run_dir = run_dir_of(source)
+        run_dir = rundir.run_dir_of(source)
         if not os.path.isdir(run_dir):
             raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
-        config = load_run_config(run_dir)
-        if args.resume and (overrides or args.quick):
+        config = rundir.load_run_config(run_dir)
+        if args.resume and (given or args.quick):
             raise ValueError("--resume continues a run with its saved config.json; do not pass other config flags")
         if args.eval_only:  # evaluation settings may be changed
-            allowed = {"eval_tasks", "methods"}
-            bad = sorted(set(overrides) - allowed)
+            bad = [f"--{f}" for f in given if f not in EVAL_ONLY_FLAGS]
             if bad:
-                raise ValueError(f"--eval_only accepts only --eval_tasks/--methods, got {bad}")
-            config = dataclasses.replace(config, **overrides)
+                raise ValueError(f"--eval_only accepts only {'/'.join('--' + f for f in EVAL_ONLY_FLAGS)}, "
+                                 f"got {bad}")
+            config = _with_flags(config, values, given)
         if args.resume:
             if args.out and os.path.abspath(args.out) != run_dir:
                 raise ValueError(f"--resume continues the run in {run_dir!r} and writes there; "
@@ -219,21 +196,24 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                 raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
             return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None)
         out = args.out or os.path.join(run_dir, "eval")
-        if os.path.abspath(out) == run_dir:
-            raise ValueError(f"--eval_only would overwrite the training run's results in {run_dir!r}; "
-                             f"choose another --out (default {os.path.join(run_dir, 'eval')!r})")
-        _check_out(out, args.overwrite, "run or evaluation")
+        rundir.check_eval_out(out, run_dir)
+        rundir.check_out(out, overwrite=args.overwrite, what="run or evaluation")
         return config, RunOptions(out=out, resume=None, eval_only=True, checkpoint=run_dir,
                                   overwrite=args.overwrite)
-    mode = overrides.get("mode", "meta_rl")
-    if mode == "policy_gradient" and "methods" not in overrides:
-        overrides["methods"] = ("non_adaptive",)
-    config = BenchmarkConfig.quick_preset(**overrides) if args.quick else BenchmarkConfig(**overrides)
-    given = set(overrides)
-    if args.num_episodes is not None:  # name the flag the user typed
-        given = (given - {"ppo_iterations"}) | {"num_episodes"}
+    if values.get("mode") == "policy_gradient" and "methods" not in values:
+        values["methods"] = ("non_adaptive",)
+    base = BenchmarkConfig.quick_preset() if args.quick else BenchmarkConfig()
+    config = _with_flags(base, values, given)
     _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
-    _check_out(out, args.overwrite, "run")
+    rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite)
+
+
+def _with_flags(config: BenchmarkConfig, values: dict, given: list) -> BenchmarkConfig:
+    """`config` with each flag's value at its field path; errors name the flag."""
+    try:
+        return config.with_values({FLAG_PATHS[f]: v for f, v in values.items()})
+    except ValueError as err:
+        raise ValueError(_flag_message(err, given)) from None

@@ -1,221 +1,402 @@
-"""The CartPole benchmark's configuration: one frozen, validated dataclass (everything to rerun).
+"""The CartPole benchmark's configuration: nested frozen dataclasses (everything to rerun a run).
 
-`BenchmarkConfig()` is the default run; `BenchmarkConfig.quick_preset()` the `--quick` smoke
-test. Construction validates every field and raises a ValueError naming the flag and what was
-expected, before anything is compiled.
+`BenchmarkConfig()` is the default run and `BenchmarkConfig.quick_preset()` the `--quick` smoke
+test. The benchmark config holds the library configs, so each value is validated once, by the
+class that owns it: `maml.rl.MAMLRLConfig` (MAML-RL), `PPOConfig` (non_adaptive and in_context
+training), the policies `SSMPolicy`/`MLPPolicy` (their sizes and core) and the benchmark's own
+sections for the rest. A bad value raises a ValueError naming the field, before anything is
+compiled.
+
+Field paths name nested values (`"maml.rl.inner_lr"`); `config.with_values({path: value})` is a
+validated copy with values changed and its ValueErrors start with the path (`benchmarks.cli` maps
+paths back onto its flags). `to_dict()` / `from_dict()` are the nested JSON form stored in
+config.json, results.json and checkpoints; `from_dict` also reads the flat form (one level of
+prefixed fields, `FLAT_PATHS`) and migrates it.
+
+Training defaults were chosen on validation seeds >= 100, never on the seeds the README reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
+from typing import Any, Mapping, Optional
 
-from maml.rl import BASELINES
-from ssm_jax.validation import check_float, check_int
+from benchmarks.methods import METHODS
+from maml.ppo import PPOConfig
+from maml.rl import MAMLRLConfig
+from ssm_jax import MLPPolicy, SSMPolicy
+from ssm_jax.validation import check_bool, check_choice, check_int
 
 MODES = ("meta_rl", "policy_gradient")
-METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
-           "maml_adapted_mlp")
 #: Methods each mode runs (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
+#: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
 ENV_NAMES = ("CartPole-v1",)
-CORES = ("ssm", "diagonal", "selective")
 
 
-def _int(name, value, minimum):
-    check_int(f"--{name}", value, minimum)
+def _check_section(name: str, value: Any, cls: type) -> None:
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
 
 
-def _float(name, value, *, positive=False, nonneg=False):
-    check_float(f"--{name}", value, minimum=0.0 if positive or nonneg else None, strict_min=positive)
+def _check_subset(name: str, values: tuple, choices: tuple, message: str) -> None:
+    """`values` is non-empty and each entry is one of `choices`, else ValueError(message)."""
+    try:
+        check_int(f"number of {name}", len(values), 1)
+        for v in values:
+            check_choice(name, v, choices)
+    except ValueError:
+        raise ValueError(message) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLTrainingConfig:
+    """MAML-RL meta-training of the maml_ssm and maml_mlp trainers.
+
+    Attributes:
+      num_meta_updates: meta-updates (`MAMLRL.meta_update` calls) per training run.
+      tasks_per_update: train tasks sampled per meta-update.
+      anneal_outer_lr: decay the outer step size linearly to 0 over the run.
+      rl: the `MAMLRLConfig` (inner/outer step sizes, inner steps, support/query sizes,
+        baseline, GAE lambda, ...). Its `outer_lr_decay_steps` stays None: the schedule
+        follows from `num_meta_updates` and `anneal_outer_lr` (`algorithm_config`). The
+        benchmark needs `rl.num_inner_steps >= 1` (maml_adapted is measured after them).
+    """
+
+    num_meta_updates: int = 300
+    tasks_per_update: int = 8
+    anneal_outer_lr: bool = True
+    rl: MAMLRLConfig = dataclasses.field(default_factory=lambda: MAMLRLConfig(
+        inner_lr=0.1, outer_lr=3e-3, num_inner_steps=3, first_order=True, support_envs=8,
+        support_steps=200, query_envs=8, query_steps=500, baseline="linear", gae_lambda=1.0))
+
+    def __post_init__(self):
+        check_int("num_meta_updates", self.num_meta_updates, 1)
+        check_int("tasks_per_update", self.tasks_per_update, 1)
+        check_bool("anneal_outer_lr", self.anneal_outer_lr)
+        _check_section("rl", self.rl, MAMLRLConfig)
+        check_int("rl.num_inner_steps", self.rl.num_inner_steps, 1)
+        if self.rl.outer_lr_decay_steps is not None:
+            raise ValueError(f"rl.outer_lr_decay_steps must be None (the schedule follows from "
+                             f"num_meta_updates and anneal_outer_lr), got {self.rl.outer_lr_decay_steps!r}")
+
+    @property
+    def algorithm_config(self) -> MAMLRLConfig:
+        """`rl` with the outer step-size schedule: linear decay to 0 over every Adam step of the
+        run (`num_meta_updates * rl.num_outer_epochs`) if `anneal_outer_lr`, else constant."""
+        steps = self.num_meta_updates * self.rl.num_outer_epochs if self.anneal_outer_lr else None
+        return dataclasses.replace(self.rl, outer_lr_decay_steps=steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class InContextPolicyConfig:
+    """The in_context (RL^2) agent's `SSMPolicy`: `core`, `state_dim`, `hidden_dim` and
+    `num_layers` stacked cores (validated by `SSMPolicy`)."""
+
+    core: str = "ssm"
+    state_dim: int = 16
+    hidden_dim: int = 64
+    num_layers: int = 2
+
+    def __post_init__(self):
+        self.build(obs_dim=1, action_dim=1)
+
+    def build(self, obs_dim: int, action_dim: int, parallel: bool = False) -> SSMPolicy:
+        return SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
+                         state_dim=self.state_dim, hidden_dim=self.hidden_dim,
+                         num_layers=self.num_layers, parallel=parallel)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Sizes of the non_adaptive MLP and the MAML policies (validated by the policies):
+    `MLPPolicy` of width `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm",
+    state `state_dim` and width `hidden_dim` (maml_ssm)."""
+
+    state_dim: int = 16
+    hidden_dim: int = 64
+
+    def __post_init__(self):
+        self.ssm(obs_dim=1, action_dim=1)
+        self.mlp(obs_dim=1, action_dim=1)
+
+    def ssm(self, obs_dim: int, action_dim: int) -> SSMPolicy:
+        return SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core="ssm",
+                         state_dim=self.state_dim, hidden_dim=self.hidden_dim)
+
+    def mlp(self, obs_dim: int, action_dim: int) -> MLPPolicy:
+        return MLPPolicy(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=self.hidden_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluation on held-out test tasks (`benchmarks.evaluation`).
+
+    Attributes:
+      num_tasks: test tasks per seed; num_envs: parallel envs per task.
+      inner_steps: the MAML methods are measured after 0..max(inner_steps,
+        maml.rl.num_inner_steps) inner steps (`BenchmarkConfig.reported_inner_steps`).
+      test_time_rounds: evaluation rounds of test_time_adapted (one update between rounds).
+    """
+
+    num_tasks: int = 256
+    num_envs: int = 2
+    inner_steps: int = 3
+    test_time_rounds: int = 4
+
+    def __post_init__(self):
+        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds"):
+            check_int(name, getattr(self, name), 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
-    """Everything that defines a benchmark run (stored in results.json and checkpoints).
+    """Everything that defines a benchmark run (stored in config.json, results.json, checkpoints).
 
-    MAML (meta_rl): num_epochs meta-updates of tasks_per_epoch train tasks; inner_lr (initial
-    Meta-SGD step size), outer_lr (decayed linearly to 0 over the run if anneal_outer_lr),
-    num_inner_steps, first_order; support/query windows of maml_envs envs x
-    maml_support_steps / maml_query_steps steps; advantages' baseline maml_baseline ("linear":
-    fitted to each batch, "value": the policy's value head; see maml.rl) and GAE lambda
-    maml_gae_lambda (1: plain returns-to-go minus the baseline, as in the original MAML-RL).
-    PPO: ppo_iterations iterations of ppo_tasks x ppo_envs envs x 500 steps (non_adaptive, MLP,
-    entropy bonus ppo_entropy_coef); in_context_iterations of in_context_tasks x
-    in_context_envs x in_context_steps (RL^2, SSMPolicy with core in_context_core, state
-    in_context_state_dim and width in_context_hidden_dim on ContextWrapper observations).
-    Evaluation: eval_tasks held-out test tasks per seed, eval_envs envs each; the MAML methods
-    are evaluated after 0..max(eval_inner_steps, num_inner_steps) inner steps (the
-    maml_adapted return is the one after num_inner_steps).
-    Seeds: seed, seed + 1, ... (num_seeds of them, vmapped in training).
+    Attributes:
+      mode: "meta_rl" (every method) or "policy_gradient" (non_adaptive alone).
+      env_name: the gymnax environment (one of `ENV_NAMES`).
+      methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`.
+      seed, num_seeds: training seeds seed, seed + 1, ... (vmapped in training).
+      chunk_size: training iterations per jitted chunk; checkpoint_every: iterations between
+        checkpoints.
+      quick: the run is the `--quick` smoke test.
+      maml: MAML-RL training of maml_ssm / maml_mlp (`MAMLTrainingConfig`).
+      non_adaptive: PPO training of the non_adaptive MLP (`PPOConfig`; `total_iterations` is
+        the number of iterations).
+      in_context: PPO training of the RL^2 agent (`PPOConfig`, carry kept across episodes).
+      in_context_policy: the RL^2 agent's policy (`InContextPolicyConfig`).
+      policy: sizes of the non_adaptive and MAML policies (`PolicyConfig`).
+      evaluation: the held-out evaluation (`EvaluationConfig`).
     """
 
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
     methods: tuple = METHODS
-    # Training defaults were chosen on validation runs with seeds 100-102 (their own training
-    # seeds and their own draws of test-split tasks), never on the seeds 0-2 the README reports:
-    # MAML with the per-batch linear baseline and lambda = 1 reached 489 after 3 inner steps in
-    # 500 meta-updates where the value-head baseline reached 404 (lambda 0.95: 470); its train
-    # return levels off by ~300 updates. RL^2 with two stacked `ssm` layers of width 64 reached
-    # 493 in 150 iterations, where one layer (or a diagonal core) learned the normal-force tasks
-    # only and width 32 reached 345. The non-adaptive PPO baseline was still improving at 250
-    # iterations (313 on seed 100, train return rising); 750 iterations reached 439 there, with
-    # the train return flat from ~300 on, so it gets 750 (36M env steps, ~100 s).
-    num_epochs: int = 300
-    tasks_per_epoch: int = 8
-    inner_lr: float = 0.1
-    outer_lr: float = 3e-3
-    num_inner_steps: int = 3
-    first_order: bool = True
-    anneal_outer_lr: bool = True
-    maml_envs: int = 8
-    maml_support_steps: int = 200
-    maml_query_steps: int = 500
-    maml_baseline: str = "linear"
-    maml_gae_lambda: float = 1.0
-    ppo_iterations: int = 750
-    ppo_tasks: int = 8
-    ppo_envs: int = 4
-    ppo_lr: float = 1e-3
-    ppo_entropy_coef: float = 0.0
-    in_context_iterations: int = 150
-    in_context_tasks: int = 16
-    in_context_envs: int = 2
-    in_context_steps: int = 1000
-    in_context_lr: float = 1e-3
-    in_context_entropy_coef: float = 0.01
-    in_context_core: str = "ssm"
-    in_context_state_dim: int = 16
-    in_context_hidden_dim: int = 64
-    in_context_layers: int = 2
-    state_dim: int = 16
-    hidden_dim: int = 64
-    tta_lr: float = 0.01
-    tta_rounds: int = 4
-    eval_tasks: int = 256
-    eval_envs: int = 2
-    eval_inner_steps: int = 3
     seed: int = 0
     num_seeds: int = 3
     chunk_size: int = 10
     checkpoint_every: int = 50
     quick: bool = False
+    maml: MAMLTrainingConfig = dataclasses.field(default_factory=MAMLTrainingConfig)
+    non_adaptive: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
+        num_tasks=8, num_envs=4, num_steps=500, lr=1e-3, entropy_coef=0.0, total_iterations=750))
+    in_context: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
+        num_tasks=16, num_envs=2, num_steps=1000, lr=1e-3, entropy_coef=0.01,
+        total_iterations=150, carry_across_episodes=True))
+    in_context_policy: InContextPolicyConfig = dataclasses.field(default_factory=InContextPolicyConfig)
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.env_name not in ENV_NAMES:
-            raise ValueError(
-                f"--env_name must be one of {list(ENV_NAMES)} (the benchmark's task distribution "
-                f"varies CartPole physics), got {self.env_name!r}")
-        methods = tuple(self.methods)
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or not methods:
-            raise ValueError(f"--methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("env_name", self.env_name, ENV_NAMES)
+        methods = tuple(self.methods) if isinstance(self.methods, (list, tuple)) else (self.methods,)
+        _check_subset("methods", methods, METHODS,
+                      f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
         allowed = MODE_METHODS[self.mode]
-        if any(m not in allowed for m in methods):
-            raise ValueError(f"--mode {self.mode} runs only {list(allowed)}, got methods {list(methods)}")
+        _check_subset("methods", methods, allowed,
+                      f"mode {self.mode} runs only {list(allowed)}, got methods {list(methods)}")
         object.__setattr__(self, "methods", methods)
-        for name in ("num_epochs", "tasks_per_epoch", "maml_envs", "maml_support_steps",
-                     "maml_query_steps", "ppo_iterations", "ppo_tasks", "ppo_envs",
-                     "in_context_iterations", "in_context_tasks", "in_context_envs",
-                     "in_context_steps", "in_context_state_dim", "in_context_hidden_dim", "in_context_layers",
-                     "state_dim", "hidden_dim", "tta_rounds", "eval_tasks",
-                     "eval_envs", "num_seeds", "chunk_size", "checkpoint_every"):
-            _int(name, getattr(self, name), 1)
-        _int("num_inner_steps", self.num_inner_steps, 1)
-        _int("eval_inner_steps", self.eval_inner_steps, 1)
-        _int("seed", self.seed, 0)
-        _float("inner_lr", self.inner_lr, nonneg=True)
-        for name in ("outer_lr", "ppo_lr", "in_context_lr", "tta_lr"):
-            _float(name, getattr(self, name), positive=True)
-        for name in ("ppo_entropy_coef", "in_context_entropy_coef"):
-            _float(name, getattr(self, name), nonneg=True)
-        object.__setattr__(self, "maml_gae_lambda",
-                           check_float("maml_gae_lambda", self.maml_gae_lambda, minimum=0.0, maximum=1.0))
-        if self.maml_baseline not in BASELINES:
-            raise ValueError(f"maml_baseline must be one of {list(BASELINES)}, got {self.maml_baseline!r}")
-        if self.in_context_core not in CORES:
-            raise ValueError(f"--in_context_core must be one of {list(CORES)}, got {self.in_context_core!r}")
-        for name in ("first_order", "anneal_outer_lr", "quick"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"--{name} must be a bool, got {getattr(self, name)!r}")
-        if (self.ppo_tasks * self.ppo_envs) % 4 or (self.in_context_tasks * self.in_context_envs) % 4:
-            raise ValueError("--ppo_tasks * ppo_envs and in_context_tasks * in_context_envs must be "
-                             "multiples of 4 (PPO minibatches)")
+        check_int("seed", self.seed, 0)
+        for name in ("num_seeds", "chunk_size", "checkpoint_every"):
+            check_int(name, getattr(self, name), 1)
+        check_bool("quick", self.quick)
+        for name, cls in _sections(type(self)).items():
+            _check_section(name, getattr(self, name), cls)
 
     @classmethod
-    def quick_preset(cls, **overrides) -> "BenchmarkConfig":
+    def quick_preset(cls) -> "BenchmarkConfig":
         """The `--quick` smoke test: tiny budgets, 2 seeds, 32 test tasks (numbers not meaningful).
 
         RL^2 gets one narrower core: compilation dominates a quick run, and the stacked policy
         is covered by the policy tests.
         """
-        base = dict(num_epochs=20, tasks_per_epoch=4, maml_envs=4, maml_support_steps=100,
-                    maml_query_steps=100, ppo_iterations=10, ppo_tasks=4, ppo_envs=2,
-                    in_context_iterations=10, in_context_tasks=4, in_context_envs=2,
-                    in_context_steps=200, in_context_layers=1, in_context_hidden_dim=32,
-                    hidden_dim=32, tta_rounds=2, eval_tasks=32, eval_envs=1, num_seeds=2,
-                    chunk_size=5, checkpoint_every=10, quick=True)
-        base.update(overrides)
-        return cls(**base)
+        return cls().with_values(QUICK_VALUES)
 
     @property
     def reported_inner_steps(self) -> int:
         """MAML returns are reported after 0..this many inner steps (at least num_inner_steps)."""
-        return max(self.eval_inner_steps, self.num_inner_steps)
+        return max(self.evaluation.inner_steps, self.maml.rl.num_inner_steps)
 
-    def iterations(self, method: str) -> int:
-        """Training iterations of the trainer behind `method`."""
-        trainer = trainer_of(method)
-        return {"non_adaptive": self.ppo_iterations, "in_context": self.in_context_iterations,
-                "maml_ssm": self.num_epochs, "maml_mlp": self.num_epochs}[trainer]
+    def get(self, path: str) -> Any:
+        """The value at a field path, e.g. `config.get("maml.rl.inner_lr")`."""
+        value = self
+        for name in path.split("."):
+            value = getattr(value, name)
+        return value
+
+    def with_values(self, changes: Mapping[str, Any]) -> "BenchmarkConfig":
+        """A validated copy with the values at the given field paths replaced.
+
+        A ValueError names the full path of the bad field (e.g. "maml.rl.inner_lr must be >= 0.0").
+        """
+        return _replace(self, dict(changes), "")
 
     def to_dict(self) -> dict:
+        """The nested JSON form (sections are dicts of their fields, `methods` a list)."""
         d = dataclasses.asdict(self)
         d["methods"] = list(self.methods)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchmarkConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config has unknown fields {unknown}")
-        # runs saved before a field existed ran with its old value, not today's default
-        d = {**LEGACY_VALUES, **d}
-        if "methods" in d:
-            d["methods"] = tuple(d["methods"])
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
+        """The config of a nested dict (`to_dict`) or of a flat one (migrated, `migrate_flat`).
+
+        Fields it lacks keep their values in `BenchmarkConfig()`; unknown fields are a ValueError.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
+        if is_flat(d):
+            d = migrate_flat(d)
+        return cls().with_values(_paths(d))
 
 
-#: Values of fields added after runs were first saved, as those runs trained with them
-#: (``from_dict`` fills them in when a saved config.json lacks the field).
+#: The `--quick` preset: field path -> value, applied to `BenchmarkConfig()`.
+QUICK_VALUES = {
+    "maml.num_meta_updates": 20, "maml.tasks_per_update": 4,
+    "maml.rl.support_envs": 4, "maml.rl.query_envs": 4,
+    "maml.rl.support_steps": 100, "maml.rl.query_steps": 100,
+    "non_adaptive.total_iterations": 10, "non_adaptive.num_tasks": 4, "non_adaptive.num_envs": 2,
+    "in_context.total_iterations": 10, "in_context.num_tasks": 4, "in_context.num_envs": 2,
+    "in_context.num_steps": 200,
+    "in_context_policy.num_layers": 1, "in_context_policy.hidden_dim": 32,
+    "policy.hidden_dim": 32,
+    "evaluation.test_time_rounds": 2, "evaluation.num_tasks": 32, "evaluation.num_envs": 1,
+    "num_seeds": 2, "chunk_size": 5, "checkpoint_every": 10, "quick": True,
+}
+
+
+# ------------------------------------------------------------------------------------ flat form
+#: Field of the flat form -> the field path(s) it sets in the nested form (None: dropped, the
+#: field had no effect). Top-level fields keep their names.
+FLAT_PATHS = {
+    "num_epochs": ("maml.num_meta_updates",),
+    "tasks_per_epoch": ("maml.tasks_per_update",),
+    "anneal_outer_lr": ("maml.anneal_outer_lr",),
+    "inner_lr": ("maml.rl.inner_lr",),
+    "outer_lr": ("maml.rl.outer_lr",),
+    "num_inner_steps": ("maml.rl.num_inner_steps",),
+    "first_order": ("maml.rl.first_order",),
+    "maml_envs": ("maml.rl.support_envs", "maml.rl.query_envs"),
+    "maml_support_steps": ("maml.rl.support_steps",),
+    "maml_query_steps": ("maml.rl.query_steps",),
+    "maml_baseline": ("maml.rl.baseline",),
+    "maml_gae_lambda": ("maml.rl.gae_lambda",),
+    "ppo_iterations": ("non_adaptive.total_iterations",),
+    "ppo_tasks": ("non_adaptive.num_tasks",),
+    "ppo_envs": ("non_adaptive.num_envs",),
+    "ppo_lr": ("non_adaptive.lr",),
+    "ppo_entropy_coef": ("non_adaptive.entropy_coef",),
+    "in_context_iterations": ("in_context.total_iterations",),
+    "in_context_tasks": ("in_context.num_tasks",),
+    "in_context_envs": ("in_context.num_envs",),
+    "in_context_steps": ("in_context.num_steps",),
+    "in_context_lr": ("in_context.lr",),
+    "in_context_entropy_coef": ("in_context.entropy_coef",),
+    "in_context_core": ("in_context_policy.core",),
+    "in_context_state_dim": ("in_context_policy.state_dim",),
+    "in_context_hidden_dim": ("in_context_policy.hidden_dim",),
+    "in_context_layers": ("in_context_policy.num_layers",),
+    "state_dim": ("policy.state_dim",),
+    "hidden_dim": ("policy.hidden_dim",),
+    "tta_lr": None,
+    "tta_rounds": ("evaluation.test_time_rounds",),
+    "eval_tasks": ("evaluation.num_tasks",),
+    "eval_envs": ("evaluation.num_envs",),
+    "eval_inner_steps": ("evaluation.inner_steps",),
+}
+
+#: Values of flat-form fields that some flat config.json files lack: the values those runs
+#: trained with (`migrate_flat` fills them in).
 LEGACY_VALUES = {"in_context_layers": 1, "maml_baseline": "value", "maml_gae_lambda": 0.95}
 
-#: Which trained model each method evaluates (methods sharing a trainer share its params).
-TRAINER_OF = {"non_adaptive": "non_adaptive", "in_context": "in_context",
-              "maml_zero_shot": "maml_ssm", "maml_adapted": "maml_ssm",
-              "test_time_adapted": "maml_ssm", "maml_adapted_mlp": "maml_mlp"}
+
+def is_flat(d: Mapping[str, Any]) -> bool:
+    """Whether `d` is in the flat form (it has a field that only the flat form has)."""
+    return any(k in FLAT_PATHS for k in d)
 
 
-def trainer_of(method: str) -> str:
-    return TRAINER_OF[method]
+def migrate_flat(d: Mapping[str, Any]) -> dict:
+    """The nested dict of a flat-form config dict (unknown fields are kept, so `from_dict`
+    rejects them): `LEGACY_VALUES` for fields it lacks, `FLAT_PATHS` for the rest."""
+    nested: dict = {}
+    for key, value in {**LEGACY_VALUES, **d}.items():
+        paths = FLAT_PATHS.get(key, (key,))
+        for path in paths or ():
+            *sections, name = path.split(".")
+            node = nested
+            for s in sections:
+                node = node.setdefault(s, {})
+            node[name] = value
+    return nested
 
 
-def trainers(config: BenchmarkConfig) -> tuple:
-    """The distinct trainers the configured methods need, in a fixed order."""
-    seen = []
-    for m in config.methods:
-        t = trainer_of(m)
-        if t not in seen:
-            seen.append(t)
-    return tuple(seen)
+# ------------------------------------------------------------------------------------ helpers
+def _sections(cls: type) -> dict:
+    """Field name -> dataclass type of the nested sections of `cls`."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
 
 
-def merge(config: BenchmarkConfig, **changes) -> BenchmarkConfig:
-    """A validated copy with `changes` applied (None values ignored)."""
-    changes = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(config, **changes)
+_LEADING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _qualified(err: ValueError, prefix: str, cls: type) -> ValueError:
+    """`err` with its message prefixed by the path `prefix` of the section `cls` raised it in:
+    `prefix + message` if the message starts with a field name of `cls`, else `prefix: message`."""
+    msg = str(err)
+    if not prefix:
+        return ValueError(msg)
+    match = _LEADING_NAME.match(msg)
+    if match and match.group() in {f.name for f in dataclasses.fields(cls)}:
+        return ValueError(prefix + msg)
+    return ValueError(f"{prefix.rstrip('.')}: {msg}")
+
+
+def _split(changes: Mapping[str, Any], cls: type, prefix: str) -> tuple[dict, dict]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    direct, nested = {}, {}
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if head not in names:
+            raise ValueError(f"config has unknown field {prefix + head!r} (fields of "
+                             f"{cls.__name__}: {sorted(names)})")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    return direct, nested
+
+
+def _construct(cls: type, kwargs: dict, prefix: str, base: Optional[Any] = None):
+    try:
+        return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+    except ValueError as err:
+        raise _qualified(err, prefix, cls) from None
+    except TypeError as err:  # e.g. a section given where a value is expected
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+
+
+def _replace(obj: Any, changes: dict, prefix: str):
+    cls = type(obj)
+    direct, nested = _split(changes, cls, prefix)
+    sections = _sections(cls)
+    for head, sub in nested.items():
+        if head not in sections:
+            raise ValueError(f"{prefix}{head} has no fields")
+        direct[head] = _replace(getattr(obj, head), sub, f"{prefix}{head}.")
+    return _construct(cls, direct, prefix, base=obj)
+
+
+def _paths(d: Mapping[str, Any], prefix: str = "") -> dict:
+    """Field path -> value of the leaves of a nested dict."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(_paths(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

@@ -20,6 +20,8 @@ per (seed, task). What differs is what each method may do before/while it is mea
   agent's first episode (it has had its context), and the first episode is reported apart.
 
 All functions are pure and jitted; they map over tasks with `vmap` and are called per seed.
+`policy_env_steps`, `in_context_env_steps`, `maml_env_steps` and `test_time_env_steps` count
+the environment steps each evaluator runs.
 """
 
 from __future__ import annotations
@@ -68,6 +70,21 @@ def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None) -> j
     return _per_task_return(traj)
 
 
+def policy_env_steps(num_tasks: int, num_envs: int) -> int:
+    """Env steps `evaluate_policy` runs: a 500-step window in each of `num_envs` envs per task."""
+    return num_tasks * num_envs * EPISODE_STEPS
+
+
+def in_context_window(context_episodes: int) -> int:
+    """Steps of the `evaluate_in_context` window: the context episodes and one more episode."""
+    return (context_episodes + 1) * EPISODE_STEPS
+
+
+def in_context_env_steps(num_tasks: int, num_envs: int, context_episodes: int = 1) -> int:
+    """Env steps `evaluate_in_context` runs: its window in each of `num_envs` envs per task."""
+    return num_tasks * num_envs * in_context_window(context_episodes)
+
+
 @functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes"))
 def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
                         context_episodes: int = 1) -> dict:
@@ -78,7 +95,7 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
     evaluation episode completes in every env). `after_context` averages the completed
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
     """
-    steps = (context_episodes + 1) * EPISODE_STEPS
+    steps = in_context_window(context_episodes)
     traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
                               num_steps=steps, env=env, carry_across_episodes=True)
     dones = traj.dones
@@ -160,6 +177,19 @@ def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scal
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def maml_env_steps(algo, num_tasks: int, num_inner_steps: int, num_envs: int) -> int:
+    """Env steps `evaluate_maml` runs: K + 1 measurement windows of 500 steps in `num_envs`
+    envs and K support batches of the training size (`algo.config`), per task."""
+    c = algo.config
+    return num_tasks * ((num_inner_steps + 1) * num_envs * EPISODE_STEPS
+                        + num_inner_steps * c.support_envs * c.support_steps)
+
+
+def test_time_env_steps(num_tasks: int, num_rounds: int, num_envs: int) -> int:
+    """Env steps `evaluate_test_time` runs: `num_rounds` 500-step windows in `num_envs` envs per task."""
+    return num_tasks * num_rounds * num_envs * EPISODE_STEPS
 
 
 def task_kinds(tasks) -> Any:

@@ -138,13 +138,12 @@ def rl_workloads(repeats):
     from maml.rl import MAMLRL, MAMLRLConfig
     from ssm_jax import MLPPolicy, SSMPolicy
 
-    b = BenchmarkConfig()
+    b = BenchmarkConfig().maml.rl
     setups = {
         "small": dict(num_inner_steps=1),
-        "benchmark": dict(num_inner_steps=b.num_inner_steps, support_envs=b.maml_envs,
-                          support_steps=b.maml_support_steps, query_envs=b.maml_envs,
-                          query_steps=b.maml_query_steps, baseline=b.maml_baseline,
-                          gae_lambda=b.maml_gae_lambda),
+        "benchmark": dict(num_inner_steps=b.num_inner_steps, support_envs=b.support_envs,
+                          support_steps=b.support_steps, query_envs=b.query_envs,
+                          query_steps=b.query_steps, baseline=b.baseline, gae_lambda=b.gae_lambda),
     }
     print("\n== 3. MAML-RL on CartPole: one full meta-step (sampling to Adam update) for 8 tasks ==")
     for label, kw in setups.items():

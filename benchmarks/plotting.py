@@ -1,7 +1,7 @@
 """PNG plots of a benchmark run (matplotlib, Agg backend: no display needed).
 
-`plot_training_curves(histories, path)`: training return per iteration of every trainer (mean
-over seeds, one panel per trainer). `plot_returns(methods, path)`: evaluation return per
+`plot_training_curves(curves, path)`: training returns per iteration of every trainer (mean
+over seeds, one panel per trainer, one line per series). `plot_returns(methods, path)`: evaluation return per
 method, grouped by task kind (normal / inverted force), with 95% CI error bars.
 """
 
@@ -24,18 +24,16 @@ def _save(fig, path):
     os.replace(tmp, path)
 
 
-def plot_training_curves(histories: dict, path: str) -> None:
-    """`histories`: trainer name -> {"return": [per-iteration mean over seeds], ...}."""
-    names = [n for n in histories if histories[n].get("return")]
+def plot_training_curves(curves: dict, path: str) -> None:
+    """`curves`: trainer name -> {label: per-iteration series (mean over seeds)}; trainers with
+    no data are left out."""
+    names = [n for n in curves if any(len(v) for v in curves[n].values())]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.2),
                              squeeze=False)
     for ax, name in zip(axes[0], names):
-        h = histories[name]
-        adapted = "post_return" in h
-        ax.plot(np.arange(1, len(h["return"]) + 1), h["return"],
-                label="before adaptation" if adapted else "return")
-        if adapted:
-            ax.plot(np.arange(1, len(h["post_return"]) + 1), h["post_return"], label="after inner steps")
+        for label, series in curves[name].items():
+            if len(series):
+                ax.plot(np.arange(1, len(series) + 1), series, label=label)
         ax.set_title(name)
         ax.set_xlabel("iteration")
         ax.set_ylabel("train return (window)")

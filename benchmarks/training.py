@@ -14,14 +14,15 @@ the same params. Chunks are aligned to multiples of `chunk_size` from iteration 
 one may be shorter), and checkpoints are taken at the end of the chunk that reaches a multiple
 of `checkpoint_every`, and at the end.
 
-Progress: one line per chunk (iteration, mean train return, losses, env steps/s).
+Progress: one line per chunk (iteration, mean of every metric, env steps/s).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,8 @@ def seed_keys(seed: int, num_seeds: int, stream: int) -> jax.Array:
 @dataclasses.dataclass
 class TrainResult:
     """states: final states (leading seed axis); history: metric name -> per-iteration list
-    (mean over seeds; `return_per_seed`: per-iteration list of per-seed lists); timing."""
+    (mean over seeds; `<name>_per_seed` for the `per_seed` metrics: per-iteration list of
+    per-seed lists); timing."""
 
     states: Any
     history: dict
@@ -60,19 +62,22 @@ def _scalar_metrics(metrics: dict) -> dict:
 def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: int,
           iterations: int, chunk_size: int, env_steps_per_update: int,
           checkpointer: Optional[Checkpointer] = None, checkpoint_every: int = 50,
-          metadata: Optional[dict] = None, resume: bool = False,
+          metadata: Optional[dict] = None, resume: bool = False, per_seed: Sequence[str] = (),
+          same_run: Callable[[Any, dict], bool] = operator.eq,
+          migrate_history: Callable[[dict], dict] = dict,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume) one model for all seeds; see the module docstring.
 
     Args:
       name: label for progress lines and checkpoint metadata.
       init: `key -> state` for one seed. update: `(state, key) -> (state, metrics)` for one
-        seed; metrics are scalars (plus optionally `return_by_step` `(K + 1,)`), one of them
-        named `return`.
+        seed; metrics are scalars (plus optionally `return_by_step` `(K + 1,)`).
       checkpointer: where to save (None: no checkpoints).
       metadata: JSON-serialisable dict stored with every checkpoint (e.g. the config); on
-        resume it must equal the stored one.
-      resume: continue from the checkpointer's last complete checkpoint (if any).
+        resume `same_run(stored, metadata)` must hold (default: equality).
+      resume: continue from the checkpointer's last complete checkpoint (if any); its stored
+        history goes through `migrate_history` first.
+      per_seed: metrics whose per-seed series are kept too, as `<name>_per_seed`.
     """
     metadata = {} if metadata is None else dict(metadata)
     init_keys = seed_keys(seed, num_seeds, INIT_STREAM)
@@ -83,11 +88,11 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     resumed_from = None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
         states, meta, start = checkpointer.restore(states)
-        if meta.get("run") != metadata:
+        if not same_run(meta.get("run"), metadata):
             raise CheckpointError(
                 f"checkpoint in {checkpointer.directory!r} was written by a different "
                 f"configuration; stored {meta.get('run')!r}, this run {metadata!r}")
-        history = meta.get("history", {})
+        history = migrate_history(meta.get("history", {}))
         resumed_from = start
         log(f"[{name}] resumed from checkpoint at iteration {start}/{iterations}")
     if start > iterations:
@@ -122,8 +127,8 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
         for k, v in metrics.items():
             v = np.asarray(v, np.float64)
             history.setdefault(k, []).extend(v.mean(axis=1).tolist())
-            if k == "return":
-                history.setdefault("return_per_seed", []).extend(v.tolist())
+            if k in per_seed:
+                history.setdefault(f"{k}_per_seed", []).extend(v.tolist())
         it += length
         shown = " ".join(f"{k}={np.nanmean(np.asarray(v)):.3g}" for k, v in sorted(metrics.items())
                          if k != "return_by_step")

@@ -1,21 +1,60 @@
 """`python -m benchmarks.cartpole`: CLI validation, statistics, the pipeline end to end
 (results.json schema, returns in [0, 500], plots), eval-only and resume through the CLI."""
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
+import envs
 from benchmarks import cartpole
-from benchmarks.checkpointing import Checkpointer, CheckpointError
-from benchmarks.cli import RunOptions, parse_args
-from benchmarks.config import METHODS, BenchmarkConfig
+from benchmarks import evaluation as ev
+from benchmarks import methods as registry
+from benchmarks.checkpointing import Checkpointer
+from benchmarks.cli import FLAG_PATHS, RunOptions, build_parser, parse_args
+from benchmarks.config import FLAT_PATHS, METHODS, BenchmarkConfig, EvaluationConfig
+from maml.ppo import PPOConfig
+from benchmarks.results import method_results, print_table
+from benchmarks.rundir import RunDirError
 from benchmarks.stats import mean_ci95, paired_difference, seed_t_interval, summarize
+from benchmarks.trainers import build_trainer
+from maml.rl import MAMLRLConfig
+from ssm_jax import MLPPolicy, SSMPolicy
+
+#: config.json of the default run in the flat form (one level of prefixed fields).
+OLD_FLAT_DEFAULT = {
+    "mode": "meta_rl", "env_name": "CartPole-v1",
+    "methods": ["non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
+                "maml_adapted_mlp"],
+    "num_epochs": 300, "tasks_per_epoch": 8, "inner_lr": 0.1, "outer_lr": 0.003, "num_inner_steps": 3,
+    "first_order": True, "anneal_outer_lr": True, "maml_envs": 8, "maml_support_steps": 200,
+    "maml_query_steps": 500, "maml_baseline": "linear", "maml_gae_lambda": 1.0, "ppo_iterations": 750,
+    "ppo_tasks": 8, "ppo_envs": 4, "ppo_lr": 0.001, "ppo_entropy_coef": 0.0, "in_context_iterations": 150,
+    "in_context_tasks": 16, "in_context_envs": 2, "in_context_steps": 1000, "in_context_lr": 0.001,
+    "in_context_entropy_coef": 0.01, "in_context_core": "ssm", "in_context_state_dim": 16,
+    "in_context_hidden_dim": 64, "in_context_layers": 2, "state_dim": 16, "hidden_dim": 64,
+    "tta_lr": 0.01, "tta_rounds": 4, "eval_tasks": 256, "eval_envs": 2, "eval_inner_steps": 3, "seed": 0,
+    "num_seeds": 3, "chunk_size": 10, "checkpoint_every": 50, "quick": False,
+}
+#: config.json of a --quick run in the flat form.
+OLD_FLAT_QUICK = {
+    **OLD_FLAT_DEFAULT,
+    "num_epochs": 20, "tasks_per_epoch": 4, "maml_envs": 4, "maml_support_steps": 100,
+    "maml_query_steps": 100, "ppo_iterations": 10, "ppo_tasks": 4, "ppo_envs": 2,
+    "in_context_iterations": 10, "in_context_tasks": 4, "in_context_envs": 2, "in_context_steps": 200,
+    "in_context_hidden_dim": 32, "in_context_layers": 1, "hidden_dim": 32, "tta_rounds": 2,
+    "eval_tasks": 32, "eval_envs": 1, "num_seeds": 2, "chunk_size": 5, "checkpoint_every": 10,
+    "quick": True,
+}
 
 TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
            "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
@@ -89,25 +128,229 @@ def test_cli_protects_existing_runs_and_output_paths(tmp_path, capsys):
 
 def test_cli_builds_validated_configs():
     config, opts = parse_args(["--num_epochs", "7", "--second_order", "--inner_lr", "0.05", "--out", "x"])
-    assert (config.num_epochs, config.first_order, config.inner_lr, opts.out) == (7, False, 0.05, "x")
+    assert (config.maml.num_meta_updates, config.maml.rl.first_order, config.maml.rl.inner_lr,
+            opts.out) == (7, False, 0.05, "x")
+    assert config.maml.algorithm_config.outer_lr_decay_steps == 7  # annealed over the 7 updates
     assert config.methods == METHODS
     config, _ = parse_args(["--mode", "policy_gradient", "--num_episodes", "12"])
-    assert config.methods == ("non_adaptive",) and config.ppo_iterations == 12
+    assert config.methods == ("non_adaptive",) and config.non_adaptive.total_iterations == 12
     # maml_adapted is measured after num_inner_steps, and 0..max(3, num_inner_steps) are reported
     config, _ = parse_args(["--num_inner_steps", "5"])
     assert config.reported_inner_steps == 5
     assert parse_args(["--num_inner_steps", "1"])[0].reported_inner_steps == 3
     quick, _ = parse_args(["--quick"])
-    assert quick.quick and quick.num_epochs < BenchmarkConfig().num_epochs
-    assert BenchmarkConfig().eval_tasks >= 256 and BenchmarkConfig().num_seeds >= 3
+    assert quick.quick and quick.maml.num_meta_updates < BenchmarkConfig().maml.num_meta_updates
+    assert quick == BenchmarkConfig.quick_preset()
+    assert BenchmarkConfig().evaluation.num_tasks >= 256 and BenchmarkConfig().num_seeds >= 3
     assert BenchmarkConfig.from_dict(BenchmarkConfig().to_dict()) == BenchmarkConfig()
-    # a config.json saved before a field existed loads with the value that run trained with
-    old_run = {k: v for k, v in BenchmarkConfig().to_dict().items()
+    assert BenchmarkConfig.from_dict(json.loads(json.dumps(quick.to_dict()))) == quick
+    # a flat config.json saved before a field existed loads with the value that run trained with
+    old_run = {k: v for k, v in OLD_FLAT_DEFAULT.items()
                if k not in ("in_context_layers", "maml_baseline", "maml_gae_lambda")}
     legacy = BenchmarkConfig.from_dict(old_run)
-    assert (legacy.in_context_layers, legacy.maml_baseline, legacy.maml_gae_lambda) == (1, "value", 0.95)
+    assert (legacy.in_context_policy.num_layers, legacy.maml.rl.baseline,
+            legacy.maml.rl.gae_lambda) == (1, "value", 0.95)
     with pytest.raises(Exception):
-        BenchmarkConfig().num_epochs = 3  # frozen
+        BenchmarkConfig().seed = 3  # frozen
+    with pytest.raises(Exception):
+        BenchmarkConfig().maml.num_meta_updates = 3  # frozen sections
+
+
+@pytest.mark.parametrize("flat, nested", [(OLD_FLAT_DEFAULT, BenchmarkConfig()),
+                                          (OLD_FLAT_QUICK, BenchmarkConfig.quick_preset())])
+def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, nested):
+    config = BenchmarkConfig.from_dict(json.loads(json.dumps(flat)))
+    assert config == nested
+    c = flat  # the library configs are the ones the flat fields were copied into by hand
+    assert config.maml.algorithm_config == MAMLRLConfig(
+        inner_lr=c["inner_lr"], outer_lr=c["outer_lr"], num_inner_steps=c["num_inner_steps"],
+        outer_lr_decay_steps=c["num_epochs"] if c["anneal_outer_lr"] else None,
+        first_order=c["first_order"], support_envs=c["maml_envs"], support_steps=c["maml_support_steps"],
+        query_envs=c["maml_envs"], query_steps=c["maml_query_steps"], baseline=c["maml_baseline"],
+        gae_lambda=c["maml_gae_lambda"])
+    assert (config.maml.num_meta_updates, config.maml.tasks_per_update) == (c["num_epochs"], c["tasks_per_epoch"])
+    assert config.non_adaptive == PPOConfig(
+        num_tasks=c["ppo_tasks"], num_envs=c["ppo_envs"], num_steps=500, lr=c["ppo_lr"],
+        entropy_coef=c["ppo_entropy_coef"], total_iterations=c["ppo_iterations"])
+    assert config.in_context == PPOConfig(
+        num_tasks=c["in_context_tasks"], num_envs=c["in_context_envs"], num_steps=c["in_context_steps"],
+        lr=c["in_context_lr"], entropy_coef=c["in_context_entropy_coef"],
+        total_iterations=c["in_context_iterations"], carry_across_episodes=True)
+    assert config.in_context_policy.build(8, 2) == SSMPolicy(
+        obs_dim=8, action_dim=2, core=c["in_context_core"], state_dim=c["in_context_state_dim"],
+        hidden_dim=c["in_context_hidden_dim"], num_layers=c["in_context_layers"])
+    assert config.policy.ssm(4, 2) == SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=c["state_dim"],
+                                                hidden_dim=c["hidden_dim"])
+    assert config.policy.mlp(4, 2) == MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c["hidden_dim"])
+    assert config.evaluation == EvaluationConfig(num_tasks=c["eval_tasks"], num_envs=c["eval_envs"],
+                                                 inner_steps=c["eval_inner_steps"], test_time_rounds=c["tta_rounds"])
+    for name in ("mode", "env_name", "seed", "num_seeds", "chunk_size", "checkpoint_every", "quick"):
+        assert getattr(config, name) == c[name]
+    assert config.methods == tuple(c["methods"])
+    # what is stored is the nested form: no flat field is left, and tta_lr (it had no effect) is gone
+    stored = config.to_dict()
+    assert not set(stored) & set(FLAT_PATHS) and "tta_lr" not in json.dumps(stored)
+    assert BenchmarkConfig.from_dict(stored) == config
+
+
+def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
+    with pytest.raises(ValueError, match=r"^maml\.rl\.inner_lr must be >= 0"):
+        BenchmarkConfig().with_values({"maml.rl.inner_lr": -1.0})
+    with pytest.raises(ValueError, match=r"^in_context_policy\.core must be one of"):
+        BenchmarkConfig.from_dict({"in_context_policy": {"core": "lstm"}})
+    with pytest.raises(ValueError, match=r"^non_adaptive\.num_minibatches \(4\) must divide"):
+        BenchmarkConfig().with_values({"non_adaptive.num_tasks": 3, "non_adaptive.num_envs": 3})
+    with pytest.raises(ValueError, match="unknown field 'maml.rl.inner_rate'"):
+        BenchmarkConfig.from_dict({"maml": {"rl": {"inner_rate": 0.1}}})
+    with pytest.raises(ValueError, match="rl.outer_lr_decay_steps must be None"):
+        BenchmarkConfig().with_values({"maml.rl.outer_lr_decay_steps": 10})
+    help_text = build_parser().format_help()
+    for flag, path in FLAG_PATHS.items():
+        BenchmarkConfig().get(path)  # an existing field
+        assert f"--{flag}" in help_text
+
+
+def _series_of(rng, n, config):
+    """Fake per-task series of every evaluator, (n, ...)."""
+    return {"return": rng.uniform(0, 500, n), "after_context": rng.uniform(0, 500, n),
+            "first_episode": rng.uniform(0, 500, n),
+            "by_inner_step": rng.uniform(0, 500, (n, config.reported_inner_steps + 1)),
+            "by_round": rng.uniform(0, 500, (n, config.evaluation.test_time_rounds))}
+
+
+def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(capsys):
+    """measure() calls each (evaluator, trainer) once per seed with that seed's test tasks and
+    key, shares one computation between methods (maml_zero_shot / maml_adapted), counts its env
+    steps once, and each method's returns are its entry's view of the shared series."""
+    config = BenchmarkConfig.quick_preset().with_values({"evaluation.num_tasks": 5, "num_seeds": 3, "seed": 7})
+    calls = []
+    rng = np.random.default_rng(0)
+
+    def spy(evaluator):
+        def evaluate(key, tasks, trainer, state, cfg):
+            assert cfg is config
+            calls.append({"evaluator": evaluator, "trainer": trainer, "key": key, "tasks": tasks,
+                          "state": state})
+            n = jax.tree.leaves(tasks)[0].shape[0]
+            calls[-1]["out"] = registry.Evaluation(_series_of(rng, n, config), env_steps=1000 + len(calls))
+            return calls[-1]["out"]
+        return evaluate
+
+    spies = {m.evaluator: spy(m.evaluator) for m in registry.REGISTRY}
+    entries = {m.name: dataclasses.replace(m, evaluator=spies[m.evaluator]) for m in registry.REGISTRY}
+    names = registry.trainer_names(config.methods)
+    assert names == ("non_adaptive", "in_context", "maml_ssm", "maml_mlp")
+    trainers = {t: build_trainer(t, config) for t in names}
+    states = {t: {"w": np.arange(3) + 10 * i} for i, t in enumerate(names)}
+    m = registry.measure(config, trainers, states, registry=entries)
+
+    computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
+    assert len(computations) == 5 and len(calls) == 5 * 3
+    for s in range(3):
+        seed_calls = calls[5 * s: 5 * (s + 1)]
+        assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
+        key = ev.eval_key(config.seed, s)
+        tasks = ev.test_tasks(key, 5)
+        for c in seed_calls:
+            chex.assert_trees_all_equal(c["tasks"], tasks)
+            np.testing.assert_array_equal(jax.random.key_data(c["key"]), jax.random.key_data(key))
+            assert c["state"]["w"] == states[c["trainer"].name]["w"][s]
+        np.testing.assert_array_equal(m.kinds[s], np.asarray(ev.task_kinds(tasks)))
+    assert not np.array_equal(calls[0]["tasks"].gravity, calls[5]["tasks"].gravity)
+    assert m.env_steps == sum(c["out"].env_steps for c in calls)
+
+    by_step = np.stack([c["out"].series["by_inner_step"] for c in calls
+                        if c["evaluator"] is registry.evaluate_maml_inner_steps
+                        and c["trainer"].name == "maml_ssm"])  # (seeds, tasks, K + 1)
+    k = config.maml.rl.num_inner_steps
+    np.testing.assert_array_equal(m.returns["maml_zero_shot"], by_step[..., 0])
+    np.testing.assert_array_equal(m.returns["maml_adapted"], by_step[..., k])
+    results = method_results(config, trainers, m, registry=entries)
+    assert list(results) == list(config.methods)
+    assert results["maml_adapted"]["num_inner_steps"] == k and results["maml_zero_shot"]["num_inner_steps"] == 0
+    assert results["maml_adapted"]["return_by_inner_step"][k] == pytest.approx(results["maml_adapted"]["return_mean"])
+    for name, entry in results.items():
+        assert entry["trained_model"] == entries[name].trainer
+        assert ("vs_non_adaptive" in entry) == (name != "non_adaptive")
+    assert results["in_context"]["vs_non_adaptive"]["all"]["mean"] == pytest.approx(
+        float(np.mean(m.returns["in_context"] - m.returns["non_adaptive"])))
+    print_table(results, registry=entries)
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in config.methods) and "by adaptation round" in printed
+
+
+class _CountingCartPole(type(envs.make("CartPole-v1")[0])):
+    """CartPole that counts the environment steps it runs (a host callback in every step)."""
+
+    steps = [0]
+
+    def step_env(self, key, state, action, params):
+        jax.debug.callback(_CountingCartPole._count, state.time)
+        return super().step_env(key, state, action, params)
+
+    @staticmethod
+    def _count(time):
+        _CountingCartPole.steps[0] += int(np.size(time))  # one per env (a batch under vmap)
+
+
+@pytest.mark.slow
+def test_every_evaluator_reports_the_env_steps_it_ran():
+    config = BenchmarkConfig.quick_preset().with_values({
+        "policy.hidden_dim": 8, "in_context_policy.hidden_dim": 8, "in_context_policy.state_dim": 4,
+        "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 3, "maml.rl.support_steps": 30,
+        "evaluation.inner_steps": 2, "evaluation.num_envs": 2, "evaluation.test_time_rounds": 2})
+    env = _CountingCartPole()
+    cases = {registry.evaluate_fixed_policy: "non_adaptive", registry.evaluate_in_context: "in_context",
+             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp"}
+    assert {m.evaluator for m in registry.REGISTRY} == set(cases)
+    key = ev.eval_key(0, 0)
+    tasks = ev.test_tasks(key, 3)
+    for evaluator, name in cases.items():
+        trainer = build_trainer(name, config, env=env)
+        state = trainer.init(jax.random.key(1))
+        before = _CountingCartPole.steps[0]
+        evaluation = evaluator(key, tasks, trainer, state, config)
+        jax.effects_barrier()
+        assert evaluation.env_steps == _CountingCartPole.steps[0] - before > 0, evaluator.__name__
+
+
+def test_histories_and_run_metadata_in_the_flat_form_are_migrated():
+    config = BenchmarkConfig.quick_preset()
+    ppo, maml = build_trainer("non_adaptive", config), build_trainer("maml_mlp", config)
+    old_ppo = {"return": [1.0, 2.0], "return_per_seed": [[1.0, 1.0], [2.0, 2.0]], "entropy": [0.6, 0.5]}
+    new_ppo = {"episode_return": [1.0, 2.0], "episode_return_per_seed": [[1.0, 1.0], [2.0, 2.0]],
+               "entropy": [0.6, 0.5]}
+    assert ppo.migrate_history(old_ppo) == new_ppo and ppo.migrate_history(new_ppo) == new_ppo
+    old_maml = {"return": [3.0], "post_return": [3.0], "pre_return": [1.0], "return_per_seed": [[3.0, 3.0]],
+                "return_by_step": [[1.0, 2.0, 3.0]]}
+    new_maml = {"post_return": [3.0], "pre_return": [1.0], "post_return_per_seed": [[3.0, 3.0]],
+                "return_by_step": [[1.0, 2.0, 3.0]]}
+    assert maml.migrate_history(old_maml) == new_maml and maml.migrate_history(new_maml) == new_maml
+    current = {"config": config.to_dict(), "model": "maml_mlp"}
+    assert cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"}, current)
+    assert cartpole.same_run(json.loads(json.dumps(current)), current)
+    assert not cartpole.same_run({"config": {**OLD_FLAT_QUICK, "inner_lr": 0.2}, "model": "maml_mlp"}, current)
+    assert not cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_ssm"}, current)
+    assert not cartpole.same_run({"config": {"learning_rate": 3}, "model": "maml_mlp"}, current)
+
+
+COMPILE_LISTENER_SCRIPT = """
+import jax
+from benchmarks import cartpole, compile_time
+event = compile_time.COMPILE_EVENTS[0]
+jax.monitoring.record_event_duration_secs(event, 1.0)
+assert compile_time.compile_seconds() == 0.0, "importing the benchmark installed the listener"
+compile_time.install()
+compile_time.install()
+jax.monitoring.record_event_duration_secs(event, 1.5)
+jax.monitoring.record_event_duration_secs("/jax/some/other/event", 4.0)
+assert compile_time.compile_seconds() == 1.5, compile_time.compile_seconds()
+"""
+
+
+def test_the_compile_time_listener_is_installed_by_a_run_once_not_on_import():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", COMPILE_LISTENER_SCRIPT], check=True, cwd=root, timeout=300)
 
 
 def test_seed_t_interval_matches_its_formula_and_covers_the_true_mean():
@@ -207,7 +450,21 @@ def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, cap
     again = _check_results(os.path.join(out, "eval"), ["non_adaptive"])
     assert again["methods"]["non_adaptive"]["return_mean"] == res["methods"]["non_adaptive"]["return_mean"]
     assert _check_results(out, ["non_adaptive"]) == res   # the training run's results are untouched
-    with pytest.raises(CheckpointError, match="would overwrite the training run"):
+    ckdir = os.path.join(out, "checkpoints", "non_adaptive")
+    _, meta, _ = Checkpointer(ckdir, create=False).restore(_restore_raw(ckdir, 4))
+    assert {"episode_return", "episode_return_per_seed"} <= set(meta["history"]) and "return" not in meta["history"]
+    assert len(meta["history"]["episode_return"]) == 4
+    # the same run in the flat form (config.json, checkpoint metadata, history key "return")
+    # evaluates to the same returns, with its history under today's keys
+    flat_run = str(tmp_path / "flat_run")
+    shutil.copytree(out, flat_run, ignore=shutil.ignore_patterns("eval"))
+    _rewrite_in_the_flat_form(flat_run)
+    assert cartpole.main(["--eval_only", "--checkpoint", flat_run, "--out", str(tmp_path / "flat_eval")]) == 0
+    assert _check_results(str(tmp_path / "flat_eval"), ["non_adaptive"])["methods"] == again["methods"]
+    trainer = build_trainer("non_adaptive", BenchmarkConfig.from_dict(TINY_PG_FLAT))
+    _, history = cartpole.load_trained(trainer, os.path.join(flat_run, "checkpoints", "non_adaptive"), 2)
+    assert history["episode_return"] == meta["history"]["episode_return"] and "return" not in history
+    with pytest.raises(RunDirError, match="would overwrite the training run"):
         cartpole.run(BenchmarkConfig.from_dict(res["config"]),
                      RunOptions(out=out, resume=None, eval_only=True, checkpoint=out, overwrite=True))
     eval_out = str(tmp_path / "eval")
@@ -218,10 +475,44 @@ def test_tiny_pipeline_end_to_end_eval_only_and_missing_checkpoint(tmp_path, cap
     assert "does not exist" in capsys.readouterr().err
 
 
+#: TINY_PG's config in the flat form.
+TINY_PG_FLAT = {**OLD_FLAT_QUICK, "mode": "policy_gradient", "methods": ["non_adaptive"], "ppo_iterations": 4,
+                "chunk_size": 2, "checkpoint_every": 2, "eval_tasks": 6, "num_seeds": 2}
+#: history keys of PPO trainers in the flat form
+FLAT_HISTORY_KEYS = {"episode_return": "return", "episode_return_per_seed": "return_per_seed"}
+
+
+def _rewrite_in_the_flat_form(run_dir):
+    """Rewrite a TINY_PG run as the flat form stores it: config.json, and checkpoints whose
+    metadata holds the flat config and the history under the key "return"."""
+    assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0]
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(TINY_PG_FLAT, f)
+    ckdir = os.path.join(run_dir, "checkpoints", "non_adaptive")
+    ckpt = Checkpointer(ckdir, create=False)
+    saved = []
+    for step in ckpt.all_steps():
+        state, meta, _ = ckpt.restore(_restore_raw(ckdir, step), step=step)
+        history = {FLAT_HISTORY_KEYS.get(k, k): v for k, v in meta["history"].items()}
+        saved.append((step, state, {**meta, "run": {"config": TINY_PG_FLAT, "model": "non_adaptive"},
+                                    "history": history}))
+    ckpt.close()
+    shutil.rmtree(ckdir)
+    rewritten = Checkpointer(ckdir)
+    for step, state, meta in saved:
+        rewritten.save(step, state, meta)
+    rewritten.close()
+
+
 @pytest.mark.slow
-def test_cli_resume_after_losing_the_last_checkpoint_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("form", ["nested", "flat"])
+def test_cli_resume_after_losing_the_last_checkpoint_equals_uninterrupted(tmp_path, form):
+    """Also for a run stored in the flat form: its stored and current configs compare equal
+    once both are migrated, and its history continues under today's keys."""
     out = str(tmp_path / "run")
     assert cartpole.main(TINY_PG + ["--out", out]) == 0
+    if form == "flat":
+        _rewrite_in_the_flat_form(out)
     ckdir = os.path.join(out, "checkpoints", "non_adaptive")
     with open(os.path.join(out, "results.json")) as f:
         before = json.load(f)["methods"]["non_adaptive"]["return_mean"]
@@ -238,14 +529,18 @@ def test_cli_resume_after_losing_the_last_checkpoint_equals_uninterrupted(tmp_pa
         res = json.load(f)
     assert res["timing"]["per_model"]["non_adaptive"]["resumed_from"] == 2
     assert res["methods"]["non_adaptive"]["return_mean"] == before
+    _, meta, _ = Checkpointer(ckdir, create=False).restore(template)
+    assert len(meta["history"]["episode_return"]) == len(meta["history"]["episode_return_per_seed"]) == 4
+    assert "return" not in meta["history"] and meta["run"]["config"] == res["config"]
 
 
 def _restore_raw(ckdir, step):
-    """The saved state of the non_adaptive model with its real structure (a fresh init)."""
-    config = BenchmarkConfig.quick_preset(mode="policy_gradient", methods=("non_adaptive",),
-                                          ppo_iterations=4, num_seeds=2)
-    model = cartpole.Model("non_adaptive", config)
-    return jax.jit(jax.vmap(model.init))(jax.random.split(jax.random.key(0), 2))
+    """A state of the non_adaptive trainer with the saved structure (a fresh init)."""
+    config = BenchmarkConfig.quick_preset().with_values(
+        {"mode": "policy_gradient", "methods": ("non_adaptive",), "non_adaptive.total_iterations": 4,
+         "num_seeds": 2})
+    trainer = build_trainer("non_adaptive", config)
+    return jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(0), 2))
 
 
 @pytest.mark.slow

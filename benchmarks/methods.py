@@ -1,0 +1,236 @@
+"""The benchmark's methods: one registry entry per method, and the measurement of all of them.
+
+A `Method` names its trainer (the `benchmarks.trainers.Trainer` whose trained state it
+evaluates; methods may share one), a one-line label, and an evaluator: a function
+`(key, tasks, trainer, state, config) -> Evaluation` that runs one seed's held-out tasks and
+returns named per-task series and the env steps it ran. Methods whose evaluator and trainer are
+the same (maml_zero_shot and maml_adapted read one MAML evaluation) share one computation per
+seed, counted once. From the series stacked over seeds, the entry derives its per-task returns
+(`returns`), its extra results.json fields (`report`) and its extra table lines (`lines`).
+
+`measure(config, trainers, states)` evaluates every configured method on the same test tasks
+per seed (`benchmarks.evaluation.eval_key` / `test_tasks`), so methods are paired by task.
+Adding a method is one new `Method` in `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
+
+import jax
+import numpy as np
+
+from benchmarks import evaluation as ev
+from benchmarks.stats import summarize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from benchmarks.config import BenchmarkConfig
+    from benchmarks.trainers import Trainer
+
+#: The method every other one is compared with, paired by task (results.json `vs_<REFERENCE>`).
+REFERENCE = "non_adaptive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One evaluator's output on one seed's `N` tasks.
+
+    series: name -> per-task array `(N, ...)`; env_steps: environment steps the evaluator ran.
+    """
+
+    series: dict
+    env_steps: int
+
+
+Evaluator = Callable[[jax.Array, Any, "Trainer", Any, "BenchmarkConfig"], Evaluation]
+
+
+# ------------------------------------------------------------------------------------ evaluators
+def _num_tasks(tasks) -> int:
+    return int(jax.tree.leaves(tasks)[0].shape[0])
+
+
+def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
+    """The trained policy as is: series "return" `(N,)` (`evaluation.evaluate_policy`)."""
+    e = config.evaluation.num_envs
+    r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env)
+    return Evaluation({"return": np.asarray(r)}, ev.policy_env_steps(_num_tasks(tasks), e))
+
+
+def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
+    """RL^2 with its carry kept across one context episode: series "after_context" and
+    "first_episode" `(N,)` (`evaluation.evaluate_in_context`)."""
+    e = config.evaluation.num_envs
+    out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
+                                 context_episodes=1)
+    return Evaluation({k: np.asarray(v) for k, v in out.items()},
+                      ev.in_context_env_steps(_num_tasks(tasks), e, context_episodes=1))
+
+
+def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
+    """The MAML policy after 0..K inner steps, K = `config.reported_inner_steps`: series
+    "by_inner_step" `(N, K + 1)` (`evaluation.evaluate_maml`)."""
+    e, k = config.evaluation.num_envs, config.reported_inner_steps
+    by_step = ev.evaluate_maml(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e)
+    return Evaluation({"by_inner_step": np.asarray(by_step)},
+                      ev.maml_env_steps(trainer.algo, _num_tasks(tasks), k, e))
+
+
+def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
+    """The MAML policy adapted online by `adapt` between evaluation rounds: series "by_round"
+    `(N, rounds)` (`evaluation.evaluate_test_time`)."""
+    e, rounds = config.evaluation.num_envs, config.evaluation.test_time_rounds
+    r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
+                              env=trainer.env, baseline=trainer.algo.config.baseline)
+    return Evaluation({"by_round": np.asarray(r)}, ev.test_time_env_steps(_num_tasks(tasks), rounds, e))
+
+
+# ------------------------------------------------------------------------------------ reports
+def _no_report(series, kinds, config, trainer) -> dict:
+    return {}
+
+
+def _no_lines(entry) -> list:
+    return []
+
+
+def _maml_report(num_inner_steps: Callable[[Any], int]):
+    def report(series, kinds, config, trainer) -> dict:
+        by_step = series["by_inner_step"]  # (S, N, K + 1)
+        per_step = [summarize(by_step[..., k], kinds) for k in range(by_step.shape[-1])]
+        return {"return_by_inner_step": [s["return_mean"] for s in per_step],
+                "return_by_inner_step_and_kind": [s["return_by_task_kind"] for s in per_step],
+                "num_inner_steps": num_inner_steps(config)}
+    return report
+
+
+def _adapted_steps(config) -> int:
+    return config.maml.rl.num_inner_steps
+
+
+def _inner_step_lines(entry) -> list:
+    return ["after 0,1,..,K inner steps: " + ", ".join(f"{x:.1f}" for x in entry["return_by_inner_step"])]
+
+
+def _test_time_report(series, kinds, config, trainer) -> dict:
+    by_round = series["by_round"]  # (S, N, rounds)
+    return {"return_by_round": [summarize(by_round[..., r], kinds)["return_mean"]
+                                for r in range(by_round.shape[-1])],
+            "rule": (f"adapt.evaluate_with_adaptation, online, policy_gradient_loss "
+                     f"(baseline {trainer.algo.config.baseline}), Meta-SGD rates")}
+
+
+def _test_time_lines(entry) -> list:
+    return ["by adaptation round: " + ", ".join(f"{x:.1f}" for x in entry["return_by_round"])]
+
+
+def _in_context_report(series, kinds, config, trainer) -> dict:
+    return {"first_episode": summarize(series["first_episode"], kinds),
+            "measured_on": "episodes after the first (context) episode, carry kept"}
+
+
+def _in_context_lines(entry) -> list:
+    return [f"first (context) episode: {entry['first_episode']['return_mean']:.1f}"]
+
+
+# ------------------------------------------------------------------------------------ registry
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One benchmark method.
+
+    Attributes:
+      name: the method's name (results.json key, `--methods` entry).
+      trainer: the trainer whose state it evaluates (`benchmarks.trainers.TRAINERS` key).
+      label: one line saying what the method is.
+      evaluator: `(key, tasks, trainer, state, config) -> Evaluation` for one seed.
+      returns: `(series, config) -> (S, N)` per-task returns from the series stacked over seeds.
+      report: `(series, kinds, config, trainer) -> dict` of extra results.json fields.
+      lines: `(results entry) -> list of str` printed under the method's table row.
+    """
+
+    name: str
+    trainer: str
+    label: str
+    evaluator: Evaluator
+    returns: Callable[[dict, Any], np.ndarray]
+    report: Callable[..., dict] = _no_report
+    lines: Callable[[dict], list] = _no_lines
+
+
+REGISTRY = (
+    Method("non_adaptive", "non_adaptive",
+           "PPO MLP policy trained across the train tasks (domain randomisation)",
+           evaluate_fixed_policy, lambda s, c: s["return"]),
+    Method("in_context", "in_context",
+           "RL^2: SSM policy on envs.context.ContextWrapper observations, PPO over windows of "
+           "several episodes with the carry kept across episodes",
+           evaluate_in_context, lambda s, c: s["after_context"],
+           report=_in_context_report, lines=_in_context_lines),
+    Method("maml_zero_shot", "maml_ssm", "MAML-RL SSM policy (Meta-SGD, LVC inner step) before adaptation",
+           evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., 0],
+           report=_maml_report(lambda c: 0)),
+    Method("maml_adapted", "maml_ssm",
+           "the MAML-RL SSM policy after num_inner_steps inner steps on support rollouts of the "
+           "test task (returns after 0..max(3, num_inner_steps) steps are reported)",
+           evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
+           report=_maml_report(_adapted_steps), lines=_inner_step_lines),
+    Method("test_time_adapted", "maml_ssm",
+           "the MAML SSM policy adapted online by `adapt` between evaluation rounds",
+           evaluate_test_time, lambda s, c: s["by_round"][..., -1],
+           report=_test_time_report, lines=_test_time_lines),
+    Method("maml_adapted_mlp", "maml_mlp", "the MAML pipeline with an MLP policy (what the SSM contributes)",
+           evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
+           report=_maml_report(_adapted_steps), lines=_inner_step_lines),
+)
+METHODS_BY_NAME = {m.name: m for m in REGISTRY}
+#: Every method's name, in registry order.
+METHODS = tuple(METHODS_BY_NAME)
+
+
+def trainer_names(methods) -> tuple:
+    """The distinct trainers the named methods need, in the methods' order."""
+    return tuple(dict.fromkeys(METHODS_BY_NAME[m].trainer for m in methods))
+
+
+# ------------------------------------------------------------------------------------ measuring
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """Every configured method measured on every seed's test tasks.
+
+    series: method -> name -> array stacked over seeds `(S, N, ...)`; returns: method ->
+    per-task returns `(S, N)`; kinds: `(S, N)` bool, inverted-force tasks; env_steps: env steps
+    of all evaluations (a shared evaluation counted once).
+    """
+
+    series: dict
+    returns: dict
+    kinds: np.ndarray
+    env_steps: int
+
+
+def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME) -> Measurement:
+    """Evaluate the configured methods on the same test tasks per seed (see the module docstring).
+
+    `trainers`: trainer name -> `Trainer`; `states`: trainer name -> trained state with a
+    leading seed axis.
+    """
+    methods = [registry[m] for m in config.methods]
+    per_seed = {m.name: [] for m in methods}
+    kinds = []
+    env_steps = 0
+    for s in range(config.num_seeds):
+        key = ev.eval_key(config.seed, s)
+        tasks = ev.test_tasks(key, config.evaluation.num_tasks)
+        kinds.append(np.asarray(ev.task_kinds(tasks)))
+        done = {}
+        for m in methods:
+            computation = (m.evaluator, m.trainer)
+            if computation not in done:
+                state = jax.tree.map(lambda x: x[s], states[m.trainer])
+                done[computation] = m.evaluator(key, tasks, trainers[m.trainer], state, config)
+                env_steps += done[computation].env_steps
+            per_seed[m.name].append(done[computation].series)
+    series = {name: {k: np.stack([d[k] for d in ds]) for k in ds[0]} for name, ds in per_seed.items()}
+    returns = {m.name: np.ascontiguousarray(m.returns(series[m.name], config)) for m in methods}
+    return Measurement(series=series, returns=returns, kinds=np.stack(kinds), env_steps=env_steps)

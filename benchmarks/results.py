@@ -1,0 +1,93 @@
+"""results.json's method entries, the printed table, and the environment a run ran in.
+
+`method_results(config, trainers, measurement)`: one entry per configured method, in order:
+`benchmarks.stats.summarize` of its per-task returns, `episodes` (how they were measured),
+`trained_model` (its trainer), its registry entry's extra fields, and (every method but the
+reference) `vs_<reference>`, the paired per-task difference to the reference method.
+`print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata as importlib_metadata
+
+import jax
+import numpy as np
+
+from benchmarks import evaluation as ev
+from benchmarks.methods import METHODS_BY_NAME, REFERENCE, Measurement
+from benchmarks.stats import paired_difference, summarize
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
+            "matplotlib")
+
+
+def method_results(config, trainers: dict, measurement: Measurement, registry=METHODS_BY_NAME) -> dict:
+    """results.json's "methods": method name -> entry (see the module docstring)."""
+    m = measurement
+    out = {}
+    for name in config.methods:
+        method = registry[name]
+        returns = m.returns[name]
+        entry = summarize(returns, m.kinds)
+        entry["episodes"] = {"num_seeds": config.num_seeds, "tasks_per_seed": config.evaluation.num_tasks,
+                             "envs_per_task": config.evaluation.num_envs, "episode_limit": ev.EPISODE_STEPS}
+        entry["trained_model"] = method.trainer
+        entry.update(method.report(m.series[name], m.kinds, config, trainers[method.trainer]))
+        if name != REFERENCE and REFERENCE in m.returns:
+            entry[f"vs_{REFERENCE}"] = paired_difference(returns, m.returns[REFERENCE], m.kinds)
+        out[name] = entry
+    return out
+
+
+def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
+    """The results table: one row per method, then its per-seed means, its registry entry's
+    lines and its paired difference to the reference method."""
+    log("\nmean return over seeds x held-out tasks; +- is the half-width of a 95% interval from a "
+        "Student-t over the training seeds' means (benchmarks.stats)")
+    head = f"{'method':20s} {'return (95% CI)':>20s} {'normal force':>18s} {'inverted force':>18s}"
+    log(head + "\n" + "-" * len(head))
+    indent = f"{'':20s}   "
+    for name, m in entries.items():
+        k = m["return_by_task_kind"]
+        fmt = lambda mean, ci: f"{mean:7.1f} +- {ci:5.1f}" if np.isfinite(ci) else f"{mean:7.1f}"  # noqa: E731
+        log(f"{name:20s} {fmt(m['return_mean'], m['return_ci95']):>20s} "
+            f"{fmt(k['normal']['mean'], k['normal']['ci95']):>18s} "
+            f"{fmt(k['inverted']['mean'], k['inverted']['ci95']):>18s}")
+        log(indent + "per training seed: " + ", ".join(f"{x:.1f}" for x in m["per_seed_mean"]))
+        for line in registry[name].lines(m):
+            log(indent + line)
+        versus = m.get(f"vs_{REFERENCE}")
+        if versus is not None:
+            span = lambda d: f"{d['mean']:+.1f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"  # noqa: E731
+            log(f"{indent}minus {REFERENCE}, paired by task (95% CI): {span(versus['all'])}; "
+                f"inverted force {span(versus['inverted'])}")
+
+
+def json_safe(x):
+    """`x` with numpy scalars as Python numbers and non-finite floats as None."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def versions() -> dict:
+    """Python, platform, jax backend and the versions of the packages a run depends on."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform(),
+           "machine": platform.machine(), "cpu_count": os.cpu_count(),
+           "jax_backend": jax.default_backend()}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib_metadata.version(p)
+        except importlib_metadata.PackageNotFoundError:  # pragma: no cover
+            out[p] = None
+    return out

@@ -1,0 +1,181 @@
+"""The benchmark's trainers: what each method's trained state comes from.
+
+A `Trainer` is one training algorithm with its policy and environment, built from the nested
+`BenchmarkConfig`: pure `init(key) -> state` and `update(state, key) -> (state, metrics)` (one
+iteration, one seed; `benchmarks.training.train` vmaps them over seeds). Its `name` is its
+checkpoint directory (`checkpoints/<name>/`):
+
+  non_adaptive  PPO (`config.non_adaptive`) of an `MLPPolicy` (`config.policy`) on CartPole;
+  in_context    PPO (`config.in_context`) of an `SSMPolicy` (`config.in_context_policy`) on
+                `envs.context.ContextWrapper` observations (RL^2);
+  maml_ssm      MAML-RL (`config.maml`) of an `SSMPolicy` (`config.policy`);
+  maml_mlp      the same with an `MLPPolicy`.
+
+Training history keys (per-iteration means over seeds): PPO trainers record "episode_return"
+(mean return of the window's episodes) and its per-seed series "episode_return_per_seed"; MAML
+trainers "pre_return" / "post_return" (train return before / after the inner steps) with
+"post_return_per_seed", and "return_by_step"; both record their losses. `migrate_history`
+maps a history stored under the generic key "return" onto these names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
+
+import jax
+
+import envs
+from maml.ppo import PPO
+from envs.context import ContextWrapper
+from maml.rl import MAMLRL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from benchmarks.config import BenchmarkConfig
+
+#: The metric of `PPO.update` holding the mean episode return of the iteration's window.
+PPO_RETURN_METRIC = "episode_return"
+
+
+class Trainer:
+    """One trainer: `init`, `update`, how many iterations, env steps per iteration, and its
+    history layout (`return_metric`: the metric with a per-seed series; `curves`: plot label ->
+    history key)."""
+
+    return_metric: str = ""
+    curves: dict = {}
+    #: stored history key -> this trainer's key (None: dropped, a duplicate of another key)
+    history_renames: dict = {}
+
+    def __init__(self, name: str, policy, env, algo, iterations: int):
+        self.name = name
+        self.policy = policy
+        self.env = env
+        self.algo = algo
+        self.iterations = iterations
+
+    def init(self, key):
+        return self.algo.init(key)
+
+    def update(self, state, key):  # pragma: no cover - every trainer overrides it
+        raise NotImplementedError
+
+    @property
+    def env_steps_per_update(self) -> int:  # pragma: no cover - every trainer overrides it
+        raise NotImplementedError
+
+    def migrate_history(self, history: dict) -> dict:
+        """`history` (from a checkpoint) with its keys renamed to this trainer's keys."""
+        out = {}
+        for key, series in history.items():
+            if key not in self.history_renames:
+                out[key] = series
+            elif self.history_renames[key] is not None and self.history_renames[key] not in history:
+                out[self.history_renames[key]] = series
+        return out
+
+
+class PPOTrainer(Trainer):
+    """PPO over the train tasks (non_adaptive, in_context)."""
+
+    return_metric = "episode_return"
+    curves = {"episode return": "episode_return"}
+    history_renames = {"return": "episode_return", "return_per_seed": "episode_return_per_seed"}
+
+    def update(self, state, key):
+        state, metrics = self.algo.update(state, key)
+        metrics = dict(metrics)
+        metrics[self.return_metric] = metrics.pop(PPO_RETURN_METRIC)
+        return state, metrics
+
+    @property
+    def env_steps_per_update(self) -> int:
+        return self.algo.env_steps_per_update
+
+
+class MAMLTrainer(Trainer):
+    """MAML-RL meta-updates, each on `tasks_per_update` freshly sampled train tasks."""
+
+    return_metric = "post_return"
+    curves = {"before adaptation": "pre_return", "after inner steps": "post_return"}
+    history_renames = {"return": None, "return_per_seed": "post_return_per_seed"}
+    #: the meta-update metrics kept in the training history
+    METRICS = ("policy_loss", "value_loss", "entropy", "pre_return", "post_return", "return_by_step")
+
+    def __init__(self, name, policy, env, algo, iterations, task_dist, tasks_per_update: int):
+        super().__init__(name, policy, env, algo, iterations)
+        self.task_dist = task_dist
+        self.tasks_per_update = tasks_per_update
+
+    def update(self, state, key):
+        k_tasks, k_update = jax.random.split(key)
+        tasks = self.task_dist.sample(k_tasks, self.tasks_per_update, "train")
+        state, m = self.algo.meta_update(state, tasks, k_update)
+        return state, {k: m[k] for k in self.METRICS if k in m}
+
+    @property
+    def env_steps_per_update(self) -> int:
+        return self.algo.env_steps_per_update(self.tasks_per_update)
+
+
+# ------------------------------------------------------------------------------------ builders
+def _action_dim(env) -> int:
+    return int(env.num_actions)
+
+
+def _non_adaptive(name, config, env, task_dist) -> Trainer:
+    policy = config.policy.mlp(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+    algo = PPO(policy, config.non_adaptive, env=env, task_dist=task_dist)
+    return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
+
+
+def _in_context(name, config, env, task_dist) -> Trainer:
+    env = ContextWrapper(env)
+    p = config.in_context_policy
+    policy = p.build(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env),
+                     parallel=p.core != "ssm" and jax.default_backend() != "cpu")
+    algo = PPO(policy, config.in_context, env=env, task_dist=task_dist)
+    return PPOTrainer(name, policy, env, algo, config.in_context.total_iterations)
+
+
+def _maml(make_policy: Callable) -> Callable:
+    def build(name, config, env, task_dist) -> Trainer:
+        policy = make_policy(config.policy, obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+        algo = MAMLRL(policy, config.maml.algorithm_config, env=env)
+        return MAMLTrainer(name, policy, env, algo, config.maml.num_meta_updates, task_dist,
+                           config.maml.tasks_per_update)
+    return build
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSpec:
+    """sections: the `BenchmarkConfig` sections the trainer reads; build: `(name, config, env,
+    task_dist) -> Trainer`."""
+
+    sections: tuple
+    build: Callable
+
+
+TRAINERS = {
+    "non_adaptive": TrainerSpec(("non_adaptive", "policy"), _non_adaptive),
+    "in_context": TrainerSpec(("in_context", "in_context_policy"), _in_context),
+    "maml_ssm": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.ssm(**dims))),
+    "maml_mlp": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.mlp(**dims))),
+}
+
+
+def build_trainer(name: str, config: "BenchmarkConfig", env=None) -> Trainer:
+    """The trainer `name` (a `TRAINERS` key) of `config`, on `env` (default: `config.env_name`)."""
+    env = envs.make(config.env_name)[0] if env is None else env
+    return TRAINERS[name].build(name, config, env, envs.CartPoleTasks())
+
+
+def sections_used(trainer_names) -> set:
+    """The config sections the named trainers read."""
+    return {s for t in trainer_names for s in TRAINERS[t].sections}
+
+
+def trainer_sections() -> set:
+    """Every config section some trainer reads."""
+    return sections_used(TRAINERS)
+
