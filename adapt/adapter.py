@@ -44,6 +44,7 @@ from adapt import buffer as rb
 from adapt import core
 from adapt.config import AdaptationConfig, scale_by_tree
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, supervised_objective
+from ssm_jax.validation import check_choice
 
 STRATEGIES = ("none", "online", "meta", "hybrid")
 BATCH_KEYS = ("observations", "targets")
@@ -177,8 +178,7 @@ class Adapter:
         cfg = AdaptationConfig() if cfg is None else cfg
         if not isinstance(cfg, AdaptationConfig):
             raise ValueError(f"cfg must be an AdaptationConfig, got {type(cfg).__name__}.")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        check_choice("strategy", strategy, STRATEGIES)
         self.cfg = cfg
         self.strategy = strategy
         lr_tree = None

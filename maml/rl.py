@@ -73,7 +73,7 @@ import optax
 
 import envs
 from maml import baseline, core
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 
 # --------------------------------------------------------------------------
@@ -162,12 +162,9 @@ class MAMLRLConfig:
             f("grad_clip", strict=True)
         for name in ("first_order", "learn_inner_lr", "normalize_advantages", "carry_across_episodes",
                      "remat_inner"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
-        if self.obs_mode not in envs.OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {envs.OBS_MODES}, got {self.obs_mode!r}.")
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("obs_mode", self.obs_mode, envs.OBS_MODES)
 
 
 # --------------------------------------------------------------------------
