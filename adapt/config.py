@@ -10,10 +10,10 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssm_jax.validation import check_bool, check_choice, check_float, check_int
-
-import jax
 import optax
+
+from maml.core import scale_by_inner_lr
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: Optimiser names accepted by ``AdaptationConfig.optimizer`` (all from optax).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
@@ -112,13 +112,14 @@ class AdaptationConfig:
 def make_optimizer(name: str, lr, *, momentum: float = 0.9,
                    grad_clip: Optional[float] = None) -> optax.GradientTransformation:
     """An optax optimiser by name; ``lr`` is a float (for ``"sgd"`` also a pytree
-    of per-parameter step sizes shaped like the params, e.g. Meta-SGD's)."""
+    of per-parameter step sizes shaped like the params, e.g. Meta-SGD's: the step is then
+    ``maml.core.scale_by_inner_lr(lr)``)."""
     check_choice("optimizer", name, OPTIMIZERS)
     if name == "sgd":
         if isinstance(lr, (int, float)):
             opt = optax.sgd(lr)
         else:
-            opt = scale_by_tree(lr)
+            opt = scale_by_inner_lr(lr)
     elif name == "momentum":
         opt = optax.sgd(lr, momentum=momentum)
     else:
@@ -127,21 +128,3 @@ def make_optimizer(name: str, lr, *, momentum: float = 0.9,
     if grad_clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
     return opt
-
-
-def scale_by_tree(lr_tree) -> optax.GradientTransformation:
-    """Gradient descent with per-parameter step sizes: ``update = -lr_tree * grad``.
-
-    ``lr_tree`` is a pytree with the structure (and broadcastable leaf shapes)
-    of the params; it is closed over, so it is a constant of the compiled step.
-    """
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(grads, state, params=None):
-        del params
-        return jax.tree.map(lambda g, lr: -lr * g, grads, lr_tree), state
-
-    return optax.GradientTransformation(init, update)

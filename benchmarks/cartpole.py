@@ -229,7 +229,6 @@ def evaluate(config: BenchmarkConfig, models: dict, states: dict) -> tuple[dict,
             elif method == "test_time_adapted":
                 r = np.asarray(ev.evaluate_test_time(key, model.policy, state, tasks,
                                                      num_rounds=c.tta_rounds, num_envs=e,
-                                                     fixed_lr=c.tta_lr,
                                                      baseline=model.algo.config.baseline))
                 per_method[method].append(r[:, -1])
                 extras[method].append(r)

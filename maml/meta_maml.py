@@ -16,7 +16,6 @@ import functools
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from maml import core
 from maml.config import MAMLConfig
@@ -69,16 +68,33 @@ class MetaMAML:
 
     # ------------------------------------------------------------------ state
     def init(self, params) -> core.MetaState:
-        """MetaState holding ``params`` (and Meta-SGD step sizes if learned)."""
+        """MetaState of ``params``; its ``inner_lr`` is the params-shaped tree of
+        ``config.inner_lr``, meta-learned by ``meta_update`` iff ``learn_inner_lr``."""
+        if isinstance(params, core.MetaState):
+            raise ValueError("init takes the model params (e.g. model.init(key, x)), got a MetaState.")
         self._set_mask(params)
-        lr = None
-        if self.config.learn_inner_lr:
-            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.result_type(p)),
-                              params)
-        return core.init_state(params, self.optimizer, lr)
+        return core.init_state(params, self._config_inner_lr(params), self.optimizer,
+                               learn_inner_lr=self.config.learn_inner_lr)
 
-    def _lr(self, inner_lr):
-        return self.config.inner_lr if inner_lr is None else inner_lr
+    def _config_inner_lr(self, params):
+        """The step-size tree of ``config.inner_lr`` for ``params``."""
+        return core.init_inner_lr(params, self.config.inner_lr)
+
+    def params_and_inner_lr(self, params, inner_lr=None):
+        """``(params, inner_lr_tree)`` of a call given a MetaState or raw params.
+
+        A MetaState gives its params and its own step-size tree (``inner_lr`` must not be given
+        then). Raw params take ``inner_lr`` (a params-shaped tree) if given, else the tree of
+        ``config.inner_lr``.
+        """
+        if isinstance(params, core.MetaState):
+            if inner_lr is not None:
+                raise ValueError("conflicting step sizes: a MetaState carries its own inner_lr; pass "
+                                 "either the MetaState or (params, inner_lr=...), not both.")
+            return params.params, params.inner_lr
+        if inner_lr is None:
+            inner_lr = self._config_inner_lr(params)
+        return params, inner_lr
 
     def _kw(self, params):
         return dict(objective=self.objective, num_steps=self.config.num_inner_steps,
@@ -89,14 +105,15 @@ class MetaMAML:
     def inner_loop(self, params, support_x, support_y, inner_lr=None):
         """Adapted params after ``num_inner_steps`` steps on the support set.
 
-        ``inner_lr``: None (the config value), a scalar, or Meta-SGD step
-        sizes (``state.inner_lr``). Jitted once per object (differentiable).
+        ``params``: the params to adapt or a MetaState (then its params and step sizes).
+        ``inner_lr``: step-size tree for raw params (default: the tree of ``config.inner_lr``).
+        Jitted once per object (differentiable).
         """
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
         return self._inner_loop_jit(params, support_x, support_y, inner_lr)
 
     def _inner_loop_impl(self, params, support_x, support_y, inner_lr):
-        adapted, _ = core.inner_loop(params, self._lr(inner_lr), (support_x, support_y),
-                                     **self._kw(params))
+        adapted, _ = core.inner_loop(params, inner_lr, (support_x, support_y), **self._kw(params))
         return adapted
 
     def adapt(self, params, support_x, support_y, inner_lr=None):
@@ -112,23 +129,25 @@ class MetaMAML:
 
     def meta_loss(self, params, tasks, inner_lr=None):
         """Mean post-adaptation query loss over the task batch; differentiable; jitted once
-        per object."""
+        per object. ``params``/``inner_lr`` as in ``inner_loop``."""
         core.check_tasks(tasks)
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
         return self._meta_loss_jit(params, _task_arrays(tasks), inner_lr)
 
     def _meta_loss_impl(self, params, tasks, inner_lr):
-        loss, _ = core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+        loss, _ = core.meta_loss(params, inner_lr, tasks, **self._kw(params))
         return loss
 
     def meta_loss_and_metrics(self, params, tasks, inner_lr=None):
-        """``(meta_loss, metrics)`` with pre/post-adaptation losses."""
-        return core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+        """``(meta_loss, metrics)`` with pre/post-adaptation losses (not jitted)."""
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
+        return core.meta_loss(params, inner_lr, tasks, **self._kw(params))
 
     # ------------------------------------------------------------ meta-update
     def _meta_update_impl(self, state, tasks):
         loss = functools.partial(core.meta_loss, **self._kw(state.params))
         return core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
-                                fixed_inner_lr=self.config.inner_lr)
+                                learn_inner_lr=self.config.learn_inner_lr)
 
     def meta_update(self, state: core.MetaState, tasks):
         """One jitted meta-step. Returns ``(state, metrics)``; metrics holds

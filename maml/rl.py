@@ -11,6 +11,9 @@ One meta-update, entirely inside one ``jax.jit`` (sampling included)::
     outer loss = PPO-clipped surrogate of the query data at theta_K(theta)
                  + value losses - entropy bonus,   minimised by Adam over (theta, alpha)
 
+``alpha`` is ``state.inner_lr``, per-parameter step sizes; Adam updates it only with
+``learn_inner_lr`` (Meta-SGD), otherwise it stays at ``inner_lr``.
+
 Estimator (why). The meta-objective is ``J(theta_K(theta))`` where the support data of step
 ``k`` is *sampled from* ``pi_{theta_k}``: the sampling distribution itself depends on the
 pre-update params. Autodiff through the naive inner policy-gradient loss
@@ -244,6 +247,8 @@ class MAMLRL:
       ``state, metrics = algo.meta_update(state, tasks, key)``;
       ``out = algo.adapt(state, tasks, key, num_inner_steps, num_envs, num_steps)``: adapted
       params and returns after 0..K inner steps per task (``adaptation_returns`` is an alias).
+    The inner step sizes are ``state.inner_lr`` (a params-shaped tree, initialised to
+    ``config.inner_lr``; meta-learned iff ``config.learn_inner_lr``, otherwise constant).
     """
 
     def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None):
@@ -292,14 +297,12 @@ class MAMLRL:
         return self.init_from_params(params)
 
     def init_from_params(self, params) -> core.MetaState:
+        """``params`` wrapped in a MetaState; its ``inner_lr`` is the params-shaped tree of
+        ``config.inner_lr``."""
         self._mask_for(params)
-        lr = None
-        if self.config.learn_inner_lr:
-            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.float32), params)
-        return core.init_state(params, self.optimizer, lr)
-
-    def _lr(self, inner_lr):
-        return self.config.inner_lr if inner_lr is None else inner_lr
+        c = self.config
+        return core.init_state(params, core.init_inner_lr(params, c.inner_lr), self.optimizer,
+                               learn_inner_lr=c.learn_inner_lr)
 
     def env_steps_per_update(self, num_tasks: int) -> int:
         c = self.config
@@ -344,18 +347,14 @@ class MAMLRL:
         return -jnp.mean(ratio * batch.advantages), jnp.mean(jnp.square(values - batch.returns))
 
     def inner_step(self, params, inner_lr, batch: Batch, first_order: Optional[bool] = None):
-        """One LVC policy-gradient step; returns ``(new_params, (inner_loss, value_loss))``."""
+        """One LVC policy-gradient step ``core.inner_sgd_step`` on the gradient of the inner
+        loss (``inner_lr``: params-shaped step sizes, e.g. ``state.inner_lr``; only the leaves
+        ``adapt_filter`` selects move). Returns ``(new_params, (inner_loss, value_loss))``."""
         first_order = self.config.first_order if first_order is None else first_order
-        leaves, treedef = jax.tree.flatten(params)
-        mask = self._mask_for(params)
-        mask = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
-        lrs = core._flat_lrs(inner_lr, treedef, len(leaves))
         (loss, vloss), grads = jax.value_and_grad(self.inner_objective, has_aux=True)(params, batch)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        g_leaves = treedef.flatten_up_to(grads)
-        new = [p - lr * g if m else p for p, lr, g, m in zip(leaves, lrs, g_leaves, mask)]
-        return jax.tree.unflatten(treedef, new), (loss, vloss)
+        return core.inner_sgd_step(params, grads, inner_lr, self._mask_for(params)), (loss, vloss)
 
     def collect_task(self, params, inner_lr, task, key, num_inner_steps, support_size, query_size,
                      deterministic=False):
@@ -420,22 +419,21 @@ class MAMLRL:
     def _meta_update(self, state: core.MetaState, tasks, key):
         c = self.config
         n = self._check_tasks(tasks)
-        lr = self._lr(state.inner_lr)
         _, support, query = jax.vmap(
-            lambda t, k: self.collect_task(state.params, lr, t, k, c.num_inner_steps,
+            lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, c.num_inner_steps,
                                            (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
         )(tasks, jax.random.split(key, n))
 
         def epoch(st, _):
             return core.meta_update(st, (support, query), loss=self.outer_loss, optimizer=self.optimizer,
-                                    fixed_inner_lr=c.inner_lr)
+                                    learn_inner_lr=c.learn_inner_lr)
 
         state, metrics = jax.lax.scan(epoch, state, None, length=c.num_outer_epochs)
         metrics = jax.tree.map(lambda m: m[0], metrics)  # the first epoch is on-policy
         returns = jnp.concatenate([support.episode_return, query.episode_return[:, None]], 1)
         metrics.update(pre_return=jnp.mean(returns[:, 0]), post_return=jnp.mean(returns[:, -1]),
                        return_by_step=jnp.mean(returns, axis=0))
-        if state.inner_lr is not None:
+        if c.learn_inner_lr:
             flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(state.inner_lr)])
             metrics["inner_lr_mean"] = jnp.mean(flat)
         return state, metrics
@@ -459,10 +457,9 @@ class MAMLRL:
         CartPole-v1) every env completes at least one episode.
         """
         n = self._check_tasks(tasks)
-        lr = self._lr(state.inner_lr)
         size = (num_envs, num_steps)
         adapted, support, query = jax.vmap(
-            lambda t, k: self.collect_task(state.params, lr, t, k, num_inner_steps, size, size,
+            lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, num_inner_steps, size, size,
                                            deterministic))(tasks, jax.random.split(key, n))
         cat = lambda a, b: jnp.concatenate([a, b[:, None]], 1)
         return {"params": adapted,
