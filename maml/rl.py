@@ -245,8 +245,8 @@ class MAMLRL:
     Pure, jitted API (``N`` tasks, an ``EnvParams`` batch with a leading task axis):
       ``state = algo.init(key)`` or ``algo.init_from_params(params)``;
       ``state, metrics = algo.meta_update(state, tasks, key)``;
-      ``out = algo.adapt(state, tasks, key, num_inner_steps, num_envs, num_steps)``: adapted
-      params and returns after 0..K inner steps per task (``adaptation_returns`` is an alias).
+      ``out = algo.adapt_and_evaluate(state, tasks, key, num_inner_steps, num_envs, num_steps)``:
+      adapted params and returns after 0..K inner steps per task.
     The inner step sizes are ``state.inner_lr`` (a params-shaped tree, initialised to
     ``config.inner_lr``; meta-learned iff ``config.learn_inner_lr``, otherwise constant).
     """
@@ -275,20 +275,20 @@ class MAMLRL:
         # state restored from a checkpoint, never passed through init here, still honours it).
         self._mask_for = core.MaskCache(adapt_filter)
         self.meta_update = jax.jit(self._meta_update)
-        self._adapt_jit = jax.jit(
-            self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+        self._adapt_and_evaluate_jit = jax.jit(
+            self._adapt_and_evaluate,
+            static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
 
-    def adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
-              num_steps: int = 500, deterministic: bool = False):
-        """Jitted ``_adapt`` (see there) after validating the static counts:
+    def adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
+                           num_envs: int, num_steps: int = 500, deterministic: bool = False):
+        """Jitted ``_adapt_and_evaluate`` (see there) after validating the static counts:
         ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1."""
         num_inner_steps = check_int("num_inner_steps", num_inner_steps, minimum=0)
         num_envs = check_int("num_envs", num_envs, minimum=1)
         num_steps = check_int("num_steps", num_steps, minimum=1)
-        return self._adapt_jit(state, tasks, key, num_inner_steps=num_inner_steps, num_envs=num_envs,
-                               num_steps=num_steps, deterministic=bool(deterministic))
-
-    adaptation_returns = adapt
+        return self._adapt_and_evaluate_jit(state, tasks, key, num_inner_steps=num_inner_steps,
+                                            num_envs=num_envs, num_steps=num_steps,
+                                            deterministic=bool(deterministic))
 
     # ------------------------------------------------------------ state
     def init(self, key) -> core.MetaState:
@@ -439,8 +439,8 @@ class MAMLRL:
         return state, metrics
 
     # ------------------------------------------------------------ evaluation
-    def _adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
-               num_steps: int = 500, deterministic: bool = False):
+    def _adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
+                            num_envs: int, num_steps: int = 500, deterministic: bool = False):
         """Adapt to each task and measure the return after 0..num_inner_steps inner steps.
 
         Each inner step samples ``num_envs x num_steps`` support steps with the current params;

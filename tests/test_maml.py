@@ -367,14 +367,15 @@ def test_extra_task_keys_without_a_task_axis_are_ignored():
     chex.assert_trees_all_close(s1.params, s2.params)
 
 
-def test_mamlrl_adapt_rejects_bad_num_inner_steps():
+def test_mamlrl_adapt_and_evaluate_rejects_bad_num_inner_steps():
     rl = pytest.importorskip("maml.rl")
     from ssm_jax import MLPPolicy
     algo = rl.MAMLRL(MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8))
     state = algo.init(jax.random.key(0))
     for bad in (-1, 1.5, None, True):
         with pytest.raises(ValueError, match="num_inner_steps"):
-            algo.adapt(state, None, jax.random.key(1), num_inner_steps=bad, num_envs=2, num_steps=4)
+            algo.adapt_and_evaluate(state, None, jax.random.key(1), num_inner_steps=bad, num_envs=2,
+                                    num_steps=4)
 
 
 # ------------------------------------------------------------ no retracing

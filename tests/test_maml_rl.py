@@ -199,9 +199,9 @@ def test_gae_matches_python_loop():
     np.testing.assert_allclose(ret, ref + v, rtol=1e-5, atol=1e-5)
 
 
-def test_adaptation_returns_shapes_and_range(mlp_data):
+def test_adapt_and_evaluate_shapes_and_range(mlp_data):
     algo, state, _, _ = mlp_data
-    out = algo.adaptation_returns(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
+    out = algo.adapt_and_evaluate(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
                                   jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=40)
     chex.assert_shape(out["segment_return"], (3, 3))
     chex.assert_trees_all_equal_shapes(out["params"], jax.tree.map(lambda p: jnp.stack([p] * 3), state.params))
@@ -249,7 +249,7 @@ def test_meta_training_improves_post_adaptation_return():
     state = algo.init(jax.random.key(0))
     dist = envs.CartPoleTasks()
     test_tasks = dist.sample(jax.random.key(123), 16, split="test")
-    evaluate = lambda s: float(jnp.mean(algo.adaptation_returns(
+    evaluate = lambda s: float(jnp.mean(algo.adapt_and_evaluate(
         s, test_tasks, jax.random.key(7), num_inner_steps=1, num_envs=4, num_steps=200)["segment_return"][:, 1]))
     before = evaluate(state)
 
@@ -273,7 +273,8 @@ def test_adapt_filter_honoured_without_init_on_the_same_object():
     state = MAMLRL(policy, cfg).init(jax.random.key(0))   # a different object
     algo = MAMLRL(policy, cfg, adapt_filter=["heads"])     # init never called on it
     tasks = envs.CartPoleTasks().sample(jax.random.key(1), 2)
-    out = algo.adapt(state, tasks, jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=20)
+    out = algo.adapt_and_evaluate(state, tasks, jax.random.key(2), num_inner_steps=2, num_envs=2,
+                                  num_steps=20)
     for i in range(2):
         adapted = jax.tree.map(lambda x: x[i], out["params"])
         for name in ("dense_0", "dense_1"):
