@@ -331,6 +331,78 @@ def test_frozen_inner_lr_is_unchanged_by_meta_update_and_has_no_optimizer_state(
     assert jax.tree.structure(s.opt_state) == jax.tree.structure(learned.optimizer.init((params, s.inner_lr)))
 
 
+# ------------------------------------------------------------ the seeds' argument names
+def test_seed_keyword_forms_match_the_positional_calls():
+    params = tiny_params(jax.random.key(24))
+    tasks = tiny_tasks(jax.random.key(25))
+    x, y, qx, qy = (tasks[k][0] for k in core.TASK_KEYS)
+    m = MetaMAML(tiny_apply, inner_lr=0.2, num_inner_steps=2, learn_inner_lr=True)
+    ref = m.inner_loop(params, x, y)
+    chex.assert_trees_all_close(ref, manual_adapt(params, x, y, 0.2, 2), rtol=1e-5, atol=1e-6)
+    for adapted in (m.inner_loop(params, support_x=x, support_y=y),
+                    m.adapt(params, x, y),
+                    m.adapt(params, task_data=x, task_labels=y),
+                    m.adapt(params, support_x=x, support_y=y)):
+        chex.assert_trees_all_equal(adapted, ref)
+    loss = m.outer_loop(ref, qx, qy)
+    np.testing.assert_array_equal(m.outer_loop(query_x=qx, query_y=qy, adapted_params=ref), loss)
+    np.testing.assert_allclose(loss, mse(ref, qx, qy), rtol=1e-6)
+
+    # a MetaState in place of params: its own step sizes are used
+    state = m.init(params)
+    lrs = jax.tree.map(lambda l, p: l * (1.0 + jnp.arange(p.size).reshape(p.shape) / p.size), state.inner_lr, params)
+    state = state.replace(inner_lr=lrs)
+    expected = m.inner_loop(params, x, y, inner_lr=lrs)
+    for adapted in (m.inner_loop(state, x, y), m.inner_loop(state, support_x=x, support_y=y),
+                    m.adapt(state, task_data=x, task_labels=y)):
+        chex.assert_trees_all_equal(adapted, expected)
+    reference = params
+    for _ in range(2):
+        g = mse_grad(reference, x, y)
+        reference = jax.tree.map(lambda p, l, gi: p - l * gi, reference, lrs, g)
+    chex.assert_trees_all_close(expected, reference, rtol=1e-5, atol=1e-6)
+    assert optax.tree.norm(jax.tree.map(jnp.subtract, expected, ref)) > 1e-4
+    np.testing.assert_array_equal(m.meta_loss(state, tasks), m.meta_loss(params, tasks, inner_lr=lrs))
+
+    s1, m1 = m.meta_update(state, tasks=tasks)
+    s2, m2 = m.meta_update(state, tasks)
+    chex.assert_trees_all_equal(s1, s2)
+
+
+def test_seed_argument_errors_are_clear():
+    params = tiny_params(jax.random.key(26))
+    tasks = tiny_tasks(jax.random.key(27))
+    x, y, qx, qy = (tasks[k][0] for k in core.TASK_KEYS)
+    m = MetaMAML(tiny_apply, inner_lr=0.2)
+    state = m.init(params)
+    with pytest.raises(ValueError, match="task_data and support_x name the same argument"):
+        m.adapt(params, task_data=x, task_labels=y, support_x=x)
+    with pytest.raises(ValueError, match="task_labels and support_y name the same argument"):
+        m.adapt(params, x, y, support_y=y)
+    with pytest.raises(ValueError, match=r"adapt needs task_labels \(or support_y\)"):
+        m.adapt(params, task_data=x)
+    with pytest.raises(ValueError, match="inner_loop needs params.*holds no params"):
+        m.inner_loop(support_x=x, support_y=y)          # the seeds' stateful call
+    with pytest.raises(ValueError, match="adapt needs params"):
+        m.adapt(task_data=x, task_labels=y)
+    with pytest.raises(ValueError, match="inner_loop needs support_y"):
+        m.inner_loop(params, support_x=x)
+    with pytest.raises(ValueError, match="conflicting step sizes"):
+        m.inner_loop(state, x, y, inner_lr=state.inner_lr)
+    with pytest.raises(ValueError, match="structure of the params"):
+        m.inner_loop(params, x, y, inner_lr=0.1)
+    with pytest.raises(ValueError, match="outer_loop needs adapted_params"):
+        m.outer_loop(query_x=qx, query_y=qy)
+    with pytest.raises(ValueError, match="outer_loop needs query_y"):
+        m.outer_loop(params, qx)
+    with pytest.raises(ValueError, match="state must be the MetaState"):
+        m.meta_update(tasks)                             # the seeds' meta_update(tasks)
+    with pytest.raises(ValueError, match="meta_update needs tasks"):
+        m.meta_update(state)
+    with pytest.raises(ValueError, match="init takes the model params"):
+        m.init(state)
+
+
 # ------------------------------------------------------------ validation
 @pytest.mark.parametrize("kwargs, field", [
     (dict(inner_lr=-0.1), "inner_lr"), (dict(outer_lr=0.0), "outer_lr"),
