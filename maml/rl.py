@@ -50,13 +50,6 @@ trained in the outer loss on every support batch (at ``theta_k``) and on the que
 (``maml.baseline``, the original MAML-RL's choice), right for any policy and task by
 construction, where the value head has to generalise across adaptation steps and tasks.
 
-A recipe that works on CartPole (``python -m benchmarks.cartpole`` uses it): first order,
-Meta-SGD, K = 3 inner steps, ``baseline="linear"`` with ``gae_lambda=1``, support 8 envs x 200
-steps, query 8 envs x 500 steps, 8 tasks per meta-update, Adam at 3e-3 decayed to 0 over 300
-meta-updates. With the value-head baseline the same run learns several times more slowly (the
-head must value the pre-update policy and every adapted one, and held-out tasks it never saw);
-second order (LVC) was slower still on this budget.
-
 Policies follow the ``ssm_jax`` policy contract (``SSMPolicy``, ``MLPPolicy``): rollouts use
 ``method="step"``; the losses recompute log-probs and values with the sequence ``apply`` and
 the rollout's ``resets``.
