@@ -9,7 +9,7 @@ from adapt.buffer import (
     buffer_init_like,
     buffer_sample,
 )
-from adapt.config import OPTIMIZERS, AdaptationConfig, make_optimizer, scale_by_tree
+from adapt.config import OPTIMIZERS, AdaptationConfig, make_optimizer
 from adapt.core import AdaptInfo, adapt_step, adapt_steps, tree_all_finite, tree_select
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, predictions_of, supervised_objective
 from adapt.rl import (
@@ -44,7 +44,6 @@ __all__ = [
     "next_observation_loss",
     "policy_gradient_loss",
     "predictions_of",
-    "scale_by_tree",
     "supervised_objective",
     "tree_all_finite",
     "tree_select",

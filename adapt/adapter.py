@@ -42,8 +42,10 @@ import optax
 
 from adapt import buffer as rb
 from adapt import core
-from adapt.config import AdaptationConfig, scale_by_tree
+from adapt.config import AdaptationConfig
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, supervised_objective
+from maml.core import build_mask, scale_by_inner_lr
+from ssm_jax.validation import check_choice
 
 STRATEGIES = ("none", "online", "meta", "hybrid")
 BATCH_KEYS = ("observations", "targets")
@@ -87,13 +89,16 @@ def _guarded_add(buffer: rb.ReplayBuffer, items) -> rb.ReplayBuffer:
 class _Spec(NamedTuple):
     """The static part of an adapter: equal specs share compiled functions, so a
     new ``Adapter`` for the same model and config (e.g. one per task) does not
-    recompile. ``per_param_lr``: the update is ``-lr_tree * grad`` (the meta
-    rule) with ``lr_tree`` a dynamic argument, else ``cfg``'s optimiser."""
+    recompile. ``per_param_lr``: the update is the meta rule
+    ``maml.core.scale_by_inner_lr(lr_tree, mask)`` with ``lr_tree`` a dynamic argument,
+    else ``cfg``'s optimiser. ``mask``: the meta rule's adapted-leaf flags, flattened in
+    the params' leaf order (None: every leaf adapts)."""
 
     target: Any
     cfg: AdaptationConfig
     strategy: str
     per_param_lr: bool
+    mask: Optional[tuple] = None
 
 
 #: How many times each spec's functions were traced (``Adapter.num_traces``).
@@ -103,7 +108,8 @@ _TRACES: collections.Counter = collections.Counter()
 def _optimizer(spec: _Spec, lr_tree) -> optax.GradientTransformation:
     if not spec.per_param_lr:
         return spec.cfg.make_optimizer()
-    opt = scale_by_tree(lr_tree)
+    mask = None if spec.mask is None else jax.tree.unflatten(jax.tree.structure(lr_tree), spec.mask)
+    opt = scale_by_inner_lr(lr_tree, mask)
     if spec.cfg.grad_clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(spec.cfg.grad_clip), opt)
     return opt
@@ -157,8 +163,8 @@ class Adapter:
       strategy: one of ``STRATEGIES``.
       params: the params to start from. With ``"meta"`` it may be the
         ``maml.MetaState`` returned by ``MetaMAML.init``/``meta_update`` (its
-        meta-learned params and Meta-SGD step sizes are used), or plain params
-        (the MetaMAML's fixed ``inner_lr`` is used).
+        params and step-size tree are used), or plain params (with the MetaMAML's
+        ``config.inner_lr`` in every entry, ``MetaMAML.params_and_inner_lr``).
       meta: the ``maml.MetaMAML`` (required by, and only used by, ``"meta"``).
       key: PRNG key (or int seed) for replay sampling in hybrid mode.
       The default ``loss_fn`` of ``adapt``/``loss`` is the MetaMAML's ``loss_fn``
@@ -177,14 +183,13 @@ class Adapter:
         cfg = AdaptationConfig() if cfg is None else cfg
         if not isinstance(cfg, AdaptationConfig):
             raise ValueError(f"cfg must be an AdaptationConfig, got {type(cfg).__name__}.")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        check_choice("strategy", strategy, STRATEGIES)
         self.cfg = cfg
         self.strategy = strategy
-        lr_tree = None
+        lr_tree, mask = None, None
         self.default_loss_fn = mse_loss
         if strategy == "meta":
-            params, lr_tree, target = self._meta_rule(meta, params, target)
+            params, lr_tree, mask, target = self._meta_rule(meta, params, target)
             self.default_loss_fn = getattr(meta, "loss_fn", None) or mse_loss
         elif meta is not None:
             raise ValueError(f"meta (a MetaMAML) is only used by strategy='meta', got strategy={strategy!r}.")
@@ -198,7 +203,7 @@ class Adapter:
         except TypeError:
             raise ValueError(f"target must be hashable (a flax Module or a function), got {type(target).__name__}.") from None
         self.target = target
-        self._spec = _Spec(target, cfg, strategy, lr_tree is not None)
+        self._spec = _Spec(target, cfg, strategy, lr_tree is not None, mask)
         self._lr_tree = lr_tree
         self.optimizer = _optimizer(self._spec, lr_tree)
         self._initial_params = params
@@ -214,26 +219,20 @@ class Adapter:
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _meta_rule(meta, params, target):
-        """Meta-learned start params and per-parameter step-size tree of a MetaMAML."""
+        """A MetaMAML's start params, step-size tree and adapted-leaf flags (flattened; None
+        when every leaf adapts), and the target (default: its model)."""
         if meta is None:
             raise ValueError("strategy='meta' needs meta=<a maml.MetaMAML> (its meta-learned inner rule).")
-        for attr in ("config", "adapt_filter", "model"):
+        for attr in ("config", "adapt_filter", "model", "params_and_inner_lr"):
             if not hasattr(meta, attr):
                 raise ValueError(f"meta must be a maml.MetaMAML, got {type(meta).__name__} (no {attr!r}).")
-        inner_lr = None
-        if params is not None and hasattr(params, "inner_lr") and hasattr(params, "opt_state"):
-            inner_lr = params.inner_lr  # a MetaState
-            params = params.params
         if params is None:
             raise ValueError("strategy='meta' needs params: the MetaState (or meta-learned params).")
-        if inner_lr is None:
-            inner_lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), meta.config.inner_lr, jnp.float32), params)
-        from maml.core import build_mask  # the MetaMAML's own definition of which params adapt
-        mask = build_mask(params, meta.adapt_filter)
-        if mask is not None:
-            inner_lr = jax.tree.map(lambda lr, m: lr if m else jnp.zeros_like(lr), inner_lr, mask)
+        params, inner_lr = meta.params_and_inner_lr(params)
+        mask = build_mask(params, meta.adapt_filter)  # the MetaMAML's own adapted leaves
+        mask = None if mask is None else tuple(jax.tree.leaves(mask))
         target = meta.model if target is None else target
-        return params, inner_lr, target
+        return params, inner_lr, mask, target
 
     def reset(self):
         """Back to the params given at construction: fresh optimiser state, empty

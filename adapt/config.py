@@ -10,10 +10,10 @@ import dataclasses
 import math
 from typing import Optional
 
-from ssm_jax.validation import check_float, check_int
-
-import jax
 import optax
+
+from maml.core import scale_by_inner_lr
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: Optimiser names accepted by ``AdaptationConfig.optimizer`` (all from optax).
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
@@ -71,8 +71,7 @@ class AdaptationConfig:
         object.__setattr__(
             self, "max_steps_per_call", check_int("max_steps_per_call", self.max_steps_per_call, 1)
         )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         object.__setattr__(self, "momentum", check_float("momentum", self.momentum, minimum=0.0,
                                                          maximum=1.0, strict_max=True))
         if self.grad_clip is not None:
@@ -87,8 +86,7 @@ class AdaptationConfig:
         object.__setattr__(self, "replay_ratio", check_float("replay_ratio", self.replay_ratio,
                                                              minimum=0.0, maximum=1.0, strict_max=True))
         for name in ("monotone", "store_adapt_batches"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
 
     @property
     def threshold(self) -> float:
@@ -114,14 +112,14 @@ class AdaptationConfig:
 def make_optimizer(name: str, lr, *, momentum: float = 0.9,
                    grad_clip: Optional[float] = None) -> optax.GradientTransformation:
     """An optax optimiser by name; ``lr`` is a float (for ``"sgd"`` also a pytree
-    of per-parameter step sizes shaped like the params, e.g. Meta-SGD's)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
+    of per-parameter step sizes shaped like the params, e.g. Meta-SGD's: the step is then
+    ``maml.core.scale_by_inner_lr(lr)``)."""
+    check_choice("optimizer", name, OPTIMIZERS)
     if name == "sgd":
         if isinstance(lr, (int, float)):
             opt = optax.sgd(lr)
         else:
-            opt = scale_by_tree(lr)
+            opt = scale_by_inner_lr(lr)
     elif name == "momentum":
         opt = optax.sgd(lr, momentum=momentum)
     else:
@@ -130,21 +128,3 @@ def make_optimizer(name: str, lr, *, momentum: float = 0.9,
     if grad_clip is not None:
         opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
     return opt
-
-
-def scale_by_tree(lr_tree) -> optax.GradientTransformation:
-    """Gradient descent with per-parameter step sizes: ``update = -lr_tree * grad``.
-
-    ``lr_tree`` is a pytree with the structure (and broadcastable leaf shapes)
-    of the params; it is closed over, so it is a constant of the compiled step.
-    """
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(grads, state, params=None):
-        del params
-        return jax.tree.map(lambda g, lr: -lr * g, grads, lr_tree), state
-
-    return optax.GradientTransformation(init, update)

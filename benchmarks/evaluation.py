@@ -31,10 +31,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import adapt
 import envs
+from maml.core import scale_by_inner_lr
 
 EVAL_STREAM = 2
 EPISODE_STEPS = 500
@@ -124,14 +124,13 @@ def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: in
 @functools.partial(jax.jit, static_argnums=(1, 4, 5))
 def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
     c = algo.config
-    lr = c.inner_lr if state.inner_lr is None else state.inner_lr
 
     def one_task(task, k):
         def step(theta, kk):
             k_eval, k_support = jax.random.split(kk)
             measured = algo.collect(theta, k_eval, task, num_envs, EPISODE_STEPS).completed_return
             support = algo.collect(theta, k_support, task, c.support_envs, c.support_steps)
-            theta, _ = algo.inner_step(theta, lr, support, first_order=True)
+            theta, _ = algo.inner_step(theta, state.inner_lr, support, first_order=True)
             return theta, measured
 
         theta, returns = jax.lax.scan(step, state.params, jax.random.split(k, num_inner_steps))
@@ -144,27 +143,23 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
 
 
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
-                       lr_scale: float = 1.0, fixed_lr: float = 0.01, env=None,
+                       lr_scale: float = 1.0, env=None,
                        baseline: str = "value") -> jax.Array:
     """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule.
 
     The objective is `adapt.policy_gradient_loss` (REINFORCE with `baseline`, the one the MAML
     policy was trained with: its value head or a linear fit to each round's returns; no value
     term, so only the policy moves); the optimiser is SGD with the MAML
-    state's Meta-SGD step sizes (times `lr_scale`), or `fixed_lr` if it has none. One guarded
+    state's step sizes `state.inner_lr` (times `lr_scale`). One guarded
     step per round (`divergence_threshold` rejects non-finite or exploding steps).
     """
-    return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale,
-                               fixed_lr, env, baseline)
+    return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env,
+                               baseline)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, fixed_lr, env,
-                        baseline):
-    if state.inner_lr is None:
-        optimizer = optax.sgd(fixed_lr)
-    else:
-        optimizer = adapt.scale_by_tree(jax.tree.map(lambda x: lr_scale * x, state.inner_lr))
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline):
+    optimizer = scale_by_inner_lr(jax.tree.map(lambda x: lr_scale * x, state.inner_lr))
     objective = functools.partial(adapt.policy_gradient_loss, policy=policy, value_coef=0.0,
                                   baseline=baseline)
 

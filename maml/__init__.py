@@ -4,13 +4,17 @@ from maml.config import MAMLConfig
 from maml.core import (
     MetaState,
     build_mask,
+    init_inner_lr,
+    init_state,
     inner_loop,
+    inner_sgd_step,
     make_apply_fn,
     make_optimizer,
     meta_loss,
     meta_update,
     mse_loss,
     predictions_of,
+    scale_by_inner_lr,
 )
 from maml.meta_maml import MetaMAML
 from maml.onpolicy import gae
@@ -29,7 +33,10 @@ __all__ = [
     "PPOState",
     "build_mask",
     "gae",
+    "init_inner_lr",
+    "init_state",
     "inner_loop",
+    "inner_sgd_step",
     "make_apply_fn",
     "make_optimizer",
     "meta_loss",
@@ -37,4 +44,5 @@ __all__ = [
     "mse_loss",
     "predictions_of",
     "sample_sinusoid_tasks",
+    "scale_by_inner_lr",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_bool, check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,7 @@ class MAMLConfig:
             self, "num_inner_steps", check_int("num_inner_steps", self.num_inner_steps, minimum=0)
         )
         for name in ("first_order", "learn_inner_lr", "remat_inner"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
         if self.grad_clip is not None:
             object.__setattr__(
                 self, "grad_clip", check_float("grad_clip", self.grad_clip, minimum=0.0, strict_min=True)

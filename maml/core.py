@@ -6,8 +6,8 @@ Everything here is a pure function of arrays and pytrees, safe under ``jit``,
 
 Notation (shapes are per task unless a leading ``T`` task axis is shown):
   params     model parameters (any pytree).
-  inner_lr   a scalar, or a pytree with the structure and leaf shapes of
-             ``params`` (Meta-SGD per-parameter step sizes).
+  inner_lr   step sizes: a pytree with the structure and leaf shapes of ``params``
+             (``init_inner_lr`` for a scalar; Meta-SGD learns it per parameter).
   mask       ``None`` (adapt everything) or a pytree of Python bools with the
              structure of ``params``; only ``True`` leaves are adapted in the
              inner loop (ANIL-style adaptation of a subset). The mask is static:
@@ -94,7 +94,7 @@ def supervised_objective(apply_fn: ApplyFn, loss_fn: LossFn) -> Objective:
 
 
 # --------------------------------------------------------------------------
-# masks and per-leaf step sizes
+# masks, step-size trees and the inner step
 # --------------------------------------------------------------------------
 def build_mask(params: PyTree, adapt_filter) -> Optional[PyTree]:
     """Turn ``adapt_filter`` into a static mask pytree of Python bools (or None).
@@ -166,17 +166,84 @@ def _checked_mask(mask):
     return mask
 
 
-def _flat_lrs(inner_lr, treedef, num_leaves) -> list:
-    """Per-leaf step sizes: a scalar is broadcast, a params-shaped pytree is flattened."""
-    if jax.tree.structure(inner_lr) == treedef:
-        return treedef.flatten_up_to(inner_lr)
-    leaves = jax.tree.leaves(inner_lr)
-    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
-        return [leaves[0]] * num_leaves
-    raise ValueError(
-        "inner_lr must be a scalar or a pytree with the structure of params "
-        f"(got structure {jax.tree.structure(inner_lr)}, params have {treedef})."
-    )
+def init_inner_lr(params: PyTree, value: float) -> PyTree:
+    """The step-size tree of a scalar step size: ``value`` in every entry of every leaf.
+
+    Leaves have the shapes and dtypes of ``params`` (float32 for float32 params). This is the
+    form of ``MetaState.inner_lr`` and of every ``inner_lr`` argument in this module.
+    """
+    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, jnp.result_type(p)), params)
+
+
+def _check_inner_lr(inner_lr, treedef) -> list:
+    """The leaves of ``inner_lr``, which must have the tree structure ``treedef``."""
+    if jax.tree.structure(inner_lr) != treedef:
+        raise ValueError(
+            "inner_lr must be a pytree with the structure of the params (e.g. "
+            f"maml.core.init_inner_lr(params, 0.01)); got structure {jax.tree.structure(inner_lr)}, "
+            f"params have {treedef}."
+        )
+    return treedef.flatten_up_to(inner_lr)
+
+
+def scale_by_inner_lr(inner_lr: PyTree, mask: Optional[PyTree] = None) -> optax.GradientTransformation:
+    """The inner-loop gradient step as an optax transformation: ``update = -(inner_lr * grad)``.
+
+    With ``optax.apply_updates`` an adapted leaf becomes exactly ``p - lr * g``. ``inner_lr``
+    has the structure of the params, each leaf of its param's shape (or broadcastable to it,
+    e.g. a scalar per leaf); it is closed over, so ``jax.grad`` through ``update`` reaches it
+    (Meta-SGD). ``mask`` is None (every leaf adapted) or a pytree of Python bools with that
+    structure: a frozen (``False``) leaf gets the update ``-0.0``, the additive identity, so
+    ``optax.apply_updates`` returns it bit for bit, whatever its gradient. Stateless
+    (``optax.EmptyState``); ``params`` is not used. The MAML inner loops apply it through
+    ``inner_sgd_step``, which leaves frozen leaves out of the arithmetic altogether.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        grads, treedef = jax.tree.flatten(updates)
+        lrs = _check_inner_lr(inner_lr, treedef)
+        adapted = [True] * len(grads) if mask is None else treedef.flatten_up_to(mask)
+        out = []
+        for g, lr, m in zip(grads, lrs, adapted):
+            if jnp.broadcast_shapes(jnp.shape(lr), jnp.shape(g)) != jnp.shape(g):
+                raise ValueError(f"an inner_lr leaf of shape {jnp.shape(lr)} does not broadcast to its "
+                                 f"parameter's shape {jnp.shape(g)}.")
+            out.append(-(lr * g) if m else jnp.full_like(g, -0.0))
+        return jax.tree.unflatten(treedef, out), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _adapted_indices(treedef, mask) -> list:
+    """Indices of the adapted leaves (all of them when ``mask`` is None)."""
+    if mask is None:
+        return list(range(treedef.num_leaves))
+    return [i for i, m in enumerate(treedef.flatten_up_to(mask)) if m]
+
+
+def inner_sgd_step(params: PyTree, grads: PyTree, inner_lr: PyTree, mask: Optional[PyTree] = None) -> PyTree:
+    """``params`` after one ``scale_by_inner_lr(inner_lr)`` step along ``grads``.
+
+    Adapted leaves become ``p + (-(lr * g))`` (``optax.apply_updates``), i.e. ``p - lr * g``;
+    frozen leaves (``mask`` False) are returned as they are, the same arrays, so a ``lax.scan``
+    over inner steps sees them as loop-invariant. ``params``, ``grads`` and ``inner_lr`` share
+    one tree structure.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    lrs = _check_inner_lr(inner_lr, treedef)
+    g = treedef.flatten_up_to(grads)
+    idx = _adapted_indices(treedef, mask)
+    sgd = scale_by_inner_lr([lrs[i] for i in idx])
+    updates, _ = sgd.update([g[i] for i in idx], sgd.init(None))
+    new = list(leaves)
+    for i, leaf in zip(idx, optax.apply_updates([leaves[i] for i in idx], updates)):
+        new[i] = leaf
+    return jax.tree.unflatten(treedef, new)
 
 
 # --------------------------------------------------------------------------
@@ -184,7 +251,7 @@ def _flat_lrs(inner_lr, treedef, num_leaves) -> list:
 # --------------------------------------------------------------------------
 def inner_loop(
     params: PyTree,
-    inner_lr,
+    inner_lr: PyTree,
     batch,
     *,
     objective: Objective,
@@ -195,14 +262,15 @@ def inner_loop(
 ):
     """``num_steps`` gradient steps of ``objective(., batch)`` from ``params``.
 
+    Each step is ``inner_sgd_step`` on the adapted leaves (the leaves ``mask`` selects): only
+    they are carried through the scan and differentiated.
     Returns ``(adapted_params, losses)``: losses has shape ``(num_steps,)``,
     the objective *before* each step (``losses[0]`` is the pre-adaptation
     support loss). ``num_steps = 0`` returns ``params`` unchanged.
     """
     leaves, treedef = jax.tree.flatten(params)
-    mask_leaves = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
-    lrs = _flat_lrs(inner_lr, treedef, len(leaves))
-    idx = [i for i, m in enumerate(mask_leaves) if m]
+    lrs = _check_inner_lr(inner_lr, treedef)
+    idx = _adapted_indices(treedef, mask)
     frozen = list(leaves)
     ad_lrs = [lrs[i] for i in idx]
 
@@ -216,8 +284,7 @@ def inner_loop(
         loss, grads = jax.value_and_grad(lambda a: objective(rebuild(a), batch))(adapted_leaves)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        new = [a - lr * g for a, lr, g in zip(adapted_leaves, ad_lrs, grads)]
-        return new, loss
+        return inner_sgd_step(adapted_leaves, grads, ad_lrs), loss
 
     if remat:
         step = jax.checkpoint(step)
@@ -295,14 +362,16 @@ class MetaState:
     """Carried state of meta-training.
 
     params:   meta-parameters of the model (the MAML initialisation).
-    inner_lr: Meta-SGD per-parameter step sizes (pytree like params) or None
-              when the step size is the fixed config value.
-    opt_state: optax state over ``(params, inner_lr)``.
+    inner_lr: the inner step sizes, a pytree with the structure, shapes and dtypes of params
+              (``init_inner_lr``); meta-learned (Meta-SGD) or constant, as ``meta_update``'s
+              ``learn_inner_lr`` says.
+    opt_state: optax state over the learned meta-parameters: ``(params, inner_lr)`` when the
+              step sizes are learned, ``params`` otherwise.
     step:     number of meta-updates done (int32 scalar).
     """
 
     params: PyTree
-    inner_lr: Optional[PyTree]
+    inner_lr: PyTree
     opt_state: optax.OptState
     step: chex.Array
 
@@ -316,27 +385,39 @@ def make_optimizer(outer_lr: float, grad_clip: Optional[float] = None) -> optax.
     return optax.chain(*parts)
 
 
-def init_state(params, optimizer, inner_lr: Optional[PyTree] = None) -> MetaState:
-    """Fresh MetaState; ``inner_lr`` is the learned step-size pytree or None."""
+def _learned(params, inner_lr, learn_inner_lr: bool):
+    """The meta-parameters the outer optimiser updates."""
+    return (params, inner_lr) if learn_inner_lr else params
+
+
+def init_state(params, inner_lr, optimizer, *, learn_inner_lr: bool) -> MetaState:
+    """Fresh MetaState; ``inner_lr`` is a params-shaped step-size tree (``init_inner_lr``)."""
     return MetaState(params=params, inner_lr=inner_lr,
-                     opt_state=optimizer.init((params, inner_lr)),
+                     opt_state=optimizer.init(_learned(params, inner_lr, learn_inner_lr)),
                      step=jnp.zeros((), jnp.int32))
 
 
-def meta_update(state: MetaState, batch, *, loss: Callable, optimizer, fixed_inner_lr=None):
+def meta_update(state: MetaState, batch, *, loss: Callable, optimizer, learn_inner_lr: bool):
     """One meta-step: gradient of ``loss(params, inner_lr, batch)`` and an optax update.
 
-    ``loss`` returns ``(scalar, metrics)``. If ``state.inner_lr`` is None the
-    fixed ``fixed_inner_lr`` is used and not learned. Returns
-    ``(new_state, metrics)``; metrics gain ``meta_grad_norm``.
+    ``loss`` returns ``(scalar, metrics)``. With ``learn_inner_lr`` the gradient and the
+    update are over ``(params, inner_lr)`` (Meta-SGD); without it, over ``params`` only:
+    ``state.inner_lr`` is a constant of the loss and is returned unchanged. The state must
+    come from ``init_state`` with the same ``learn_inner_lr``. Returns ``(new_state,
+    metrics)``; metrics gain ``meta_loss`` and ``meta_grad_norm`` (of the learned part).
     """
-    def total(meta_params):
-        params, lr = meta_params
-        return loss(params, fixed_inner_lr if lr is None else lr, batch)
+    if learn_inner_lr:
+        def total(meta_params):
+            params, lr = meta_params
+            return loss(params, lr, batch)
+    else:
+        def total(params):
+            return loss(params, state.inner_lr, batch)
 
-    meta_params = (state.params, state.inner_lr)
+    meta_params = _learned(state.params, state.inner_lr, learn_inner_lr)
     (value, metrics), grads = jax.value_and_grad(total, has_aux=True)(meta_params)
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
-    params, lr = optax.apply_updates(meta_params, updates)
+    new = optax.apply_updates(meta_params, updates)
+    params, lr = new if learn_inner_lr else (new, state.inner_lr)
     metrics = dict(metrics, meta_loss=value, meta_grad_norm=optax.tree.norm(grads))
     return MetaState(params=params, inner_lr=lr, opt_state=opt_state, step=state.step + 1), metrics

@@ -3,6 +3,12 @@
     maml = MetaMAML(model, inner_lr=0.01, outer_lr=0.001, num_inner_steps=1)
     state = maml.init(params)
     state, metrics = maml.meta_update(state, tasks)   # jitted once per shape
+    adapted = maml.adapt(state, task_data=x, task_labels=y)
+    loss = maml.outer_loop(query_x=qx, query_y=qy, adapted_params=adapted)
+
+The seeds' methods keep their names and keyword names; what is functional here is passed
+explicitly: the params (or the ``MetaState``, carrying the inner step sizes) come first, and
+``meta_update`` returns the new state.
 
 ``tasks`` is a dict of arrays ``support_x``, ``support_y``, ``query_x``,
 ``query_y``, each with a leading task axis ``T``; the per-task arrays are what
@@ -16,7 +22,6 @@ import functools
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 
 from maml import core
 from maml.config import MAMLConfig
@@ -69,16 +74,33 @@ class MetaMAML:
 
     # ------------------------------------------------------------------ state
     def init(self, params) -> core.MetaState:
-        """MetaState holding ``params`` (and Meta-SGD step sizes if learned)."""
+        """MetaState of ``params``; its ``inner_lr`` is the params-shaped tree of
+        ``config.inner_lr``, meta-learned by ``meta_update`` iff ``learn_inner_lr``."""
+        if isinstance(params, core.MetaState):
+            raise ValueError("init takes the model params (e.g. model.init(key, x)), got a MetaState.")
         self._set_mask(params)
-        lr = None
-        if self.config.learn_inner_lr:
-            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.result_type(p)),
-                              params)
-        return core.init_state(params, self.optimizer, lr)
+        return core.init_state(params, self._config_inner_lr(params), self.optimizer,
+                               learn_inner_lr=self.config.learn_inner_lr)
 
-    def _lr(self, inner_lr):
-        return self.config.inner_lr if inner_lr is None else inner_lr
+    def _config_inner_lr(self, params):
+        """The step-size tree of ``config.inner_lr`` for ``params``."""
+        return core.init_inner_lr(params, self.config.inner_lr)
+
+    def params_and_inner_lr(self, params, inner_lr=None):
+        """``(params, inner_lr_tree)`` of a call given a MetaState or raw params.
+
+        A MetaState gives its params and its own step-size tree (``inner_lr`` must not be given
+        then). Raw params take ``inner_lr`` (a params-shaped tree) if given, else the tree of
+        ``config.inner_lr``.
+        """
+        if isinstance(params, core.MetaState):
+            if inner_lr is not None:
+                raise ValueError("conflicting step sizes: a MetaState carries its own inner_lr; pass "
+                                 "either the MetaState or (params, inner_lr=...), not both.")
+            return params.params, params.inner_lr
+        if inner_lr is None:
+            inner_lr = self._config_inner_lr(params)
+        return params, inner_lr
 
     def _kw(self, params):
         return dict(objective=self.objective, num_steps=self.config.num_inner_steps,
@@ -86,25 +108,44 @@ class MetaMAML:
                     remat=self.config.remat_inner)
 
     # ------------------------------------------------------------ inner/outer
-    def inner_loop(self, params, support_x, support_y, inner_lr=None):
+    def inner_loop(self, params=None, support_x=None, support_y=None, inner_lr=None):
         """Adapted params after ``num_inner_steps`` steps on the support set.
 
-        ``inner_lr``: None (the config value), a scalar, or Meta-SGD step
-        sizes (``state.inner_lr``). Jitted once per object (differentiable).
+        ``params``: the params to adapt or a MetaState (then its params and step sizes).
+        ``support_x``/``support_y``: the support inputs and targets of one task (the seeds'
+        names; keywords work). ``inner_lr``: step-size tree for raw params (default: the tree
+        of ``config.inner_lr``). Jitted once per object (differentiable).
         """
+        params = _required("inner_loop", "params", params, _STATE_HINT)
+        support_x = _required("inner_loop", "support_x", support_x)
+        support_y = _required("inner_loop", "support_y", support_y)
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
         return self._inner_loop_jit(params, support_x, support_y, inner_lr)
 
     def _inner_loop_impl(self, params, support_x, support_y, inner_lr):
-        adapted, _ = core.inner_loop(params, self._lr(inner_lr), (support_x, support_y),
-                                     **self._kw(params))
+        adapted, _ = core.inner_loop(params, inner_lr, (support_x, support_y), **self._kw(params))
         return adapted
 
-    def adapt(self, params, support_x, support_y, inner_lr=None):
-        """Alias of ``inner_loop``."""
-        return self.inner_loop(params, support_x, support_y, inner_lr)
+    def adapt(self, params=None, task_data=None, task_labels=None, inner_lr=None, *,
+              support_x=None, support_y=None):
+        """``inner_loop`` in the seeds' names: ``adapt(params, task_data, task_labels)``.
 
-    def outer_loop(self, adapted_params, query_x, query_y):
-        """Query loss of ``adapted_params`` (scalar); jitted once per object."""
+        ``task_data``/``task_labels`` are the support inputs/targets (``support_x``/``support_y``
+        are accepted instead, not both); ``params`` and ``inner_lr`` as in ``inner_loop``.
+        Returns the adapted params.
+        """
+        task_data = _one_of("adapt", ("task_data", task_data), ("support_x", support_x))
+        task_labels = _one_of("adapt", ("task_labels", task_labels), ("support_y", support_y))
+        params = _required("adapt", "params", params, _STATE_HINT)
+        return self.inner_loop(params, task_data, task_labels, inner_lr)
+
+    def outer_loop(self, adapted_params=None, query_x=None, query_y=None):
+        """Query loss of ``adapted_params`` (scalar); jitted once per object. The seeds' keyword
+        form ``outer_loop(query_x=..., query_y=..., adapted_params=...)`` works."""
+        adapted_params = _required("outer_loop", "adapted_params", adapted_params,
+                                   " (the params returned by inner_loop/adapt)")
+        query_x = _required("outer_loop", "query_x", query_x)
+        query_y = _required("outer_loop", "query_y", query_y)
         return self._outer_loop_jit(adapted_params, query_x, query_y)
 
     def _outer_loop_impl(self, adapted_params, query_x, query_y):
@@ -112,29 +153,56 @@ class MetaMAML:
 
     def meta_loss(self, params, tasks, inner_lr=None):
         """Mean post-adaptation query loss over the task batch; differentiable; jitted once
-        per object."""
+        per object. ``params``/``inner_lr`` as in ``inner_loop``."""
         core.check_tasks(tasks)
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
         return self._meta_loss_jit(params, _task_arrays(tasks), inner_lr)
 
     def _meta_loss_impl(self, params, tasks, inner_lr):
-        loss, _ = core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+        loss, _ = core.meta_loss(params, inner_lr, tasks, **self._kw(params))
         return loss
 
     def meta_loss_and_metrics(self, params, tasks, inner_lr=None):
-        """``(meta_loss, metrics)`` with pre/post-adaptation losses."""
-        return core.meta_loss(params, self._lr(inner_lr), tasks, **self._kw(params))
+        """``(meta_loss, metrics)`` with pre/post-adaptation losses (not jitted)."""
+        params, inner_lr = self.params_and_inner_lr(params, inner_lr)
+        return core.meta_loss(params, inner_lr, tasks, **self._kw(params))
 
     # ------------------------------------------------------------ meta-update
     def _meta_update_impl(self, state, tasks):
         loss = functools.partial(core.meta_loss, **self._kw(state.params))
         return core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
-                                fixed_inner_lr=self.config.inner_lr)
+                                learn_inner_lr=self.config.learn_inner_lr)
 
-    def meta_update(self, state: core.MetaState, tasks):
+    def meta_update(self, state: Optional[core.MetaState] = None, tasks=None):
         """One jitted meta-step. Returns ``(state, metrics)``; metrics holds
         ``pre_query_loss``, ``post_query_loss``, ``pre_support_loss``,
-        ``meta_loss`` and ``meta_grad_norm`` (scalars)."""
+        ``meta_loss`` and ``meta_grad_norm`` (scalars). ``meta_update(state, tasks=...)`` is the
+        seeds' ``meta_update(tasks)`` with the state passed in and returned."""
         if not isinstance(state, core.MetaState):
-            raise ValueError(f"state must be the MetaState returned by init(params), got {type(state).__name__}.")
+            raise ValueError(
+                "state must be the MetaState returned by init(params) (meta_update(state, tasks) "
+                f"returns the new state), got {type(state).__name__}.")
+        tasks = _required("meta_update", "tasks", tasks)
         core.check_tasks(tasks)
         return self._meta_update(state, _task_arrays(tasks))
+
+
+_STATE_HINT = (" (the params to adapt, or the MetaState from init/meta_update: this MetaMAML is "
+               "functional and holds no params)")
+
+
+def _required(method: str, name: str, value, hint: str = ""):
+    """``value``, or a ValueError naming the missing argument of ``method``."""
+    if value is None:
+        raise ValueError(f"{method} needs {name}{hint}.")
+    return value
+
+
+def _one_of(method: str, first, second):
+    """The value of whichever of two alternative ``(name, value)`` arguments is given."""
+    (name_a, a), (name_b, b) = first, second
+    if a is not None and b is not None:
+        raise ValueError(f"{method}: {name_a} and {name_b} name the same argument; give one of them.")
+    if a is None and b is None:
+        raise ValueError(f"{method} needs {name_a} (or {name_b}).")
+    return a if a is not None else b

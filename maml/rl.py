@@ -11,6 +11,9 @@ One meta-update, entirely inside one ``jax.jit`` (sampling included)::
     outer loss = PPO-clipped surrogate of the query data at theta_K(theta)
                  + value losses - entropy bonus,   minimised by Adam over (theta, alpha)
 
+``alpha`` is ``state.inner_lr``, per-parameter step sizes; Adam updates it only with
+``learn_inner_lr`` (Meta-SGD), otherwise it stays at ``inner_lr``.
+
 Estimator (why). The meta-objective is ``J(theta_K(theta))`` where the support data of step
 ``k`` is *sampled from* ``pi_{theta_k}``: the sampling distribution itself depends on the
 pre-update params. Autodiff through the naive inner policy-gradient loss
@@ -47,13 +50,6 @@ trained in the outer loss on every support batch (at ``theta_k``) and on the que
 (``maml.baseline``, the original MAML-RL's choice), right for any policy and task by
 construction, where the value head has to generalise across adaptation steps and tasks.
 
-A recipe that works on CartPole (``python -m benchmarks.cartpole`` uses it): first order,
-Meta-SGD, K = 3 inner steps, ``baseline="linear"`` with ``gae_lambda=1``, support 8 envs x 200
-steps, query 8 envs x 500 steps, 8 tasks per meta-update, Adam at 3e-3 decayed to 0 over 300
-meta-updates. With the value-head baseline the same run learns several times more slowly (the
-head must value the pre-update policy and every adapted one, and held-out tasks it never saw);
-second order (LVC) was slower still on this budget.
-
 Policies follow the ``ssm_jax`` policy contract (``SSMPolicy``, ``MLPPolicy``): rollouts use
 ``method="step"``; the losses recompute log-probs and values with the sequence ``apply`` and
 the rollout's ``resets``.
@@ -73,7 +69,7 @@ import optax
 
 import envs
 from maml import baseline, core, onpolicy
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 
 # --------------------------------------------------------------------------
@@ -162,12 +158,9 @@ class MAMLRLConfig:
             f("grad_clip", strict=True)
         for name in ("first_order", "learn_inner_lr", "normalize_advantages", "carry_across_episodes",
                      "remat_inner"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}.")
-        if self.obs_mode not in envs.OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {envs.OBS_MODES}, got {self.obs_mode!r}.")
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
+        check_choice("baseline", self.baseline, BASELINES)
+        check_choice("obs_mode", self.obs_mode, envs.OBS_MODES)
 
 
 # --------------------------------------------------------------------------
@@ -210,8 +203,10 @@ class MAMLRL:
     Pure, jitted API (``N`` tasks, an ``EnvParams`` batch with a leading task axis):
       ``state = algo.init(key)`` or ``algo.init_from_params(params)``;
       ``state, metrics = algo.meta_update(state, tasks, key)``;
-      ``out = algo.adapt(state, tasks, key, num_inner_steps, num_envs, num_steps)``: adapted
-      params and returns after 0..K inner steps per task (``adaptation_returns`` is an alias).
+      ``out = algo.adapt_and_evaluate(state, tasks, key, num_inner_steps, num_envs, num_steps)``:
+      adapted params and returns after 0..K inner steps per task.
+    The inner step sizes are ``state.inner_lr`` (a params-shaped tree, initialised to
+    ``config.inner_lr``; meta-learned iff ``config.learn_inner_lr``, otherwise constant).
     """
 
     def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None):
@@ -238,20 +233,20 @@ class MAMLRL:
         # state restored from a checkpoint, never passed through init here, still honours it).
         self._mask_for = core.MaskCache(adapt_filter)
         self.meta_update = jax.jit(self._meta_update)
-        self._adapt_jit = jax.jit(
-            self._adapt, static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+        self._adapt_and_evaluate_jit = jax.jit(
+            self._adapt_and_evaluate,
+            static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
 
-    def adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
-              num_steps: int = 500, deterministic: bool = False):
-        """Jitted ``_adapt`` (see there) after validating the static counts:
+    def adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
+                           num_envs: int, num_steps: int = 500, deterministic: bool = False):
+        """Jitted ``_adapt_and_evaluate`` (see there) after validating the static counts:
         ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1."""
         num_inner_steps = check_int("num_inner_steps", num_inner_steps, minimum=0)
         num_envs = check_int("num_envs", num_envs, minimum=1)
         num_steps = check_int("num_steps", num_steps, minimum=1)
-        return self._adapt_jit(state, tasks, key, num_inner_steps=num_inner_steps, num_envs=num_envs,
-                               num_steps=num_steps, deterministic=bool(deterministic))
-
-    adaptation_returns = adapt
+        return self._adapt_and_evaluate_jit(state, tasks, key, num_inner_steps=num_inner_steps,
+                                            num_envs=num_envs, num_steps=num_steps,
+                                            deterministic=bool(deterministic))
 
     # ------------------------------------------------------------ state
     def init(self, key) -> core.MetaState:
@@ -260,14 +255,12 @@ class MAMLRL:
         return self.init_from_params(params)
 
     def init_from_params(self, params) -> core.MetaState:
+        """``params`` wrapped in a MetaState; its ``inner_lr`` is the params-shaped tree of
+        ``config.inner_lr``."""
         self._mask_for(params)
-        lr = None
-        if self.config.learn_inner_lr:
-            lr = jax.tree.map(lambda p: jnp.full(jnp.shape(p), self.config.inner_lr, jnp.float32), params)
-        return core.init_state(params, self.optimizer, lr)
-
-    def _lr(self, inner_lr):
-        return self.config.inner_lr if inner_lr is None else inner_lr
+        c = self.config
+        return core.init_state(params, core.init_inner_lr(params, c.inner_lr), self.optimizer,
+                               learn_inner_lr=c.learn_inner_lr)
 
     def env_steps_per_update(self, num_tasks: int) -> int:
         c = self.config
@@ -312,18 +305,14 @@ class MAMLRL:
         return -jnp.mean(ratio * batch.advantages), jnp.mean(jnp.square(values - batch.returns))
 
     def inner_step(self, params, inner_lr, batch: Batch, first_order: Optional[bool] = None):
-        """One LVC policy-gradient step; returns ``(new_params, (inner_loss, value_loss))``."""
+        """One LVC policy-gradient step ``core.inner_sgd_step`` on the gradient of the inner
+        loss (``inner_lr``: params-shaped step sizes, e.g. ``state.inner_lr``; only the leaves
+        ``adapt_filter`` selects move). Returns ``(new_params, (inner_loss, value_loss))``."""
         first_order = self.config.first_order if first_order is None else first_order
-        leaves, treedef = jax.tree.flatten(params)
-        mask = self._mask_for(params)
-        mask = [True] * len(leaves) if mask is None else treedef.flatten_up_to(mask)
-        lrs = core._flat_lrs(inner_lr, treedef, len(leaves))
         (loss, vloss), grads = jax.value_and_grad(self.inner_objective, has_aux=True)(params, batch)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
-        g_leaves = treedef.flatten_up_to(grads)
-        new = [p - lr * g if m else p for p, lr, g, m in zip(leaves, lrs, g_leaves, mask)]
-        return jax.tree.unflatten(treedef, new), (loss, vloss)
+        return core.inner_sgd_step(params, grads, inner_lr, self._mask_for(params)), (loss, vloss)
 
     def collect_task(self, params, inner_lr, task, key, num_inner_steps, support_size, query_size,
                      deterministic=False):
@@ -388,29 +377,28 @@ class MAMLRL:
     def _meta_update(self, state: core.MetaState, tasks, key):
         c = self.config
         n = self._check_tasks(tasks)
-        lr = self._lr(state.inner_lr)
         _, support, query = jax.vmap(
-            lambda t, k: self.collect_task(state.params, lr, t, k, c.num_inner_steps,
+            lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, c.num_inner_steps,
                                            (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
         )(tasks, jax.random.split(key, n))
 
         def epoch(st, _):
             return core.meta_update(st, (support, query), loss=self.outer_loss, optimizer=self.optimizer,
-                                    fixed_inner_lr=c.inner_lr)
+                                    learn_inner_lr=c.learn_inner_lr)
 
         state, metrics = jax.lax.scan(epoch, state, None, length=c.num_outer_epochs)
         metrics = jax.tree.map(lambda m: m[0], metrics)  # the first epoch is on-policy
         returns = jnp.concatenate([support.episode_return, query.episode_return[:, None]], 1)
         metrics.update(pre_return=jnp.mean(returns[:, 0]), post_return=jnp.mean(returns[:, -1]),
                        return_by_step=jnp.mean(returns, axis=0))
-        if state.inner_lr is not None:
+        if c.learn_inner_lr:
             flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(state.inner_lr)])
             metrics["inner_lr_mean"] = jnp.mean(flat)
         return state, metrics
 
     # ------------------------------------------------------------ evaluation
-    def _adapt(self, state: core.MetaState, tasks, key, num_inner_steps: int, num_envs: int,
-               num_steps: int = 500, deterministic: bool = False):
+    def _adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
+                            num_envs: int, num_steps: int = 500, deterministic: bool = False):
         """Adapt to each task and measure the return after 0..num_inner_steps inner steps.
 
         Each inner step samples ``num_envs x num_steps`` support steps with the current params;
@@ -427,10 +415,9 @@ class MAMLRL:
         CartPole-v1) every env completes at least one episode.
         """
         n = self._check_tasks(tasks)
-        lr = self._lr(state.inner_lr)
         size = (num_envs, num_steps)
         adapted, support, query = jax.vmap(
-            lambda t, k: self.collect_task(state.params, lr, t, k, num_inner_steps, size, size,
+            lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, num_inner_steps, size, size,
                                            deterministic))(tasks, jax.random.split(key, n))
         cat = lambda a, b: jnp.concatenate([a, b[:, None]], 1)
         return {"params": adapted,

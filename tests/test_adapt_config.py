@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adapt import OPTIMIZERS, AdaptationConfig, make_optimizer, scale_by_tree
+from adapt import OPTIMIZERS, AdaptationConfig, make_optimizer
+from maml.core import scale_by_inner_lr
 
 
 def test_defaults_match_the_seeds():
@@ -76,7 +77,7 @@ def test_per_parameter_step_sizes():
     params = {"w": jnp.ones(3), "b": jnp.ones(())}
     lrs = {"w": jnp.array([0.0, 0.1, 1.0]), "b": jnp.array(2.0)}
     grads = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array(4.0)}
-    for opt in (scale_by_tree(lrs), make_optimizer("sgd", lrs)):
+    for opt in (scale_by_inner_lr(lrs), make_optimizer("sgd", lrs)):
         updates, _ = opt.update(grads, opt.init(params), params)
         np.testing.assert_allclose(updates["w"], [0.0, -0.2, -3.0], rtol=1e-6)
         np.testing.assert_allclose(updates["b"], -8.0, rtol=1e-6)

@@ -186,6 +186,223 @@ def test_tuple_output_models_use_first_element():
     np.testing.assert_allclose(plain.meta_loss(params, tasks), with_carry.meta_loss(params, tasks), rtol=1e-6)
 
 
+# ------------------------------------------------------------ the inner step
+def test_scale_by_inner_lr_is_minus_lr_times_grad_on_adapted_leaves_and_zero_on_frozen():
+    params = {"w": jnp.array([1.0, -0.0, 3.0]), "b": jnp.array([-0.0, 2.0])}
+    grads = {"w": jnp.array([0.5, -2.0, 1.5]), "b": jnp.array([4.0, -1.0])}
+    lrs = {"w": jnp.array([0.1, 0.2, 0.3]), "b": jnp.array([0.5, 0.25])}
+    mask = {"w": True, "b": False}
+    sgd = core.scale_by_inner_lr(lrs, mask)
+    updates, state = jax.jit(sgd.update)(grads, sgd.init(params))
+    assert isinstance(state, optax.EmptyState)
+    np.testing.assert_array_equal(updates["w"], -(np.asarray(lrs["w"]) * np.asarray(grads["w"])))
+    np.testing.assert_array_equal(updates["b"], np.zeros(2, np.float32))
+    new = optax.apply_updates(params, updates)
+    # frozen leaves come back bit for bit (the sign of -0.0 included), adapted ones are p - lr * g
+    assert np.asarray(new["b"]).tobytes() == np.asarray(params["b"]).tobytes()
+    np.testing.assert_array_equal(new["w"], np.asarray(params["w"]) - np.asarray(lrs["w"]) * np.asarray(grads["w"]))
+    # no mask: every leaf adapts
+    all_updates, _ = core.scale_by_inner_lr(lrs).update(grads, optax.EmptyState())
+    np.testing.assert_array_equal(all_updates["b"], -(np.asarray(lrs["b"]) * np.asarray(grads["b"])))
+
+    # differentiable w.r.t. the step sizes under jit: d/dlr sum(c * (p - lr * g)) = -c * g (adapted), 0 (frozen)
+    c = {"w": jnp.array([1.0, 2.0, -1.0]), "b": jnp.array([3.0, 1.0])}
+
+    def f(lr):
+        u, _ = core.scale_by_inner_lr(lr, mask).update(grads, optax.EmptyState())
+        new = optax.apply_updates(params, u)
+        return sum(jnp.sum(c[k] * new[k]) for k in new)
+
+    g_lr = jax.jit(jax.grad(f))(lrs)
+    np.testing.assert_allclose(g_lr["w"], -np.asarray(c["w"]) * np.asarray(grads["w"]), rtol=1e-6)
+    np.testing.assert_array_equal(g_lr["b"], np.zeros(2, np.float32))
+
+    with pytest.raises(ValueError, match="structure of the params"):
+        core.scale_by_inner_lr(0.1).update(grads, optax.EmptyState())
+    with pytest.raises(ValueError, match="broadcast"):
+        core.scale_by_inner_lr({"w": jnp.ones(2), "b": jnp.ones(2)}).update(grads, optax.EmptyState())
+
+
+def test_inner_sgd_step_returns_frozen_leaves_as_they_are():
+    params = tiny_params(jax.random.key(20))
+    grads = jax.tree.map(lambda p: jnp.cos(p) + 0.5, params)
+    lrs = jax.tree.map(lambda p: jnp.full(p.shape, 0.3, p.dtype), params)
+    mask = {"w1": False, "b1": False, "w2": True, "b2": True}
+    new = core.inner_sgd_step(params, grads, lrs, mask)
+    for name in ("w1", "b1"):
+        assert new[name] is params[name]
+    for name in ("w2", "b2"):
+        np.testing.assert_array_equal(new[name], np.asarray(params[name]) - np.float32(0.3) * np.asarray(grads[name]))
+    chex.assert_trees_all_equal(core.inner_sgd_step(params, grads, lrs),
+                                jax.tree.map(lambda p, g: p - 0.3 * g, params, grads))
+
+
+def test_init_inner_lr_is_a_params_shaped_tree_of_the_value():
+    params = tiny_params(jax.random.key(21))
+    lrs = core.init_inner_lr(params, 0.25)
+    chex.assert_trees_all_equal_shapes_and_dtypes(lrs, params)
+    assert all(bool(jnp.all(l == np.float32(0.25))) for l in jax.tree.leaves(lrs))
+    for learn in (False, True):
+        state = MetaMAML(tiny_apply, inner_lr=0.25, learn_inner_lr=learn).init(params)
+        chex.assert_trees_all_equal(state.inner_lr, lrs)
+
+
+def _adam_reference(grads_per_step, start, outer_lr, clip=None, b1=0.9, b2=0.999, eps=1e-8):
+    """Explicit Adam (after global-norm clipping) over a flat list of leaves; returns every iterate."""
+    x = [np.asarray(a, np.float64) for a in start]
+    m = [np.zeros_like(a) for a in x]
+    v = [np.zeros_like(a) for a in x]
+    for t, grad_fn in enumerate(grads_per_step, start=1):
+        g = [np.asarray(a, np.float64) for a in grad_fn(x)]
+        if clip is not None:
+            norm = np.sqrt(sum(np.sum(a ** 2) for a in g))
+            if norm >= clip:
+                g = [a * clip / norm for a in g]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi ** 2 for vi, gi in zip(v, g)]
+        x = [xi - outer_lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
+             for xi, mi, vi in zip(x, m, v)]
+    return x
+
+
+@pytest.mark.parametrize("learn_inner_lr", [False, True])
+def test_meta_update_matches_explicit_meta_sgd_adam_reference(learn_inner_lr):
+    """Three meta-updates against a hand-written reference: Python loops over tasks and inner
+    steps ``p - lr * g`` with per-leaf step sizes, the meta-gradient by jax.grad of that loop,
+    global-norm clipping over the learned meta-parameters only, and Adam written out. A frozen
+    inner_lr is exactly unchanged and the clip norm does not see its (absent) gradient."""
+    with jax.enable_x64(True):
+        params = tiny_params(jax.random.key(22), jnp.float64)
+        m = MetaMAML(tiny_apply, inner_lr=0.3, outer_lr=0.01, num_inner_steps=2, grad_clip=0.05,
+                     learn_inner_lr=learn_inner_lr)
+        state = m.init(params)
+        lr0 = state.inner_lr
+        batches = [tiny_tasks(jax.random.key(30 + i), dtype=jnp.float64) for i in range(3)]
+        for tasks in batches:
+            state, metrics = m.meta_update(state, tasks)
+
+        leaves, treedef = jax.tree.flatten(params)
+        n = len(leaves)
+
+        def reference_loss(p, lr, tasks):
+            total = 0.0
+            for i in range(tasks["support_x"].shape[0]):
+                a = p
+                for _ in range(2):
+                    g = jax.grad(mse)(a, tasks["support_x"][i], tasks["support_y"][i])
+                    a = jax.tree.map(lambda ai, li, gi: ai - li * gi, a, lr, g)
+                total = total + mse(a, tasks["query_x"][i], tasks["query_y"][i])
+            return total / tasks["support_x"].shape[0]
+
+        def grad_fn(tasks):
+            def fn(x):
+                p = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in x[:n]])
+                if learn_inner_lr:
+                    lr = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in x[n:]])
+                    gp, gl = jax.grad(reference_loss, argnums=(0, 1))(p, lr, tasks)
+                    return jax.tree.leaves(gp) + jax.tree.leaves(gl)
+                return jax.tree.leaves(jax.grad(reference_loss)(p, lr0, tasks))
+            return fn
+
+        start = leaves + (jax.tree.leaves(lr0) if learn_inner_lr else [])
+        ref = _adam_reference([grad_fn(t) for t in batches], start, 0.01, clip=0.05)
+        chex.assert_trees_all_close(state.params, jax.tree.unflatten(treedef, ref[:n]), rtol=1e-9, atol=1e-12)
+        if learn_inner_lr:
+            chex.assert_trees_all_close(state.inner_lr, jax.tree.unflatten(treedef, ref[n:]), rtol=1e-9, atol=1e-12)
+            assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                       zip(jax.tree.leaves(state.inner_lr), jax.tree.leaves(lr0))) > 1e-4
+        else:
+            chex.assert_trees_all_equal(state.inner_lr, lr0)
+        assert int(state.step) == 3
+
+
+def test_frozen_inner_lr_is_unchanged_by_meta_update_and_has_no_optimizer_state():
+    params = tiny_params(jax.random.key(23))
+    m = MetaMAML(tiny_apply, inner_lr=0.2, num_inner_steps=2, grad_clip=1.0)
+    state = m.init(params)
+    lr0 = state.inner_lr
+    for i in range(3):
+        state, _ = m.meta_update(state, tiny_tasks(jax.random.key(40 + i)))
+    chex.assert_trees_all_equal(state.inner_lr, lr0)
+    # the outer optimiser's state covers the params only; with learn_inner_lr, (params, inner_lr)
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(m.optimizer.init(params))
+    learned = MetaMAML(tiny_apply, inner_lr=0.2, learn_inner_lr=True, grad_clip=1.0)
+    s = learned.init(params)
+    assert jax.tree.structure(s.opt_state) == jax.tree.structure(learned.optimizer.init((params, s.inner_lr)))
+
+
+# ------------------------------------------------------------ the seeds' argument names
+def test_seed_keyword_forms_match_the_positional_calls():
+    params = tiny_params(jax.random.key(24))
+    tasks = tiny_tasks(jax.random.key(25))
+    x, y, qx, qy = (tasks[k][0] for k in core.TASK_KEYS)
+    m = MetaMAML(tiny_apply, inner_lr=0.2, num_inner_steps=2, learn_inner_lr=True)
+    ref = m.inner_loop(params, x, y)
+    chex.assert_trees_all_close(ref, manual_adapt(params, x, y, 0.2, 2), rtol=1e-5, atol=1e-6)
+    for adapted in (m.inner_loop(params, support_x=x, support_y=y),
+                    m.adapt(params, x, y),
+                    m.adapt(params, task_data=x, task_labels=y),
+                    m.adapt(params, support_x=x, support_y=y)):
+        chex.assert_trees_all_equal(adapted, ref)
+    loss = m.outer_loop(ref, qx, qy)
+    np.testing.assert_array_equal(m.outer_loop(query_x=qx, query_y=qy, adapted_params=ref), loss)
+    np.testing.assert_allclose(loss, mse(ref, qx, qy), rtol=1e-6)
+
+    # a MetaState in place of params: its own step sizes are used
+    state = m.init(params)
+    lrs = jax.tree.map(lambda l, p: l * (1.0 + jnp.arange(p.size).reshape(p.shape) / p.size), state.inner_lr, params)
+    state = state.replace(inner_lr=lrs)
+    expected = m.inner_loop(params, x, y, inner_lr=lrs)
+    for adapted in (m.inner_loop(state, x, y), m.inner_loop(state, support_x=x, support_y=y),
+                    m.adapt(state, task_data=x, task_labels=y)):
+        chex.assert_trees_all_equal(adapted, expected)
+    reference = params
+    for _ in range(2):
+        g = mse_grad(reference, x, y)
+        reference = jax.tree.map(lambda p, l, gi: p - l * gi, reference, lrs, g)
+    chex.assert_trees_all_close(expected, reference, rtol=1e-5, atol=1e-6)
+    assert optax.tree.norm(jax.tree.map(jnp.subtract, expected, ref)) > 1e-4
+    np.testing.assert_array_equal(m.meta_loss(state, tasks), m.meta_loss(params, tasks, inner_lr=lrs))
+
+    s1, m1 = m.meta_update(state, tasks=tasks)
+    s2, m2 = m.meta_update(state, tasks)
+    chex.assert_trees_all_equal(s1, s2)
+
+
+def test_seed_argument_errors_are_clear():
+    params = tiny_params(jax.random.key(26))
+    tasks = tiny_tasks(jax.random.key(27))
+    x, y, qx, qy = (tasks[k][0] for k in core.TASK_KEYS)
+    m = MetaMAML(tiny_apply, inner_lr=0.2)
+    state = m.init(params)
+    with pytest.raises(ValueError, match="task_data and support_x name the same argument"):
+        m.adapt(params, task_data=x, task_labels=y, support_x=x)
+    with pytest.raises(ValueError, match="task_labels and support_y name the same argument"):
+        m.adapt(params, x, y, support_y=y)
+    with pytest.raises(ValueError, match=r"adapt needs task_labels \(or support_y\)"):
+        m.adapt(params, task_data=x)
+    with pytest.raises(ValueError, match="inner_loop needs params.*holds no params"):
+        m.inner_loop(support_x=x, support_y=y)          # the seeds' stateful call
+    with pytest.raises(ValueError, match="adapt needs params"):
+        m.adapt(task_data=x, task_labels=y)
+    with pytest.raises(ValueError, match="inner_loop needs support_y"):
+        m.inner_loop(params, support_x=x)
+    with pytest.raises(ValueError, match="conflicting step sizes"):
+        m.inner_loop(state, x, y, inner_lr=state.inner_lr)
+    with pytest.raises(ValueError, match="structure of the params"):
+        m.inner_loop(params, x, y, inner_lr=0.1)
+    with pytest.raises(ValueError, match="outer_loop needs adapted_params"):
+        m.outer_loop(query_x=qx, query_y=qy)
+    with pytest.raises(ValueError, match="outer_loop needs query_y"):
+        m.outer_loop(params, qx)
+    with pytest.raises(ValueError, match="state must be the MetaState"):
+        m.meta_update(tasks)                             # the seeds' meta_update(tasks)
+    with pytest.raises(ValueError, match="meta_update needs tasks"):
+        m.meta_update(state)
+    with pytest.raises(ValueError, match="init takes the model params"):
+        m.init(state)
+
+
 # ------------------------------------------------------------ validation
 @pytest.mark.parametrize("kwargs, field", [
     (dict(inner_lr=-0.1), "inner_lr"), (dict(outer_lr=0.0), "outer_lr"),
@@ -215,21 +432,22 @@ def test_extra_task_keys_without_a_task_axis_are_ignored():
     tasks = tiny_tasks(jax.random.key(1))
     extra = dict(tasks, task_id=jnp.arange(7), name="sines", scale=1.5)
     np.testing.assert_allclose(m.meta_loss(params, extra), m.meta_loss(params, tasks), rtol=1e-6)
-    loss, _ = core.meta_loss(params, 0.1, extra, **m._kw(params))
+    loss, _ = core.meta_loss(params, core.init_inner_lr(params, 0.1), extra, **m._kw(params))
     np.testing.assert_allclose(loss, m.meta_loss(params, tasks), rtol=1e-6)
     s1, _ = m.meta_update(m.init(params), extra)
     s2, _ = m.meta_update(m.init(params), tasks)
     chex.assert_trees_all_close(s1.params, s2.params)
 
 
-def test_mamlrl_adapt_rejects_bad_num_inner_steps():
+def test_mamlrl_adapt_and_evaluate_rejects_bad_num_inner_steps():
     rl = pytest.importorskip("maml.rl")
     from ssm_jax import MLPPolicy
     algo = rl.MAMLRL(MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8))
     state = algo.init(jax.random.key(0))
     for bad in (-1, 1.5, None, True):
         with pytest.raises(ValueError, match="num_inner_steps"):
-            algo.adapt(state, None, jax.random.key(1), num_inner_steps=bad, num_envs=2, num_steps=4)
+            algo.adapt_and_evaluate(state, None, jax.random.key(1), num_inner_steps=bad, num_envs=2,
+                                    num_steps=4)
 
 
 # ------------------------------------------------------------ no retracing
@@ -256,7 +474,7 @@ def test_meta_update_traces_once():
     loss = functools.partial(core.meta_loss, **m._kw(params))
 
     def raw_step(state, tasks):
-        return core.meta_update(state, tasks, loss=loss, optimizer=m.optimizer, fixed_inner_lr=0.1)
+        return core.meta_update(state, tasks, loss=loss, optimizer=m.optimizer, learn_inner_lr=True)
 
     step = jax.jit(chex.assert_max_traces(raw_step, n=1))
     s2 = state

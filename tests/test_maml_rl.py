@@ -9,6 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import envs
+from maml import core
 from maml.onpolicy import gae
 from maml.rl import MAMLRL, MAMLRLConfig
 from ssm_jax import MLPPolicy, SSMPolicy
@@ -114,8 +115,9 @@ def test_second_order_meta_gradient_matches_explicit_score_function_formula():
                           first_order=False)
         params = jax.tree.map(lambda x: x.astype(jnp.float64), algo.init(jax.random.key(4)).params)
         task = jax.tree.map(lambda x: x[0], envs.CartPoleTasks().sample(jax.random.key(5), 1))
+        lrs = core.init_inner_lr(params, alpha)
         _, support, query = jax.jit(lambda p: algo.collect_task(
-            p, alpha, task, jax.random.key(6), 1, (2, 16), (2, 12)))(params)
+            p, lrs, task, jax.random.key(6), 1, (2, 16), (2, 12)))(params)
         support = jax.tree.map(lambda b: b[0], support)          # the one support batch
         flat, unravel = ravel_pytree(params)
 
@@ -137,7 +139,7 @@ def test_second_order_meta_gradient_matches_explicit_score_function_formula():
 
         g_q, hess_s, expected = explicit(flat, adapted)
         got = jax.jit(jax.grad(lambda v: algo.task_outer_loss(
-            unravel(v), alpha, jax.tree.map(lambda b: b[None], support), query)[0]))(flat)
+            unravel(v), lrs, jax.tree.map(lambda b: b[None], support), query)[0]))(flat)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9 * float(jnp.abs(expected).max()))
         naive = g_q + alpha * hess_s.T @ g_q
         assert float(jnp.abs(got - naive).max()) > 1e-3 * float(jnp.abs(got).max())
@@ -198,9 +200,9 @@ def test_gae_matches_python_loop():
     np.testing.assert_allclose(ret, ref + v, rtol=1e-5, atol=1e-5)
 
 
-def test_adaptation_returns_shapes_and_range(mlp_data):
+def test_adapt_and_evaluate_shapes_and_range(mlp_data):
     algo, state, _, _ = mlp_data
-    out = algo.adaptation_returns(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
+    out = algo.adapt_and_evaluate(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
                                   jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=40)
     chex.assert_shape(out["segment_return"], (3, 3))
     chex.assert_trees_all_equal_shapes(out["params"], jax.tree.map(lambda p: jnp.stack([p] * 3), state.params))
@@ -248,7 +250,7 @@ def test_meta_training_improves_post_adaptation_return():
     state = algo.init(jax.random.key(0))
     dist = envs.CartPoleTasks()
     test_tasks = dist.sample(jax.random.key(123), 16, split="test")
-    evaluate = lambda s: float(jnp.mean(algo.adaptation_returns(
+    evaluate = lambda s: float(jnp.mean(algo.adapt_and_evaluate(
         s, test_tasks, jax.random.key(7), num_inner_steps=1, num_envs=4, num_steps=200)["segment_return"][:, 1]))
     before = evaluate(state)
 
@@ -272,7 +274,8 @@ def test_adapt_filter_honoured_without_init_on_the_same_object():
     state = MAMLRL(policy, cfg).init(jax.random.key(0))   # a different object
     algo = MAMLRL(policy, cfg, adapt_filter=["heads"])     # init never called on it
     tasks = envs.CartPoleTasks().sample(jax.random.key(1), 2)
-    out = algo.adapt(state, tasks, jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=20)
+    out = algo.adapt_and_evaluate(state, tasks, jax.random.key(2), num_inner_steps=2, num_envs=2,
+                                  num_steps=20)
     for i in range(2):
         adapted = jax.tree.map(lambda x: x[i], out["params"])
         for name in ("dense_0", "dense_1"):
@@ -280,3 +283,47 @@ def test_adapt_filter_honoured_without_init_on_the_same_object():
         changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), adapted["params"]["heads"],
                                state.params["params"]["heads"])
         assert any(jax.tree.leaves(changed))
+
+
+def test_inner_step_is_the_masked_sgd_step_with_state_step_sizes(mlp_data):
+    _, state, support, _ = mlp_data
+    batch = jax.tree.map(lambda b: b[0, 0], support)
+    algo = small_algo()
+    anil = MAMLRL(algo.policy, algo.config, adapt_filter=["heads"])
+    lrs = jax.tree.map(lambda l, p: l * (1.0 + jnp.arange(p.size).reshape(p.shape) / p.size),
+                       state.inner_lr, state.params)
+    g = jax.grad(lambda p: algo.inner_objective(p, batch)[0])(state.params)
+    expected = jax.tree.map(lambda p, l, gi: p - l * gi, state.params, lrs, g)
+    new, _ = algo.inner_step(state.params, lrs, batch)
+    chex.assert_trees_all_close(new, expected, rtol=1e-6, atol=1e-7)
+    new, _ = anil.inner_step(state.params, lrs, batch)
+    chex.assert_trees_all_close(new["params"]["heads"], expected["params"]["heads"], rtol=1e-6, atol=1e-7)
+    for name in ("dense_0", "dense_1"):   # frozen leaves: the very same arrays
+        for a, b in zip(jax.tree.leaves(new["params"][name]), jax.tree.leaves(state.params["params"][name])):
+            assert a is b
+
+
+def test_frozen_inner_lr_is_unchanged_and_learned_state_keeps_its_optimizer_layout():
+    tasks = envs.CartPoleTasks().sample(jax.random.key(1), 2)
+    frozen = small_algo(learn_inner_lr=False, first_order=True, inner_lr=0.05)
+    state = frozen.init(jax.random.key(0))
+    lr0 = state.inner_lr
+    chex.assert_trees_all_equal(lr0, core.init_inner_lr(state.params, 0.05))
+    chex.assert_trees_all_equal_dtypes(lr0, jax.tree.map(lambda p: p.astype(jnp.float32), state.params))
+    p0 = state.params
+    for i in range(2):
+        state, metrics = frozen.meta_update(state, tasks, jax.random.key(10 + i))
+    chex.assert_trees_all_equal(state.inner_lr, lr0)
+    assert "inner_lr_mean" not in metrics
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(state.params))) > 0
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(frozen.optimizer.init(state.params))
+
+    # learned (Meta-SGD, the benchmark's setting): the optimiser state is over (params, inner_lr),
+    # the layout of saved checkpoints, and the step sizes move
+    learned = small_algo(first_order=True)
+    s = learned.init(jax.random.key(0))
+    assert jax.tree.structure(s.opt_state) == jax.tree.structure(learned.optimizer.init((s.params, s.inner_lr)))
+    s2, m = learned.meta_update(s, tasks, jax.random.key(10))
+    assert "inner_lr_mean" in m
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(s.inner_lr), jax.tree.leaves(s2.inner_lr))) > 0
