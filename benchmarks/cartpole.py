@@ -30,7 +30,7 @@ from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import measure, trainer_names
-from benchmarks.results import json_safe, method_results, print_table, versions
+from benchmarks.results import json_safe, method_results, per_task_rows, print_table, versions, write_csv
 from benchmarks.rundir import RunDirError
 from benchmarks.trainers import TRAINERS, Trainer, build_trainer
 from benchmarks.training import TrainResult, train
@@ -144,6 +144,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     }
     results = json_safe(results)
     rundir.write_json_atomic(os.path.join(out, rundir.RESULTS_FILE), results)
+    write_csv(os.path.join(out, rundir.PER_TASK_FILE), per_task_rows(config, measurement))
     from benchmarks.plotting import plot_returns, plot_training_curves
 
     plot_training_curves(_curves(trainers, histories), os.path.join(out, rundir.CURVES_FILE))

@@ -23,6 +23,8 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 CURVES_FILE = "training_curves.png"
 RETURNS_FILE = "returns_by_task_kind.png"
+#: One row per (method, seed, test task): `benchmarks.results.per_task_rows`.
+PER_TASK_FILE = "per_task.csv"
 CHECKPOINTS_DIR = "checkpoints"
 #: Entries whose presence means a directory already holds a benchmark run (or an evaluation).
 RUN_FILES = (CONFIG_FILE, RESULTS_FILE, CHECKPOINTS_DIR)
@@ -109,7 +111,7 @@ def clear_run(out: str, trainers: Iterable[str]) -> None:
         shutil.rmtree(checkpoint_dir(out, trainer), ignore_errors=True)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.join(out, CHECKPOINTS_DIR))
-    for name in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE):
+    for name in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE, PER_TASK_FILE):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
 
