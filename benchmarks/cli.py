@@ -59,6 +59,7 @@ class RunOptions:
     eval_only: bool
     checkpoint: Optional[str]
     overwrite: bool = False
+    tensorboard: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
            f"holds a run is refused unless --overwrite is given")
     a("--overwrite", action="store_true",
       help="replace the run (results, config and checkpoints) already in --out")
+    a("--tensorboard", action="store_true",
+      help="also log training metrics for TensorBoard into --out/tensorboard/<trainer>/ (needs the "
+           "'tensorboard' extra: pip install -e '.[tensorboard]'); a CSV per trainer is always "
+           "written to --out/metrics/<trainer>.csv")
     a("--quick", action="store_true",
       help="tiny smoke-test budgets (< 2 minutes; numbers are not meaningful)")
     a("--resume", metavar="DIR", default=None,
@@ -153,10 +158,24 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _build(args)
+        config, options = _build(args)
+        if args.tensorboard:
+            options = dataclasses.replace(options, tensorboard=_check_tensorboard(options))
+        return config, options
     except ValueError as err:  # RunDirError included
         parser.error(str(err))
         raise  # unreachable
+
+
+def _check_tensorboard(options: RunOptions) -> bool:
+    """--tensorboard needs a training run and tensorboardX (the 'tensorboard' extra)."""
+    if options.eval_only:
+        raise ValueError("--tensorboard logs training; --eval_only trains nothing")
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise ValueError("--tensorboard needs tensorboardX: pip install -e '.[tensorboard]'")
+    return True
 
 
 def _build(args) -> tuple[BenchmarkConfig, RunOptions]:

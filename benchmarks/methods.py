@@ -218,6 +218,13 @@ METHODS_BY_NAME = {m.name: m for m in REGISTRY}
 METHODS = tuple(METHODS_BY_NAME)
 
 
+def trainer_label(trainer: str, methods) -> str:
+    """How progress lines and plots name a trainer: with the methods (of `methods`) it serves,
+    e.g. "maml_ssm -> maml_zero_shot, maml_adapted"; just its name when that is the method's."""
+    served = [m for m in methods if METHODS_BY_NAME[m].trainer == trainer]
+    return trainer if served == [trainer] else f"{trainer} -> {', '.join(served)}"
+
+
 def trainer_names(methods) -> tuple:
     """The distinct trainers the named methods need, in the methods' order."""
     return tuple(dict.fromkeys(METHODS_BY_NAME[m].trainer for m in methods))

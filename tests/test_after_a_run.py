@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 import envs
+from benchmarks import plot as plot_cli
+from benchmarks.trainers import build_trainer
 from benchmarks import cartpole
 from benchmarks import evaluation as ev
 from benchmarks import rollout as rollout_cli
@@ -30,9 +32,10 @@ TINY_ALL = ["--quick", "--num_epochs", "2", "--ppo_iterations", "2", "--in_conte
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A finished tiny policy_gradient run (non_adaptive, 2 seeds x 6 test tasks)."""
+    """A finished tiny policy_gradient run (non_adaptive, 2 seeds x 6 test tasks), logged for
+    TensorBoard too."""
     out = str(tmp_path_factory.mktemp("after_a_run") / "run")
-    assert cartpole.main(TINY_PG + ["--out", out]) == 0
+    assert cartpole.main(TINY_PG + ["--out", out, "--tensorboard"]) == 0
     return out
 
 
@@ -181,3 +184,55 @@ def test_every_method_loads_adapts_and_rolls_out(tmp_path):
     assert rounds.shape == (config.evaluation.test_time_rounds - 1,)
     for method in ("maml_adapted", "in_context", "test_time_adapted"):
         _check_gif(out, method, tmp_path, extra=("--sample_task", "5"))
+
+
+def test_metric_logs_have_one_row_per_iteration_and_tensorboard_reads_them(tiny_run):
+    """metrics/<trainer>.csv: one row per training iteration holding history.json's values;
+    the TensorBoard event files hold the same scalars (read with tensorboard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(os.path.join(tiny_run, "history.json")) as f:
+        history = json.load(f)["non_adaptive"]
+    with open(os.path.join(tiny_run, "metrics", "non_adaptive.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    config = runs.load_run(tiny_run).config
+    per_update = build_trainer("non_adaptive", config).env_steps_per_update
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["env_steps"]) for r in rows] == [per_update * i for i in (1, 2, 3, 4)] == history["env_steps"]
+    wall = [float(r["wall_s"]) for r in rows]
+    assert wall == history["wall_s"] and all(0 < a < b for a, b in zip(wall, wall[1:]))
+    assert [float(r["episode_return"]) for r in rows] == history["episode_return"]
+    for s in range(2):
+        assert [float(r[f"episode_return_seed{s}"]) for r in rows] == [v[s] for v in history["episode_return_per_seed"]]
+    events = EventAccumulator(os.path.join(tiny_run, "tensorboard", "non_adaptive"))
+    events.Reload()
+    assert {"episode_return", "episode_return/seed0", "env_steps"} <= set(events.Tags()["scalars"])
+    scalars = events.Scalars("episode_return")
+    assert [e.step for e in scalars] == [1, 2, 3, 4]
+    np.testing.assert_allclose([e.value for e in scalars], history["episode_return"], rtol=1e-6)
+
+
+def test_plot_command_redraws_every_plot_from_the_stored_files(tiny_run, tmp_path):
+    out = str(tmp_path / "plots")
+    assert plot_cli.main([tiny_run, "--out", out]) == 0
+    for name in ("training_curves.png", "training_curves_wall.png", "returns_by_task_kind.png",
+                 "per_task_physics.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    assert not os.path.exists(os.path.join(out, "adaptation.png"))  # non_adaptive does not adapt
+    # a history stored without env steps and wall time (older runs) is still plotted
+    old = str(tmp_path / "old")
+    os.makedirs(old)
+    for name in ("results.json", "per_task.csv"):
+        with open(os.path.join(tiny_run, name)) as f, open(os.path.join(old, name), "w") as g:
+            g.write(f.read())
+    with open(os.path.join(tiny_run, "history.json")) as f:
+        history = json.load(f)
+    stripped = {t: {k: v for k, v in h.items() if k not in ("env_steps", "wall_s")} for t, h in history.items()}
+    with open(os.path.join(old, "history.json"), "w") as f:
+        json.dump(stripped, f)
+    config = runs.load_run(tiny_run).config
+    assert plot_cli.read_histories(old, config)["non_adaptive"]["env_steps"] == history["non_adaptive"]["env_steps"]
+    assert plot_cli.main([old]) == 0
+    assert os.path.exists(os.path.join(old, "training_curves.png"))
+    assert not os.path.exists(os.path.join(old, "training_curves_wall.png"))  # no clock stored
