@@ -159,6 +159,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 def main(argv=None) -> int:
     config, options = parse_args(argv)
+    if options.print_config:
+        sys.stdout.write(config.dumps(options.print_config))
+        return 0
     try:
         run(config, options)
     except (CheckpointError, RunDirError) as err:

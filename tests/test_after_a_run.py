@@ -236,3 +236,58 @@ def test_plot_command_redraws_every_plot_from_the_stored_files(tiny_run, tmp_pat
     assert plot_cli.main([old]) == 0
     assert os.path.exists(os.path.join(old, "training_curves.png"))
     assert not os.path.exists(os.path.join(old, "training_curves_wall.png"))  # no clock stored
+
+
+# ------------------------------------------------------------------------------------ config files
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_print_config_then_config_gives_the_identical_config(tmp_path, capsys, fmt):
+    from benchmarks.cli import parse_args
+
+    assert cartpole.main(["--quick", "--second_order", "--num_seeds", "4", "--print_config", fmt]) == 0
+    text = capsys.readouterr().out
+    path = _write(tmp_path / f"run.{fmt}", text)
+    expected = parse_args(["--quick", "--second_order", "--num_seeds", "4"])[0]
+    assert parse_args(["--config", path])[0] == expected
+    assert cartpole.main(["--config", path, "--print_config"]) == 0   # format follows the file
+    assert capsys.readouterr().out == text
+    assert not os.path.exists(os.path.join(str(tmp_path), "results"))   # nothing was run
+
+
+def test_config_file_subset_with_flags_overriding(tmp_path):
+    from benchmarks.cli import parse_args
+    from benchmarks.config import BenchmarkConfig
+
+    path = _write(tmp_path / "c.toml", 'num_seeds = 4\nin_context.lr = 0.0005\n\n[maml.rl]\ninner_lr = 0.05\n'
+                                       'outer_lr = 0.01\n\n[evaluation]\nnum_tasks = 7\n')
+    config = parse_args(["--config", path])[0]
+    assert config == BenchmarkConfig().with_values({
+        "num_seeds": 4, "maml.rl.outer_lr": 0.01, "maml.rl.inner_lr": 0.05, "evaluation.num_tasks": 7,
+        "in_context.lr": 0.0005})
+    config = parse_args(["--config", path, "--num_seeds", "2", "--inner_lr", "0.2", "--quick"])[0]
+    assert (config.num_seeds, config.maml.rl.inner_lr, config.evaluation.num_tasks) == (2, 0.2, 7)
+    assert config.maml.num_meta_updates == BenchmarkConfig.quick_preset().maml.num_meta_updates
+    pg = parse_args(["--config", _write(tmp_path / "pg.json", '{"mode": "policy_gradient"}')])[0]
+    assert pg.methods == ("non_adaptive",)
+
+
+@pytest.mark.parametrize("text, name, message", [
+    ("[maml]\nfoo = 1\n", "c.toml", "'maml.foo'"),
+    ("num_seedz = 2\n", "c.toml", "'num_seedz'"),
+    ("[maml.rl]\ninner_lr = -1.0\n", "c.toml", "maml.rl.inner_lr must be"),
+    ('{"evaluation": {"num_tasks": 2.5}}', "c.json", "evaluation.num_tasks must be"),
+    ("[policy]\nhidden_dim = \"wide\"\n", "c.toml", "policy.hidden_dim"),
+    ("num_seeds = \n", "c.toml", "is not valid TOML"),
+    ("num_seeds: 2\n", "c.yaml", "must end in .toml or .json"),
+])
+def test_config_file_refuses_unknown_keys_and_bad_values_naming_them(tmp_path, capsys, text, name, message):
+    path = _write(tmp_path / name, text)
+    with pytest.raises(SystemExit) as exc:
+        cartpole.main(["--config", path, "--print_config"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and name in err, err
