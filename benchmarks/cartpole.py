@@ -126,7 +126,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     t_eval = time.perf_counter()
     log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
-    measurement = measure(config, trainers, states)
+    measurement = measure(config, trainers, states, log=log)
     methods = method_results(config, trainers, measurement)
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before

@@ -252,11 +252,12 @@ class Measurement:
 TASK_FIELDS = ("length", "masspole", "masscart", "gravity", "force_mag")
 
 
-def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME) -> Measurement:
+def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=None) -> Measurement:
     """Evaluate the configured methods on the same test tasks per seed (see the module docstring).
 
     `trainers`: trainer name -> `Trainer`; `states`: trainer name -> trained state with a
-    leading seed axis.
+    leading seed axis; `log`: called with a line before each evaluation of the first seed
+    (where it compiles), None for silence.
     """
     methods = [registry[m] for m in config.methods]
     per_seed = {m.name: [] for m in methods}
@@ -271,6 +272,10 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME) -> M
         for m in methods:
             computation = (m.evaluator, m.trainer)
             if computation not in done:
+                if log is not None and s == 0:
+                    same = [n.name for n in methods if (n.evaluator, n.trainer) == computation]
+                    log(f"[{trainer_label(m.trainer, config.methods)}] evaluating {', '.join(same)} "
+                        f"(compiling the evaluation first) ...")
                 state = jax.tree.map(lambda x: x[s], states[m.trainer])
                 done[computation] = m.evaluator(key, tasks, trainers[m.trainer], state, config)
                 env_steps += done[computation].env_steps

@@ -123,7 +123,7 @@ def plot_adaptation(rows: list, path: str) -> bool:
     per unit; a method whose curve repeats an earlier one (maml_zero_shot and maml_adapted share
     one evaluation) is drawn once. Returns whether anything was drawn."""
     curves: dict = {}
-    seen = []
+    seen = []  # (list of names drawn as one curve, matrices)
     for method, mrows in _by_method(rows).items():
         unit = mrows[0].get("adaptation_unit", "")
         if not unit:
@@ -131,16 +131,20 @@ def plot_adaptation(rows: list, path: str) -> bool:
         ks = sorted(int(c.rsplit("_", 1)[1]) for c in mrows[0] if c.startswith("return_after_")
                     and mrows[0][c] != "")
         mats = [_seed_matrix(mrows, f"return_after_{k}") for k in ks]
-        if any(len(m) == len(seen_m) and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(m, seen_m))
-               for seen_m in seen):
+        same = [names for names, seen_m in seen if len(mats) == len(seen_m)
+                and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(mats, seen_m))]
+        if same:  # one evaluation serves several methods: one curve named after all of them
+            same[0].append(method)
             continue
-        seen.append(mats)
-        curves.setdefault(unit, []).append((method, ks, mats))
+        names = [method]
+        seen.append((names, mats))
+        curves.setdefault(unit, []).append((names, ks, mats))
     if not curves:
         return False
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.4 * len(curves), 3.8), squeeze=False)
     for ax, (unit, items) in zip(axes[0], curves.items()):
-        for j, (method, ks, mats) in enumerate(items):
+        for j, (names, ks, mats) in enumerate(items):
+            method = " = ".join(names)
             color = f"C{j}"
             means = [np.nanmean(m) for m in mats]
             ints = [_interval(m) for m in mats]
@@ -159,6 +163,7 @@ def plot_adaptation(rows: list, path: str) -> bool:
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("Return after adaptation: mean over seeds x tasks, 95% seed-level t interval; dots: "
                  "each training seed's mean", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path)
     return True
 
@@ -193,6 +198,7 @@ def plot_per_task(rows: list, path: str) -> bool:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.03))
     fig.suptitle("Held-out return per test task against its physics (each point one seed x task)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     _save(fig, path)
     return True
 
