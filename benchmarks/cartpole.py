@@ -24,20 +24,24 @@ import sys
 import time
 
 import jax
+from tqdm.auto import tqdm
 
 from benchmarks import compile_time, rundir
 from benchmarks.checkpointing import Checkpointer, CheckpointError
 from benchmarks.cli import RunOptions, parse_args
 from benchmarks.config import BenchmarkConfig
-from benchmarks.methods import measure, trainer_names
-from benchmarks.results import json_safe, method_results, print_table, versions
+from benchmarks.methods import measure, trainer_label, trainer_names
+from benchmarks.metrics_log import MetricsLog
+from benchmarks.results import json_safe, method_results, per_task_rows, print_table, versions, write_csv
 from benchmarks.rundir import RunDirError
 from benchmarks.trainers import TRAINERS, Trainer, build_trainer
 from benchmarks.training import TrainResult, train
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    """Print a progress line on stdout above any tqdm bar."""
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def same_run(stored, current: dict) -> bool:
@@ -64,11 +68,6 @@ def load_trained(trainer: Trainer, directory: str, num_seeds: int) -> tuple:
     if step != trainer.iterations:
         log(f"[{trainer.name}] note: evaluating the checkpoint at iteration {step} of {trainer.iterations}")
     return states, trainer.migrate_history(meta.get("history", {}))
-
-
-def _curves(trainers: dict, histories: dict) -> dict:
-    return {name: {label: histories[name].get(key, []) for label, key in t.curves.items()}
-            for name, t in trainers.items()}
 
 
 def run(config: BenchmarkConfig, options: RunOptions) -> dict:
@@ -111,7 +110,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             checkpoint_every=config.checkpoint_every,
             metadata={"config": config.to_dict(), "model": name},
             resume=options.resume is not None, per_seed=(trainer.return_metric,),
-            same_run=same_run, migrate_history=trainer.migrate_history, log=log)
+            same_run=same_run, migrate_history=trainer.migrate_history, log=log,
+            label=trainer_label(name, config.methods),
+            metrics_log=MetricsLog(out, name, tensorboard=options.tensorboard))
         states[name] = result.states
         histories[name] = result.history
         compile_s += result.compile_s
@@ -120,12 +121,12 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         timing_train[name] = {"compile_s": result.compile_s, "run_s": result.run_s,
                               "env_steps": result.env_steps, "resumed_from": result.resumed_from,
                               "env_steps_per_s": result.env_steps / max(result.run_s, 1e-9)}
-        log(f"[{name}] trained: compile {result.compile_s:.1f}s, run {result.run_s:.1f}s, "
+        log(f"[{trainer_label(name, config.methods)}] trained: compile {result.compile_s:.1f}s, run {result.run_s:.1f}s, "
             f"{result.env_steps / max(result.run_s, 1e-9):,.0f} env steps/s")
     t_eval = time.perf_counter()
     log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
-    measurement = measure(config, trainers, states)
+    measurement = measure(config, trainers, states, log=log)
     methods = method_results(config, trainers, measurement)
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before
@@ -144,10 +145,11 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     }
     results = json_safe(results)
     rundir.write_json_atomic(os.path.join(out, rundir.RESULTS_FILE), results)
-    from benchmarks.plotting import plot_returns, plot_training_curves
+    rundir.write_json_atomic(os.path.join(out, rundir.HISTORY_FILE), json_safe(histories))
+    write_csv(os.path.join(out, rundir.PER_TASK_FILE), per_task_rows(config, measurement))
+    from benchmarks.plot import plot_run
 
-    plot_training_curves(_curves(trainers, histories), os.path.join(out, rundir.CURVES_FILE))
-    plot_returns(methods, os.path.join(out, rundir.RETURNS_FILE))
+    plot_run(out, histories=json_safe(histories))
     print_table(methods, log=log)
     log(f"\nwall {wall:.0f}s (compile {compile_s + eval_compile_s:.0f}s, train {run_s:.0f}s, eval "
         f"{eval_s:.0f}s of which compile {eval_compile_s:.0f}s); "
@@ -157,6 +159,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 def main(argv=None) -> int:
     config, options = parse_args(argv)
+    if options.print_config:
+        sys.stdout.write(config.dumps(options.print_config))
+        return 0
     try:
         run(config, options)
     except (CheckpointError, RunDirError) as err:

@@ -15,7 +15,7 @@ import textwrap
 from typing import Optional
 
 from benchmarks import rundir
-from benchmarks.config import MODES, BenchmarkConfig
+from benchmarks.config import MODES, BenchmarkConfig, config_file_format, read_config_file
 from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
 
@@ -59,6 +59,8 @@ class RunOptions:
     eval_only: bool
     checkpoint: Optional[str]
     overwrite: bool = False
+    tensorboard: bool = False
+    print_config: Optional[str] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,10 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"MAML inner policy-gradient steps, in training and for maml_adapted "
            f"[default {d.maml.rl.num_inner_steps}]")
     fo = p.add_mutually_exclusive_group()
+    default_order = "first" if d.maml.rl.first_order else "second"
     fo.add_argument("--first_order", dest="first_order", action="store_true", default=None,
-                    help=f"first-order MAML (drop second-order terms) [default {d.maml.rl.first_order}]")
+                    help="first-order MAML meta-gradient (second-order terms dropped)"
+                         + (" [this is the default]" if default_order == "first" else ""))
     fo.add_argument("--second_order", dest="first_order", action="store_false",
-                    help="full second-order MAML meta-gradient (LVC estimator)")
+                    help="full second-order MAML meta-gradient (LVC estimator)"
+                         + (" [this is the default]" if default_order == "second" else
+                            f" [default: {default_order} order]"))
     a("--num_episodes", type=int, default=None,
       help="the seeds' name for --ppo_iterations (policy-gradient training of non_adaptive)")
     ppo = d.non_adaptive
@@ -118,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
            f"holds a run is refused unless --overwrite is given")
     a("--overwrite", action="store_true",
       help="replace the run (results, config and checkpoints) already in --out")
+    a("--config", metavar="FILE", default=None,
+      help="a TOML (.toml) or JSON (.json) file setting any subset of the config by field path "
+           "(nested tables such as [maml.rl] with inner_lr = 0.05, or dotted keys); flags "
+           "override it; --print_config shows every field")
+    a("--print_config", nargs="?", const="", default=None, choices=("", "toml", "json"), metavar="FORMAT",
+      help="print the full effective config (after --quick, --config and flags) as a config file "
+           "and exit: FORMAT toml or json [default: --config's format, else toml]")
+    a("--tensorboard", action="store_true",
+      help="also log training metrics for TensorBoard into --out/tensorboard/<trainer>/ (needs the "
+           "'tensorboard' extra: pip install -e '.[tensorboard]'); a CSV per trainer is always "
+           "written to --out/metrics/<trainer>.csv")
     a("--quick", action="store_true",
       help="tiny smoke-test budgets (< 2 minutes; numbers are not meaningful)")
     a("--resume", metavar="DIR", default=None,
@@ -153,10 +170,27 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _build(args)
+        config, options = _build(args)
+        if args.print_config is not None:
+            fmt = args.print_config or (config_file_format(args.config) if args.config else "toml")
+            return config, dataclasses.replace(options, print_config=fmt)
+        if args.tensorboard:
+            options = dataclasses.replace(options, tensorboard=_check_tensorboard(options))
+        return config, options
     except ValueError as err:  # RunDirError included
         parser.error(str(err))
         raise  # unreachable
+
+
+def _check_tensorboard(options: RunOptions) -> bool:
+    """--tensorboard needs a training run and tensorboardX (the 'tensorboard' extra)."""
+    if options.eval_only:
+        raise ValueError("--tensorboard logs training; --eval_only trains nothing")
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise ValueError("--tensorboard needs tensorboardX: pip install -e '.[tensorboard]'")
+    return True
 
 
 def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
@@ -180,6 +214,9 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         if not os.path.isdir(run_dir):
             raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
         config = rundir.load_run_config(run_dir)
+        if args.config:
+            raise ValueError(f"--config sets up a new run; {'--resume' if args.resume else '--eval_only'} "
+                             f"uses the run's own config.json")
         if args.resume and (given or args.quick):
             raise ValueError("--resume continues a run with its saved config.json; do not pass other config flags")
         if args.eval_only:  # evaluation settings may be changed
@@ -203,12 +240,28 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     if values.get("mode") == "policy_gradient" and "methods" not in values:
         values["methods"] = ("non_adaptive",)
     base = BenchmarkConfig.quick_preset() if args.quick else BenchmarkConfig()
+    if args.config:
+        base = with_config_file(base, args.config, flags=values)
     config = _with_flags(base, values, given)
     _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
-    rundir.check_out(out, overwrite=args.overwrite, what="run")
+    if args.print_config is None:
+        rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite)
+
+
+def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:
+    """`config` with the settings of the config file `path` (`benchmarks.config.read_config_file`);
+    an unknown field or a bad value is a ValueError naming the file and the field path. A file
+    setting mode "policy_gradient" without methods (and no --methods flag) runs non_adaptive."""
+    paths = read_config_file(path)
+    if paths.get("mode") == "policy_gradient" and "methods" not in paths and "methods" not in (flags or {}):
+        paths["methods"] = ["non_adaptive"]
+    try:
+        return config.with_values(paths)
+    except ValueError as err:
+        raise ValueError(f"--config {path!r}: {err}") from None
 
 
 def _with_flags(config: BenchmarkConfig, values: dict, given: list) -> BenchmarkConfig:

@@ -19,7 +19,9 @@ Training defaults were chosen on validation seeds >= 100, never on the seeds the
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import sys
 import typing
 from typing import Any, Mapping, Optional
 
@@ -252,6 +254,59 @@ class BenchmarkConfig:
         if is_flat(d):
             d = migrate_flat(d)
         return cls().with_values(_paths(d))
+
+    def dumps(self, fmt: str = "toml") -> str:
+        """The whole config as a config file (`--print_config`, read back by `--config`):
+        "toml" (nested tables; fields whose value is None are left out, their default) or
+        "json" (`to_dict`)."""
+        check_choice("config format", fmt, CONFIG_FORMATS)
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2) + "\n"
+        import tomli_w  # noqa: PLC0415
+
+        return tomli_w.dumps(_without_none(self.to_dict()))
+
+
+#: Config file formats (`--config FILE`, by its extension; `--print_config`).
+CONFIG_FORMATS = ("toml", "json")
+
+
+def config_file_format(path: str) -> str:
+    """"toml" or "json" from a config file's extension, else ValueError."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    if ext not in CONFIG_FORMATS:
+        raise ValueError(f"--config {path!r}: the file must end in .toml or .json")
+    return ext
+
+
+def read_config_file(path: str) -> dict:
+    """Field path -> value of a TOML or JSON config file holding any subset of the settings,
+    as nested tables/objects (`[maml.rl]` / `{"maml": {"rl": ...}}`) or dotted keys. Values are
+    not checked here (`BenchmarkConfig.with_values` does); a file that cannot be read or
+    parsed, or whose top level is not a table, is a ValueError naming the file."""
+    fmt = config_file_format(path)
+    try:
+        if fmt == "toml":
+            if sys.version_info >= (3, 11):
+                import tomllib  # noqa: PLC0415
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib  # noqa: PLC0415
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+    except OSError as err:
+        raise ValueError(f"--config {path!r} cannot be read ({err.strerror})") from None
+    except ValueError as err:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+        raise ValueError(f"--config {path!r} is not valid {fmt.upper()} ({err})") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"--config {path!r} must hold a table of settings, got {type(data).__name__}")
+    return _paths(data)
+
+
+def _without_none(d: dict) -> dict:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 #: The `--quick` preset: field path -> value, applied to `BenchmarkConfig()`.

@@ -157,11 +157,19 @@ def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: 
                                baseline)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline):
+def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
+    """`(objective, optimizer)` of test_time_adapted's online rule for the MAML state `state`:
+    `adapt.policy_gradient_loss` (REINFORCE with `baseline`, no value term) and SGD with the
+    per-parameter step sizes `lr_scale * state.inner_lr` (`maml.core.scale_by_inner_lr`)."""
     optimizer = scale_by_inner_lr(jax.tree.map(lambda x: lr_scale * x, state.inner_lr))
     objective = functools.partial(adapt.policy_gradient_loss, policy=policy, value_coef=0.0,
                                   baseline=baseline)
+    return objective, optimizer
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline):
+    objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(

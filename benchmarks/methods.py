@@ -16,7 +16,7 @@ Adding a method is one new `Method` in `REGISTRY`.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -147,6 +147,11 @@ class Method:
       returns: `(series, config) -> (S, N)` per-task returns from the series stacked over seeds.
       report: `(series, kinds, config, trainer) -> dict` of extra results.json fields.
       lines: `(results entry) -> list of str` printed under the method's table row.
+      adaptation: `series -> (S, N, K + 1)` per-task returns after 0..K units of adaptation
+        (inner steps, updates between rounds, context episodes), None for a method that does
+        not adapt; the method's return is one of these columns.
+      adaptation_unit: what one unit of adaptation is ("inner step", "update", "context
+        episode"; "" when `adaptation` is None).
     """
 
     name: str
@@ -156,6 +161,27 @@ class Method:
     returns: Callable[[dict, Any], np.ndarray]
     report: Callable[..., dict] = _no_report
     lines: Callable[[dict], list] = _no_lines
+    adaptation: Optional[Callable[[dict], np.ndarray]] = None
+    adaptation_unit: str = ""
+
+    def by_adaptation(self, series: dict) -> np.ndarray:
+        """`(S, N, K + 1)` returns after 0..K adaptation units (`(S, N, 1)`: the method's
+        returns, for a method that does not adapt) from the series stacked over seeds."""
+        if self.adaptation is None:
+            return np.asarray(series[_ONLY_SERIES[self.name]])[..., None]
+        return np.asarray(self.adaptation(series))
+
+
+def _by_inner_step(series) -> np.ndarray:
+    return series["by_inner_step"]
+
+
+def _in_context_by_episode(series) -> np.ndarray:
+    return np.stack([series["first_episode"], series["after_context"]], axis=-1)
+
+
+#: The series holding the returns of the methods that do not adapt.
+_ONLY_SERIES = {"non_adaptive": "return"}
 
 
 REGISTRY = (
@@ -166,26 +192,37 @@ REGISTRY = (
            "RL^2: SSM policy on envs.context.ContextWrapper observations, PPO over windows of "
            "several episodes with the carry kept across episodes",
            evaluate_in_context, lambda s, c: s["after_context"],
-           report=_in_context_report, lines=_in_context_lines),
+           report=_in_context_report, lines=_in_context_lines,
+           adaptation=_in_context_by_episode, adaptation_unit="context episode"),
     Method("maml_zero_shot", "maml_ssm", "MAML-RL SSM policy (Meta-SGD, LVC inner step) before adaptation",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., 0],
-           report=_maml_report(lambda c: 0)),
+           report=_maml_report(lambda c: 0), adaptation=_by_inner_step, adaptation_unit="inner step"),
     Method("maml_adapted", "maml_ssm",
            "the MAML-RL SSM policy after num_inner_steps inner steps on support rollouts of the "
            "test task (returns after 0..max(3, num_inner_steps) steps are reported)",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
-           report=_maml_report(_adapted_steps), lines=_inner_step_lines),
+           report=_maml_report(_adapted_steps), lines=_inner_step_lines,
+           adaptation=_by_inner_step, adaptation_unit="inner step"),
     Method("test_time_adapted", "maml_ssm",
            "the MAML SSM policy adapted online by `adapt` between evaluation rounds",
            evaluate_test_time, lambda s, c: s["by_round"][..., -1],
-           report=_test_time_report, lines=_test_time_lines),
+           report=_test_time_report, lines=_test_time_lines,
+           adaptation=lambda s: s["by_round"], adaptation_unit="update"),
     Method("maml_adapted_mlp", "maml_mlp", "the MAML pipeline with an MLP policy (what the SSM contributes)",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
-           report=_maml_report(_adapted_steps), lines=_inner_step_lines),
+           report=_maml_report(_adapted_steps), lines=_inner_step_lines,
+           adaptation=_by_inner_step, adaptation_unit="inner step"),
 )
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}
 #: Every method's name, in registry order.
 METHODS = tuple(METHODS_BY_NAME)
+
+
+def trainer_label(trainer: str, methods) -> str:
+    """How progress lines and plots name a trainer: with the methods (of `methods`) it serves,
+    e.g. "maml_ssm -> maml_zero_shot, maml_adapted"; just its name when that is the method's."""
+    served = [m for m in methods if METHODS_BY_NAME[m].trainer == trainer]
+    return trainer if served == [trainer] else f"{trainer} -> {', '.join(served)}"
 
 
 def trainer_names(methods) -> tuple:
@@ -200,37 +237,50 @@ class Measurement:
 
     series: method -> name -> array stacked over seeds `(S, N, ...)`; returns: method ->
     per-task returns `(S, N)`; kinds: `(S, N)` bool, inverted-force tasks; env_steps: env steps
-    of all evaluations (a shared evaluation counted once).
+    of all evaluations (a shared evaluation counted once); tasks: the test tasks' physics,
+    `TASK_FIELDS` name -> `(S, N)` float (force_mag negative for inverted tasks).
     """
 
     series: dict
     returns: dict
     kinds: np.ndarray
     env_steps: int
+    tasks: dict = dataclasses.field(default_factory=dict)
 
 
-def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME) -> Measurement:
+#: The physical fields of a test task reported per task (`envs.CartPoleTasks`' varied fields).
+TASK_FIELDS = ("length", "masspole", "masscart", "gravity", "force_mag")
+
+
+def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=None) -> Measurement:
     """Evaluate the configured methods on the same test tasks per seed (see the module docstring).
 
     `trainers`: trainer name -> `Trainer`; `states`: trainer name -> trained state with a
-    leading seed axis.
+    leading seed axis; `log`: called with a line before each evaluation of the first seed
+    (where it compiles), None for silence.
     """
     methods = [registry[m] for m in config.methods]
     per_seed = {m.name: [] for m in methods}
-    kinds = []
+    kinds, physics = [], []
     env_steps = 0
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
         tasks = ev.test_tasks(key, config.evaluation.num_tasks)
         kinds.append(np.asarray(ev.task_kinds(tasks)))
+        physics.append({f: np.asarray(getattr(tasks, f), np.float64) for f in TASK_FIELDS})
         done = {}
         for m in methods:
             computation = (m.evaluator, m.trainer)
             if computation not in done:
+                if log is not None and s == 0:
+                    same = [n.name for n in methods if (n.evaluator, n.trainer) == computation]
+                    log(f"[{trainer_label(m.trainer, config.methods)}] evaluating {', '.join(same)} "
+                        f"(compiling the evaluation first) ...")
                 state = jax.tree.map(lambda x: x[s], states[m.trainer])
                 done[computation] = m.evaluator(key, tasks, trainers[m.trainer], state, config)
                 env_steps += done[computation].env_steps
             per_seed[m.name].append(done[computation].series)
     series = {name: {k: np.stack([d[k] for d in ds]) for k in ds[0]} for name, ds in per_seed.items()}
     returns = {m.name: np.ascontiguousarray(m.returns(series[m.name], config)) for m in methods}
-    return Measurement(series=series, returns=returns, kinds=np.stack(kinds), env_steps=env_steps)
+    return Measurement(series=series, returns=returns, kinds=np.stack(kinds), env_steps=env_steps,
+                       tasks={f: np.stack([p[f] for p in physics]) for f in TASK_FIELDS})

@@ -5,10 +5,13 @@
 `trained_model` (its trainer), its registry entry's extra fields, and (every method but the
 reference) `vs_<reference>`, the paired per-task difference to the reference method.
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
+`per_task_rows(config, measurement)` / `write_csv(path, rows)`: per_task.csv, one row per
+(method, seed, test task) with the task's physics and the returns after each adaptation step.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import sys
@@ -18,7 +21,7 @@ import jax
 import numpy as np
 
 from benchmarks import evaluation as ev
-from benchmarks.methods import METHODS_BY_NAME, REFERENCE, Measurement
+from benchmarks.methods import METHODS_BY_NAME, REFERENCE, TASK_FIELDS, Measurement
 from benchmarks.stats import paired_difference, summarize
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
@@ -91,3 +94,50 @@ def versions() -> dict:
         except importlib_metadata.PackageNotFoundError:  # pragma: no cover
             out[p] = None
     return out
+
+
+#: per_task.csv's columns before the `return_after_<k>` ones.
+PER_TASK_COLUMNS = ("method", "seed", "seed_index", "task_index") + TASK_FIELDS + (
+    "inverted", "return", "adaptation_unit")
+
+
+def per_task_rows(config, measurement: Measurement, registry=METHODS_BY_NAME) -> list:
+    """per_task.csv's rows: one dict per (method, seed, test task), methods in config order.
+
+    Columns: `PER_TASK_COLUMNS` (seed is the training seed `config.seed + seed_index`,
+    task_index the task's position in that seed's test tasks, `benchmarks.evaluation.test_tasks`;
+    force_mag is negative on inverted tasks; `return` is the method's per-task return, the one
+    results.json summarises), then `return_after_<k>` for k = 0..K: the return after k units of
+    `adaptation_unit` (`Method.by_adaptation`; empty beyond a method's own K, and `return_after_0`
+    alone for a method that does not adapt). A NaN return (no completed episode) is "nan".
+    """
+    m = measurement
+    rows = []
+    for name in config.methods:
+        method = registry[name]
+        by = method.by_adaptation(m.series[name])  # (S, N, K + 1)
+        ret = m.returns[name]
+        for s in range(ret.shape[0]):
+            for i in range(ret.shape[1]):
+                row = {"method": name, "seed": config.seed + s, "seed_index": s, "task_index": i}
+                row.update({f: float(m.tasks[f][s, i]) for f in TASK_FIELDS})
+                row.update({"inverted": bool(m.kinds[s, i]), "return": float(ret[s, i]),
+                            "adaptation_unit": method.adaptation_unit})
+                row.update({f"return_after_{k}": float(by[s, i, k]) for k in range(by.shape[-1])})
+                rows.append(row)
+    return rows
+
+
+def write_csv(path: str, rows: list, columns=None) -> None:
+    """Write `rows` (dicts) as CSV with a header through a temporary file and a rename; columns
+    default to every key in order of first appearance; missing values are empty."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -23,6 +23,15 @@ CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 CURVES_FILE = "training_curves.png"
 RETURNS_FILE = "returns_by_task_kind.png"
+CURVES_WALL_FILE = "training_curves_wall.png"
+ADAPTATION_FILE = "adaptation.png"
+PER_TASK_PLOT_FILE = "per_task_physics.png"
+#: One row per (method, seed, test task): `benchmarks.results.per_task_rows`.
+PER_TASK_FILE = "per_task.csv"
+#: Trainer name -> its training history (`benchmarks.training`), as the run ended.
+HISTORY_FILE = "history.json"
+#: Per-trainer metric logs (`benchmarks.metrics_log`): metrics/<trainer>.csv, tensorboard/<trainer>/.
+LOG_DIRS = ("metrics", "tensorboard")
 CHECKPOINTS_DIR = "checkpoints"
 #: Entries whose presence means a directory already holds a benchmark run (or an evaluation).
 RUN_FILES = (CONFIG_FILE, RESULTS_FILE, CHECKPOINTS_DIR)
@@ -107,9 +116,17 @@ def clear_run(out: str, trainers: Iterable[str]) -> None:
     checkpoint directories of `trainers` (checkpoints/ itself only if that leaves it empty)."""
     for trainer in trainers:
         shutil.rmtree(checkpoint_dir(out, trainer), ignore_errors=True)
+        for logs in LOG_DIRS:
+            shutil.rmtree(os.path.join(out, logs, trainer), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out, logs, f"{trainer}.csv"))
+    for logs in LOG_DIRS:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out, logs))
     with contextlib.suppress(OSError):
         os.rmdir(os.path.join(out, CHECKPOINTS_DIR))
-    for name in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE):
+    for name in (RESULTS_FILE, CURVES_FILE, RETURNS_FILE, PER_TASK_FILE, HISTORY_FILE, CURVES_WALL_FILE,
+                 ADAPTATION_FILE, PER_TASK_PLOT_FILE):
         if os.path.exists(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
 

@@ -39,11 +39,9 @@ PPO_RETURN_METRIC = "episode_return"
 
 class Trainer:
     """One trainer: `init`, `update`, how many iterations, env steps per iteration, and its
-    history layout (`return_metric`: the metric with a per-seed series; `curves`: plot label ->
-    history key)."""
+    history layout (`return_metric`: the metric with a per-seed series)."""
 
     return_metric: str = ""
-    curves: dict = {}
     #: stored history key -> this trainer's key (None: dropped, a duplicate of another key)
     history_renames: dict = {}
 
@@ -79,7 +77,6 @@ class PPOTrainer(Trainer):
     """PPO over the train tasks (non_adaptive, in_context)."""
 
     return_metric = "episode_return"
-    curves = {"episode return": "episode_return"}
     history_renames = {"return": "episode_return", "return_per_seed": "episode_return_per_seed"}
 
     def update(self, state, key):
@@ -97,7 +94,6 @@ class MAMLTrainer(Trainer):
     """MAML-RL meta-updates, each on `tasks_per_update` freshly sampled train tasks."""
 
     return_metric = "post_return"
-    curves = {"before adaptation": "pre_return", "after inner steps": "post_return"}
     history_renames = {"return": None, "return_per_seed": "post_return_per_seed"}
     #: the meta-update metrics kept in the training history
     METRICS = ("policy_loss", "value_loss", "entropy", "pre_return", "post_return", "return_by_step")

@@ -14,7 +14,15 @@ the same params. Chunks are aligned to multiples of `chunk_size` from iteration 
 one may be shorter), and checkpoints are taken at the end of the chunk that reaches a multiple
 of `checkpoint_every`, and at the end.
 
-Progress: one line per chunk (iteration, mean of every metric, env steps/s).
+History: besides the metrics, `env_steps` and `wall_s` per iteration: the env steps one seed
+has run (`(i + 1) * env_steps_per_update`) and the training run time so far in seconds (all
+seeds at once, compilation excluded, spread evenly over a chunk's iterations; a resumed run
+continues from the checkpoint's value). Histories stored without them stay loadable.
+
+Progress: a tqdm bar per trainer on stderr (iterations, elapsed time, ETA, env steps/s of all
+seeds, the mean return), a line before each compilation saying what compiles, and one line
+per chunk (iteration, mean of every metric, env steps/s). `metrics_log` (a
+`benchmarks.metrics_log.MetricsLog`) gets every iteration's row.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from benchmarks.checkpointing import Checkpointer, CheckpointError
 
@@ -65,7 +74,8 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
           metadata: Optional[dict] = None, resume: bool = False, per_seed: Sequence[str] = (),
           same_run: Callable[[Any, dict], bool] = operator.eq,
           migrate_history: Callable[[dict], dict] = dict,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, label: Optional[str] = None,
+          metrics_log=None, progress: bool = True) -> TrainResult:
     """Train (or resume) one model for all seeds; see the module docstring.
 
     Args:
@@ -78,7 +88,12 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
       resume: continue from the checkpointer's last complete checkpoint (if any); its stored
         history goes through `migrate_history` first.
       per_seed: metrics whose per-seed series are kept too, as `<name>_per_seed`.
+      label: how progress lines name the model (default `name`), e.g. with the methods it serves.
+      metrics_log: `start(history)` / `write(history, first, stop)` / `close()` receiver of
+        every iteration (None: no metric files).
+      progress: show the tqdm bar.
     """
+    label = name if label is None else label
     metadata = {} if metadata is None else dict(metadata)
     init_keys = seed_keys(seed, num_seeds, INIT_STREAM)
     train_keys = seed_keys(seed, num_seeds, TRAIN_STREAM)
@@ -94,7 +109,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
                 f"configuration; stored {meta.get('run')!r}, this run {metadata!r}")
         history = migrate_history(meta.get("history", {}))
         resumed_from = start
-        log(f"[{name}] resumed from checkpoint at iteration {start}/{iterations}")
+        log(f"[{label}] resumed from checkpoint at iteration {start}/{iterations}")
     if start > iterations:
         raise CheckpointError(f"checkpoint at iteration {start} is past this run's {iterations} iterations")
 
@@ -110,13 +125,21 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     run_s = 0.0
     env_steps = 0
     it = start
+    wall = _restored_clock(history, start, env_steps_per_update)
+    if metrics_log is not None:
+        metrics_log.start(history)
+    bar = tqdm(total=iterations, initial=start, desc=label, unit="it", disable=not progress,
+               dynamic_ncols=True, leave=True)
     while it < iterations:
         length = min(chunk_size - it % chunk_size, iterations - it)
         if length not in compiled:
+            log(f"[{label}] compiling a chunk of {length} iterations x {num_seeds} seeds (one jit "
+                f"of the whole update; can take a minute) ...")
             t0 = time.perf_counter()
             compiled[length] = (jax.jit(run_chunk, static_argnums=2)
                                 .lower(states, jnp.int32(it), length).compile())
             compile_s += time.perf_counter() - t0
+            log(f"[{label}] compiled in {time.perf_counter() - t0:.1f}s")
         t0 = time.perf_counter()
         states, metrics = compiled[length](states, jnp.int32(it))
         metrics = jax.device_get(_scalar_metrics(metrics))
@@ -129,12 +152,39 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
             history.setdefault(k, []).extend(v.mean(axis=1).tolist())
             if k in per_seed:
                 history.setdefault(f"{k}_per_seed", []).extend(v.tolist())
+        history.setdefault("env_steps", []).extend(
+            (i + 1) * env_steps_per_update for i in range(it, it + length))
+        history.setdefault("wall_s", []).extend(wall + dt * (j + 1) / length for j in range(length))
+        wall += dt
+        if metrics_log is not None:
+            metrics_log.write(history, it, it + length)
         it += length
         shown = " ".join(f"{k}={np.nanmean(np.asarray(v)):.3g}" for k, v in sorted(metrics.items())
                          if k != "return_by_step")
-        log(f"[{name}] it {it:5d}/{iterations} {shown} | {steps / max(dt, 1e-9):,.0f} env steps/s")
+        rate = steps / max(dt, 1e-9)
+        bar.set_postfix_str(f"{rate:,.0f} env steps/s" + "".join(
+            f", {k} {np.nanmean(np.asarray(metrics[k])):.1f}" for k in per_seed if k in metrics), refresh=False)
+        bar.update(length)
+        log(f"[{label}] it {it:5d}/{iterations} {shown} | {rate:,.0f} env steps/s")
         if checkpointer is not None and (it == iterations or it // checkpoint_every > (it - length) // checkpoint_every):
             checkpointer.save(it, states, {"run": metadata, "history": history, "iteration": it,
                                            "name": name})
+    bar.close()
+    if metrics_log is not None:
+        metrics_log.close()
     return TrainResult(states=states, history=history, compile_s=compile_s, run_s=run_s,
                        env_steps=env_steps, resumed_from=resumed_from)
+
+
+def _restored_clock(history: dict, start: int, env_steps_per_update: int) -> float:
+    """The run time a resumed history ends at (0 for a fresh run). A history stored without
+    `env_steps` / `wall_s` gets its env steps (exact) and no clock: `wall_s` starts at the
+    resumed iteration with NaN for the iterations before it."""
+    if start == 0:
+        return 0.0
+    if len(history.get("env_steps", ())) != start:
+        history["env_steps"] = [(i + 1) * env_steps_per_update for i in range(start)]
+    if len(history.get("wall_s", ())) != start:
+        history["wall_s"] = [float("nan")] * start
+        return 0.0
+    return float(history["wall_s"][-1])

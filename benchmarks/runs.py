@@ -1,0 +1,304 @@
+"""A finished benchmark run as a library object: `load_run(DIR)` and its ready policies.
+
+    run = load_run("results/cartpole")          # a run directory of `python -m benchmarks.cartpole`
+    run.config                                  # its BenchmarkConfig (config.json)
+    p = run.policies["maml_adapted"]            # one MethodPolicy per method of the run
+    params = p.params(seed_index=0)             # the trained params of one training seed
+    task = run.test_task(seed_index=0, task_index=3)   # a held-out task of the run's evaluation
+    adapted = p.adapt(0, task, key)             # MAML methods: params after the inner steps
+    episode = rollout_episode(p, 0, task, key)  # one episode (states, actions, rewards, return)
+
+A `MethodPolicy` holds what a method acts with: its trainer's policy module and environment
+(`policy.apply(params, obs, carry, reset, method="step")`, the `ssm_jax` policy contract) and
+the trained state of every seed (leading seed axis). The MAML methods adapt with the library's
+own functions: `maml_zero_shot` / `maml_adapted` / `maml_adapted_mlp` with the MAML inner
+policy-gradient step and the trained Meta-SGD step sizes (`maml.MAMLRL.adapt_and_evaluate`,
+support batches of the training size), `test_time_adapted` with its online rule
+(`adapt.evaluate_with_adaptation`, `benchmarks.evaluation.test_time_rule`); `in_context`
+adapts through its carry, kept across episodes. `MethodPolicy.evaluate` reruns the method's
+registered evaluator, so it reproduces the run's per-task returns (per_task.csv) exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adapt
+import envs
+from benchmarks import evaluation as ev
+from benchmarks import rundir
+from benchmarks.config import BenchmarkConfig
+from benchmarks.methods import METHODS_BY_NAME, TASK_FIELDS, Evaluation, Method
+from benchmarks.trainers import Trainer, build_trainer
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
+
+#: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
+#: between rounds), "context" (RL^2 carry across episodes) or "none".
+ADAPTATION = {"non_adaptive": "none", "in_context": "context", "maml_zero_shot": "inner_steps",
+              "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
+              "maml_adapted_mlp": "inner_steps"}
+
+
+def _index(name: str, value: Any, size: int) -> int:
+    """`value` as an index into `size` items, else ValueError naming `name`."""
+    i = check_int(name, value, 0)
+    if i >= size:
+        raise ValueError(f"{name} must be < {size}, got {i}")
+    return i
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodPolicy:
+    """One method of a finished run, ready to act.
+
+    Attributes:
+      method: the registry entry (`benchmarks.methods.Method`).
+      trainer: the `benchmarks.trainers.Trainer` it was trained by (policy, env, algorithm).
+      states: the trained state of every seed (leading seed axis `S`): a PPO train state or a
+        `maml.core.MetaState` (params, Meta-SGD step sizes `inner_lr`).
+      config: the run's `BenchmarkConfig`.
+    """
+
+    method: Method
+    trainer: Trainer
+    states: Any
+    config: BenchmarkConfig
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def policy(self):
+        """The policy module (`SSMPolicy` / `MLPPolicy`); act with `policy.apply(params, ...)`."""
+        return self.trainer.policy
+
+    @property
+    def apply(self):
+        """`policy.apply`: `apply(params, obs, carry, reset, method="step") -> (out, carry)`."""
+        return self.trainer.policy.apply
+
+    @property
+    def env(self):
+        """The environment it acts in (`envs.context.ContextWrapper` for in_context)."""
+        return self.trainer.env
+
+    @property
+    def adaptation(self) -> str:
+        """"none", "inner_steps", "rounds" or "context" (see `ADAPTATION`)."""
+        return ADAPTATION[self.method.name]
+
+    @property
+    def carry_across_episodes(self) -> bool:
+        """Whether the policy keeps its carry across episodes (in_context)."""
+        return self.adaptation == "context"
+
+    @property
+    def default_adapt_steps(self) -> int:
+        """The adaptation the method is reported with: inner steps (maml_adapted:
+        `maml.rl.num_inner_steps`, maml_zero_shot: 0) or updates (test_time_adapted: rounds - 1)."""
+        if self.method.name in ("maml_adapted", "maml_adapted_mlp"):
+            return self.config.maml.rl.num_inner_steps
+        if self.adaptation == "rounds":
+            return self.config.evaluation.test_time_rounds - 1
+        return 0
+
+    @property
+    def num_seeds(self) -> int:
+        return self.config.num_seeds
+
+    def state(self, seed_index: int):
+        """The trained state of training seed `config.seed + seed_index`."""
+        s = _index("seed_index", seed_index, self.num_seeds)
+        return jax.tree.map(lambda x: x[s], self.states)
+
+    def params(self, seed_index: int):
+        """The trained policy params of training seed `config.seed + seed_index`."""
+        return self.state(seed_index).params
+
+    def adapt(self, seed_index: int, task, key, num_steps: Optional[int] = None):
+        """`(params, returns)`: the params of seed `seed_index` after `num_steps` adaptation
+        steps on ONE task (default `default_adapt_steps`), and the returns measured on the way.
+
+        inner_steps methods: `num_steps` MAML inner steps (`MAMLRL.adapt_and_evaluate`, support
+        batches of `maml.rl.support_envs x support_steps`); returns `(num_steps + 1,)`: the
+        completed-episode return of each support batch and of a batch of the final params.
+        rounds (test_time_adapted): `num_steps` rounds of 500 steps, each followed by one update
+        of the online rule (`adapt.evaluate_with_adaptation`); returns `(num_steps,)`: each
+        round's first-episode return. Methods that do not adapt their params (non_adaptive,
+        in_context) accept only `num_steps` 0 or None; returns `(0,)`.
+        """
+        kind = self.adaptation
+        k = self.default_adapt_steps if num_steps is None else check_int("num_steps", num_steps, 0)
+        state = self.state(seed_index)
+        if kind in ("none", "context"):
+            if k:
+                raise ValueError(f"num_steps must be 0 for {self.name!r} (it does not adapt its "
+                                 f"params{', it adapts in context' if kind == 'context' else ''}), got {k}")
+            return state.params, np.zeros((0,))
+        if kind == "inner_steps":
+            c = self.trainer.algo.config
+            out = self.trainer.algo.adapt_and_evaluate(
+                state, jax.tree.map(lambda x: jnp.asarray(x)[None], task), key, num_inner_steps=k,
+                num_envs=c.support_envs, num_steps=c.support_steps)
+            return jax.tree.map(lambda x: x[0], out["params"]), np.asarray(out["completed_return"][0])
+        params, returns = _adapt_online(key, self.policy, state, task, k + 1,
+                                        self.config.evaluation.num_envs, self.env,
+                                        self.trainer.algo.config.baseline)
+        return params, np.asarray(returns)
+
+    def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
+        """The method's registered evaluator on seed `seed_index`'s tasks: by default the run's
+        own test tasks and evaluation key, which reproduces the run's per-task series exactly."""
+        s = _index("seed_index", seed_index, self.num_seeds)
+        key = ev.eval_key(self.config.seed, s) if key is None else key
+        tasks = ev.test_tasks(key, self.config.evaluation.num_tasks) if tasks is None else tasks
+        return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
+def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline):
+    """`(params after num_rounds - 1 updates, (num_rounds,) round returns)` of test_time_adapted's
+    online rule on one task (the last round's update is not applied)."""
+    objective, optimizer = ev.test_time_rule(policy, state, baseline=baseline)
+    params = state.params
+    returns = jnp.zeros((0,), jnp.float32)
+    if num_rounds > 1:
+        params, returns, _ = adapt.evaluate_with_adaptation(
+            key, policy, params, task, objective=objective, optimizer=optimizer,
+            num_rounds=num_rounds - 1, steps_per_round=ev.EPISODE_STEPS, num_envs=num_envs,
+            divergence_threshold=1e6, env=env)
+    return params, returns
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run: `directory`, `config`, `policies` (method name -> `MethodPolicy`) and
+    `histories` (trainer name -> training history from its last checkpoint)."""
+
+    directory: str
+    config: BenchmarkConfig
+    policies: dict
+    histories: dict
+
+    def test_tasks(self, seed_index: int):
+        """The held-out test tasks the run evaluated seed `seed_index` on (leading task axis)."""
+        s = _index("seed_index", seed_index, self.config.num_seeds)
+        return ev.test_tasks(ev.eval_key(self.config.seed, s), self.config.evaluation.num_tasks)
+
+    def test_task(self, seed_index: int, task_index: int):
+        """One of them (no task axis), as per_task.csv's `seed_index` / `task_index` name it."""
+        i = _index("task_index", task_index, self.config.evaluation.num_tasks)
+        return jax.tree.map(lambda x: x[i], self.test_tasks(seed_index))
+
+
+def load_run(directory: str, methods=None) -> Run:
+    """Load a finished run of `python -m benchmarks.cartpole` (its directory, or the
+    checkpoints/ directory in it): the config and a `MethodPolicy` per method (`methods`: a
+    subset of the run's methods, default all of them).
+
+    Raises `benchmarks.rundir.RunDirError` if `directory` holds no benchmark config and
+    `benchmarks.checkpointing.CheckpointError` if a trainer's checkpoint is missing or does not
+    match the config.
+    """
+    from benchmarks.cartpole import load_trained  # noqa: PLC0415 - one home for checkpoint loading
+
+    run_dir = rundir.run_dir_of(directory)
+    config = rundir.load_run_config(run_dir)
+    names = config.methods if methods is None else tuple(methods)
+    for name in names:
+        check_choice("method", name, config.methods)
+    trainers, states, histories = {}, {}, {}
+    for name in names:
+        t = METHODS_BY_NAME[name].trainer
+        if t not in trainers:
+            trainers[t] = build_trainer(t, config)
+            states[t], histories[t] = load_trained(trainers[t], rundir.checkpoint_dir(run_dir, t),
+                                                   config.num_seeds)
+    policies = {n: MethodPolicy(METHODS_BY_NAME[n], trainers[METHODS_BY_NAME[n].trainer],
+                                states[METHODS_BY_NAME[n].trainer], config) for n in names}
+    return Run(run_dir, config, policies, histories)
+
+
+# ------------------------------------------------------------------------------------ tasks
+def make_task(length: float = 0.5, masspole: float = 0.1, masscart: float = 1.0,
+              gravity: float = 9.8, force_mag: float = 10.0, inverted: bool = False):
+    """One CartPole task (`envs.make_cartpole_params`; gymnax's defaults): `length` is the
+    half pole length in m, `force_mag` the push magnitude in N, `inverted` flips its direction."""
+    values = {"length": length, "masspole": masspole, "masscart": masscart, "gravity": gravity,
+              "force_mag": force_mag}
+    values = {name: check_float(name, v, minimum=0.0, strict_min=True) for name, v in values.items()}
+    if check_bool("inverted", inverted):
+        values["force_mag"] = -values["force_mag"]
+    return envs.make_cartpole_params(**values)
+
+
+def sample_task(seed: int, split: str = "test"):
+    """One task of `envs.CartPoleTasks()`'s `split`, drawn with `jax.random.key(seed)`."""
+    tasks = envs.CartPoleTasks().sample(jax.random.key(check_int("seed", seed, 0)), 1, split)
+    return jax.tree.map(lambda x: x[0], tasks)
+
+
+def task_values(task) -> dict:
+    """The physics of ONE task: `TASK_FIELDS` -> float, and `inverted` (bool)."""
+    out = {f: float(np.asarray(getattr(task, f))) for f in TASK_FIELDS}
+    out["inverted"] = bool(out["force_mag"] < 0)
+    return out
+
+
+# ------------------------------------------------------------------------------------ episodes
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One episode of a policy on a task (`T` = its length in steps).
+
+    states: `(T, 4)` CartPole state [x, x_dot, theta, theta_dot] the policy saw at each step;
+    actions: `(T,)` int (1 pushes along +x for a normal task, along -x for an inverted one);
+    rewards: `(T,)`; total: the episode's return; task: `task_values` of the task;
+    pre_returns: returns measured while adapting (`MethodPolicy.adapt`), may be empty.
+    """
+
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    total: float
+    task: dict
+    pre_returns: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.states.shape[0])
+
+
+def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_steps: Optional[int] = None,
+                    deterministic: bool = False) -> Episode:
+    """One evaluation episode of `policy` (seed `seed_index`) on ONE task.
+
+    The params are first adapted by `policy.adapt(seed_index, task, k, adapt_steps)` (default:
+    the method's reported adaptation). The episode is the first one of a fresh 500-step window
+    (as the evaluation measures it); for in_context it is the first episode after one context
+    episode, with the carry kept across both. Actions are sampled (`deterministic=True`: the
+    most likely action).
+    """
+    k_adapt, k_roll = jax.random.split(key)
+    params, pre = policy.adapt(seed_index, task, k_adapt, adapt_steps)
+    episode_index = 1 if policy.carry_across_episodes else 0
+    steps = (episode_index + 1) * ev.EPISODE_STEPS
+    traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
+                        env=policy.env, carry_across_episodes=policy.carry_across_episodes,
+                        deterministic=deterministic)
+    dones = np.asarray(traj.dones[0])
+    ends = np.flatnonzero(dones)
+    start = 0 if episode_index == 0 else int(ends[0]) + 1
+    later = ends[ends >= start]
+    stop = int(later[0]) + 1 if later.size else steps
+    obs = np.asarray(traj.obs[0, start:stop, :4], np.float64)
+    rewards = np.asarray(traj.rewards[0, start:stop], np.float64)
+    return Episode(states=obs, actions=np.asarray(traj.actions[0, start:stop]), rewards=rewards,
+                   total=float(rewards.sum()), task=task_values(task),
+                   pre_returns=np.asarray(pre, np.float64))
