@@ -285,6 +285,8 @@ class MAMLRL:
         if not leaves or jnp.ndim(leaves[0]) < 1:
             raise ValueError("tasks must be an EnvParams batch with a leading task axis "
                              "(e.g. envs.CartPoleTasks().sample(key, num_tasks)).")
+        if jnp.shape(leaves[0])[0] < 1:
+            raise ValueError("tasks must hold at least one task, got a task axis of size 0")
         return jnp.shape(leaves[0])[0]
 
     def _meta_update(self, state: core.MetaState, tasks, key):

@@ -2,6 +2,9 @@
 
 - the parallel (associative) scan clears a NaN or huge state at a reset exactly as the
   sequential scan does (`ssm_jax.scan`);
+- a meta-update (MetaMAML, MAMLRL: `maml.core.meta_update`) whose loss, gradient or new params
+  are not finite is skipped and counted (`skipped_steps`), by the guard `adapt` uses too
+  (`adapt.core.finite_step`); an empty task batch is refused.
 """
 
 import jax
@@ -54,3 +57,67 @@ def test_parallel_model_is_clean_after_reset_like_sequential(cls, bad):
     assert np.isfinite(np.asarray(ys_seq[:, 6:])).all()
     np.testing.assert_allclose(ys_par[:, 6:], ys_seq[:, 6:], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(c_par, c_seq, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ MAML guard
+def _sinusoid_maml(**kw):
+    import flax.linen as nn
+
+    from maml import MetaMAML
+
+    mlp = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(1)])
+    params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))
+    maml = MetaMAML(mlp, **{"inner_lr": 0.01, "outer_lr": 0.001, "num_inner_steps": 1, **kw})
+    return maml, maml.init(params)
+
+
+def _tasks(n=4):
+    from maml import sample_sinusoid_tasks
+
+    return sample_sinusoid_tasks(jax.random.PRNGKey(1), n)
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("case", ["nan_support_y", "inf_query_x", "inner_lr_1e30", "outer_lr_1e39"])
+def test_meta_update_skips_a_non_finite_step(case):
+    """A step whose loss, gradient or new params are not finite leaves the whole state as it
+    was and is counted in skipped_steps; the next finite batch trains normally."""
+    kw = {"inner_lr_1e30": {"inner_lr": 1e30}, "outer_lr_1e39": {"outer_lr": 1e39}}.get(case, {})
+    maml, state = _sinusoid_maml(**kw)
+    tasks = _tasks()
+    if case == "nan_support_y":
+        tasks["support_y"] = tasks["support_y"].at[0, 0].set(jnp.nan)
+    if case == "inf_query_x":
+        tasks["query_x"] = tasks["query_x"].at[1, 2].set(jnp.inf)
+    new, metrics = maml.meta_update(state, tasks=tasks)
+    if case == "outer_lr_1e39":  # a finite loss and gradient, but the new params overflow
+        assert np.isfinite(metrics["meta_loss"])
+    assert int(metrics["skipped_steps"]) == 1
+    assert _same(new, state)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(new.params))
+
+
+def test_meta_update_finite_step_is_unchanged_by_the_guard():
+    """A finite step is the plain update: Adam (maml.optimizer) on jax.grad of maml.meta_loss."""
+    import optax
+
+    maml, state = _sinusoid_maml()
+    tasks = _tasks()
+    new, metrics = maml.meta_update(state, tasks=tasks)
+    assert int(metrics["skipped_steps"]) == 0 and int(new.step) == int(state.step) + 1
+    grads = jax.grad(lambda p: maml.meta_loss(p, tasks, inner_lr=state.inner_lr))(state.params)
+    updates, _ = maml.optimizer.update(grads, state.opt_state, state.params)
+    expected = optax.apply_updates(state.params, updates)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not _same(new.params, state.params)
+
+
+def test_empty_task_batch_is_refused():
+    maml, state = _sinusoid_maml()
+    tasks = jax.tree.map(lambda a: a[:0], _tasks())
+    with pytest.raises(ValueError, match="at least one task"):
+        maml.meta_update(state, tasks=tasks)
