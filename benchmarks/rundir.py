@@ -93,16 +93,6 @@ def check_out(out: str, *, overwrite: bool, what: str = "run") -> None:
         raise RunDirError(f"--out {out!r} cannot be created ({ancestor!r} is not a writable directory)")
 
 
-def checkpoint_steps(directory: str) -> list[int]:
-    """The steps of the complete checkpoints in an orbax checkpoint `directory` (sorted; []
-    if it is missing). orbax renames a step's directory to its step number only once the step
-    is complete, so this needs no orbax (and no JAX)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
-
-
 def check_eval_out(out: str, run_dir: str) -> None:
     """Refuse to write an evaluation of the run in `run_dir` into that run directory itself."""
     if os.path.abspath(out) == run_dir_of(run_dir):
