@@ -1,50 +1,18 @@
-"""Test-time adaptation: safe online, meta-learned and hybrid (replay) weight updates."""
+"""Test-time adaptation: safe online, meta-learned and hybrid (replay) weight updates.
 
-from adapt.adapter import STRATEGIES, Adapter
-from adapt.buffer import (
-    ReplayBuffer,
-    buffer_add,
-    buffer_contents,
-    buffer_init,
-    buffer_init_like,
-    buffer_sample,
-)
-from adapt.config import OPTIMIZERS, AdaptationConfig, make_optimizer
-from adapt.core import AdaptInfo, adapt_step, adapt_steps, tree_all_finite, tree_select
-from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, predictions_of, supervised_objective
-from adapt.rl import (
-    discounted_returns,
-    evaluate_with_adaptation,
-    next_observation_inputs,
-    next_observation_loss,
-    policy_gradient_loss,
-)
+Names are imported on first use (``ssm_jax.lazy``), so ``maml.core`` can share the
+non-finite guard of ``adapt.core`` without importing the adapters.
+"""
 
-__all__ = [
-    "AdaptInfo",
-    "AdaptationConfig",
-    "Adapter",
-    "OPTIMIZERS",
-    "ReplayBuffer",
-    "STRATEGIES",
-    "adapt_step",
-    "adapt_steps",
-    "buffer_add",
-    "buffer_contents",
-    "buffer_init",
-    "buffer_init_like",
-    "buffer_sample",
-    "discounted_returns",
-    "evaluate_with_adaptation",
-    "hybrid_objective",
-    "make_apply_fn",
-    "make_optimizer",
-    "mse_loss",
-    "next_observation_inputs",
-    "next_observation_loss",
-    "policy_gradient_loss",
-    "predictions_of",
-    "supervised_objective",
-    "tree_all_finite",
-    "tree_select",
-]
+from ssm_jax.lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "adapter": ("STRATEGIES", "Adapter"),
+    "buffer": ("ReplayBuffer", "buffer_add", "buffer_contents", "buffer_init", "buffer_init_like",
+               "buffer_sample"),
+    "config": ("OPTIMIZERS", "AdaptationConfig", "make_optimizer"),
+    "core": ("AdaptInfo", "adapt_step", "adapt_steps", "finite_step", "tree_all_finite", "tree_select"),
+    "losses": ("hybrid_objective", "make_apply_fn", "mse_loss", "predictions_of", "supervised_objective"),
+    "rl": ("discounted_returns", "evaluate_with_adaptation", "next_observation_inputs",
+           "next_observation_loss", "policy_gradient_loss"),
+})

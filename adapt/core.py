@@ -66,6 +66,14 @@ def tree_all_finite(tree: PyTree) -> chex.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def finite_step(loss: chex.Array, grads: PyTree, new_params: PyTree) -> chex.Array:
+    """The non-finite guard shared by every gradient step of the project (``adapt`` here,
+    ``maml.core.meta_update`` for MetaMAML and MAMLRL): a bool scalar, true iff the step's
+    ``loss``, its ``grads`` and the ``new_params`` it proposes are all finite. A step for which
+    it is false is not taken (the caller keeps its previous state)."""
+    return jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(new_params)
+
+
 def tree_select(pred: chex.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     """Leaf-wise ``jnp.where(pred, on_true, on_false)`` for a scalar ``pred``."""
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
@@ -95,9 +103,7 @@ def _propose(params, opt_state, loss, grads, batch, *, objective, optimizer, div
     new_params = jax.tree.map(lambda n, p: n.astype(p.dtype), new_params, params)
     new_loss, new_grads = jax.value_and_grad(objective)(new_params, batch)
     accepted = (
-        jnp.isfinite(loss)
-        & tree_all_finite(grads)
-        & tree_all_finite(new_params)
+        finite_step(loss, grads, new_params)
         & jnp.isfinite(new_loss)
         & tree_all_finite(new_grads)
         & (new_loss <= divergence_threshold)

@@ -23,19 +23,16 @@ import os
 import sys
 import time
 
-import jax
 from tqdm.auto import tqdm
 
-from benchmarks import compile_time, rundir
-from benchmarks.checkpointing import Checkpointer, CheckpointError
-from benchmarks.cli import RunOptions, parse_args
+from benchmarks import rundir
+from benchmarks.cli import RunOptions, parse_args, run_main
 from benchmarks.config import BenchmarkConfig
-from benchmarks.methods import measure, trainer_label, trainer_names
-from benchmarks.metrics_log import MetricsLog
-from benchmarks.results import json_safe, method_results, per_task_rows, print_table, versions, write_csv
-from benchmarks.rundir import RunDirError
+from benchmarks.methods import trainer_label, trainer_names
 from benchmarks.trainers import TRAINERS, Trainer, build_trainer
-from benchmarks.training import TrainResult, train
+
+# JAX, orbax and the training/evaluation modules are imported by `load_trained` and `run`, after
+# the command line is parsed and validated (`--help` and usage errors import none of them).
 
 
 def log(msg: str) -> None:
@@ -59,6 +56,10 @@ def same_run(stored, current: dict) -> bool:
 def load_trained(trainer: Trainer, directory: str, num_seeds: int) -> tuple:
     """`(states, history)` of the last checkpoint of `trainer` in `directory` (CheckpointError if
     it is missing, unreadable or another trainer's)."""
+    import jax
+
+    from benchmarks.checkpointing import Checkpointer, CheckpointError
+
     ckpt = Checkpointer(directory, create=False)
     target = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(0), num_seeds))
     states, meta, step = ckpt.restore(target)
@@ -74,8 +75,18 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     """Train (or load), evaluate, write results; returns the results dict.
 
     Raises RunDirError if `options.out` must not be written (see `benchmarks.rundir`) and
-    CheckpointError if a checkpoint to resume or evaluate is missing or does not match.
+    CheckpointError if a checkpoint to resume or evaluate is missing or does not match; an
+    evaluation (`options.eval_only`) loads every checkpoint before it writes anything.
     """
+    import jax
+
+    from benchmarks import compile_time
+    from benchmarks.checkpointing import Checkpointer
+    from benchmarks.methods import measure
+    from benchmarks.metrics_log import MetricsLog
+    from benchmarks.results import json_safe, method_results, per_task_rows, print_table, versions, write_csv
+    from benchmarks.training import TrainResult, train
+
     compile_time.install()
     t_start = time.perf_counter()
     out = options.out
@@ -86,22 +97,24 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     if fresh or options.eval_only:
         rundir.check_out(out, overwrite=options.overwrite,
                          what="run or evaluation" if options.eval_only else "run")
-    os.makedirs(out, exist_ok=True)
+    trainers = {name: build_trainer(name, config) for name in trainer_names(config.methods)}
+    states, histories, timing_train = {}, {}, {}
+    if options.eval_only:  # every checkpoint loads before `out` is touched
+        for name, trainer in trainers.items():
+            states[name], histories[name] = load_trained(
+                trainer, rundir.checkpoint_dir(source, name), config.num_seeds)
     if fresh:  # a replaced run's checkpoints and results never mix with this one's
+        os.makedirs(out, exist_ok=True)
         rundir.clear_run(out, TRAINERS)
-    if not options.resume:
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
     log(f"benchmarks.cartpole: methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
-    trainers = {name: build_trainer(name, config) for name in trainer_names(config.methods)}
-    states, histories, timing_train = {}, {}, {}
     compile_s = run_s = 0.0
     env_steps = 0
     for name, trainer in trainers.items():
-        directory = rundir.checkpoint_dir(source, name)
         if options.eval_only:
-            states[name], histories[name] = load_trained(trainer, directory, config.num_seeds)
-            continue
+            break
+        directory = rundir.checkpoint_dir(source, name)
         result: TrainResult = train(
             name, init=trainer.init, update=trainer.update, seed=config.seed,
             num_seeds=config.num_seeds, iterations=trainer.iterations, chunk_size=config.chunk_size,
@@ -144,6 +157,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         "command": " ".join(["python -m benchmarks.cartpole"] + sys.argv[1:]),
     }
     results = json_safe(results)
+    if options.eval_only:  # an evaluation writes nothing until it has its results
+        os.makedirs(out, exist_ok=True)
+        rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
     rundir.write_json_atomic(os.path.join(out, rundir.RESULTS_FILE), results)
     rundir.write_json_atomic(os.path.join(out, rundir.HISTORY_FILE), json_safe(histories))
     write_csv(os.path.join(out, rundir.PER_TASK_FILE), per_task_rows(config, measurement))
@@ -158,16 +174,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 
 def main(argv=None) -> int:
-    config, options = parse_args(argv)
-    if options.print_config:
-        sys.stdout.write(config.dumps(options.print_config))
-        return 0
-    try:
-        run(config, options)
-    except (CheckpointError, RunDirError) as err:
-        print(f"benchmarks.cartpole: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    """The command line: parse and validate `argv` (usage errors exit 2 before JAX is imported),
+    then `run`; a runtime fault or Ctrl-C ends in one line on stderr (`benchmarks.cli.run_main`)."""
+    return run_main(argv, run)
 
 
 if __name__ == "__main__":

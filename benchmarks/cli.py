@@ -3,22 +3,34 @@
 `parse_args(argv)` returns `(config, options)`: a validated `BenchmarkConfig` and the run
 options (out dir, resume / eval-only directories). Each config flag sets one field of the nested
 config (`FLAG_PATHS`, the one table of flag names); a bad value exits with status 2 and a
-one-line message naming the flag the user typed, before JAX compiles anything.
+one-line message naming the flag the user typed. Parsing and every check import no JAX, flax
+or gymnax (this module and the config modules it reads are jax-free), so `--help` and usage
+errors answer at once.
+
+`run_main(argv, run)` is the whole command: parse, then `run(config, options)`; a runtime fault
+prints one line and exits 1 (`--debug`: the full traceback), Ctrl-C one line and exit 130,
+leaving the run resumable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
+import socket
+import sys
 import textwrap
-from typing import Optional
+import threading
+from typing import Callable, Optional
 
 from benchmarks import rundir
-from benchmarks.config import MODES, BenchmarkConfig, config_file_format, read_config_file
+from benchmarks.config import MAX_SEED, MODES, BenchmarkConfig, config_file_format, read_config_file
 from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
 
+PROG = "python -m benchmarks.cartpole"
 DEFAULT_OUT = os.path.join("results", "cartpole")
 
 #: Each config flag -> the field path it sets (`BenchmarkConfig.with_values`). The seeds' flag
@@ -52,7 +64,8 @@ EVAL_ONLY_FLAGS = ("eval_tasks", "methods")
 class RunOptions:
     """out: output directory; resume: previous run's out dir to continue; eval_only with
     checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated;
-    overwrite: a fresh run may replace the run already in out (else it is refused)."""
+    overwrite: a fresh run may replace the run already in out (else it is refused);
+    debug: a runtime fault shows its full traceback (else one line)."""
 
     out: str
     resume: Optional[str]
@@ -61,11 +74,12 @@ class RunOptions:
     overwrite: bool = False
     tensorboard: bool = False
     print_config: Optional[str] = None
+    debug: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.cartpole",
+        prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             textwrap.fill("Meta-RL benchmark on CartPole task distributions: meta-train on the "
@@ -112,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"PPO iterations of the in_context (RL^2) agent [default {d.in_context.total_iterations}]")
     a("--eval_tasks", type=int, default=None,
       help=f"held-out test tasks per seed (>= 256 for the reported table) [default {d.evaluation.num_tasks}]")
-    a("--seed", type=int, default=None, help=f"first seed; seeds are seed..seed+num_seeds-1 [default {d.seed}]")
+    a("--seed", type=int, default=None,
+      help=f"first seed; seeds are seed..seed+num_seeds-1, so 0 <= seed <= 2**32 - num_seeds "
+           f"({MAX_SEED + 1} - num_seeds; each seed is a uint32) [default {d.seed}]")
     a("--num_seeds", type=int, default=None, help=f"seeds per method, vmapped in training [default {d.num_seeds}]")
     a("--chunk_size", type=int, default=None,
       help=f"iterations per jitted chunk (one progress line each) [default {d.chunk_size}]")
@@ -142,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval_only", action="store_true", help="evaluate saved params only (needs --checkpoint)")
     a("--checkpoint", metavar="DIR", default=None,
       help="with --eval_only: a run directory (or its checkpoints/ dir) to load the final params from")
+    a("--debug", action="store_true",
+      help="show the full traceback of a runtime error (default: one line)")
     return p
 
 
@@ -210,9 +228,12 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         values["methods"] = tuple(m.strip() for m in values["methods"].split(",") if m.strip())
     source = args.resume or args.checkpoint
     if source:
+        flag = "--resume" if args.resume else "--checkpoint"
         run_dir = rundir.run_dir_of(source)
+        if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+            raise ValueError(f"{flag} {source!r} is not a directory (give a run directory)")
         if not os.path.isdir(run_dir):
-            raise ValueError(f"{'--resume' if args.resume else '--checkpoint'} directory {run_dir!r} does not exist")
+            raise ValueError(f"{flag} directory {run_dir!r} does not exist")
         config = rundir.load_run_config(run_dir)
         if args.config:
             raise ValueError(f"--config sets up a new run; {'--resume' if args.resume else '--eval_only'} "
@@ -231,12 +252,13 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                                  f"drop --out (got {args.out!r})")
             if args.overwrite:
                 raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
-            return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None)
+            return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None,
+                                      debug=args.debug)
         out = args.out or os.path.join(run_dir, "eval")
         rundir.check_eval_out(out, run_dir)
         rundir.check_out(out, overwrite=args.overwrite, what="run or evaluation")
         return config, RunOptions(out=out, resume=None, eval_only=True, checkpoint=run_dir,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, debug=args.debug)
     if values.get("mode") == "policy_gradient" and "methods" not in values:
         values["methods"] = ("non_adaptive",)
     base = BenchmarkConfig.quick_preset() if args.quick else BenchmarkConfig()
@@ -248,7 +270,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     if args.print_config is None:
         rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, debug=args.debug)
 
 
 def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:
@@ -270,3 +292,101 @@ def _with_flags(config: BenchmarkConfig, values: dict, given: list) -> Benchmark
         return config.with_values({FLAG_PATHS[f]: v for f, v in values.items()})
     except ValueError as err:
         raise ValueError(_flag_message(err, given)) from None
+
+
+# ------------------------------------------------------------------------------------ running
+#: Seconds a Ctrl-C waits for the run to stop by itself (KeyboardInterrupt reaches Python only
+#: between XLA calls) before the process is ended; checkpoints are written atomically, so an
+#: ended run resumes like one stopped cleanly.
+INTERRUPT_GRACE_S = 2.0
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of `err`'s message, prefixed with its type unless it is a ValueError (the
+    project's own errors: bad values, run directories, checkpoints)."""
+    text = str(err).strip().splitlines()
+    text = text[0] if text else ""
+    if isinstance(err, ValueError) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _interrupted_message(options: RunOptions) -> str:
+    if options.eval_only:
+        return f"{PROG}: interrupted; the evaluation wrote nothing"
+    return (f"{PROG}: interrupted; the run in {options.out!r} keeps its checkpoints: continue it "
+            f"with --resume {options.out}")
+
+
+@contextlib.contextmanager
+def _interrupt_watchdog(message: str):
+    """Ends the process with `message` and status 130 if a SIGINT is not handled by Python
+    within `INTERRUPT_GRACE_S` (the main thread is inside a long XLA compilation or call).
+
+    The signal's C-level handler writes to a wakeup socket (`signal.set_wakeup_fd`) even while
+    the main thread is in C++, and a daemon thread watches it. Only installed on the main thread.
+    Yields a callable that prints `message` once (whoever reports first).
+    """
+    lock = threading.Lock()
+    reported = []
+
+    def report():
+        with lock:
+            if not reported:
+                reported.append(True)
+                print(message, file=sys.stderr, flush=True)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield report
+        return
+    done = threading.Event()
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            try:
+                data = reader.recv(1)
+            except OSError:
+                return
+            if not data:
+                return
+            if data[0] == signal.SIGINT:
+                break
+        if not done.wait(INTERRUPT_GRACE_S):
+            report()
+            os._exit(130)
+
+    threading.Thread(target=watch, name="sigint-watchdog", daemon=True).start()
+    try:
+        yield report
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        writer.close()
+        reader.close()
+
+
+def run_main(argv, run: Callable[[BenchmarkConfig, RunOptions], object]) -> int:
+    """Parse `argv` (usage errors: exit 2), then `run(config, options)`. Returns the exit
+    status: 0, 1 after a runtime fault (one line on stderr; with --debug the exception
+    propagates with its traceback), 130 after Ctrl-C (one line; the run stays resumable)."""
+    config, options = parse_args(argv)
+    if options.print_config:
+        sys.stdout.write(config.dumps(options.print_config))
+        return 0
+    with _interrupt_watchdog(_interrupted_message(options)) as report:
+        try:
+            run(config, options)
+        except KeyboardInterrupt:
+            if options.debug:
+                raise
+            report()
+            return 130
+        except Exception as err:  # every runtime fault ends in one line
+            if options.debug:
+                raise
+            print(f"{PROG}: error: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+            return 1
+    return 0

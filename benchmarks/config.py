@@ -2,10 +2,11 @@
 
 `BenchmarkConfig()` is the default run and `BenchmarkConfig.quick_preset()` the `--quick` smoke
 test. The benchmark config holds the library configs, so each value is validated once, by the
-class that owns it: `maml.rl.MAMLRLConfig` (MAML-RL), `PPOConfig` (non_adaptive and in_context
-training), the policies `SSMPolicy`/`MLPPolicy` (their sizes and core) and the benchmark's own
-sections for the rest. A bad value raises a ValueError naming the field, before anything is
-compiled.
+class that owns it: `maml.config.MAMLRLConfig` (MAML-RL), `PPOConfig` (non_adaptive and
+in_context training) and the benchmark's own sections for the rest (the policies' sizes and
+core are checked as `SSMPolicy`/`MLPPolicy` check them). A bad value raises a ValueError naming
+the field, before anything is compiled. This module imports no JAX: the command line validates
+a whole config before importing anything heavy.
 
 Field paths name nested values (`"maml.rl.inner_lr"`); `config.with_values({path: value})` is a
 validated copy with values changed and its ValueErrors start with the path (`benchmarks.cli` maps
@@ -25,15 +26,20 @@ import sys
 import typing
 from typing import Any, Mapping, Optional
 
+import ssm_jax
 from benchmarks.methods import METHODS
-from maml.ppo import PPOConfig
-from maml.rl import MAMLRLConfig
-from ssm_jax import MLPPolicy, SSMPolicy
+from maml.config import MAMLRLConfig, PPOConfig
+from ssm_jax import CORE_NAMES
 from ssm_jax.validation import check_bool, check_choice, check_int
 
 MODES = ("meta_rl", "policy_gradient")
 #: Methods each mode runs (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
+#: The largest training seed. A seed is a uint32 (the PRNG seed width): seed `s` is the key
+#: `jax.random.key(uint32(s))` (`benchmarks.training.seed_keys`, `benchmarks.evaluation.eval_key`),
+#: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
+#: would wrap around onto another seed's key).
+MAX_SEED = 2**32 - 1
 #: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
 ENV_NAMES = ("CartPole-v1",)
 
@@ -44,13 +50,17 @@ def _check_section(name: str, value: Any, cls: type) -> None:
 
 
 def _check_subset(name: str, values: tuple, choices: tuple, message: str) -> None:
-    """`values` is non-empty and each entry is one of `choices`, else ValueError(message)."""
+    """`values` is non-empty and each entry is one of `choices`, else ValueError(message); an
+    entry given twice is a ValueError naming it."""
     try:
         check_int(f"number of {name}", len(values), 1)
         for v in values:
             check_choice(name, v, choices)
     except ValueError:
         raise ValueError(message) from None
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name} must not repeat a method, got {list(values)} ({repeated} twice)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +104,8 @@ class MAMLTrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InContextPolicyConfig:
-    """The in_context (RL^2) agent's `SSMPolicy`: `core`, `state_dim`, `hidden_dim` and
-    `num_layers` stacked cores (validated by `SSMPolicy`)."""
+    """The in_context (RL^2) agent's `SSMPolicy`: `core` (one of `ssm_jax.CORE_NAMES`),
+    `state_dim`, `hidden_dim` and `num_layers` stacked cores (positive ints)."""
 
     core: str = "ssm"
     state_dim: int = 16
@@ -103,33 +113,35 @@ class InContextPolicyConfig:
     num_layers: int = 2
 
     def __post_init__(self):
-        self.build(obs_dim=1, action_dim=1)
+        check_choice("core", self.core, CORE_NAMES)
+        for name in ("state_dim", "hidden_dim", "num_layers"):
+            check_int(name, getattr(self, name))
 
-    def build(self, obs_dim: int, action_dim: int, parallel: bool = False) -> SSMPolicy:
-        return SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
+    def build(self, obs_dim: int, action_dim: int, parallel: bool = False) -> "ssm_jax.SSMPolicy":
+        return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
                          state_dim=self.state_dim, hidden_dim=self.hidden_dim,
                          num_layers=self.num_layers, parallel=parallel)
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """Sizes of the non_adaptive MLP and the MAML policies (validated by the policies):
-    `MLPPolicy` of width `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm",
-    state `state_dim` and width `hidden_dim` (maml_ssm)."""
+    """Sizes of the non_adaptive MLP and the MAML policies (positive ints): `MLPPolicy` of width
+    `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm", state `state_dim`
+    and width `hidden_dim` (maml_ssm)."""
 
     state_dim: int = 16
     hidden_dim: int = 64
 
     def __post_init__(self):
-        self.ssm(obs_dim=1, action_dim=1)
-        self.mlp(obs_dim=1, action_dim=1)
+        for name in ("state_dim", "hidden_dim"):
+            check_int(name, getattr(self, name))
 
-    def ssm(self, obs_dim: int, action_dim: int) -> SSMPolicy:
-        return SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core="ssm",
+    def ssm(self, obs_dim: int, action_dim: int) -> "ssm_jax.SSMPolicy":
+        return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core="ssm",
                          state_dim=self.state_dim, hidden_dim=self.hidden_dim)
 
-    def mlp(self, obs_dim: int, action_dim: int) -> MLPPolicy:
-        return MLPPolicy(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=self.hidden_dim)
+    def mlp(self, obs_dim: int, action_dim: int) -> "ssm_jax.MLPPolicy":
+        return ssm_jax.MLPPolicy(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=self.hidden_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +173,8 @@ class BenchmarkConfig:
       mode: "meta_rl" (every method) or "policy_gradient" (non_adaptive alone).
       env_name: the gymnax environment (one of `ENV_NAMES`).
       methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`.
-      seed, num_seeds: training seeds seed, seed + 1, ... (vmapped in training).
+      seed, num_seeds: training seeds seed, seed + 1, ..., seed + num_seeds - 1 (vmapped in
+        training), each in [0, MAX_SEED].
       chunk_size: training iterations per jitted chunk; checkpoint_every: iterations between
         checkpoints.
       quick: the run is the `--quick` smoke test.
@@ -202,9 +215,12 @@ class BenchmarkConfig:
         _check_subset("methods", methods, allowed,
                       f"mode {self.mode} runs only {list(allowed)}, got methods {list(methods)}")
         object.__setattr__(self, "methods", methods)
-        check_int("seed", self.seed, 0)
         for name in ("num_seeds", "chunk_size", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        if self.seed > MAX_SEED + 1 - self.num_seeds:
+            raise ValueError(f"seed must be <= {MAX_SEED + 1 - self.num_seeds} (2**32 - num_seeds: seeds "
+                             f"seed..seed+num_seeds-1 are uint32), got {self.seed!r}")
         check_bool("quick", self.quick)
         for name, cls in _sections(type(self)).items():
             _check_section(name, getattr(self, name), cls)

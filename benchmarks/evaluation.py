@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import adapt
 import envs
@@ -41,8 +42,9 @@ EPISODE_STEPS = 500
 
 
 def eval_key(seed: int, s: int) -> jax.Array:
-    """The evaluation key of seed index `s` (seed `seed + s`): tasks and rollouts derive from it."""
-    return jax.random.fold_in(jax.random.key(seed + s), EVAL_STREAM)
+    """The evaluation key of seed index `s` (seed `seed + s` as a uint32, as
+    `benchmarks.training.seed_keys`): tasks and rollouts derive from it."""
+    return jax.random.fold_in(jax.random.key(np.uint32(seed + s)), EVAL_STREAM)
 
 
 def test_tasks(key, num_tasks: int, task_dist=None):

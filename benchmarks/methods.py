@@ -10,7 +10,9 @@ seed, counted once. From the series stacked over seeds, the entry derives its pe
 
 `measure(config, trainers, states)` evaluates every configured method on the same test tasks
 per seed (`benchmarks.evaluation.eval_key` / `test_tasks`), so methods are paired by task.
-Adding a method is one new `Method` in `REGISTRY`.
+Adding a method is one new `Method` in `REGISTRY`. The registry itself imports no JAX (the
+command line lists and checks methods before importing it); evaluators and reports import
+`benchmarks.evaluation` / `benchmarks.stats` when they run.
 """
 
 from __future__ import annotations
@@ -18,11 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import jax
 import numpy as np
-
-from benchmarks import evaluation as ev
-from benchmarks.stats import summarize
 
 if TYPE_CHECKING:  # pragma: no cover
     from benchmarks.config import BenchmarkConfig
@@ -43,16 +41,21 @@ class Evaluation:
     env_steps: int
 
 
-Evaluator = Callable[[jax.Array, Any, "Trainer", Any, "BenchmarkConfig"], Evaluation]
+#: `(key, tasks, trainer, state, config) -> Evaluation`
+Evaluator = Callable[[Any, Any, "Trainer", Any, "BenchmarkConfig"], Evaluation]
 
 
 # ------------------------------------------------------------------------------------ evaluators
 def _num_tasks(tasks) -> int:
+    import jax
+
     return int(jax.tree.leaves(tasks)[0].shape[0])
 
 
 def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
     """The trained policy as is: series "return" `(N,)` (`evaluation.evaluate_policy`)."""
+    from benchmarks import evaluation as ev
+
     e = config.evaluation.num_envs
     r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env)
     return Evaluation({"return": np.asarray(r)}, ev.policy_env_steps(_num_tasks(tasks), e))
@@ -61,6 +64,8 @@ def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
 def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
     """RL^2 with its carry kept across one context episode: series "after_context" and
     "first_episode" `(N,)` (`evaluation.evaluate_in_context`)."""
+    from benchmarks import evaluation as ev
+
     e = config.evaluation.num_envs
     out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
                                  context_episodes=1)
@@ -71,6 +76,8 @@ def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
 def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy after 0..K inner steps, K = `config.reported_inner_steps`: series
     "by_inner_step" `(N, K + 1)` (`evaluation.evaluate_maml`)."""
+    from benchmarks import evaluation as ev
+
     e, k = config.evaluation.num_envs, config.reported_inner_steps
     by_step = ev.evaluate_maml(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e)
     return Evaluation({"by_inner_step": np.asarray(by_step)},
@@ -80,6 +87,8 @@ def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
 def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy adapted online by `adapt` between evaluation rounds: series "by_round"
     `(N, rounds)` (`evaluation.evaluate_test_time`)."""
+    from benchmarks import evaluation as ev
+
     e, rounds = config.evaluation.num_envs, config.evaluation.test_time_rounds
     r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
                               env=trainer.env, baseline=trainer.algo.config.baseline)
@@ -97,6 +106,8 @@ def _no_lines(entry) -> list:
 
 def _maml_report(num_inner_steps: Callable[[Any], int]):
     def report(series, kinds, config, trainer) -> dict:
+        from benchmarks.stats import summarize
+
         by_step = series["by_inner_step"]  # (S, N, K + 1)
         per_step = [summarize(by_step[..., k], kinds) for k in range(by_step.shape[-1])]
         return {"return_by_inner_step": [s["return_mean"] for s in per_step],
@@ -114,6 +125,8 @@ def _inner_step_lines(entry) -> list:
 
 
 def _test_time_report(series, kinds, config, trainer) -> dict:
+    from benchmarks.stats import summarize
+
     by_round = series["by_round"]  # (S, N, rounds)
     return {"return_by_round": [summarize(by_round[..., r], kinds)["return_mean"]
                                 for r in range(by_round.shape[-1])],
@@ -126,6 +139,8 @@ def _test_time_lines(entry) -> list:
 
 
 def _in_context_report(series, kinds, config, trainer) -> dict:
+    from benchmarks.stats import summarize
+
     return {"first_episode": summarize(series["first_episode"], kinds),
             "measured_on": "episodes after the first (context) episode, carry kept"}
 
@@ -259,6 +274,10 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=
     leading seed axis; `log`: called with a line before each evaluation of the first seed
     (where it compiles), None for silence.
     """
+    import jax
+
+    from benchmarks import evaluation as ev
+
     methods = [registry[m] for m in config.methods]
     per_seed = {m.name: [] for m in methods}
     kinds, physics = [], []

@@ -16,6 +16,9 @@ Training history keys (per-iteration means over seeds): PPO trainers record "epi
 trainers "pre_return" / "post_return" (train return before / after the inner steps) with
 "post_return_per_seed", and "return_by_step"; both record their losses. `migrate_history`
 maps a history stored under the generic key "return" onto these names.
+
+This module imports JAX and the algorithms only when a trainer is built or run, so the command
+line can check which config sections a run reads (`sections_used`) before importing them.
 """
 
 from __future__ import annotations
@@ -23,12 +26,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Callable
 
-import jax
-
 import envs
-from maml.ppo import PPO
-from envs.context import ContextWrapper
-from maml.rl import MAMLRL
+import maml
 
 if TYPE_CHECKING:  # pragma: no cover
     from benchmarks.config import BenchmarkConfig
@@ -104,6 +103,8 @@ class MAMLTrainer(Trainer):
         self.tasks_per_update = tasks_per_update
 
     def update(self, state, key):
+        import jax
+
         k_tasks, k_update = jax.random.split(key)
         tasks = self.task_dist.sample(k_tasks, self.tasks_per_update, "train")
         state, m = self.algo.meta_update(state, tasks, k_update)
@@ -121,23 +122,25 @@ def _action_dim(env) -> int:
 
 def _non_adaptive(name, config, env, task_dist) -> Trainer:
     policy = config.policy.mlp(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
-    algo = PPO(policy, config.non_adaptive, env=env, task_dist=task_dist)
+    algo = maml.PPO(policy, config.non_adaptive, env=env, task_dist=task_dist)
     return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
 
 
 def _in_context(name, config, env, task_dist) -> Trainer:
-    env = ContextWrapper(env)
+    import jax
+
+    env = envs.ContextWrapper(env)
     p = config.in_context_policy
     policy = p.build(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env),
                      parallel=p.core != "ssm" and jax.default_backend() != "cpu")
-    algo = PPO(policy, config.in_context, env=env, task_dist=task_dist)
+    algo = maml.PPO(policy, config.in_context, env=env, task_dist=task_dist)
     return PPOTrainer(name, policy, env, algo, config.in_context.total_iterations)
 
 
 def _maml(make_policy: Callable) -> Callable:
     def build(name, config, env, task_dist) -> Trainer:
         policy = make_policy(config.policy, obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
-        algo = MAMLRL(policy, config.maml.algorithm_config, env=env)
+        algo = maml.MAMLRL(policy, config.maml.algorithm_config, env=env)
         return MAMLTrainer(name, policy, env, algo, config.maml.num_meta_updates, task_dist,
                            config.maml.tasks_per_update)
     return build

@@ -44,9 +44,10 @@ TRAIN_STREAM = 1
 
 
 def seed_keys(seed: int, num_seeds: int, stream: int) -> jax.Array:
-    """`(num_seeds,)` keys: seed `seed + s`, folded with the stream id (init / train / eval)."""
+    """`(num_seeds,)` keys: seed `seed + s` as a uint32 (`benchmarks.config.MAX_SEED`), folded
+    with the stream id (init / train / eval)."""
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), stream))(
-        jnp.arange(seed, seed + num_seeds))
+        jnp.arange(seed, seed + num_seeds, dtype=jnp.uint32))
 
 
 @dataclasses.dataclass

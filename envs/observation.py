@@ -22,9 +22,6 @@ Pendulum-v1                 [cos theta, sin theta, theta_dot]      (3,)         
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 from ssm_jax.validation import check_choice
 
 OBS_MODES: tuple[str, ...] = ("full", "partial")
@@ -64,6 +61,8 @@ def observe(obs: jax.Array, obs_mode: str, env) -> jax.Array:
     check_obs_mode(obs_mode, env)
     if obs_mode == "full":
         return obs
+    import jax.numpy as jnp  # local: the names above are importable without JAX (maml.config)
+
     idx = jnp.asarray(PARTIAL_OBS_INDICES[_env_name(env)], dtype=jnp.int32)
     return jnp.take(obs, idx, axis=-1)
 

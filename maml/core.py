@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapt.core import finite_step, tree_select
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, chex.Array], chex.Array]
 LossFn = Callable[[chex.Array, chex.Array], chex.Array]
@@ -322,7 +324,8 @@ TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
 def check_tasks(tasks) -> int:
     """Validate a task batch (at trace time) and return the number of tasks.
 
-    Only ``TASK_KEYS`` need (and get) a leading task axis; other keys are allowed and ignored.
+    Only ``TASK_KEYS`` need (and get) a leading task axis, of size >= 1 (a mean over no task
+    is NaN); other keys are allowed and ignored.
     """
     if not isinstance(tasks, dict) or any(k not in tasks for k in TASK_KEYS):
         got = sorted(tasks) if isinstance(tasks, dict) else type(tasks).__name__
@@ -333,7 +336,11 @@ def check_tasks(tasks) -> int:
             f"tasks arrays must share a leading task axis; got leading sizes {sizes} "
             f"(shapes { {k: jnp.shape(tasks[k]) for k in TASK_KEYS} })."
         )
-    return next(iter(sizes.values()))
+    n = next(iter(sizes.values()))
+    if n < 1:
+        raise ValueError(f"tasks must hold at least one task, got a task axis of size 0 (shapes "
+                         f"{ {k: jnp.shape(tasks[k]) for k in TASK_KEYS} }).")
+    return n
 
 
 def meta_loss(params, inner_lr, tasks, *, objective: Objective, num_steps: int,
@@ -404,7 +411,15 @@ def meta_update(state: MetaState, batch, *, loss: Callable, optimizer, learn_inn
     update are over ``(params, inner_lr)`` (Meta-SGD); without it, over ``params`` only:
     ``state.inner_lr`` is a constant of the loss and is returned unchanged. The state must
     come from ``init_state`` with the same ``learn_inner_lr``. Returns ``(new_state,
-    metrics)``; metrics gain ``meta_loss`` and ``meta_grad_norm`` (of the learned part).
+    metrics)``; metrics gain ``meta_loss``, ``meta_grad_norm`` (of the learned part) and
+    ``skipped_steps`` (int32, 1 if the step was skipped).
+
+    Non-finite guard (``adapt.core.finite_step``, shared with ``adapt``): if the meta-loss, the
+    meta-gradient or the updated meta-parameters are not finite (a NaN in a batch, a huge step
+    size), the step is skipped: ``new_state`` is ``state`` unchanged (params, inner step sizes,
+    optimiser state and step counter) and ``skipped_steps`` is 1; the metrics still report the
+    non-finite loss, so a caller sees what happened. A finite step is taken exactly as without
+    the guard (a select, bit for bit).
     """
     if learn_inner_lr:
         def total(meta_params):
@@ -419,5 +434,9 @@ def meta_update(state: MetaState, batch, *, loss: Callable, optimizer, learn_inn
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
     new = optax.apply_updates(meta_params, updates)
     params, lr = new if learn_inner_lr else (new, state.inner_lr)
-    metrics = dict(metrics, meta_loss=value, meta_grad_norm=optax.tree.norm(grads))
-    return MetaState(params=params, inner_lr=lr, opt_state=opt_state, step=state.step + 1), metrics
+    ok = finite_step(value, grads, new)
+    new_state = tree_select(ok, MetaState(params=params, inner_lr=lr, opt_state=opt_state, step=state.step + 1),
+                            state)
+    metrics = dict(metrics, meta_loss=value, meta_grad_norm=optax.tree.norm(grads),
+                   skipped_steps=jnp.logical_not(ok).astype(jnp.int32))
+    return new_state, metrics

@@ -36,66 +36,7 @@ import optax
 
 import envs
 from maml import onpolicy
-from ssm_jax.validation import check_bool, check_float, check_int
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyper-parameters (validated on construction; ``ValueError`` names the bad field).
-
-    Attributes:
-      num_tasks: train tasks sampled per iteration (N), >= 1.
-      num_envs: parallel environments per task (E), >= 1; ``num_tasks * num_envs`` must be
-        divisible by ``num_minibatches``.
-      num_steps: rollout window length T in steps (each window starts from a fresh reset), >= 1.
-      update_epochs: passes over each iteration's data, >= 1.
-      num_minibatches: minibatches (of whole rows) per pass, >= 1.
-      lr: Adam step size, > 0; anneal_lr: decay it linearly to 0 over ``total_iterations``.
-      total_iterations: the schedule length in iterations (only used with anneal_lr), >= 1.
-      gamma, gae_lambda: discount and GAE lambda, in [0, 1].
-      clip_eps: PPO ratio clip, > 0; value_coef, entropy_coef: loss weights, >= 0.
-      grad_clip: global-norm clip of each gradient, > 0.
-      reward_scale: rewards are multiplied by this for the value targets and advantages, > 0.
-      carry_across_episodes: keep the recurrent carry across episodes in a window (RL^2).
-    """
-
-    num_tasks: int = 8
-    num_envs: int = 4
-    num_steps: int = 500
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    lr: float = 1e-3
-    anneal_lr: bool = True
-    total_iterations: int = 100
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    grad_clip: float = 0.5
-    reward_scale: float = 0.1
-    carry_across_episodes: bool = False
-
-    def __post_init__(self):
-        def set_(name, value):
-            object.__setattr__(self, name, value)
-
-        for name in ("num_tasks", "num_envs", "num_steps", "update_epochs", "num_minibatches",
-                     "total_iterations"):
-            set_(name, check_int(name, getattr(self, name)))
-        if (self.num_tasks * self.num_envs) % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches ({self.num_minibatches}) must divide num_tasks * num_envs "
-                f"({self.num_tasks * self.num_envs})")
-        set_("lr", check_float("lr", self.lr, minimum=0.0, strict_min=True))
-        for name in ("gamma", "gae_lambda"):
-            set_(name, check_float(name, getattr(self, name), minimum=0.0, maximum=1.0))
-        for name in ("clip_eps", "grad_clip", "reward_scale"):
-            set_(name, check_float(name, getattr(self, name), minimum=0.0, strict_min=True))
-        for name in ("value_coef", "entropy_coef"):
-            set_(name, check_float(name, getattr(self, name), minimum=0.0))
-        for name in ("anneal_lr", "carry_across_episodes"):
-            set_(name, check_bool(name, getattr(self, name)))
+from maml.config import PPOConfig
 
 
 @flax.struct.dataclass

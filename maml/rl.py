@@ -69,100 +69,13 @@ import optax
 
 import envs
 from maml import baseline, core, onpolicy
-from ssm_jax.validation import check_bool, check_choice, check_float, check_int
+from maml.config import BASELINES, MAMLRLConfig
+from ssm_jax.validation import check_int
 
 
 # --------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------
-BASELINES = ("value", "linear")
-
-
-@dataclasses.dataclass(frozen=True)
-class MAMLRLConfig:
-    """Hyper-parameters of MAML-RL (validated on construction).
-
-    Attributes:
-      inner_lr: inner step size (initial value of every per-parameter step size if
-        ``learn_inner_lr``), >= 0.
-      outer_lr: Adam step size, > 0.
-      outer_lr_decay_steps: if set, the outer step size decays linearly from ``outer_lr`` to 0
-        over this many Adam steps (meta-updates x ``num_outer_epochs``), so the final
-        meta-parameters settle instead of jittering at full step size (None: constant).
-      num_inner_steps: inner policy-gradient steps K (each on fresh support data), >= 0.
-      first_order: drop the second-order terms (see module docstring).
-      learn_inner_lr: Meta-SGD per-parameter inner step sizes, meta-learned.
-      grad_clip: global-norm clip of the meta-gradient (None: no clipping).
-      support_envs, support_steps: parallel envs E and time steps T of each support rollout.
-      query_envs, query_steps: the same for the query rollout.
-      gamma, gae_lambda: discount and GAE lambda, in [0, 1].
-      reward_scale: rewards are multiplied by this before computing advantages/values (> 0).
-      normalize_advantages: standardise advantages per (task, batch).
-      value_coef: weight of the value losses in the outer loss, >= 0.
-      entropy_coef: weight of the entropy bonus (query data) in the outer loss, >= 0.
-      clip_eps: PPO clip range of the outer ratio (only matters with several epochs), > 0.
-      num_outer_epochs: Adam steps per collected batch of data, >= 1.
-      baseline: where the advantages' baseline comes from: ``"value"``, the policy's value
-        head (trained in the outer loss), or ``"linear"``, a linear feature baseline fitted to
-        each batch's own returns (``maml.baseline``, as in the original MAML-RL; the value head
-        is then not trained).
-      obs_mode: "full" or "partial" observations (see ``envs.observation``).
-      carry_across_episodes: keep the recurrent carry across episodes within a rollout.
-      remat_inner: ``jax.checkpoint`` each recomputed inner step in the outer loss.
-    """
-
-    inner_lr: float = 0.1
-    outer_lr: float = 1e-3
-    outer_lr_decay_steps: Optional[int] = None
-    num_inner_steps: int = 1
-    first_order: bool = False
-    learn_inner_lr: bool = True
-    grad_clip: Optional[float] = 1.0
-    support_envs: int = 8
-    support_steps: int = 100
-    query_envs: int = 8
-    query_steps: int = 100
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    reward_scale: float = 0.1
-    normalize_advantages: bool = True
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    clip_eps: float = 0.2
-    num_outer_epochs: int = 1
-    baseline: str = "value"
-    obs_mode: str = "full"
-    carry_across_episodes: bool = False
-    remat_inner: bool = False
-
-    def __post_init__(self):
-        def f(name, strict=False, maximum=None):
-            value = check_float(name, getattr(self, name), minimum=0.0, strict_min=strict, maximum=maximum)
-            object.__setattr__(self, name, value)
-
-        i = lambda name, minimum: object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=minimum))
-        f("inner_lr")
-        f("outer_lr", strict=True)
-        i("num_inner_steps", 0)
-        if self.outer_lr_decay_steps is not None:
-            i("outer_lr_decay_steps", 1)
-        for name in ("support_envs", "support_steps", "query_envs", "query_steps", "num_outer_epochs"):
-            i(name, 1)
-        for name in ("gamma", "gae_lambda"):
-            f(name, maximum=1.0)
-        f("reward_scale", strict=True)
-        f("value_coef")
-        f("entropy_coef")
-        f("clip_eps", strict=True)
-        if self.grad_clip is not None:
-            f("grad_clip", strict=True)
-        for name in ("first_order", "learn_inner_lr", "normalize_advantages", "carry_across_episodes",
-                     "remat_inner"):
-            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
-        check_choice("baseline", self.baseline, BASELINES)
-        check_choice("obs_mode", self.obs_mode, envs.OBS_MODES)
-
-
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
@@ -372,6 +285,8 @@ class MAMLRL:
         if not leaves or jnp.ndim(leaves[0]) < 1:
             raise ValueError("tasks must be an EnvParams batch with a leading task axis "
                              "(e.g. envs.CartPoleTasks().sample(key, num_tasks)).")
+        if jnp.shape(leaves[0])[0] < 1:
+            raise ValueError("tasks must hold at least one task, got a task axis of size 0")
         return jnp.shape(leaves[0])[0]
 
     def _meta_update(self, state: core.MetaState, tasks, key):

@@ -1,26 +1,20 @@
-"""State space model layers and policies in Flax, sharing one sequence/step contract."""
+"""State space model layers and policies in Flax, sharing one sequence/step contract.
 
-from ssm_jax.checkpoint import load, save
-from ssm_jax.diagonal import DiagonalSSM
-from ssm_jax.distributions import Categorical, Gaussian
-from ssm_jax.policy import CORES, MLPPolicy, PolicyOutput, SSMPolicy
-from ssm_jax.scan import linear_recurrence, reset_carry, sequential_scan
-from ssm_jax.selective import SelectiveSSM
-from ssm_jax.ssm import SSM
+Names are imported on first use (``ssm_jax.lazy``): ``import ssm_jax`` alone imports no JAX.
+"""
 
-__all__ = [
-    "SSM",
-    "DiagonalSSM",
-    "SelectiveSSM",
-    "SSMPolicy",
-    "MLPPolicy",
-    "PolicyOutput",
-    "Categorical",
-    "Gaussian",
-    "CORES",
-    "save",
-    "load",
-    "linear_recurrence",
-    "reset_carry",
-    "sequential_scan",
-]
+from ssm_jax.lazy import lazy_exports
+
+#: The policy cores' names (the keys of ``ssm_jax.policy.CORES``), importable without JAX.
+CORE_NAMES = ("diagonal", "selective", "ssm")
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "checkpoint": ("load", "save"),
+    "diagonal": ("DiagonalSSM",),
+    "distributions": ("Categorical", "Gaussian"),
+    "policy": ("CORES", "MLPPolicy", "PolicyOutput", "SSMPolicy"),
+    "scan": ("linear_recurrence", "reset_carry", "sequential_scan"),
+    "selective": ("SelectiveSSM",),
+    "ssm": ("SSM",),
+})
+__all__ = __all__ + ["CORE_NAMES"]

@@ -4,7 +4,8 @@ Every model in :mod:`ssm_jax` keeps a recurrent state ``h`` that starts at zero.
 true means: row ``b`` forgets its state before reading step ``t`` (an episode boundary inside a
 batch of trajectories). The diagonal layers have the recurrence ``h_t = a_t * h_{t-1} + b_t``
 (elementwise), which this module evaluates either with ``jax.lax.scan`` or with
-``jax.lax.associative_scan``; both give the same numbers up to float rounding.
+``jax.lax.associative_scan``; both give the same numbers up to float rounding, and both clear
+a non-finite state at a reset (the state after a reset never depends on the one before).
 """
 
 from __future__ import annotations
@@ -59,10 +60,15 @@ def sequential_scan(
 
 
 def _combine(left, right):
-    """Compose two affine maps ``h -> a*h + b`` (left applied first)."""
-    a_l, b_l = left
-    a_r, b_r = right
-    return a_l * a_r, a_r * b_l + b_r
+    """Compose two resettable affine maps ``h -> where(r, b, a*h + b)`` (left applied first).
+
+    A reset on the right makes the composition the constant ``b_r`` by selection, never by
+    multiplying the left part by zero, so a NaN or infinite state before a reset is cleared
+    exactly as the sequential scan clears it (``0 * nan`` would be NaN).
+    """
+    a_l, b_l, r_l = left
+    a_r, b_r, r_r = right
+    return a_l * a_r, jnp.where(_expand(r_r, b_r), b_r, a_r * b_l + b_r), r_l | r_r
 
 
 def linear_recurrence(
@@ -85,10 +91,11 @@ def linear_recurrence(
       ``(batch, time, *state)``: ``h_1 .. h_T``.
     """
     if parallel:
-        a = jnp.where(_expand(resets, a), jnp.zeros_like(a), a)
-        # Fold the incoming state into the first input: h_1 = a_1 h0 + b_1.
-        b = b.at[:, 0].add(a[:, 0] * h0)
-        _, hs = jax.lax.associative_scan(_combine, (a, b), axis=1)
+        # Fold the incoming state into the first input (h_1 = a_1 h0 + b_1, or b_1 after a
+        # reset); the first element then ignores its input, like a reset.
+        b = b.at[:, 0].set(jnp.where(_expand(resets[:, 0], h0), b[:, 0], a[:, 0] * h0 + b[:, 0]))
+        r = resets.at[:, 0].set(True)
+        _, hs, _ = jax.lax.associative_scan(_combine, (a, b, r), axis=1)
         return hs
 
     def step(h, ab):

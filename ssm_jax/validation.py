@@ -3,7 +3,8 @@
 
 Each check raises a ``ValueError`` whose message names the argument and what it must be (type,
 range, choices or shape), so every config and entry point reports a bad value the same way.
-The checks read only Python values and static shapes, so they run at trace time: a wrong input
+The checks read only Python values and static shapes, so they run at trace time (and this
+module imports no JAX, so configs validate before JAX is imported): a wrong input
 fails at the call, with that message, rather than deep inside XLA.
 """
 
@@ -14,8 +15,6 @@ import numbers
 import operator
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -101,6 +100,8 @@ def check_array(name: str, x: Any, expected: Sequence[int | None], expected_str:
 
 def check_carry(name: str, carry: Any, reference: Any) -> None:
     """Raise ``ValueError`` unless ``carry`` has the structure and shapes of ``reference``."""
+    import jax  # local: the other checks (and the configs using them) import no JAX
+
     ref_leaves, ref_tree = jax.tree_util.tree_flatten(reference)
     leaves, tree = jax.tree_util.tree_flatten(carry)
     if tree != ref_tree:
@@ -113,7 +114,7 @@ def check_carry(name: str, carry: Any, reference: Any) -> None:
             )
         dtype = getattr(leaf, "dtype", None)
         # Same kind (real vs complex); a wider float (e.g. float64 under x64) is accepted.
-        if dtype is None or jnp.iscomplexobj(leaf) != jnp.iscomplexobj(ref):
+        if dtype is None or np.iscomplexobj(leaf) != np.iscomplexobj(ref):
             raise ValueError(
                 f"{name} leaves must have dtypes {[str(r.dtype) for r in ref_leaves]}, "
                 f"got {[str(getattr(l, 'dtype', None)) for l in leaves]}"
