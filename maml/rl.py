@@ -301,7 +301,9 @@ class MAMLRL:
             return core.meta_update(st, (support, query), loss=self.outer_loss, optimizer=self.optimizer,
                                     learn_inner_lr=c.learn_inner_lr)
 
+        step = state.step
         state, metrics = jax.lax.scan(epoch, state, None, length=c.num_outer_epochs)
+        state = state.replace(step=step + 1)  # one meta-update, however many Adam steps it took
         metrics = jax.tree.map(lambda m: m[0], metrics)  # the first epoch is on-policy
         returns = jnp.concatenate([support.episode_return, query.episode_return[:, None]], 1)
         metrics.update(pre_return=jnp.mean(returns[:, 0]), post_return=jnp.mean(returns[:, -1]),

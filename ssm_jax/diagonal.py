@@ -35,6 +35,11 @@ def _log_uniform(low: float, high: float):
     return init
 
 
+def _as_complex(u: jax.Array) -> jax.Array:
+    """``u`` as the complex type of its precision: complex64 for float32, complex128 for float64."""
+    return u.astype(jnp.result_type(u.dtype, jnp.complex64))
+
+
 class DiagonalSSM(nn.Module):
     """Diagonal complex SSM with a learnable ZOH step size.
 
@@ -78,7 +83,8 @@ class DiagonalSSM(nn.Module):
         self.D = self.param("D", nn.initializers.normal(1.0), (h,))
 
     def discretize(self) -> tuple[jax.Array, jax.Array]:
-        """Zero-order hold: ``(Abar (state_dim,), Bbar (state_dim, hidden_dim))``, complex64."""
+        """Zero-order hold: ``(Abar (state_dim,), Bbar (state_dim, hidden_dim))``, complex64
+        (complex128 with float64 params)."""
         lam = -jnp.exp(self.log_neg_real) + 1j * self.imag
         dt = jnp.exp(self.log_step)
         a_bar = jnp.exp(lam * dt)
@@ -99,7 +105,7 @@ class DiagonalSSM(nn.Module):
         xs, resets, carry = prepare_sequence(self, xs, resets, carry)
         a_bar, b_bar = self.discretize()
         u = self.encoder(xs)
-        drive = u.astype(jnp.complex64) @ b_bar.T
+        drive = _as_complex(u) @ b_bar.T
         decay = jnp.broadcast_to(a_bar, drive.shape)
         hs = linear_recurrence(decay, drive, carry, resets, parallel=self.parallel)
         return self._readout(hs, u), hs[:, -1]
@@ -111,5 +117,5 @@ class DiagonalSSM(nn.Module):
             carry = reset_carry(carry, reset)
         a_bar, b_bar = self.discretize()
         u = self.encoder(x)
-        h = a_bar * carry + u.astype(jnp.complex64) @ b_bar.T
+        h = a_bar * carry + _as_complex(u) @ b_bar.T
         return self._readout(h, u), h

@@ -7,7 +7,7 @@ import pytest
 
 import envs
 from envs.context import ContextWrapper
-from ssm_jax import MLPPolicy
+from ssm_jax import SSMPolicy
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,14 @@ def test_step_appends_previous_action_reward_done_against_hand_stepped_gymnax(ba
 
 
 def test_rollout_with_wrapper_and_carry_across_episodes(base):
-    """envs.rollout accepts the wrapper; the context columns of traj.obs[t+1] are step t's."""
+    """envs.rollout accepts the wrapper; the context columns of traj.obs[t+1] are step t's; with
+    a recurrent policy (an SSM, whose carry is not empty) the carry really crosses episodes: the
+    log-probs are the sequence apply's with a fresh carry at t = 0 only, and after the first
+    episode end they differ from those of a carry reset at every episode start."""
     env = ContextWrapper(base)
-    policy = MLPPolicy(obs_dim=8, action_dim=2, hidden_dim=8)
+    policy = SSMPolicy(obs_dim=8, action_dim=2, state_dim=4, hidden_dim=8)
     params = policy.init(jax.random.key(0), jnp.zeros((1, 1, 8)))
+    assert jax.tree.leaves(policy.initialize_carry(1))  # a real carry
     task = envs.CartPoleTasks().sample(jax.random.key(2), 1)
     task = jax.tree.map(lambda x: x[0], task)
     traj = envs.rollout(jax.random.key(3), policy, params, task, num_envs=3, num_steps=60,
@@ -66,6 +70,23 @@ def test_rollout_with_wrapper_and_carry_across_episodes(base):
     np.testing.assert_array_equal(obs[:, 1:, 6], np.asarray(traj.rewards)[:, :-1])
     np.testing.assert_array_equal(obs[:, 1:, 7], np.asarray(traj.dones)[:, :-1].astype(np.float32))
     np.testing.assert_array_equal(obs[:, 0, 4:], 0.0)
+
+    def log_probs(resets):
+        out, _ = policy.apply(params, traj.obs, resets=resets)
+        return np.asarray(out.dist.log_prob(traj.actions))
+
+    first_only = np.zeros(traj.resets.shape, bool)
+    first_only[:, 0] = True
+    kept = log_probs(jnp.asarray(first_only))
+    np.testing.assert_allclose(kept, np.asarray(traj.log_probs), rtol=1e-5, atol=1e-5)
+    reset = log_probs(traj.resets)
+    ends = np.asarray(traj.dones)
+    assert ends[:, :-1].any()
+    first_end = np.argmax(ends, axis=1)
+    for e in range(3):
+        if ends[e, :-1].any():
+            np.testing.assert_allclose(kept[e, :first_end[e] + 1], reset[e, :first_end[e] + 1], rtol=1e-5, atol=1e-5)
+            assert np.abs(kept[e, first_end[e] + 1:] - reset[e, first_end[e] + 1:]).max() > 1e-4
 
 
 def test_partial_obs_mode_on_wrapper_is_rejected_and_equal_wrappers_hash_equal(base):

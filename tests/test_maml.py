@@ -105,6 +105,49 @@ def test_meta_sgd_learned_lr_gradient_matches_finite_differences():
         chex.assert_trees_all_close(grad, fd, rtol=1e-6, atol=1e-8)
 
 
+def test_anil_masked_second_order_meta_gradient_matches_finite_differences():
+    """adapt_filter (ANIL): only w2, b2 take inner steps, yet the second-order meta-gradient of
+    every leaf (the frozen torso included, through the adapted head's dependence on it) equals
+    float64 central finite differences, and differs from the unmasked one."""
+    with jax.enable_x64(True):
+        params = tiny_params(jax.random.key(40), jnp.float64)
+        tasks = tiny_tasks(jax.random.key(41), dtype=jnp.float64)
+        anil = MetaMAML(tiny_apply, inner_lr=0.4, num_inner_steps=2, adapt_filter=["w2", "b2"])
+        anil.init(params)
+        loss = lambda p: anil.meta_loss(p, tasks)  # noqa: E731
+        grad = jax.jit(jax.grad(loss))(params)
+        fd = central_fd_grad(jax.jit(loss), params, eps=1e-5)
+        chex.assert_trees_all_close(grad, fd, rtol=1e-6, atol=1e-8)
+        # reference loss with the mask written out: the torso stays, the head takes two steps
+        def masked(p):
+            total = 0.0
+            for i in range(tasks["support_x"].shape[0]):
+                a = p
+                for _ in range(2):
+                    g = jax.grad(mse)(a, tasks["support_x"][i], tasks["support_y"][i])
+                    a = {**a, "w2": a["w2"] - 0.4 * g["w2"], "b2": a["b2"] - 0.4 * g["b2"]}
+                total = total + mse(a, tasks["query_x"][i], tasks["query_y"][i])
+            return total / tasks["support_x"].shape[0]
+        np.testing.assert_allclose(float(loss(params)), float(masked(params)), rtol=1e-12)
+        full = MetaMAML(tiny_apply, inner_lr=0.4, num_inner_steps=2)
+        full_grad = jax.jit(jax.grad(lambda p: full.meta_loss(p, tasks)))(params)
+        assert optax.tree.norm(jax.tree.map(jnp.subtract, full_grad, grad)) > 1e-3 * optax.tree.norm(grad)
+
+
+def test_remat_inner_gives_the_same_meta_gradient():
+    """jax.checkpoint of each inner step recomputes instead of storing: the same second-order
+    meta-gradient, of the params and of the Meta-SGD step sizes."""
+    params = tiny_params(jax.random.key(42))
+    tasks = tiny_tasks(jax.random.key(43))
+    kw = dict(inner_lr=0.3, num_inner_steps=3, learn_inner_lr=True)
+    plain, remat = MetaMAML(tiny_apply, **kw), MetaMAML(tiny_apply, **kw, remat_inner=True)
+    lrs = plain.init(params).inner_lr
+    grads = [jax.jit(jax.grad(lambda p, l, m=m: m.meta_loss(p, tasks, inner_lr=l), argnums=(0, 1)))(params, lrs)
+             for m in (plain, remat)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    assert optax.tree.norm(grads[0][0]) > 0 and optax.tree.norm(grads[0][1]) > 0
+
+
 def test_first_order_matches_first_order_formula():
     params = tiny_params(jax.random.key(4))
     tasks = tiny_tasks(jax.random.key(5))
@@ -247,8 +290,9 @@ def test_init_inner_lr_is_a_params_shaped_tree_of_the_value():
         chex.assert_trees_all_equal(state.inner_lr, lrs)
 
 
-def _adam_reference(grads_per_step, start, outer_lr, clip=None, b1=0.9, b2=0.999, eps=1e-8):
-    """Explicit Adam (after global-norm clipping) over a flat list of leaves; returns every iterate."""
+def _adam_reference(grads_per_step, start, outer_lr, clip=None, b1=0.9, b2=0.999, eps=1e-8, clipped=None):
+    """Explicit Adam (after global-norm clipping) over a flat list of leaves; returns the final
+    iterate. ``clipped``, a list, receives per step whether the clip changed the gradient."""
     x = [np.asarray(a, np.float64) for a in start]
     m = [np.zeros_like(a) for a in x]
     v = [np.zeros_like(a) for a in x]
@@ -256,6 +300,8 @@ def _adam_reference(grads_per_step, start, outer_lr, clip=None, b1=0.9, b2=0.999
         g = [np.asarray(a, np.float64) for a in grad_fn(x)]
         if clip is not None:
             norm = np.sqrt(sum(np.sum(a ** 2) for a in g))
+            if clipped is not None:
+                clipped.append(bool(norm > clip))
             if norm >= clip:
                 g = [a * clip / norm for a in g]
         m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
@@ -305,7 +351,12 @@ def test_meta_update_matches_explicit_meta_sgd_adam_reference(learn_inner_lr):
             return fn
 
         start = leaves + (jax.tree.leaves(lr0) if learn_inner_lr else [])
-        ref = _adam_reference([grad_fn(t) for t in batches], start, 0.01, clip=0.05)
+        clipped = []
+        ref = _adam_reference([grad_fn(t) for t in batches], start, 0.01, clip=0.05, clipped=clipped)
+        assert any(clipped), "the clip must act on at least one step, or it is not tested"
+        # without the clip Adam would land elsewhere: grad_clip is applied, not just accepted
+        unclipped = _adam_reference([grad_fn(t) for t in batches], start, 0.01)
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(ref, unclipped)) > 1e-6
         chex.assert_trees_all_close(state.params, jax.tree.unflatten(treedef, ref[:n]), rtol=1e-9, atol=1e-12)
         if learn_inner_lr:
             chex.assert_trees_all_close(state.inner_lr, jax.tree.unflatten(treedef, ref[n:]), rtol=1e-9, atol=1e-12)

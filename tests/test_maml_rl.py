@@ -5,6 +5,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -79,23 +80,74 @@ def test_outer_gradient_depends_on_first_order_and_first_order_is_identity_jacob
     assert jnp.all(jnp.isfinite(v_so)) and jnp.all(jnp.isfinite(v_fo))
     assert float(jnp.linalg.norm(v_so - v_fo)) > 1e-3 * float(jnp.linalg.norm(v_fo))
 
-    # reference for first order: the adapted params theta_k = theta + sg(theta_k - theta),
-    # i.e. the second-order loss with every inner displacement detached
+    # reference for first order, written from the policy's apply alone: the LVC inner step
+    # theta_{k+1} = theta_k - lr * grad(-mean(exp(log pi - log pi_old) * A)), with every inner
+    # displacement detached (theta + sg(theta_k - theta)), then the clipped query surrogate
+    policy, lrs = so.policy, state.inner_lr
+
+    def log_probs(p, batch):
+        out, _ = policy.apply(p, batch.obs, resets=batch.resets)
+        return out.dist.log_prob(batch.actions)
+
+    def lvc(p, batch):
+        return -jnp.mean(jnp.exp(log_probs(p, batch) - batch.old_log_probs) * batch.advantages)
+
     def detached_loss(p):
         def one(sup, qry):
-            def step(theta, batch):
-                new, (_, vloss) = so.inner_step(theta, state.inner_lr, batch)
-                return jax.tree.map(lambda t, n: t + jax.lax.stop_gradient(n - t), theta, new), vloss
-            theta, vls = jax.lax.scan(step, p, sup)
-            lp, val, ent = so._outputs(theta, qry)
-            ratio = jnp.exp(lp - qry.old_log_probs)
-            pg = -jnp.mean(jnp.minimum(ratio * qry.advantages,
-                                       jnp.clip(ratio, 0.8, 1.2) * qry.advantages))
-            vloss = 0.5 * (jnp.mean((val - qry.returns) ** 2) + jnp.mean(vls))
-            return pg + so.config.value_coef * vloss
+            theta = p
+            for k in range(SMALL["num_inner_steps"]):
+                batch = jax.tree.map(lambda b: b[k], sup)
+                new = jax.tree.map(lambda t, l, g: t - l * g, theta, lrs, jax.grad(lvc)(theta, batch))
+                theta = jax.tree.map(lambda t, n: t + jax.lax.stop_gradient(n - t), theta, new)
+            ratio = jnp.exp(log_probs(theta, qry) - qry.old_log_probs)
+            return -jnp.mean(jnp.minimum(ratio * qry.advantages, jnp.clip(ratio, 0.8, 1.2) * qry.advantages))
         return jnp.mean(jax.vmap(one)(support, query))
 
+    assert so.config.value_coef == 0.0 and so.config.entropy_coef == 0.0 and so.config.clip_eps == 0.2
     chex.assert_trees_all_close(g_fo, jax.jit(jax.grad(detached_loss))(state.params), rtol=2e-4, atol=1e-6)
+
+
+def test_remat_inner_gives_the_same_second_order_meta_gradient(mlp_data):
+    """remat_inner checkpoints each recomputed inner step of the outer loss: the same
+    second-order meta-gradient of the params and of the Meta-SGD step sizes."""
+    _, state, support, query = mlp_data
+    grads = []
+    for remat in (False, True):
+        algo = small_algo(remat_inner=remat)
+        assert not algo.config.first_order
+        loss = lambda x, a=algo: a.outer_loss(x[0], x[1], (support, query))[0]  # noqa: E731
+        grads.append(jax.jit(jax.grad(loss))((state.params, state.inner_lr)))
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert all(float(optax.tree.norm(g)) > 0 for g in grads[0])
+
+
+def test_several_outer_epochs_are_adam_steps_on_the_same_data():
+    """num_outer_epochs=2: the data are collected once (task i: key i of split(key, N)), then two
+    clipped Adam steps on the outer loss, each at the current (params, step sizes); the metrics
+    are the first, on-policy epoch's."""
+    algo = small_algo(num_inner_steps=1, first_order=True, num_outer_epochs=2)
+    state = algo.init(jax.random.key(7))
+    tasks = envs.CartPoleTasks().sample(jax.random.key(8), 2)
+    key = jax.random.key(9)
+    new, metrics = algo.meta_update(state, tasks, key)
+    c = algo.config
+    data = jax.jit(jax.vmap(lambda t, k: algo.collect_task(
+        state.params, state.inner_lr, t, k, 1, (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))[1:]))(
+        tasks, jax.random.split(key, 2))
+    loss = jax.jit(jax.value_and_grad(lambda x: algo.outer_loss(x[0], x[1], data), has_aux=True))
+    x, opt_state = (state.params, state.inner_lr), state.opt_state
+    for epoch in range(2):
+        (value, parts), g = loss(x)
+        updates, opt_state = algo.optimizer.update(g, opt_state, x)
+        x = optax.apply_updates(x, updates)
+        if epoch == 0:
+            first, after_one = parts, x
+    chex.assert_trees_all_close((new.params, new.inner_lr), x, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(metrics["policy_loss"], first["policy_loss"], rtol=1e-5, atol=1e-7)
+    # the second epoch is a real second step, and the state counts one meta-update
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(after_one), jax.tree.leaves(x))) > 1e-6
+    assert int(new.step) == 1
 
 
 def test_second_order_meta_gradient_matches_explicit_score_function_formula():
@@ -200,14 +252,48 @@ def test_gae_matches_python_loop():
     np.testing.assert_allclose(ret, ref + v, rtol=1e-5, atol=1e-5)
 
 
-def test_adapt_and_evaluate_shapes_and_range(mlp_data):
+def _hand_mean_return(traj) -> float:
+    """Mean of the returns (reward sums) of the episodes that end in the window, NaN if none."""
+    returns = []
+    for r_row, d_row in zip(np.asarray(traj.rewards), np.asarray(traj.dones)):
+        total = 0.0
+        for r, d in zip(r_row, d_row):
+            total += float(r)
+            if d:
+                returns.append(total)
+                total = 0.0
+    return float(np.mean(returns)) if returns else float("nan")
+
+
+def test_adapt_and_evaluate_equals_rollouts_and_manual_inner_steps(mlp_data):
+    """Task i gets key i of split(key, N), step k key k of split(key_i, K + 1); the return after
+    k steps is the hand-counted completed episodes of envs.rollout of theta_k with that key
+    (theta_0 the meta-params), and theta_{k+1} = theta_k - lr * grad of the inner loss on it."""
     algo, state, _, _ = mlp_data
-    out = algo.adapt_and_evaluate(state, envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test"),
-                                  jax.random.key(2), num_inner_steps=2, num_envs=2, num_steps=40)
+    tasks = envs.CartPoleTasks().sample(jax.random.key(1), 3, split="test")
+    K, E, T = 2, 2, 40
+    out = algo.adapt_and_evaluate(state, tasks, jax.random.key(2), num_inner_steps=K, num_envs=E, num_steps=T)
     chex.assert_shape(out["segment_return"], (3, 3))
+    chex.assert_shape(out["completed_return"], (3, 3))
     chex.assert_trees_all_equal_shapes(out["params"], jax.tree.map(lambda p: jnp.stack([p] * 3), state.params))
     seg = np.asarray(out["segment_return"])
     assert np.all((seg >= 1) & (seg <= 40))
+
+    rollout = jax.jit(lambda p, k, t: envs.rollout(k, algo.policy, p, t, num_envs=E, num_steps=T))
+    collect = jax.jit(lambda p, k, t: algo.collect(p, k, t, E, T))
+    inner_grad = jax.jit(jax.grad(lambda p, b: algo.inner_objective(p, b)[0]))
+    for i, key_i in enumerate(jax.random.split(jax.random.key(2), 3)):
+        task = jax.tree.map(lambda x: x[i], tasks)
+        theta = state.params
+        for k, key in enumerate(jax.random.split(key_i, K + 1)):
+            traj = rollout(theta, key, task)
+            np.testing.assert_allclose(out["completed_return"][i, k], _hand_mean_return(traj), rtol=1e-6)
+            if k < K:
+                theta = jax.tree.map(lambda p, l, g: p - l * g, theta, state.inner_lr,
+                                     inner_grad(theta, collect(theta, key, task)))
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], out["params"]), theta, rtol=1e-5, atol=1e-6)
+        assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                   zip(jax.tree.leaves(theta), jax.tree.leaves(state.params))) > 1e-4
 
 
 @pytest.mark.parametrize("kwargs, field", [

@@ -1,6 +1,7 @@
 """maml.ppo: a library algorithm (importable without ``benchmarks``); at the sampling params the
-clipped loss is the plain policy gradient (ratio 1, approximate KL 0); one ``update`` takes
-``update_epochs x num_minibatches`` Adam steps; config validation."""
+clipped loss is the plain policy gradient (ratio 1, approximate KL 0), away from them it is the
+hand-computed clipped surrogate; one ``update`` takes ``update_epochs x num_minibatches`` Adam
+steps on minibatches of whole (task, env) rows, the first one on-policy; config validation."""
 
 import os
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs.context import ContextWrapper
 from maml import PPO, PPOConfig, PPOState, onpolicy
 from ssm_jax import MLPPolicy, SSMPolicy
 
@@ -110,3 +112,84 @@ def test_update_takes_update_epochs_times_minibatches_adam_steps():
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):
         PPOConfig(**kw)
+
+
+def test_clipped_loss_against_a_hand_computation_away_from_the_sampling_params():
+    """At params that did not sample the data (ratios away from 1, some clipped): the loss and
+    its parts from numpy on the policy's own log-probs, values and entropies."""
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    ppo = PPO(policy, PPOConfig(**SMALL, value_coef=0.5, entropy_coef=0.01, clip_eps=0.1))
+    params = ppo.init(jax.random.key(0)).params
+    batch, _ = jax.jit(_batch_at_sampling_params, static_argnums=(0, 2))(ppo, params, 1)
+    moved = jax.tree.map(lambda p, k: p + 0.3 * jax.random.normal(k, p.shape),
+                         params, _leaf_keys(params, jax.random.key(5)))
+    loss, (pg, vloss, ent, kl) = jax.jit(ppo._loss)(moved, batch)
+
+    obs, actions, resets, old_logp, adv, targets = batch
+    out, _ = policy.apply(moved, obs, resets=resets)
+    logp = np.asarray(out.dist.log_prob(actions), np.float64)
+    ratio = np.exp(logp - np.asarray(old_logp, np.float64))
+    a = np.asarray(adv, np.float64)
+    a = (a - a.mean()) / (a.std() + 1e-8)
+    unclipped, clipped = ratio * a, np.clip(ratio, 0.9, 1.1) * a
+    assert np.mean(clipped < unclipped) > 0.05          # the clip is active on part of the batch
+    pg_ref = -np.mean(np.minimum(unclipped, clipped))
+    v_ref = np.mean((np.asarray(out.value, np.float64) - np.asarray(targets, np.float64)) ** 2)
+    ent_ref = np.mean(np.asarray(out.dist.entropy(), np.float64))
+    kl_ref = np.mean((ratio - 1.0) - np.log(ratio))
+    np.testing.assert_allclose([pg, vloss, ent, kl], [pg_ref, v_ref, ent_ref, kl_ref], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(loss, pg_ref + 0.5 * v_ref - 0.01 * ent_ref, rtol=1e-4, atol=1e-6)
+    assert kl_ref > 1e-3 and not np.isclose(pg_ref, -np.mean(ratio * a))
+
+
+def _leaf_keys(tree, key):
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+
+
+@pytest.mark.parametrize("carry_across", [False, True], ids=["mlp", "rl2"])
+def test_update_minibatches_are_whole_rows_and_its_first_step_is_on_policy(carry_across):
+    """Every minibatch of an update (recorded from inside the jitted update) holds whole
+    (task, env) rows: each epoch's minibatches partition the rows, and each row's log-probs,
+    recomputed from its observations by the sampling params, are the ones it was sampled with
+    (so a row is never cut in time nor mixed with another's). The first minibatch step is at
+    the sampling params: approx_kl exactly 0. With carry_across (RL^2: an SSM on context
+    observations, carry kept across episodes) the rows start from a zero carry only at t = 0."""
+    base = envs.make("CartPole-v1")[0]
+    if carry_across:
+        env = ContextWrapper(base)
+        policy = SSMPolicy(obs_dim=8, action_dim=2, state_dim=4, hidden_dim=8)
+    else:
+        env, policy = base, MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    ppo = PPO(policy, PPOConfig(**SMALL, carry_across_episodes=carry_across), env=env)
+    state = ppo.init(jax.random.key(0))
+    seen = []
+    loss = ppo._loss
+
+    def recording_loss(params, batch):
+        value, aux = loss(params, batch)
+        jax.debug.callback(lambda b, a: seen.append((jax.tree.map(np.asarray, b), np.asarray(a[3]))),
+                           batch, aux, ordered=True)
+        return value, aux
+
+    ppo._loss = recording_loss
+    _, metrics = jax.jit(ppo.update)(state, jax.random.key(1))
+    jax.effects_barrier()
+    c = ppo.config
+    rows = c.num_tasks * c.num_envs
+    assert len(seen) == c.update_epochs * c.num_minibatches
+    assert seen[0][1] == 0.0 and float(metrics["approx_kl"]) > 0.0  # later steps are off-policy
+
+    recompute = jax.jit(lambda obs, resets, actions: policy.apply(state.params, obs, resets=resets)[0]
+                        .dist.log_prob(actions))
+    for epoch in range(c.update_epochs):
+        epoch_rows = []
+        for batch, _ in seen[epoch * c.num_minibatches:(epoch + 1) * c.num_minibatches]:
+            obs, actions, resets, old_logp, _, _ = batch
+            assert obs.shape == (rows // c.num_minibatches, c.num_steps, policy.obs_dim)
+            np.testing.assert_array_equal(resets[:, 0], True)
+            if carry_across:
+                assert not resets[:, 1:].any()
+            np.testing.assert_allclose(recompute(obs, resets, actions), old_logp, rtol=1e-5, atol=1e-5)
+            epoch_rows += [row.tobytes() for row in obs]
+        assert len(set(epoch_rows)) == rows  # every row exactly once per epoch

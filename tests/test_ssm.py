@@ -145,13 +145,13 @@ def _perturb(params, key, scale):
 @pytest.mark.parametrize("cls,extra", SLOW_VARIANTS)
 def test_long_sequences_stay_finite_even_with_perturbed_params(cls, extra):
     model = make(cls, extra)
-    xs = 10.0 * jax.random.normal(jax.random.PRNGKey(8), (2, 10_000, DIMS["input_dim"]))
+    xs = 10.0 * jax.random.normal(jax.random.PRNGKey(8), (2, 1_000, DIMS["input_dim"]))
     params = _perturb(init(model, xs[:, :2]), jax.random.PRNGKey(9), 3.0)
     ys, carry = jax.jit(model.apply)(params, xs)
     chex.assert_tree_all_finite((ys, carry))
-    # No growth over time: the last outputs are no larger than the early ones (an unstable
-    # recurrence would grow geometrically over 10,000 steps).
-    early, late = float(jnp.max(jnp.abs(ys[:, :1000]))), float(jnp.max(jnp.abs(ys[:, -1000:])))
+    # No growth over time: the last outputs are no larger than the early ones (a recurrence
+    # with a mode of modulus 1.01 would grow 7,000-fold over these 900 steps).
+    early, late = float(jnp.max(jnp.abs(ys[:, :100]))), float(jnp.max(jnp.abs(ys[:, -100:])))
     assert late <= 10.0 * early
 
 
@@ -181,58 +181,47 @@ def test_diagonal_discretisation_is_stable_and_zero_order_hold():
     chex.assert_trees_all_close(b_bar, integral[:, None] * b, atol=1e-5, rtol=1e-3)
 
 
+def _to_float64(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64), tree)
+
+
 @pytest.mark.parametrize("cls,extra", SLOW_VARIANTS)
-def test_first_and_second_order_gradients_are_finite_and_nonzero(cls, extra):
-    model = make(cls, extra)
-    xs, resets = data(seed=11, time=40)
-    targets = jax.random.normal(jax.random.PRNGKey(12), (BATCH, 40, DIMS["output_dim"]))
-    params = init(model, xs)
-
-    def loss(p):
-        return jnp.mean((model.apply(p, xs, resets)[0] - targets) ** 2)
-
-    def adapted_loss(p):  # one inner gradient step, as MAML takes it
-        g = jax.grad(loss)(p)
-        return loss(jax.tree.map(lambda a, b: a - 0.1 * b, p, g))
-
-    g1 = jax.jit(jax.grad(loss))(params)
-    g2 = jax.jit(jax.grad(adapted_loss))(params)
-    for grads in (g1, g2):
-        chex.assert_tree_all_finite(grads)
-        total = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads))
-        assert total > 0.0
-    # The second-order gradient differs from the first-order one (the Hessian term is real).
-    diff = sum(float(jnp.sum(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
-    assert diff > 0.0
-
-
-def test_second_order_gradient_matches_finite_differences():
-    """d/dp of a one-step-adapted loss through the scan, checked along a random direction."""
+def test_second_order_gradient_matches_finite_differences(cls, extra):
+    """MAML's one-step-adapted loss through the scan, in float64: its gradient (second order:
+    through the inner gradient) equals central finite differences along a random direction, and
+    is finite, non-zero and different from the first-order gradient (the Hessian term is real)."""
     with jax.enable_x64(True):
-        model = SSM(**DIMS)
+        model = make(cls, extra)
         xs, resets = data(seed=13, time=15)
         xs = xs.astype(jnp.float64)
         targets = jax.random.normal(jax.random.PRNGKey(14), (BATCH, 15, DIMS["output_dim"]), jnp.float64)
-        params = jax.tree.map(lambda a: a.astype(jnp.float64), init(model, xs))
-
-        carry0 = jnp.zeros((BATCH, DIMS["state_dim"]), jnp.float64)
+        params = _to_float64(init(model, xs))
+        carry0 = _to_float64(model.initialize_carry(BATCH))
 
         def loss(p):
             return jnp.mean((model.apply(p, xs, resets, carry0)[0] - targets) ** 2)
 
-        def adapted_loss(p):
+        def adapted_loss(p):  # one inner gradient step, as MAML takes it
             g = jax.grad(loss)(p)
             return loss(jax.tree.map(lambda a, b: a - 0.05 * b, p, g))
 
+        value_and_grad = jax.jit(jax.value_and_grad(adapted_loss))
         direction = _perturb(jax.tree.map(jnp.zeros_like, params), jax.random.PRNGKey(15), 1.0)
         eps = 1e-5
-        adapted_jit = jax.jit(adapted_loss)
-        plus = adapted_jit(jax.tree.map(lambda a, d: a + eps * d, params, direction))
-        minus = adapted_jit(jax.tree.map(lambda a, d: a - eps * d, params, direction))
+        plus = value_and_grad(jax.tree.map(lambda a, d: a + eps * d, params, direction))[0]
+        minus = value_and_grad(jax.tree.map(lambda a, d: a - eps * d, params, direction))[0]
         fd = (plus - minus) / (2 * eps)
-        grads = jax.jit(jax.grad(adapted_loss))(params)
-        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+        _, g2 = value_and_grad(params)
+        chex.assert_trees_all_equal_dtypes(g2, params)  # float64 throughout
+        analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(g2), jax.tree.leaves(direction)))
         np.testing.assert_allclose(float(analytic), float(fd), rtol=1e-6, atol=1e-9)
+
+        g1 = jax.jit(jax.grad(loss))(params)
+        for grads in (g1, g2):
+            chex.assert_tree_all_finite(grads)
+            assert sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 0.0
+        diff = sum(float(jnp.sum(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+        assert diff > 0.0
 
 
 @pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)

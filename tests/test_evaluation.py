@@ -1,0 +1,327 @@
+"""The numbers of the benchmark table against references computed another way.
+
+One tiny benchmark (untrained policies, 2 seeds x 3 held-out tasks x 2 envs, every method) is
+measured once by `benchmarks.methods.measure` and summarised by `benchmarks.results`. Each
+evaluator's per-task series is then rebuilt outside the evaluator: plain `envs.rollout` calls
+with the keys `benchmarks.evaluation` documents, inner steps and test-time steps written out as
+`p - lr * grad`, and episode returns counted by hand from the rewards and done flags. The
+summary statistics (means, kinds, per-seed means, seed-level t intervals, the paired
+difference with non_adaptive) are recomputed from those hand counts, and the env steps of the
+measurement are counted from the rebuilt trajectories.
+"""
+
+import json
+import math
+import os
+import statistics
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import adapt
+import envs
+from benchmarks import evaluation as ev
+from benchmarks.config import BenchmarkConfig
+from benchmarks.methods import Measurement, measure, trainer_names
+from benchmarks.results import json_safe, method_results, print_table
+from benchmarks.rundir import write_json_atomic
+from benchmarks.trainers import build_trainer
+
+#: A tiny benchmark of untrained policies. maml.rl.num_inner_steps (1) differs from the reported
+#: inner steps (2), so maml_adapted is a middle column, not the last. maml_adapted_mlp runs the
+#: evaluator of maml_adapted with the MLP trainer (its registry entry is checked in
+#: test_cartpole_benchmark.py); it is left out to save a compilation.
+METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted")
+TINY = {
+    "seed": 3, "num_seeds": 2, "methods": METHODS,
+    "policy.hidden_dim": 8, "policy.state_dim": 4,
+    "in_context_policy.hidden_dim": 8, "in_context_policy.state_dim": 4, "in_context_policy.num_layers": 1,
+    "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 2, "maml.rl.support_steps": 100,
+    "evaluation.num_tasks": 3, "evaluation.num_envs": 2, "evaluation.inner_steps": 2,
+    "evaluation.test_time_rounds": 2,
+}
+T95_ONE_DOF = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom (2 seeds)
+
+
+def completed_episodes(traj):
+    """Hand count: per row, the returns (reward sums) of the episodes that end in the window."""
+    rewards, dones = np.asarray(traj.rewards, np.float64), np.asarray(traj.dones)
+    rows = []
+    for r_row, d_row in zip(rewards.reshape(-1, rewards.shape[-1]), dones.reshape(-1, dones.shape[-1])):
+        episodes, total = [], 0.0
+        for r, d in zip(r_row, d_row):
+            total += r
+            if d:
+                episodes.append(total)
+                total = 0.0
+        rows.append(episodes)
+    return rows
+
+
+def mean_completed(traj) -> float:
+    """Mean over every completed episode of every row (NaN if none)."""
+    returns = [x for row in completed_episodes(traj) for x in row]
+    return float(np.mean(returns)) if returns else math.nan
+
+
+class Rebuilt:
+    """Rollouts for the references, counting the env steps they run."""
+
+    def __init__(self):
+        self.env_steps = 0
+
+    def rollout(self, key, policy, params, task, *, num_envs, num_steps, env, carry_across_episodes=False):
+        traj = _rollout(key, policy, params, task, num_envs=num_envs, num_steps=num_steps, obs_mode="full",
+                        carry_across_episodes=carry_across_episodes, env=env)
+        self.env_steps += int(np.size(traj.rewards))
+        return traj
+
+    def collect(self, algo, params, key, task):
+        """`algo.collect` of a support batch of the training size (jitted once per algo)."""
+        c = algo.config
+        if algo not in _COLLECT:
+            _COLLECT[algo] = jax.jit(lambda p, k, t: algo.collect(p, k, t, c.support_envs, c.support_steps))
+        batch = _COLLECT[algo](params, key, task)
+        self.env_steps += int(np.size(batch.actions))
+        return batch
+
+
+_rollout = jax.jit(envs.rollout, static_argnames=("policy", "num_envs", "num_steps", "obs_mode",
+                                                   "carry_across_episodes", "env"))
+_COLLECT = {}
+
+
+def _task(tasks, i):
+    return jax.tree.map(lambda x: x[i], tasks)
+
+
+def _task_keys(key, n):
+    """`benchmarks.evaluation`: every evaluator gives task i key i of split(fold_in(key, 1), n)."""
+    return jax.random.split(jax.random.fold_in(key, 1), n)
+
+
+def _sgd(params, lrs, grads):
+    return jax.tree.map(lambda p, l, g: p - l * g, params, lrs, grads)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    config = BenchmarkConfig.quick_preset().with_values(TINY)
+    assert config.reported_inner_steps == 2 and config.maml.rl.obs_mode == "full"
+    trainers = {t: build_trainer(t, config) for t in trainer_names(config.methods)}
+    states = {t: jax.jit(jax.vmap(tr.init))(jax.random.split(jax.random.key(20 + i), config.num_seeds))
+              for i, (t, tr) in enumerate(trainers.items())}
+    m = measure(config, trainers, states)
+    return types.SimpleNamespace(config=config, trainers=trainers, states=states, m=m,
+                                 results=method_results(config, trainers, m),
+                                 ref=_references(config, trainers, states))
+
+
+def _references(config, trainers, states):
+    """Every series of every evaluator, rebuilt per seed and task (see the module docstring)."""
+    rebuilt = Rebuilt()
+    e, n = config.evaluation.num_envs, config.evaluation.num_tasks
+    K, R = config.reported_inner_steps, config.evaluation.test_time_rounds
+    fixed, context, maml = trainers["non_adaptive"], trainers["in_context"], trainers["maml_ssm"]
+    algo = maml.algo
+    inner_grad = jax.jit(jax.grad(lambda p, batch: algo.inner_objective(p, batch)[0]))
+    online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
+        p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
+    out = {name: [] for name in ("non_adaptive", "after_context", "first_episode", "maml", "by_round", "inverted")}
+    for s in range(config.num_seeds):
+        key = ev.eval_key(config.seed, s)
+        assert np.array_equal(jax.random.key_data(key),
+                              jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed + s), 2)))
+        tasks = envs.CartPoleTasks().sample(jax.random.fold_in(key, 0), n, "test")
+        out["inverted"].append(np.asarray(tasks.force_mag) < 0)
+        state = {t: jax.tree.map(lambda x: x[s], st) for t, st in states.items()}
+        rows = {name: [] for name in out if name != "inverted"}
+        for i, k in enumerate(_task_keys(key, n)):
+            task = _task(tasks, i)
+            # non_adaptive: the PPO policy on a 500-step window
+            traj = rebuilt.rollout(k, fixed.policy, state["non_adaptive"].params, task, num_envs=e,
+                                   num_steps=500, env=fixed.env)
+            rows["non_adaptive"].append(mean_completed(traj))
+            # in_context: 1000 steps, carry kept; episode 0 of each env is the context
+            traj = rebuilt.rollout(k, context.policy, state["in_context"].params, task, num_envs=e,
+                                   num_steps=1000, env=context.env, carry_across_episodes=True)
+            episodes = completed_episodes(traj)
+            assert all(len(row) >= 2 for row in episodes)
+            rows["first_episode"].append(float(np.mean([row[0] for row in episodes])))
+            rows["after_context"].append(float(np.mean([x for row in episodes for x in row[1:]])))
+            # maml_zero_shot / maml_adapted: theta_j measured on a 500-step window (key 0 of
+            # split(step_keys[j]); fold_in(k, K) after the last step), then one inner step
+            # p - lr * grad on fresh support data sampled with theta_j (key 1 of the split)
+            theta, by_step = state["maml_ssm"].params, []
+            step_keys = jax.random.split(k, K)
+            for j in range(K + 1):
+                k_eval, k_support = jax.random.split(step_keys[j]) if j < K else (jax.random.fold_in(k, K), None)
+                traj = rebuilt.rollout(k_eval, maml.policy, theta, task, num_envs=e, num_steps=500, env=algo.env)
+                by_step.append(mean_completed(traj))
+                if j < K:
+                    support = rebuilt.collect(algo, theta, k_support, task)
+                    theta = _sgd(theta, state["maml_ssm"].inner_lr, inner_grad(theta, support))
+            rows["maml"].append(by_step)
+            # test_time_adapted: round r (key 0 of split(round_keys[r])) measures theta_r by the
+            # mean over envs of each env's first episode, then one step p - lr * grad of
+            # adapt.policy_gradient_loss on the round's data (Meta-SGD rates)
+            theta, by_round = state["maml_ssm"].params, []
+            for kr in jax.random.split(k, R):
+                traj = rebuilt.rollout(jax.random.split(kr)[0], maml.policy, theta, task, num_envs=e,
+                                       num_steps=500, env=maml.env)
+                by_round.append(float(np.mean([row[0] for row in completed_episodes(traj)])))
+                g = online_grad(theta, traj)
+                assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+                theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
+            rows["by_round"].append(by_round)
+        for name, values in rows.items():
+            out[name].append(values)
+    ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
+    ref["env_steps"] = rebuilt.env_steps
+    return ref
+
+
+# ------------------------------------------------------------------------------- per-task series
+def test_non_adaptive_returns_are_hand_counted_episodes_of_a_plain_rollout(bench):
+    np.testing.assert_allclose(bench.m.series["non_adaptive"]["return"], bench.ref["non_adaptive"], rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["non_adaptive"], bench.ref["non_adaptive"], rtol=1e-6)
+
+
+def test_in_context_return_excludes_exactly_the_context_episode(bench):
+    series = bench.m.series["in_context"]
+    np.testing.assert_allclose(series["after_context"], bench.ref["after_context"], rtol=1e-6)
+    np.testing.assert_allclose(series["first_episode"], bench.ref["first_episode"], rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["in_context"], bench.ref["after_context"], rtol=1e-6)
+    # the two differ: the first episode is really left out of the method's return
+    assert not np.allclose(bench.ref["after_context"], bench.ref["first_episode"])
+
+
+def test_maml_returns_after_k_inner_steps_equal_k_manual_inner_steps(bench):
+    """Column 0 is the meta-params on a plain rollout (maml_zero_shot), column k the params after
+    k manual steps p - lr * grad on support data sampled with the keys evaluation.py uses."""
+    ref = bench.ref["maml"]
+    for method in ("maml_zero_shot", "maml_adapted"):
+        by_step = bench.m.series[method]["by_inner_step"]
+        assert by_step.shape == ref.shape == (2, 3, bench.config.reported_inner_steps + 1)
+        np.testing.assert_allclose(by_step, ref, rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["maml_zero_shot"], ref[..., 0], rtol=1e-6)
+    k = bench.config.maml.rl.num_inner_steps
+    np.testing.assert_allclose(bench.m.returns["maml_adapted"], ref[..., k], rtol=1e-6)
+    # the inner steps change the policy: the columns are different measurements
+    assert not np.allclose(ref[..., 0], ref[..., 1]) and not np.allclose(ref[..., 1], ref[..., 2])
+
+
+def test_test_time_returns_by_round_equal_manual_online_steps(bench):
+    np.testing.assert_allclose(bench.m.series["test_time_adapted"]["by_round"], bench.ref["by_round"], rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["test_time_adapted"], bench.ref["by_round"][..., -1], rtol=1e-6)
+    assert not np.allclose(bench.ref["by_round"][..., 0], bench.ref["by_round"][..., 1])
+
+
+def test_every_method_is_measured_on_the_same_seed_tasks_and_kinds(bench):
+    """The kinds are force_mag < 0 of the documented test tasks, and the rebuilt returns (which
+    match every method's) ran on exactly those tasks: the pairing behind vs_non_adaptive."""
+    np.testing.assert_array_equal(bench.m.kinds, bench.ref["inverted"])
+    assert bench.ref["inverted"].any() and (~bench.ref["inverted"]).any()
+    for name in bench.config.methods:
+        assert bench.m.returns[name].shape == bench.ref["inverted"].shape
+
+
+def test_env_steps_equal_a_count_from_the_rebuilt_trajectories(bench):
+    """Every rollout an evaluator runs, rebuilt (the maml evaluation shared by maml_zero_shot and
+    maml_adapted counted once): the count of their steps is the measurement's env_steps."""
+    assert bench.m.env_steps == bench.ref["env_steps"] > 0
+
+
+# ------------------------------------------------------------------------------- the summary
+def _seed_interval(values):
+    """Student-t 95% interval over the per-seed means (2 seeds here)."""
+    means = [statistics.fmean(row) for row in values]
+    half = T95_ONE_DOF * statistics.stdev(means) / math.sqrt(len(means))
+    return statistics.fmean(means), half
+
+
+def _kind_rows(values, mask):
+    return [list(v[m]) for v, m in zip(values, mask)]
+
+
+def _reference_returns(bench):
+    ref = bench.ref
+    k = bench.config.maml.rl.num_inner_steps
+    return {"non_adaptive": ref["non_adaptive"], "in_context": ref["after_context"],
+            "maml_zero_shot": ref["maml"][..., 0], "maml_adapted": ref["maml"][..., k],
+            "test_time_adapted": ref["by_round"][..., -1]}
+
+
+def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsys):
+    """Every number of a table row (return +- CI, normal/inverted +- CI, per-seed means) and of
+    the lines under it (return after k inner steps, by round, first context episode, paired
+    difference with non_adaptive), from the hand-counted returns."""
+    assert scipy.stats.t.ppf(0.975, 1) == pytest.approx(T95_ONE_DOF)
+    inv = bench.ref["inverted"]
+    ref = _reference_returns(bench)
+    # float32 returns against float64 hand counts: agree to ~1e-6 of the returns (tens)
+    close = lambda a, b: a == pytest.approx(b, rel=1e-6, abs=1e-4)  # noqa: E731
+    for name, values in ref.items():
+        entry = bench.results[name]
+        mean, half = _seed_interval(values)
+        assert close(entry["return_mean"], mean) and close(entry["return_ci95"], half)
+        assert close(entry["return_mean"], float(np.mean(values)))  # equal tasks per seed
+        assert entry["per_seed_mean"] == pytest.approx([statistics.fmean(row) for row in values], rel=1e-6)
+        for kind, mask in (("normal", ~inv), ("inverted", inv)):
+            k_mean, k_half = _seed_interval(_kind_rows(values, mask))
+            got = entry["return_by_task_kind"][kind]
+            assert close(got["mean"], float(np.mean(values[mask])))
+            assert close((got["ci95_low"] + got["ci95_high"]) / 2, k_mean) and close(got["ci95"], k_half)
+            assert got["n"] == int(mask.sum())
+        if name != "non_adaptive":
+            diff = values - ref["non_adaptive"]
+            for kind, mask in (("all", np.ones_like(inv)), ("inverted", inv), ("normal", ~inv)):
+                d_mean, d_half = _seed_interval(_kind_rows(diff, mask))
+                got = entry["vs_non_adaptive"][kind]
+                assert close(got["mean"], float(np.mean(diff[mask])))
+                assert close(got["ci95_low"], d_mean - d_half) and close(got["ci95_high"], d_mean + d_half)
+    for name in ("maml_adapted", "maml_zero_shot"):
+        assert bench.results[name]["return_by_inner_step"] == pytest.approx(
+            list(bench.ref["maml"].mean(axis=(0, 1))), rel=1e-6)
+    assert bench.results["test_time_adapted"]["return_by_round"] == pytest.approx(
+        list(bench.ref["by_round"].mean(axis=(0, 1))), rel=1e-6)
+    assert close(bench.results["in_context"]["first_episode"]["return_mean"], float(bench.ref["first_episode"].mean()))
+
+    # the printed table shows these numbers
+    print_table(bench.results)
+    printed = capsys.readouterr().out
+    for name, values in ref.items():
+        mean, half = _seed_interval(values)
+        assert f"{mean:7.1f} +- {half:5.1f}" in printed
+        assert "per training seed: " + ", ".join(f"{statistics.fmean(r):.1f}" for r in values) in printed
+    steps = ", ".join(f"{x:.1f}" for x in bench.ref["maml"].mean(axis=(0, 1)))
+    assert f"after 0,1,..,K inner steps: {steps}" in printed
+    assert f"first (context) episode: {bench.ref['first_episode'].mean():.1f}" in printed
+
+
+def test_non_finite_statistics_are_null_in_results_json(bench, tmp_path):
+    """One seed has no seed-level interval (NaN): results.json stores null, never NaN."""
+    one = Measurement(series={k: {n: v[:1] for n, v in s.items()} for k, s in bench.m.series.items()},
+                      returns={k: v[:1] for k, v in bench.m.returns.items()}, kinds=bench.m.kinds[:1],
+                      env_steps=bench.m.env_steps)
+    config = bench.config.with_values({"num_seeds": 1})
+    entries = method_results(config, bench.trainers, one)
+    assert math.isnan(entries["maml_adapted"]["return_ci95"])
+    assert math.isnan(entries["maml_adapted"]["vs_non_adaptive"]["all"]["ci95_low"])
+    path = os.path.join(tmp_path, "results.json")
+    write_json_atomic(path, json_safe({"methods": entries, "numbers": [np.float32(np.nan), np.int64(3)]}))
+    with open(path) as f:
+        text = f.read()
+
+    def no_constants(name):
+        raise AssertionError(f"results.json holds {name}")
+
+    stored = json.loads(text, parse_constant=no_constants)
+    entry = stored["methods"]["maml_adapted"]
+    assert entry["return_ci95"] is None and entry["vs_non_adaptive"]["all"]["ci95_low"] is None
+    assert entry["return_mean"] == pytest.approx(float(bench.ref["maml"][0, :, 1].mean()), rel=1e-6)
+    assert stored["numbers"] == [None, 3]
