@@ -265,6 +265,20 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
     k = config.maml.rl.num_inner_steps
     np.testing.assert_array_equal(m.returns["maml_zero_shot"], by_step[..., 0])
     np.testing.assert_array_equal(m.returns["maml_adapted"], by_step[..., k])
+
+    def stacked(evaluator, trainer, name):
+        return np.stack([c["out"].series[name] for c in calls
+                         if c["evaluator"] is evaluator and c["trainer"].name == trainer])
+
+    # every other method's returns are the documented view of its own evaluator's series
+    np.testing.assert_array_equal(m.returns["maml_adapted_mlp"], stacked(
+        registry.evaluate_maml_inner_steps, "maml_mlp", "by_inner_step")[..., k])
+    np.testing.assert_array_equal(m.returns["test_time_adapted"], stacked(
+        registry.evaluate_test_time, "maml_ssm", "by_round")[..., -1])
+    np.testing.assert_array_equal(m.returns["in_context"], stacked(
+        registry.evaluate_in_context, "in_context", "after_context"))
+    np.testing.assert_array_equal(m.returns["non_adaptive"], stacked(
+        registry.evaluate_fixed_policy, "non_adaptive", "return"))
     results = method_results(config, trainers, m, registry=entries)
     assert list(results) == list(config.methods)
     assert results["maml_adapted"]["num_inner_steps"] == k and results["maml_zero_shot"]["num_inner_steps"] == 0
@@ -405,9 +419,13 @@ def test_mean_ci95_matches_the_textbook_formula_and_kinds_split():
     assert summarize(x, inv)["nonfinite"] == 1 and summarize(x, inv)["n"] == 119
 
 
+def _no_json_constants(name):
+    raise AssertionError(f"results.json holds {name}: non-finite numbers must be stored as null")
+
+
 def _check_results(out, methods):
     with open(os.path.join(out, "results.json")) as f:
-        res = json.load(f)
+        res = json.load(f, parse_constant=_no_json_constants)  # strict JSON: no NaN/Infinity
     assert set(res) >= {"config", "methods", "timing", "versions"}
     assert BenchmarkConfig.from_dict(res["config"]).methods == tuple(methods)
     assert set(res["methods"]) == set(methods)
