@@ -34,6 +34,21 @@ def test_ppo_imports_without_benchmarks():
     assert out.returncode == 0, out.stderr
 
 
+_BATCH_FNS = {}
+
+
+def _batch_fn(ppo):
+    """``_batch_at_sampling_params`` jitted once per (policy, rollout and GAE settings), so tests
+    with PPO objects that differ only in their loss weights share the compilation."""
+    c = ppo.config
+    spec = (ppo.policy, ppo.env, ppo.task_dist, c.num_tasks, c.num_envs, c.num_steps, c.carry_across_episodes, c.gamma,
+            c.gae_lambda, c.reward_scale)
+    if spec not in _BATCH_FNS:
+        _BATCH_FNS[spec] = jax.jit(lambda params, key: _batch_at_sampling_params(ppo, params, key),
+                                   static_argnums=1)
+    return _BATCH_FNS[spec]
+
+
 def _batch_at_sampling_params(ppo, params, key):
     """The minibatch layout of ``PPO._loss`` built from a rollout with ``params`` itself."""
     c = ppo.config
@@ -58,7 +73,7 @@ def test_loss_at_the_sampling_params_is_the_plain_policy_gradient(policy, carry_
     ppo = PPO(policy, PPOConfig(**SMALL, value_coef=0.0, entropy_coef=0.0,
                                 carry_across_episodes=carry_across))
     params = ppo.init(jax.random.key(0)).params
-    batch, traj = jax.jit(_batch_at_sampling_params, static_argnums=(0, 2))(ppo, params, 1)
+    batch, traj = _batch_fn(ppo)(params, 1)
     obs, actions, resets, old_logp, adv, targets = batch
     assert int(jnp.sum(traj.dones)) > 0
 
@@ -88,19 +103,6 @@ def test_loss_at_the_sampling_params_is_the_plain_policy_gradient(policy, carry_
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_update_takes_update_epochs_times_minibatches_adam_steps():
-    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
-    ppo = PPO(policy, PPOConfig(**SMALL))
-    state = ppo.init(jax.random.key(0))
-    new, metrics = jax.jit(ppo.update)(state, jax.random.key(1))
-    assert isinstance(new, PPOState) and int(new.step) == 1
-    assert set(metrics) == {"episode_return", "policy_loss", "value_loss", "entropy", "approx_kl"}
-    assert all(m.shape == () and bool(jnp.isfinite(m)) for m in metrics.values())
-    counts = [int(x) for x in jax.tree.leaves(new.opt_state) if jnp.ndim(x) == 0 and x.dtype == jnp.int32]
-    assert counts and all(n == 3 * 2 for n in counts)
-    assert ppo.env_steps_per_update == 2 * 2 * 24
-
-
 @pytest.mark.parametrize("kw, match", [
     (dict(update_epochs=0), "update_epochs must be a positive int"),
     (dict(num_minibatches=3), "num_minibatches .* must divide"),
@@ -120,7 +122,7 @@ def test_clipped_loss_against_a_hand_computation_away_from_the_sampling_params()
     policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
     ppo = PPO(policy, PPOConfig(**SMALL, value_coef=0.5, entropy_coef=0.01, clip_eps=0.1))
     params = ppo.init(jax.random.key(0)).params
-    batch, _ = jax.jit(_batch_at_sampling_params, static_argnums=(0, 2))(ppo, params, 1)
+    batch, _ = _batch_fn(ppo)(params, 1)
     moved = jax.tree.map(lambda p, k: p + 0.3 * jax.random.normal(k, p.shape),
                          params, _leaf_keys(params, jax.random.key(5)))
     loss, (pg, vloss, ent, kl) = jax.jit(ppo._loss)(moved, batch)
@@ -148,8 +150,8 @@ def _leaf_keys(tree, key):
 
 
 @pytest.mark.parametrize("carry_across", [False, True], ids=["mlp", "rl2"])
-def test_update_minibatches_are_whole_rows_and_its_first_step_is_on_policy(carry_across):
-    """Every minibatch of an update (recorded from inside the jitted update) holds whole
+def test_update_takes_epochs_x_minibatches_steps_on_whole_rows_the_first_on_policy(carry_across):
+    """One update is update_epochs x num_minibatches Adam steps. Every minibatch of an update (recorded from inside the jitted update) holds whole
     (task, env) rows: each epoch's minibatches partition the rows, and each row's log-probs,
     recomputed from its observations by the sampling params, are the ones it was sampled with
     (so a row is never cut in time nor mixed with another's). The first minibatch step is at
@@ -173,9 +175,16 @@ def test_update_minibatches_are_whole_rows_and_its_first_step_is_on_policy(carry
         return value, aux
 
     ppo._loss = recording_loss
-    _, metrics = jax.jit(ppo.update)(state, jax.random.key(1))
+    new, metrics = jax.jit(ppo.update)(state, jax.random.key(1))
     jax.effects_barrier()
     c = ppo.config
+    # one iteration: update_epochs x num_minibatches Adam steps, scalar finite metrics
+    assert isinstance(new, PPOState) and int(new.step) == 1
+    assert set(metrics) == {"episode_return", "policy_loss", "value_loss", "entropy", "approx_kl"}
+    assert all(m.shape == () and bool(jnp.isfinite(m)) for m in metrics.values())
+    counts = [int(x) for x in jax.tree.leaves(new.opt_state) if jnp.ndim(x) == 0 and x.dtype == jnp.int32]
+    assert counts and all(n == 3 * 2 for n in counts)
+    assert ppo.env_steps_per_update == 2 * 2 * 24
     rows = c.num_tasks * c.num_envs
     assert len(seen) == c.update_epochs * c.num_minibatches
     assert seen[0][1] == 0.0 and float(metrics["approx_kl"]) > 0.0  # later steps are off-policy
