@@ -1,7 +1,8 @@
-"""gymnax environments, CartPole task distributions, observation modes and jitted rollouts.
+"""gymnax environments, CartPole task distributions, evaluation suites, observation modes and
+jitted rollouts.
 
-Names are imported on first use (``ssm_jax.lazy``): ``import envs`` and ``envs.OBS_MODES``
-import no JAX or gymnax.
+Names are imported on first use (``ssm_jax.lazy``): ``import envs``, ``envs.OBS_MODES``,
+``envs.CartPoleTasks`` and ``envs.SUITES`` import no JAX or gymnax.
 """
 
 from ssm_jax.lazy import lazy_exports
@@ -12,6 +13,9 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "registry": ("ENV_NAMES", "make"),
     "rollout": ("Trajectory", "episode_returns_per_row", "first_episode_return",
                 "mean_episode_return", "num_episodes", "rollout", "rollout_tasks"),
+    "suite_env": ("SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
+                  "make_suite_params"),
+    "suites": ("SUITES", "SUITE_NAMES", "Suite", "get_suite"),
     "tasks": ("DEFAULT_TEST_RANGES", "VARIED_FIELDS", "CartPoleTasks", "force_sign",
               "is_inverted", "make_cartpole_params"),
 })
