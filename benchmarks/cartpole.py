@@ -15,10 +15,17 @@ jitted chunks of `--chunk_size` iterations (one progress line each), with orbax 
 `--resume DIR` continues an interrupted run, `--eval_only --checkpoint DIR` re-evaluates one.
 `python -m benchmarks.cartpole --help` documents every flag; `benchmarks.config` the
 configuration, `benchmarks.rundir` the run directory.
+
+Suites (`--suite NAME`, `envs.suites`): the task distribution and splits, observation mode,
+reward and within-episode switch of the run; every trainer trains on the suite's train split
+and every method is evaluated on its test split (`standard`, the default, is the benchmark as
+it always was). `--suite all` runs the same config once per suite into `--out/<suite>/`
+(`run_all_suites`) and prints one summary table (also `--out/summary.json`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -26,10 +33,11 @@ import time
 from tqdm.auto import tqdm
 
 from benchmarks import rundir
-from benchmarks.cli import RunOptions, parse_args, run_main
+from benchmarks.cli import RunOptions, check_all_suites_out, parse_args, run_main
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import trainer_label, trainer_names
 from benchmarks.trainers import TRAINERS, Trainer, build_trainer
+from envs.suites import SUITE_NAMES
 
 # JAX, orbax and the training/evaluation modules are imported by `load_trained` and `run`, after
 # the command line is parsed and validated (`--help` and usage errors import none of them).
@@ -107,7 +115,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         os.makedirs(out, exist_ok=True)
         rundir.clear_run(out, TRAINERS)
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
-    log(f"benchmarks.cartpole: methods {list(config.methods)}, {config.num_seeds} seeds, "
+    log(f"benchmarks.cartpole: suite {config.suite}, methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
     compile_s = run_s = 0.0
     env_steps = 0
@@ -144,7 +152,11 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
+    import envs
+
     results = {
+        "suite": config.suite,
+        "suite_definition": envs.get_suite(config.suite).to_dict(),
         "config": config.to_dict(),
         "methods": methods,
         "timing": {"wall_s": wall, "compile_s": compile_s + eval_compile_s, "train_compile_s": compile_s,
@@ -173,10 +185,40 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     return results
 
 
+SUMMARY_FILE = "summary.json"
+
+
+def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
+    """`--suite all`: `run(config with suite s, out=options.out/s)` for every suite s of
+    `envs.suites.SUITE_NAMES`, in order; then one summary table (every method's return and its
+    paired difference to non_adaptive, per suite) on stdout and in `options.out/summary.json`.
+    Returns suite name -> that run's results dict."""
+    from benchmarks.results import print_suite_summary, suite_summary
+
+    check_all_suites_out(options.out, overwrite=options.overwrite)
+    results = {}
+    for name in SUITE_NAMES:
+        log(f"\n=== suite {name} ({SUITE_NAMES.index(name) + 1}/{len(SUITE_NAMES)}) ===")
+        results[name] = run(config.with_values({"suite": name}),
+                            dataclasses.replace(options, out=os.path.join(options.out, name), all_suites=False))
+    summary = suite_summary(results)
+    os.makedirs(options.out, exist_ok=True)
+    rundir.write_json_atomic(os.path.join(options.out, SUMMARY_FILE), summary)
+    print_suite_summary(summary, log=log)
+    log(f"\nwrote {os.path.join(options.out, SUMMARY_FILE)}")
+    return results
+
+
+def run_command(config: BenchmarkConfig, options: RunOptions) -> dict:
+    """`run_all_suites` for `--suite all` (`options.all_suites`), else `run`."""
+    return run_all_suites(config, options) if options.all_suites else run(config, options)
+
+
 def main(argv=None) -> int:
     """The command line: parse and validate `argv` (usage errors exit 2 before JAX is imported),
-    then `run`; a runtime fault or Ctrl-C ends in one line on stderr (`benchmarks.cli.run_main`)."""
-    return run_main(argv, run)
+    then `run_command`; a runtime fault or Ctrl-C ends in one line on stderr
+    (`benchmarks.cli.run_main`)."""
+    return run_main(argv, run_command)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from benchmarks import rundir
 from benchmarks.config import MAX_SEED, MODES, BenchmarkConfig, config_file_format, read_config_file
 from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
+from envs.suites import SUITE_NAMES, SUITES
+from ssm_jax.validation import check_choice
 
 PROG = "python -m benchmarks.cartpole"
 DEFAULT_OUT = os.path.join("results", "cartpole")
@@ -39,6 +41,7 @@ DEFAULT_OUT = os.path.join("results", "cartpole")
 FLAG_PATHS = {
     "mode": "mode",
     "env_name": "env_name",
+    "suite": "suite",
     "methods": "methods",
     "num_epochs": "maml.num_meta_updates",
     "tasks_per_epoch": "maml.tasks_per_update",
@@ -56,6 +59,9 @@ FLAG_PATHS = {
     "checkpoint_every": "checkpoint_every",
 }
 
+#: `--suite all`: one run per suite, into `--out/<suite>/`.
+ALL_SUITES = "all"
+
 #: Config flags that --eval_only accepts (evaluation settings).
 EVAL_ONLY_FLAGS = ("eval_tasks", "methods")
 
@@ -65,7 +71,8 @@ class RunOptions:
     """out: output directory; resume: previous run's out dir to continue; eval_only with
     checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated;
     overwrite: a fresh run may replace the run already in out (else it is refused);
-    debug: a runtime fault shows its full traceback (else one line)."""
+    debug: a runtime fault shows its full traceback (else one line); all_suites (`--suite
+    all`): run the config once per suite (`envs.suites.SUITE_NAMES`) into `out/<suite>/`."""
 
     out: str
     resume: Optional[str]
@@ -75,6 +82,7 @@ class RunOptions:
     tensorboard: bool = False
     print_config: Optional[str] = None
     debug: bool = False
+    all_suites: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,17 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             textwrap.fill("Meta-RL benchmark on CartPole task distributions: meta-train on the "
-                          "train split, evaluate on held-out test tasks (longer/heavier poles, half "
-                          "with inverted force), print a table, write results.json and PNG plots "
-                          "into --out.", 96) + "\n\nmethods:\n"
+                          "train split of a suite (--suite, listed below), evaluate on its held-out "
+                          "test tasks (standard: longer/heavier poles, half with inverted force), "
+                          "print a table, write results.json and PNG plots into --out.", 96) + "\n\nmethods:\n"
             + "\n".join(textwrap.fill(m.label, 96, initial_indent=f"  {m.name:18s} ",
-                                       subsequent_indent=" " * 21) for m in REGISTRY)))
+                                       subsequent_indent=" " * 21) for m in REGISTRY)
+            + "\n\nsuites (--suite):\n"
+            + "\n".join(textwrap.fill(x.description, 96, initial_indent=f"  {x.name:18s} ",
+                                       subsequent_indent=" " * 21) for x in SUITES.values())))
     d = BenchmarkConfig()
     a = p.add_argument
     a("--mode", choices=MODES, default=None,
       help=f"meta_rl: every method; policy_gradient: the non-meta PPO baseline (non_adaptive) "
            f"alone [default {d.mode}]")
     a("--env_name", default=None, help=f"gymnax environment; only CartPole-v1 [default {d.env_name}]")
+    a("--suite", default=None, metavar="NAME",
+      help=f"evaluation suite: {', '.join(SUITE_NAMES)} (listed below; envs.suites), or "
+           f"{ALL_SUITES}: one run per suite into --out/<suite>/ and one summary table "
+           f"[default {d.suite}]")
     a("--methods", default=None,
       help="comma-separated subset of the mode's methods to run [default: all of the mode's]")
     a("--num_epochs", type=int, default=None,
@@ -221,6 +236,8 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     if args.quick and (args.resume or args.eval_only):
         raise ValueError("--quick sets training budgets; it cannot be combined with --resume or --eval_only")
     given = [f for f in FLAG_PATHS if getattr(args, f) is not None]
+    if args.suite is not None:
+        check_choice("--suite", args.suite, SUITE_NAMES + (ALL_SUITES,))
     if "num_episodes" in given and "ppo_iterations" in given:
         raise ValueError("give --num_episodes or --ppo_iterations, not both")
     values = {f: getattr(args, f) for f in given}
@@ -261,16 +278,33 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                                   overwrite=args.overwrite, debug=args.debug)
     if values.get("mode") == "policy_gradient" and "methods" not in values:
         values["methods"] = ("non_adaptive",)
+    all_suites = values.get("suite") == ALL_SUITES
+    if all_suites:
+        if args.print_config is not None:
+            raise ValueError(f"--print_config prints one run's config; give one --suite of {list(SUITE_NAMES)}")
+        del values["suite"]
     base = BenchmarkConfig.quick_preset() if args.quick else BenchmarkConfig()
     if args.config:
         base = with_config_file(base, args.config, flags=values)
     config = _with_flags(base, values, given)
     _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
-    if args.print_config is None:
+    if all_suites:
+        check_all_suites_out(out, overwrite=args.overwrite)
+    elif args.print_config is None:
         rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
-                              overwrite=args.overwrite, debug=args.debug)
+                              overwrite=args.overwrite, debug=args.debug, all_suites=all_suites)
+
+
+def check_all_suites_out(out: str, overwrite: bool) -> None:
+    """`--suite all` writes one run per suite into `out/<suite>/`: `out` must not hold a run
+    itself and every `out/<suite>/` must be free (or replaceable with `overwrite`)."""
+    if rundir.holds_run(out):
+        raise rundir.RunDirError(f"--suite {ALL_SUITES} writes one run per suite into --out/<suite>/, "
+                                 f"but --out {out!r} holds a run itself; choose another --out")
+    for name in SUITE_NAMES:
+        rundir.check_out(os.path.join(out, name), overwrite=overwrite, what="run")
 
 
 def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:

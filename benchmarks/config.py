@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional
 
 import ssm_jax
 from benchmarks.methods import METHODS
+from envs.suites import DEFAULT_SUITE, SUITE_NAMES
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
 from ssm_jax.validation import check_bool, check_choice, check_int
@@ -172,6 +173,9 @@ class BenchmarkConfig:
     Attributes:
       mode: "meta_rl" (every method) or "policy_gradient" (non_adaptive alone).
       env_name: the gymnax environment (one of `ENV_NAMES`).
+      suite: the evaluation suite (one of `envs.suites.SUITE_NAMES`, default "standard"): the
+        task distribution and splits, observation mode, reward and within-episode switch every
+        method trains and is evaluated on (`envs.suites.SUITES[suite]`).
       methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`.
       seed, num_seeds: training seeds seed, seed + 1, ..., seed + num_seeds - 1 (vmapped in
         training), each in [0, MAX_SEED].
@@ -189,6 +193,7 @@ class BenchmarkConfig:
 
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
+    suite: str = DEFAULT_SUITE
     methods: tuple = METHODS
     seed: int = 0
     num_seeds: int = 3
@@ -208,6 +213,7 @@ class BenchmarkConfig:
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
         check_choice("env_name", self.env_name, ENV_NAMES)
+        check_choice("suite", self.suite, SUITE_NAMES)
         methods = tuple(self.methods) if isinstance(self.methods, (list, tuple)) else (self.methods,)
         _check_subset("methods", methods, METHODS,
                       f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")

@@ -1,7 +1,8 @@
 """Evaluation harness: every method on the same held-out test tasks, with the same keys.
 
-Per seed `s`, the test tasks are `envs.CartPoleTasks().sample(eval_key(s), num_tasks, "test")`
-and every method gets the same rollout keys for them. The measurement is the same for all
+Per seed `s`, the test tasks are the held-out split of the run's suite (`envs.suites`;
+`envs.CartPoleTasks()` for the standard suite), `suite.sample(eval_key(s), num_tasks, "test")`
+(`test_tasks`), and every method gets the same rollout keys for them. The measurement is the same for all
 methods: the mean return of the episodes completed in a 500-step evaluation window (the real
 CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
 per (seed, task). What differs is what each method may do before/while it is measured:
@@ -48,7 +49,9 @@ def eval_key(seed: int, s: int) -> jax.Array:
 
 
 def test_tasks(key, num_tasks: int, task_dist=None):
-    """`num_tasks` held-out test-split tasks (EnvParams with a leading task axis)."""
+    """`num_tasks` held-out test-split tasks of `task_dist` (an `envs.Suite` or
+    `envs.CartPoleTasks`; default `envs.CartPoleTasks()`, the standard suite's), with a leading
+    task axis."""
     task_dist = envs.CartPoleTasks() if task_dist is None else task_dist
     return task_dist.sample(jax.random.fold_in(key, 0), num_tasks, "test")
 

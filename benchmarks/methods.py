@@ -276,15 +276,17 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=
     """
     import jax
 
+    import envs
     from benchmarks import evaluation as ev
 
+    suite = envs.get_suite(config.suite)
     methods = [registry[m] for m in config.methods]
     per_seed = {m.name: [] for m in methods}
     kinds, physics = [], []
     env_steps = 0
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
-        tasks = ev.test_tasks(key, config.evaluation.num_tasks)
+        tasks = ev.test_tasks(key, config.evaluation.num_tasks, suite)
         kinds.append(np.asarray(ev.task_kinds(tasks)))
         physics.append({f: np.asarray(getattr(tasks, f), np.float64) for f in TASK_FIELDS})
         done = {}

@@ -7,6 +7,7 @@ reference) `vs_<reference>`, the paired per-task difference to the reference met
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
 `per_task_rows(config, measurement)` / `write_csv(path, rows)`: per_task.csv, one row per
 (method, seed, test task) with the task's physics and the returns after each adaptation step.
+`suite_summary(results by suite)` / `print_suite_summary`: `--suite all`'s summary.json and table.
 """
 
 from __future__ import annotations
@@ -141,3 +142,57 @@ def write_csv(path: str, rows: list, columns=None) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def suite_summary(results: dict) -> dict:
+    """summary.json of `--suite all`: suite -> method -> its return (`return_mean`,
+    `return_ci95`, `per_seed_mean`) and, but for the reference method, `vs_<reference>` (the
+    paired difference over all tasks: mean, ci95_low, ci95_high), from each suite's
+    results.json dict (`results`: suite name -> results)."""
+    out = {}
+    for suite, res in results.items():
+        rows = {}
+        for name, entry in res["methods"].items():
+            row = {k: entry[k] for k in ("return_mean", "return_ci95", "per_seed_mean")}
+            versus = entry.get(f"vs_{REFERENCE}")
+            if versus is not None:
+                row[f"vs_{REFERENCE}"] = {k: versus["all"][k] for k in ("mean", "ci95_low", "ci95_high")}
+            rows[name] = row
+        out[suite] = rows
+    return json_safe(out)
+
+
+def print_suite_summary(summary: dict, log=print) -> None:
+    """One table for `--suite all`: a row per method, a column per suite; each cell the mean
+    return +- its seed-level 95% half-width, and under it the paired difference to the
+    reference method with its 95% interval."""
+    suites = list(summary)
+    methods = list(dict.fromkeys(m for s in suites for m in summary[s]))
+    width = 24
+    log("\nsummary over suites: mean return +- 95% CI over training seeds; below it, minus "
+        f"{REFERENCE} paired by task [95% CI]")
+    head = f"{'method':20s}" + "".join(f"{s:>{width}s}" for s in suites)
+    log(head + "\n" + "-" * len(head))
+
+    def cell(row, fmt):
+        return f"{fmt(row):>{width}s}" if row is not None else f"{'-':>{width}s}"
+
+    def ret(row):
+        mean, ci = row["return_mean"], row["return_ci95"]
+        if mean is None:
+            return "nan"
+        return f"{mean:.1f} +- {ci:.1f}" if ci is not None else f"{mean:.1f}"
+
+    def diff(row):
+        d = row.get(f"vs_{REFERENCE}")
+        if d is None or d["mean"] is None:
+            return ""
+        low = "nan" if d["ci95_low"] is None else f"{d['ci95_low']:+.1f}"
+        high = "nan" if d["ci95_high"] is None else f"{d['ci95_high']:+.1f}"
+        return f"{d['mean']:+.1f} [{low}, {high}]"
+
+    for m in methods:
+        rows = [summary[s].get(m) for s in suites]
+        log(f"{m:20s}" + "".join(cell(r, ret) for r in rows))
+        if any(r is not None and r.get(f"vs_{REFERENCE}") for r in rows):
+            log(f"{'':20s}" + "".join(cell(r, diff) for r in rows))

@@ -158,7 +158,8 @@ class MethodPolicy:
         own test tasks and evaluation key, which reproduces the run's per-task series exactly."""
         s = _index("seed_index", seed_index, self.num_seeds)
         key = ev.eval_key(self.config.seed, s) if key is None else key
-        tasks = ev.test_tasks(key, self.config.evaluation.num_tasks) if tasks is None else tasks
+        if tasks is None:
+            tasks = ev.test_tasks(key, self.config.evaluation.num_tasks, envs.get_suite(self.config.suite))
         return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 
@@ -190,7 +191,8 @@ class Run:
     def test_tasks(self, seed_index: int):
         """The held-out test tasks the run evaluated seed `seed_index` on (leading task axis)."""
         s = _index("seed_index", seed_index, self.config.num_seeds)
-        return ev.test_tasks(ev.eval_key(self.config.seed, s), self.config.evaluation.num_tasks)
+        return ev.test_tasks(ev.eval_key(self.config.seed, s), self.config.evaluation.num_tasks,
+                             envs.get_suite(self.config.suite))
 
     def test_task(self, seed_index: int, task_index: int):
         """One of them (no task axis), as per_task.csv's `seed_index` / `task_index` name it."""
@@ -283,8 +285,15 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     the method's reported adaptation). The episode is the first one of a fresh 500-step window
     (as the evaluation measures it); for in_context it is the first episode after one context
     episode, with the carry kept across both. Actions are sampled (`deterministic=True`: the
-    most likely action).
+    most likely action). The task must be one of the run's suite (`Run.test_task` always is;
+    `make_task` / `sample_task` give standard-suite tasks); a run whose suite hides part of the
+    state (partial observations) is refused, since the episode's states are read from the
+    observations.
     """
+    suite = envs.get_suite(policy.config.suite)
+    if suite.obs_mode != "full":
+        raise ValueError(f"rollout_episode reads the CartPole state from the observations, but the run's "
+                         f"suite {suite.name!r} observes {suite.obs_mode} observations ([x, theta])")
     k_adapt, k_roll = jax.random.split(key)
     params, pre = policy.adapt(seed_index, task, k_adapt, adapt_steps)
     episode_index = 1 if policy.carry_across_episodes else 0

@@ -5,6 +5,9 @@ A `Trainer` is one training algorithm with its policy and environment, built fro
 iteration, one seed; `benchmarks.training.train` vmaps them over seeds). Its `name` is its
 checkpoint directory (`checkpoints/<name>/`):
 
+Every trainer trains on the train split of the run's suite (`config.suite`, `envs.suites`: its
+environment and task distribution).
+
   non_adaptive  PPO (`config.non_adaptive`) of an `MLPPolicy` (`config.policy`) on CartPole;
   in_context    PPO (`config.in_context`) of an `SSMPolicy` (`config.in_context_policy`) on
                 `envs.context.ContextWrapper` observations (RL^2);
@@ -164,9 +167,12 @@ TRAINERS = {
 
 
 def build_trainer(name: str, config: "BenchmarkConfig", env=None) -> Trainer:
-    """The trainer `name` (a `TRAINERS` key) of `config`, on `env` (default: `config.env_name`)."""
-    env = envs.make(config.env_name)[0] if env is None else env
-    return TRAINERS[name].build(name, config, env, envs.CartPoleTasks())
+    """The trainer `name` (a `TRAINERS` key) of `config`, training on the train split of the
+    suite `config.suite` (`envs.suites.SUITES`) in `env` (default: the suite's environment;
+    the standard suite's is `envs.make(config.env_name)[0]`)."""
+    suite = envs.get_suite(config.suite)
+    env = suite.env() if env is None else env
+    return TRAINERS[name].build(name, config, env, suite)
 
 
 def sections_used(trainer_names) -> set:

@@ -56,8 +56,9 @@ class PPO:
         the environment's full observation size.
       config: a ``PPOConfig`` (default ``PPOConfig()``).
       env: a gymnax environment (default CartPole-v1), e.g. an ``envs.context.ContextWrapper``.
-      task_dist: the task distribution (default ``envs.CartPoleTasks()``); iterations sample
-        its ``"train"`` split.
+      task_dist: the task distribution (default ``envs.CartPoleTasks()``; an ``envs.Suite``
+        too), anything with ``sample(key, num_tasks, split)`` returning tasks of ``env``;
+        iterations sample its ``"train"`` split.
 
     Pure API: ``state = ppo.init(key)``; ``state, metrics = ppo.update(state, key)`` (one
     iteration; jit/vmap/scan it); ``ppo.env_steps_per_update`` env steps per iteration.

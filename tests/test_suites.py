@@ -310,10 +310,20 @@ def test_partial_hides_exactly_the_velocities_under_jit_and_vmap():
 # ------------------------------------------------------------------------------ import cost
 
 
-def test_suites_import_no_jax():
-    code = ("import sys, envs\nfrom envs.suites import SUITES\n"
+def test_suites_and_the_suite_flag_import_no_jax():
+    """The registry and `--suite` checks (a bad name is exit 2 naming the flag) run without
+    JAX, flax or gymnax, so they answer before anything is compiled."""
+    code = ("import contextlib, io, sys, envs\nfrom envs.suites import SUITES\n"
             "print(SUITES['extreme'].to_dict()['tasks']['test']['force_mag'], envs.SUITE_NAMES[0])\n"
+            "from benchmarks.cli import parse_args\nerr = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    try:\n        parse_args(['--suite', 'hard'])\n    except SystemExit as e:\n        print(e.code)\n"
+            "print(err.getvalue().strip().splitlines()[-1])\n"
+            "print(parse_args(['--suite', 'goal', '--quick'])[0].suite)\n"
             "print(sorted(m for m in ('jax', 'gymnax', 'flax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[[1.0, 5.0], [15.0, 20.0]] standard", "[]"]
+    assert out.stdout.splitlines() == [
+        "[[1.0, 5.0], [15.0, 20.0]] standard", "2",
+        "python -m benchmarks.cartpole: error: --suite must be one of ['standard', 'partial', "
+        "'extreme', 'switching', 'goal', 'all'], got 'hard'", "goal", "[]"]

@@ -1,0 +1,198 @@
+"""`python -m benchmarks.cartpole --suite NAME`: the benchmark side of the evaluation suites.
+
+The default run checks the command line and configs (no compilation), the trainers each suite
+builds, the `--suite all` plumbing with a stand-in run, and one tiny training run of a wrapped
+suite with `--eval_only` reproducing it; every suite's `--quick` run is one slow test.
+"""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import envs
+from benchmarks import cartpole, runs
+from benchmarks import evaluation as ev
+from benchmarks.cli import RunOptions, build_parser, parse_args
+from benchmarks.config import METHODS, BenchmarkConfig
+from benchmarks.methods import METHODS_BY_NAME
+from benchmarks.results import print_suite_summary, suite_summary
+from benchmarks.trainers import TRAINERS, build_trainer
+from envs.suites import SUITE_NAMES, SUITES
+from test_cartpole_benchmark import _check_results
+
+
+@pytest.fixture(autouse=True)
+def _in_a_temporary_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def _error_of(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def test_standard_suite_is_todays_run_config_trainers_and_test_tasks():
+    today = BenchmarkConfig()
+    config, options = parse_args(["--suite", "standard"])
+    assert config == parse_args([])[0] == today and config.suite == "standard"
+    assert not options.all_suites
+    assert config.to_dict()["suite"] == "standard"
+    legacy = {k: v for k, v in today.to_dict().items() if k != "suite"}  # config.json of older runs
+    assert BenchmarkConfig.from_dict(legacy) == today
+    cartpole_env = envs.make("CartPole-v1")[0]
+    key = jax.random.key(11)
+    for name in TRAINERS:
+        trainer = build_trainer(name, config)
+        inner = trainer.env.inner if name == "in_context" else trainer.env
+        assert inner is cartpole_env
+        dist = trainer.task_dist if hasattr(trainer, "task_dist") else trainer.algo.task_dist
+        chex.assert_trees_all_equal(dist.sample(key, 8, "train"), envs.CartPoleTasks().sample(key, 8, "train"))
+    k = ev.eval_key(0, 1)
+    chex.assert_trees_all_equal(ev.test_tasks(k, 16, SUITES["standard"]), ev.test_tasks(k, 16))
+
+
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
+    config = parse_args(["--suite", name, "--quick"])[0]
+    assert config.suite == name and config == BenchmarkConfig.quick_preset().with_values({"suite": name})
+    suite = SUITES[name]
+    for trainer_name in TRAINERS:
+        trainer = build_trainer(trainer_name, config)
+        if trainer_name == "in_context":
+            assert trainer.env == envs.ContextWrapper(suite.env())
+            assert trainer.policy.obs_dim == envs.obs_dim(suite.env()) + 4
+        else:
+            assert trainer.env is suite.env()
+            assert trainer.policy.obs_dim == (2 if name == "partial" else 4)
+        dist = trainer.task_dist if hasattr(trainer, "task_dist") else trainer.algo.task_dist
+        assert dist is suite
+
+
+def test_suite_flag_is_listed_validated_and_stored(tmp_path, capsys):
+    text = build_parser().format_help()
+    listed = " ".join(text.split("suites (--suite):")[1].split("options:")[0].split())
+    for suite in SUITES.values():
+        assert f"{suite.name} {' '.join(suite.description.split()[:5])}" in listed
+    assert "--suite NAME" in text and "all: one run per suite" in " ".join(text.split())
+    err = _error_of(["--suite", "hard"], capsys)
+    assert "--suite must be one of ['standard', 'partial', 'extreme', 'switching', 'goal', 'all'], got 'hard'" in err
+    path = tmp_path / "run.toml"
+    path.write_text('suite = "goal"\nnum_seeds = 2\n')
+    assert parse_args(["--config", str(path)])[0].suite == "goal"
+    assert parse_args(["--config", str(path), "--suite", "extreme"])[0].suite == "extreme"  # flags win
+    path.write_text('suite = "goals"\n')
+    assert "suite must be one of ['standard'" in _error_of(["--config", str(path)], capsys)
+
+
+def test_suite_all_options_and_refusals(tmp_path, capsys):
+    config, options = parse_args(["--suite", "all", "--quick", "--out", str(tmp_path / "all")])
+    assert options.all_suites and config == BenchmarkConfig.quick_preset()
+    assert "--print_config prints one run's config" in _error_of(["--suite", "all", "--print_config"], capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(BenchmarkConfig().to_dict()))
+    assert "do not pass other config flags" in _error_of(["--resume", str(run), "--suite", "all"], capsys)
+    assert "--eval_only accepts only" in _error_of(["--eval_only", "--checkpoint", str(run), "--suite", "goal"], capsys)
+    assert "holds a run itself" in _error_of(["--suite", "all", "--out", str(run)], capsys)
+    (tmp_path / "all" / "goal").mkdir(parents=True)
+    (tmp_path / "all" / "goal" / "config.json").write_text(json.dumps(BenchmarkConfig().to_dict()))
+    assert "goal' already holds a run" in _error_of(["--suite", "all", "--out", str(tmp_path / "all")], capsys)
+    assert parse_args(["--suite", "all", "--out", str(tmp_path / "all"), "--overwrite"])[1].overwrite
+
+
+def test_suite_all_runs_every_suite_into_its_directory_and_summarises(tmp_path, monkeypatch, capsys):
+    """The --suite all plumbing with a stand-in for `run` (no training): each suite's config and
+    directory, then summary.json and the table from the runs' results."""
+    calls = []
+
+    def fake_run(config, options):
+        i = len(calls)
+        calls.append((config, options))
+        entry = lambda mean, diff: {"return_mean": mean, "return_ci95": 1.5, "per_seed_mean": [mean], **(  # noqa: E731
+            {} if diff is None else {"vs_non_adaptive": {"all": {"mean": diff, "ci95_low": diff - 1, "ci95_high": diff + 1}}})}
+        return {"methods": {"non_adaptive": entry(100.0 + i, None), "in_context": entry(200.0 + i, 100.0)}}
+
+    monkeypatch.setattr(cartpole, "run", fake_run)
+    out = str(tmp_path / "all")
+    assert cartpole.main(["--suite", "all", "--quick", "--num_seeds", "4", "--out", out]) == 0
+    assert [c.suite for c, _ in calls] == list(SUITE_NAMES)
+    assert [o.out for _, o in calls] == [os.path.join(out, s) for s in SUITE_NAMES]
+    assert all(c.num_seeds == 4 and c.quick and not o.all_suites for c, o in calls)
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert list(summary) == list(SUITE_NAMES)
+    assert summary["goal"]["in_context"]["return_mean"] == 204.0
+    assert summary["goal"]["in_context"]["vs_non_adaptive"] == {"mean": 100.0, "ci95_low": 99.0, "ci95_high": 101.0}
+    printed = capsys.readouterr().out
+    table = printed[printed.index("summary over suites"):]
+    assert "".join(f"{s:>24s}" for s in SUITE_NAMES) in table
+    assert "200.0 +- 1.5" in table and "204.0 +- 1.5" in table and "+100.0 [+99.0, +101.0]" in table
+
+
+def test_suite_summary_keeps_missing_values_readable(capsys):
+    res = {"standard": {"methods": {"non_adaptive": {"return_mean": float("nan"), "return_ci95": float("nan"),
+                                                     "per_seed_mean": [float("nan")]}}}}
+    summary = suite_summary(res)
+    assert summary["standard"]["non_adaptive"]["return_mean"] is None  # strict JSON: nan -> null
+    print_suite_summary(summary)
+    assert "nan" in capsys.readouterr().out
+
+
+def test_rollout_episode_refuses_a_run_that_observes_part_of_the_state():
+    config = BenchmarkConfig.quick_preset().with_values({"suite": "partial"})
+    policy = runs.MethodPolicy(METHODS_BY_NAME["in_context"], build_trainer("in_context", config), None, config)
+    with pytest.raises(ValueError, match=r"suite 'partial' observes partial observations \(\[x, theta\]\)"):
+        runs.rollout_episode(policy, 0, None, jax.random.key(0))
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "2", "--chunk_size", "2",
+           "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
+
+
+def test_tiny_run_of_a_wrapped_suite_and_its_eval_only(tmp_path):
+    """A wrapped suite through the whole pipeline (PPO on SuiteParams tasks, evaluation,
+    per_task.csv, plots); results.json and config.json name the suite; --eval_only on the run
+    reproduces its per-task returns exactly."""
+    out = str(tmp_path / "run")
+    assert cartpole.main(TINY_PG + ["--suite", "switching", "--out", out]) == 0
+    res = _check_results(out, ["non_adaptive"])
+    assert res["suite"] == "switching" and res["suite_definition"] == SUITES["switching"].to_dict()
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["suite"] == "switching"
+    assert cartpole.main(["--eval_only", "--checkpoint", out]) == 0
+    again = _check_results(os.path.join(out, "eval"), ["non_adaptive"])
+    assert again["suite"] == "switching"
+    assert again["methods"]["non_adaptive"]["per_seed_mean"] == res["methods"]["non_adaptive"]["per_seed_mean"]
+    with open(os.path.join(out, "per_task.csv")) as a, open(os.path.join(out, "eval", "per_task.csv")) as b:
+        assert a.read() == b.read()
+
+
+@pytest.mark.slow
+def test_quick_run_of_every_suite_end_to_end(tmp_path, capsys):
+    """`--suite all --quick`: every suite's --quick run (every method) in --out/<suite>/ with
+    the results.json schema, returns in [0, 500] and the plots; then summary.json and the table."""
+    out = str(tmp_path / "all")
+    assert cartpole.main(["--suite", "all", "--quick", "--out", out]) == 0
+    for name in SUITE_NAMES:
+        res = _check_results(os.path.join(out, name), METHODS)
+        assert res["suite"] == name and BenchmarkConfig.from_dict(res["config"]).suite == name
+        for m in res["methods"].values():
+            assert np.all((np.asarray(m["per_seed_mean"]) >= 0) & (np.asarray(m["per_seed_mean"]) <= 500))
+        for png in ("adaptation.png", "per_task_physics.png"):
+            assert os.path.getsize(os.path.join(out, name, png)) > 0
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert list(summary) == list(SUITE_NAMES) and all(set(summary[s]) == set(METHODS) for s in SUITE_NAMES)
+    assert "summary over suites" in capsys.readouterr().out
