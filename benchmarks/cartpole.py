@@ -37,7 +37,7 @@ from benchmarks.cli import RunOptions, check_all_suites_out, parse_args, run_mai
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import trainer_label, trainer_names
 from benchmarks.trainers import TRAINERS, Trainer, build_trainer
-from envs.suites import SUITE_NAMES
+from envs.suites import SUITE_NAMES, get_suite
 
 # JAX, orbax and the training/evaluation modules are imported by `load_trained` and `run`, after
 # the command line is parsed and validated (`--help` and usage errors import none of them).
@@ -152,11 +152,9 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
-    import envs
-
     results = {
         "suite": config.suite,
-        "suite_definition": envs.get_suite(config.suite).to_dict(),
+        "suite_definition": get_suite(config.suite).to_dict(),
         "config": config.to_dict(),
         "methods": methods,
         "timing": {"wall_s": wall, "compile_s": compile_s + eval_compile_s, "train_compile_s": compile_s,

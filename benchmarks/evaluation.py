@@ -2,8 +2,8 @@
 
 Per seed `s`, the test tasks are the held-out split of the run's suite (`envs.suites`;
 `envs.CartPoleTasks()` for the standard suite), `suite.sample(eval_key(s), num_tasks, "test")`
-(`test_tasks`), and every method gets the same rollout keys for them. The measurement is the same for all
-methods: the mean return of the episodes completed in a 500-step evaluation window (the real
+(`test_tasks`), and every method gets the same rollout keys for them. The measurement is the
+same for all methods: the mean return of the episodes completed in a 500-step evaluation window (the real
 CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
 per (seed, task). What differs is what each method may do before/while it is measured:
 

@@ -149,11 +149,11 @@ def make_suite_params(physics: EnvParams, *, after: EnvParams | None = None,
     low, high = (NO_SWITCH, NO_SWITCH) if switch_steps is None else switch_steps
     if after is None:
         after = physics
-    fields = {f: getattr(physics, f) for f in physics.__dataclass_fields__}
+    fields = {f: getattr(physics, f) for f in EnvParams.__dataclass_fields__}
     full = lambda v, dtype: jnp.broadcast_to(jnp.asarray(v, dtype), shape)  # noqa: E731
     return SuiteParams(
         **fields,
-        after=EnvParams(**{f: getattr(after, f) for f in after.__dataclass_fields__}),
+        after=EnvParams(**{f: getattr(after, f) for f in EnvParams.__dataclass_fields__}),
         switch_low=full(low, jnp.int32), switch_high=full(high, jnp.int32),
         goal_x=full(0.0 if goal_x is None else goal_x, jnp.float32),
         goal_reward=full(goal_x is not None, jnp.bool_))

@@ -62,6 +62,19 @@ def test_standard_suite_is_exactly_todays_env_and_tasks():
         chex.assert_trees_all_equal(got, want)
 
 
+def test_a_suite_environment_asked_for_again_does_not_retrace():
+    """gymnax's jitted step takes the environment as a static argument: a new task and the
+    environment asked for again reuse the compiled step."""
+    step = envs.SuiteCartPole.step  # jax.jit(..., static_argnames="self")
+    for name in ("partial", "goal"):
+        first, second = (jax.tree.map(lambda x: x[i], _draw(name, "test", n=2)) for i in (0, 1))
+        _, state = SUITES[name].env().reset(jax.random.key(0), first)
+        SUITES[name].env().step(jax.random.key(1), state, 1, first)
+        compiled = step._cache_size()
+        SUITES[name].env().step(jax.random.key(2), state, 0, second)
+        assert step._cache_size() == compiled, name
+
+
 def test_registry_and_environments_are_cached_objects():
     assert envs.SUITE_NAMES == ("standard", "partial", "extreme", "switching", "goal")
     assert envs.get_suite("goal") is SUITES["goal"]
@@ -273,6 +286,7 @@ def test_returns_of_wrapped_suites_stay_in_range_through_rollout_tasks():
         params = policy.init(jax.random.key(0), jnp.zeros((1, 1, envs.obs_dim(env))))
         traj = envs.rollout_tasks(jax.random.key(1), policy, params, _draw(name, "test", n=4),
                                   num_envs=2, num_steps=200, env=env)
+
         done_returns = np.asarray(traj.episode_returns)[np.asarray(traj.dones)]
         assert done_returns.size and np.all((done_returns >= 0) & (done_returns <= 500)), name
         rewards = np.asarray(traj.rewards)
