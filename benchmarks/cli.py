@@ -234,6 +234,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
             raise ValueError(f"{flag} {source!r} is not a directory (give a run directory)")
         if not os.path.isdir(run_dir):
             raise ValueError(f"{flag} directory {run_dir!r} does not exist")
+        rundir.recover(run_dir, log=_note)
         config = rundir.load_run_config(run_dir)
         if args.config:
             raise ValueError(f"--config sets up a new run; {'--resume' if args.resume else '--eval_only'} "
@@ -252,6 +253,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                                  f"drop --out (got {args.out!r})")
             if args.overwrite:
                 raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
+            rundir.check_resumable(run_dir, trainer_names(config.methods))
             return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None,
                                       debug=args.debug)
         out = args.out or os.path.join(run_dir, "eval")
@@ -268,9 +270,15 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     _check_flags_apply(config, given)
     out = args.out or DEFAULT_OUT
     if args.print_config is None:
+        if os.path.isdir(out):
+            rundir.recover(out, log=_note)
         rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite, debug=args.debug)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:
