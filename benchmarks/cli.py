@@ -10,6 +10,10 @@ errors answer at once.
 `run_main(argv, run)` is the whole command: parse, then `run(config, options)`; a runtime fault
 prints one line and exits 1 (`--debug`: the full traceback), Ctrl-C one line and exit 130,
 leaving the run resumable.
+
+Before it reads or checks a run directory, parsing puts back a run that an interrupted
+`--overwrite` had set aside (`benchmarks.rundir.recover`, with a note on stderr), and `--resume`
+refuses a run whose checkpoints are gone (`benchmarks.rundir.check_resumable`).
 """
 
 from __future__ import annotations

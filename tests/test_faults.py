@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROG = "python -m benchmarks.cartpole"
 KILLS = 10
-#: Kinds of the ten SIGKILLs, in the order they happen (the training ones are shuffled).
+#: Kinds of the SIGKILLs during training (at distinct events, `_plan`) and during evaluation.
 TRAINING_KILLS = ["saving", "saving", "saving", "it", "it", "compile", "saved"]
 EVALUATION_KILLS = ["eval", "eval", "eval"]
 
@@ -200,40 +200,52 @@ def _partial_checkpoints(run_dir: str) -> list:
     return [os.path.join(d, n) for d, dirs, _ in os.walk(root) for n in dirs if "orbax-checkpoint-tmp" in n]
 
 
+def _plan(timeline: list, rng: random.Random) -> list:
+    """The interruptions, in run order: `(signal, event)` for the ten SIGKILLs (the training
+    ones at distinct events of the kinds `TRAINING_KILLS`, spread over the whole training) and
+    one SIGINT at a compilation among them, then the evaluation kills."""
+    training = [e for e in timeline if e.kind != "eval"]
+    chosen = []
+    for kind in TRAINING_KILLS + ["sigint"]:
+        pool = [e for e in training if e.kind == ("compile" if kind == "sigint" else kind)
+                and e not in (c for _, c in chosen)]
+        chosen.append((signal.SIGINT if kind == "sigint" else signal.SIGKILL, rng.choice(pool)))
+    chosen.sort(key=lambda sc: timeline.index(sc[1]))
+    evals = sorted(rng.sample([e for e in timeline if e.kind == "eval"], len(EVALUATION_KILLS)),
+                   key=timeline.index)
+    return chosen + [(signal.SIGKILL, e) for e in evals]
+
+
 def test_kill_interrupt_and_full_disk_then_resume_give_the_uninterrupted_results(quick_run, tmp_path,
                                                                                  record_property):
     config = BenchmarkConfig.quick_preset()
     assert set(trainer_names(config.methods)) <= set(TRAINERS)
     evaluations = len(re.findall(r"^\[\w+.*\] evaluating ", quick_run.stdout, re.M))
-    assert evaluations >= 3, quick_run.stdout[-2000:]
+    assert evaluations >= len(EVALUATION_KILLS), quick_run.stdout[-2000:]
     timeline = _timeline(config, evaluations)
     rng = random.Random(19)
-    plan = rng.sample(TRAINING_KILLS, len(TRAINING_KILLS)) + EVALUATION_KILLS
+    plan = _plan(timeline, rng)
     run_dir = str(tmp_path / "run")
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": quick_run.cache, "PYTHONUNBUFFERED": "1"}
     log, resumed_from = [], []
-    last = -1          # timeline index of the last fault's moment: each one is later in the run
     t_chain = time.perf_counter()
-
-    def pick(kinds) -> Optional[Event]:
-        nonlocal last
-        ahead = [e for e in _ahead(timeline, config, run_dir) if e.kind in kinds]
-        later = [e for e in ahead if timeline.index(e) > last] or ahead
-        if not later:
-            return None
-        event = later[min(len(later) - 1, rng.randrange(2))]
-        last = timeline.index(event)
-        return event
 
     def launch(patch: str = "") -> Watched:
         argv = ["--quick", "--out", run_dir] if not os.path.exists(run_dir) else ["--resume", run_dir]
         return Watched(argv, env, run_dir, patch)
 
+    def reachable(event: Event) -> Event:
+        """`event`, or if the last kill landed past it (the process ran on for a moment after
+        the signal), the next event of its kind ahead (else the next one ahead)."""
+        ahead = _ahead(timeline, config, run_dir)
+        if event in ahead:
+            return event
+        same = [e for e in ahead if e.kind == event.kind and timeline.index(e) > timeline.index(event)]
+        return (same or ahead)[0]
+
     kills = 0
-    for step in range(3 * KILLS):
-        if kills == KILLS:
-            break
-        if step == 2:      # a full disk while a checkpoint is written
+    for i, (sig, planned) in enumerate(plan):
+        if i == 2:         # a full disk while a checkpoint is written
             out = launch(FULL_DISK_AT_CHECKPOINT).run()
             log.append(("full disk at a checkpoint", out.returncode, round(out.wall_s, 1)))
             reports = _reports(out.stderr)
@@ -241,30 +253,24 @@ def test_kill_interrupt_and_full_disk_then_resume_give_the_uninterrupted_results
             assert "cannot write checkpoint step" in reports[0] and "no space left on device" in reports[0]
             assert os.path.join(run_dir, "checkpoints") in reports[0] and "Traceback" not in out.stderr
             assert not _partial_checkpoints(run_dir)
-            continue
-        if step == 5:      # Ctrl-C during a compilation
-            target = pick({"compile"}) or pick({"it"})
-            out = launch().run(target, signal.SIGINT, delay=rng.uniform(0.5, 2.0))
-            log.append(("SIGINT", target, out.returncode, round(out.seconds_to_exit, 2)))
-            assert out.hit is not None, log
+        target = reachable(planned)
+        delay = rng.uniform(0.5, 2.0) if sig == signal.SIGINT else (
+            rng.uniform(0.0, 2.0) if target.kind in ("compile", "eval") else 0.0)
+        out = launch().run(target, sig, delay)
+        resumed_from += re.findall(r"resumed from checkpoint at iteration (\d+)", out.stdout)
+        log.append((signal.Signals(sig).name, target, out.how, round(delay, 2), out.returncode,
+                    round(out.seconds_to_exit, 2), round(out.wall_s, 1)))
+        assert out.hit is not None, log                      # every moment is reached
+        if sig == signal.SIGINT:   # Ctrl-C: exit 130 within the watchdog's grace, one line
             assert out.returncode == 130, out.stderr[-3000:]
             assert _reports(out.stderr) == [f"{PROG}: interrupted; the run in {run_dir!r} keeps its checkpoints: "
                                             f"continue it with --resume {run_dir}"], out.stderr[-3000:]
             assert "Traceback" not in out.stderr
             record_property("sigint_seconds_to_exit", round(out.seconds_to_exit, 2))
-            continue
-        kind = plan[kills]
-        target = pick({kind}) or pick({"it", "compile", "saving", "saved"}) or pick({"eval"})
-        delay = rng.uniform(0.0, 3.0) if target.kind in ("compile", "eval") else 0.0
-        out = launch().run(target, signal.SIGKILL, delay)
-        resumed_from += re.findall(r"resumed from checkpoint at iteration (\d+)", out.stdout)
-        log.append(("SIGKILL", target, out.how, round(delay, 2), out.returncode, round(out.wall_s, 1)))
-        if out.hit is not None and out.returncode == -signal.SIGKILL:
-            kills += 1
         else:
-            assert out.returncode == 0, out.stderr[-3000:]
+            kills += out.returncode == -signal.SIGKILL
+            assert out.returncode in (0, -signal.SIGKILL), out.stderr[-3000:]
     assert kills == KILLS, log
-    assert {e[1].kind for e in log if e[0] == "SIGKILL" and e[2]} >= {"saving", "it", "compile", "eval"}, log
 
     before = open(os.path.join(run_dir, "results.json"), "rb").read() if os.path.exists(
         os.path.join(run_dir, "results.json")) else None
@@ -283,7 +289,7 @@ def test_kill_interrupt_and_full_disk_then_resume_give_the_uninterrupted_results
     wall = time.perf_counter() - t_chain
     record_property("fault_chain_wall_s", round(wall, 1))
     record_property("fault_log", repr(log))
-    print(f"fault chain: {wall:.0f}s wall, uninterrupted run {quick_run.wall_s:.0f}s", *log, sep="\n")
+    print(f"\nfault chain: {wall:.0f}s wall; the uninterrupted run: {quick_run.wall_s:.0f}s", *log, sep="\n")
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
     # really resumed (a silent restart from iteration 0 would also reach the same numbers)
