@@ -167,16 +167,21 @@ def clear_run(out: str, trainers: Iterable[str]) -> None:
 
 def set_aside(out: str) -> bool:
     """Move the run in `out` (`run_entries` of every trainer) into `out/.previous-run/`, with
-    the same layout (renames within `out`, so each move is atomic); returns whether there was
-    anything to move. It stays there until `discard_previous` or `restore_previous`."""
+    the same layout; returns whether there was anything to move. The entries are moved into
+    `.previous-run.partial/` first (renames within `out`), which is renamed once all are in:
+    a kill part-way leaves the partial directory, which `recover` moves back without touching
+    anything else (the new run has not written anything yet). The run stays in
+    `.previous-run/` until `discard_previous` or `restore_previous`."""
     recover(out)
     names = run_entries(out, TRAINERS)
     if not names:
         return False
     previous = os.path.join(out, PREVIOUS_DIR)
+    staging = previous + ".partial"
     for name in names:
-        os.makedirs(os.path.dirname(os.path.join(previous, name)), exist_ok=True)
-        os.replace(os.path.join(out, name), os.path.join(previous, name))
+        os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+        os.replace(os.path.join(out, name), os.path.join(staging, name))
+    os.replace(staging, previous)
     _remove_empty_dirs(out)
     return True
 
@@ -194,26 +199,38 @@ def discard_previous(out: str) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
+def _move_back(kept: str, out: str) -> None:
+    for name in run_entries(kept, TRAINERS):
+        target = os.path.join(out, name)
+        if os.path.lexists(target):
+            _remove(target)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(kept, name), target)
+    shutil.rmtree(kept)
+
+
 def restore_previous(out: str) -> bool:
     """Put the run `set_aside` kept back into `out`, replacing what the new run wrote there
-    (`clear_run`); returns whether there was one."""
+    (`clear_run`; after an interrupted `set_aside`, only the entries it had moved go back);
+    returns whether there was one."""
     previous = os.path.join(out, PREVIOUS_DIR)
     shutil.rmtree(previous + ".discarded", ignore_errors=True)
+    if os.path.isdir(previous + ".partial"):
+        _move_back(previous + ".partial", out)
+        return True
     if not os.path.isdir(previous):
         return False
     clear_run(out, TRAINERS)
-    for name in run_entries(previous, TRAINERS):
-        os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
-        os.replace(os.path.join(previous, name), os.path.join(out, name))
-    shutil.rmtree(previous)
+    _move_back(previous, out)
     return True
 
 
 def recover(out: str, log: Optional[Callable[[str], None]] = None) -> bool:
     """If an `--overwrite` of `out` was killed before the new run's first checkpoint, put the
     run it replaced back (`restore_previous`) and say so through `log`; returns whether it did."""
-    if not os.path.isdir(os.path.join(out, PREVIOUS_DIR)):
-        shutil.rmtree(os.path.join(out, PREVIOUS_DIR + ".discarded"), ignore_errors=True)
+    previous = os.path.join(out, PREVIOUS_DIR)
+    if not (os.path.isdir(previous) or os.path.isdir(previous + ".partial")):
+        shutil.rmtree(previous + ".discarded", ignore_errors=True)
         return False
     restore_previous(out)
     if log is not None:

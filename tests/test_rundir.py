@@ -143,6 +143,12 @@ def test_a_kill_during_an_overwrite_is_recovered_by_the_next_command(tmp_path, c
         rundir.set_aside(str(out))
         parse_args(argv)
         assert _tree(out) == before
+    # a kill part-way through setting the run aside: what was moved goes back, the rest stays
+    staging = out / (rundir.PREVIOUS_DIR + ".partial")
+    os.makedirs(staging / "checkpoints")
+    os.replace(out / "config.json", staging / "config.json")
+    os.replace(out / "checkpoints" / "non_adaptive", staging / "checkpoints" / "non_adaptive")
+    assert rundir.recover(str(out)) and _tree(out) == before
     # a kill while discarding the old run (after the new run's first checkpoint) is not undone
     rundir.set_aside(str(out))
     os.replace(out / rundir.PREVIOUS_DIR, out / (rundir.PREVIOUS_DIR + ".discarded"))
