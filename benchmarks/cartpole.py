@@ -36,7 +36,7 @@ from benchmarks import rundir
 from benchmarks.cli import RunOptions, check_all_suites_out, parse_args, run_main
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import trainer_label, trainer_names
-from benchmarks.trainers import TRAINERS, Trainer, build_trainer
+from benchmarks.trainers import Trainer, build_trainer
 from envs.suites import SUITE_NAMES, get_suite
 
 # JAX, orbax and the training/evaluation modules are imported by `load_trained` and `run`, after
@@ -86,6 +86,54 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     CheckpointError if a checkpoint to resume or evaluate is missing or does not match; an
     evaluation (`options.eval_only`) loads every checkpoint before it writes anything.
     """
+    from benchmarks import compile_time
+
+    compile_time.install()
+    t_start = time.perf_counter()
+    out = options.out
+    fresh = not options.eval_only and not options.resume
+    source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
+    rundir.recover(source, log=log)
+    if options.eval_only:
+        rundir.check_eval_out(out, source)
+    if fresh or options.eval_only:
+        rundir.check_out(out, overwrite=options.overwrite,
+                         what="run or evaluation" if options.eval_only else "run")
+    if options.resume:
+        rundir.check_resumable(out, trainer_names(config.methods))
+        rundir.remove_stale_temporaries(out)
+    trainers = {name: build_trainer(name, config) for name in trainer_names(config.methods)}
+    states, histories = {}, {}
+    if options.eval_only:  # every checkpoint loads before `out` is touched
+        for name, trainer in trainers.items():
+            states[name], histories[name] = load_trained(
+                trainer, rundir.checkpoint_dir(source, name), config.num_seeds)
+    replacing = []  # the run an --overwrite replaces is kept aside until this one has a checkpoint
+    if fresh:  # a replaced run's checkpoints and results never mix with this one's
+        os.makedirs(out, exist_ok=True)
+        rundir.remove_stale_temporaries(out)
+        if rundir.set_aside(out):
+            replacing.append(out)
+        rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
+
+    def saved(trainer_name: str, step: int) -> None:
+        rundir.record_checkpoint(out, trainer_name, step)
+        if replacing:
+            rundir.discard_previous(replacing.pop())
+
+    try:
+        return _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved)
+    except BaseException:
+        if replacing:  # failed or stopped before its first checkpoint: the old run comes back
+            rundir.restore_previous(replacing.pop())
+        raise
+
+
+def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: dict, states: dict,
+                        histories: dict, source: str, t_start: float, saved) -> dict:
+    """The rest of `run`: train every trainer (`states`/`histories` already hold the loaded
+    ones of an evaluation), evaluate, write the results; `saved(trainer, step)` follows each
+    complete checkpoint."""
     import jax
 
     from benchmarks import compile_time
@@ -95,26 +143,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     from benchmarks.results import json_safe, method_results, per_task_rows, print_table, versions, write_csv
     from benchmarks.training import TrainResult, train
 
-    compile_time.install()
-    t_start = time.perf_counter()
     out = options.out
-    fresh = not options.eval_only and not options.resume
-    source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
-    if options.eval_only:
-        rundir.check_eval_out(out, source)
-    if fresh or options.eval_only:
-        rundir.check_out(out, overwrite=options.overwrite,
-                         what="run or evaluation" if options.eval_only else "run")
-    trainers = {name: build_trainer(name, config) for name in trainer_names(config.methods)}
-    states, histories, timing_train = {}, {}, {}
-    if options.eval_only:  # every checkpoint loads before `out` is touched
-        for name, trainer in trainers.items():
-            states[name], histories[name] = load_trained(
-                trainer, rundir.checkpoint_dir(source, name), config.num_seeds)
-    if fresh:  # a replaced run's checkpoints and results never mix with this one's
-        os.makedirs(out, exist_ok=True)
-        rundir.clear_run(out, TRAINERS)
-        rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
+    timing_train = {}
     log(f"benchmarks.cartpole: suite {config.suite}, methods {list(config.methods)}, {config.num_seeds} seeds, "
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
     compile_s = run_s = 0.0
@@ -127,7 +157,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             name, init=trainer.init, update=trainer.update, seed=config.seed,
             num_seeds=config.num_seeds, iterations=trainer.iterations, chunk_size=config.chunk_size,
             env_steps_per_update=trainer.env_steps_per_update,
-            checkpointer=Checkpointer(directory, create=True),
+            checkpointer=Checkpointer(directory, create=True,
+                                      on_saved=lambda step, name=name: saved(name, step)),
             checkpoint_every=config.checkpoint_every,
             metadata={"config": config.to_dict(), "model": name},
             resume=options.resume is not None, per_seed=(trainer.return_metric,),

@@ -10,6 +10,10 @@ errors answer at once.
 `run_main(argv, run)` is the whole command: parse, then `run(config, options)`; a runtime fault
 prints one line and exits 1 (`--debug`: the full traceback), Ctrl-C one line and exit 130,
 leaving the run resumable.
+
+Before it reads or checks a run directory, parsing puts back a run that an interrupted
+`--overwrite` had set aside (`benchmarks.rundir.recover`, with a note on stderr), and `--resume`
+refuses a run whose checkpoints are gone (`benchmarks.rundir.check_resumable`).
 """
 
 from __future__ import annotations
@@ -251,6 +255,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
             raise ValueError(f"{flag} {source!r} is not a directory (give a run directory)")
         if not os.path.isdir(run_dir):
             raise ValueError(f"{flag} directory {run_dir!r} does not exist")
+        rundir.recover(run_dir, log=_note)
         config = rundir.load_run_config(run_dir)
         if args.config:
             raise ValueError(f"--config sets up a new run; {'--resume' if args.resume else '--eval_only'} "
@@ -269,6 +274,7 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                                  f"drop --out (got {args.out!r})")
             if args.overwrite:
                 raise ValueError("--resume continues a run; it cannot be combined with --overwrite")
+            rundir.check_resumable(run_dir, trainer_names(config.methods))
             return config, RunOptions(out=run_dir, resume=run_dir, eval_only=False, checkpoint=None,
                                       debug=args.debug)
         out = args.out or os.path.join(run_dir, "eval")
@@ -292,6 +298,8 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
     if all_suites:
         check_all_suites_out(out, overwrite=args.overwrite)
     elif args.print_config is None:
+        if os.path.isdir(out):
+            rundir.recover(out, log=_note)
         rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite, debug=args.debug, all_suites=all_suites)
@@ -304,7 +312,14 @@ def check_all_suites_out(out: str, overwrite: bool) -> None:
         raise rundir.RunDirError(f"--suite {ALL_SUITES} writes one run per suite into --out/<suite>/, "
                                  f"but --out {out!r} holds a run itself; choose another --out")
     for name in SUITE_NAMES:
-        rundir.check_out(os.path.join(out, name), overwrite=overwrite, what="run")
+        suite_out = os.path.join(out, name)
+        if os.path.isdir(suite_out):
+            rundir.recover(suite_out, log=_note)
+        rundir.check_out(suite_out, overwrite=overwrite, what="run")
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
 def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:

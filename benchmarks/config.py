@@ -41,8 +41,32 @@ MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
 #: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
 #: would wrap around onto another seed's key).
 MAX_SEED = 2**32 - 1
+#: The largest count (iterations, tasks, envs, steps, sizes) a config accepts: JAX counts in
+#: int32 (iteration numbers in the training scan, optax's step counts and schedules, array
+#: sizes), so a larger one would fail or wrap around late in a run.
+MAX_COUNT = 2**31 - 1
 #: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
 ENV_NAMES = ("CartPole-v1",)
+
+
+def _check_counts(config: Any, prefix: str = "") -> None:
+    """Every int field of `config` and its sections (bar `seed`, a uint32) is <= MAX_COUNT,
+    else ValueError naming its path."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_counts(value, f"{prefix}{f.name}.")
+        elif isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and value > MAX_COUNT:
+            raise ValueError(f"{prefix}{f.name} must be <= {MAX_COUNT} (2**31 - 1: JAX counts in int32), "
+                             f"got {value!r}")
+
+
+def _check_step_count(path: str, iterations: int, per_iteration: int, what: str) -> None:
+    """The optimizer steps of a run (`iterations x per_iteration`, the length of its step-size
+    schedule) fit in int32, else ValueError naming the iteration count's `path`."""
+    if iterations * per_iteration > MAX_COUNT:
+        raise ValueError(f"{path} must be <= {MAX_COUNT // per_iteration} ({per_iteration} {what} per "
+                         f"iteration; the optimizer's step count is an int32), got {iterations!r}")
 
 
 def _check_section(name: str, value: Any, cls: type) -> None:
@@ -224,12 +248,21 @@ class BenchmarkConfig:
         for name in ("num_seeds", "chunk_size", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
-        if self.seed > MAX_SEED + 1 - self.num_seeds:
-            raise ValueError(f"seed must be <= {MAX_SEED + 1 - self.num_seeds} (2**32 - num_seeds: seeds "
-                             f"seed..seed+num_seeds-1 are uint32), got {self.seed!r}")
         check_bool("quick", self.quick)
         for name, cls in _sections(type(self)).items():
             _check_section(name, getattr(self, name), cls)
+        _check_counts(self)  # num_seeds <= MAX_COUNT < MAX_SEED first: the seed bound below is then >= 1
+        if self.seed > MAX_SEED + 1 - self.num_seeds:
+            raise ValueError(f"seed must be <= {MAX_SEED + 1 - self.num_seeds} (2**32 - num_seeds: seeds "
+                             f"seed..seed+num_seeds-1 are uint32), got {self.seed!r}")
+        if self.maml.anneal_outer_lr:
+            _check_step_count("maml.num_meta_updates", self.maml.num_meta_updates,
+                              self.maml.rl.num_outer_epochs, "outer epochs")
+        for name in ("non_adaptive", "in_context"):
+            ppo = getattr(self, name)
+            if ppo.anneal_lr:
+                _check_step_count(f"{name}.total_iterations", ppo.total_iterations,
+                                  ppo.update_epochs * ppo.num_minibatches, "epochs x minibatches")
 
     @classmethod
     def quick_preset(cls) -> "BenchmarkConfig":

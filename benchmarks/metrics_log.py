@@ -24,6 +24,8 @@ import math
 import os
 from typing import Optional
 
+from benchmarks.rundir import atomic_write
+
 METRICS_DIR = "metrics"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -74,13 +76,11 @@ class MetricsLog:
         done = len(history.get("env_steps", ()))
         rows = [history_row(history, i) for i in range(done)]
         self._columns = list(dict.fromkeys(k for r in rows for k in r)) if rows else None
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.path, newline="") as f:
             if rows:
                 w = csv.DictWriter(f, fieldnames=self._columns, restval="")
                 w.writeheader()
                 w.writerows(rows)
-        os.replace(tmp, self.path)
         if self.tensorboard_dir is not None:
             from tensorboardX import SummaryWriter  # noqa: PLC0415 - optional extra "tensorboard"
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks import evaluation as ev
 from benchmarks.methods import METHODS_BY_NAME, REFERENCE, TASK_FIELDS, Measurement
+from benchmarks.rundir import atomic_write
 from benchmarks.stats import paired_difference, summarize
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
@@ -130,18 +131,15 @@ def per_task_rows(config, measurement: Measurement, registry=METHODS_BY_NAME) ->
 
 
 def write_csv(path: str, rows: list, columns=None) -> None:
-    """Write `rows` (dicts) as CSV with a header through a temporary file and a rename; columns
-    default to every key in order of first appearance; missing values are empty."""
+    """Write `rows` (dicts) as CSV with a header (`benchmarks.rundir.atomic_write`: never
+    half-written, a failed write leaves the previous file); columns default to every key in
+    order of first appearance; missing values are empty."""
     if columns is None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def suite_summary(results: dict) -> dict:

@@ -86,7 +86,8 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
       checkpointer: where to save (None: no checkpoints).
       metadata: JSON-serialisable dict stored with every checkpoint (e.g. the config); on
         resume `same_run(stored, metadata)` must hold (default: equality).
-      resume: continue from the checkpointer's last complete checkpoint (if any); its stored
+      resume: continue from the checkpointer's last complete checkpoint (if any; the newest
+        readable one, with a warning through `log`, if the last cannot be read); its stored
         history goes through `migrate_history` first.
       per_seed: metrics whose per-seed series are kept too, as `<name>_per_seed`.
       label: how progress lines name the model (default `name`), e.g. with the methods it serves.
@@ -103,7 +104,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     start = 0
     resumed_from = None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        states, meta, start = checkpointer.restore(states)
+        states, meta, start = checkpointer.restore(states, fallback=log)
         if not same_run(meta.get("run"), metadata):
             raise CheckpointError(
                 f"checkpoint in {checkpointer.directory!r} was written by a different "
@@ -131,48 +132,50 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
         metrics_log.start(history)
     bar = tqdm(total=iterations, initial=start, desc=label, unit="it", disable=not progress,
                dynamic_ncols=True, leave=True)
-    while it < iterations:
-        length = min(chunk_size - it % chunk_size, iterations - it)
-        if length not in compiled:
-            log(f"[{label}] compiling a chunk of {length} iterations x {num_seeds} seeds (one jit "
-                f"of the whole update; can take a minute) ...")
+    try:
+        while it < iterations:
+            length = min(chunk_size - it % chunk_size, iterations - it)
+            if length not in compiled:
+                log(f"[{label}] compiling a chunk of {length} iterations x {num_seeds} seeds (one jit "
+                    f"of the whole update; can take a minute) ...")
+                t0 = time.perf_counter()
+                compiled[length] = (jax.jit(run_chunk, static_argnums=2)
+                                    .lower(states, jnp.int32(it), length).compile())
+                compile_s += time.perf_counter() - t0
+                log(f"[{label}] compiled in {time.perf_counter() - t0:.1f}s")
             t0 = time.perf_counter()
-            compiled[length] = (jax.jit(run_chunk, static_argnums=2)
-                                .lower(states, jnp.int32(it), length).compile())
-            compile_s += time.perf_counter() - t0
-            log(f"[{label}] compiled in {time.perf_counter() - t0:.1f}s")
-        t0 = time.perf_counter()
-        states, metrics = compiled[length](states, jnp.int32(it))
-        metrics = jax.device_get(_scalar_metrics(metrics))
-        dt = time.perf_counter() - t0
-        run_s += dt
-        steps = length * num_seeds * env_steps_per_update
-        env_steps += steps
-        for k, v in metrics.items():
-            v = np.asarray(v, np.float64)
-            history.setdefault(k, []).extend(v.mean(axis=1).tolist())
-            if k in per_seed:
-                history.setdefault(f"{k}_per_seed", []).extend(v.tolist())
-        history.setdefault("env_steps", []).extend(
-            (i + 1) * env_steps_per_update for i in range(it, it + length))
-        history.setdefault("wall_s", []).extend(wall + dt * (j + 1) / length for j in range(length))
-        wall += dt
+            states, metrics = compiled[length](states, jnp.int32(it))
+            metrics = jax.device_get(_scalar_metrics(metrics))
+            dt = time.perf_counter() - t0
+            run_s += dt
+            steps = length * num_seeds * env_steps_per_update
+            env_steps += steps
+            for k, v in metrics.items():
+                v = np.asarray(v, np.float64)
+                history.setdefault(k, []).extend(v.mean(axis=1).tolist())
+                if k in per_seed:
+                    history.setdefault(f"{k}_per_seed", []).extend(v.tolist())
+            history.setdefault("env_steps", []).extend(
+                (i + 1) * env_steps_per_update for i in range(it, it + length))
+            history.setdefault("wall_s", []).extend(wall + dt * (j + 1) / length for j in range(length))
+            wall += dt
+            if metrics_log is not None:
+                metrics_log.write(history, it, it + length)
+            it += length
+            shown = " ".join(f"{k}={np.nanmean(np.asarray(v)):.3g}" for k, v in sorted(metrics.items())
+                             if k != "return_by_step")
+            rate = steps / max(dt, 1e-9)
+            bar.set_postfix_str(f"{rate:,.0f} env steps/s" + "".join(
+                f", {k} {np.nanmean(np.asarray(metrics[k])):.1f}" for k in per_seed if k in metrics), refresh=False)
+            bar.update(length)
+            log(f"[{label}] it {it:5d}/{iterations} {shown} | {rate:,.0f} env steps/s")
+            if checkpointer is not None and (it == iterations or it // checkpoint_every > (it - length) // checkpoint_every):
+                checkpointer.save(it, states, {"run": metadata, "history": history, "iteration": it,
+                                               "name": name})
+    finally:  # a fault or Ctrl-C ends the progress bar's line before the one-line report
+        bar.close()
         if metrics_log is not None:
-            metrics_log.write(history, it, it + length)
-        it += length
-        shown = " ".join(f"{k}={np.nanmean(np.asarray(v)):.3g}" for k, v in sorted(metrics.items())
-                         if k != "return_by_step")
-        rate = steps / max(dt, 1e-9)
-        bar.set_postfix_str(f"{rate:,.0f} env steps/s" + "".join(
-            f", {k} {np.nanmean(np.asarray(metrics[k])):.1f}" for k in per_seed if k in metrics), refresh=False)
-        bar.update(length)
-        log(f"[{label}] it {it:5d}/{iterations} {shown} | {rate:,.0f} env steps/s")
-        if checkpointer is not None and (it == iterations or it // checkpoint_every > (it - length) // checkpoint_every):
-            checkpointer.save(it, states, {"run": metadata, "history": history, "iteration": it,
-                                           "name": name})
-    bar.close()
-    if metrics_log is not None:
-        metrics_log.close()
+            metrics_log.close()
     return TrainResult(states=states, history=history, compile_s=compile_s, run_s=run_s,
                        env_steps=env_steps, resumed_from=resumed_from)
 

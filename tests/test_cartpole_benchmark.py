@@ -562,10 +562,9 @@ def _restore_raw(ckdir, step):
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end(tmp_path):
-    out = str(tmp_path / "quick")
-    assert cartpole.main(["--quick", "--out", out]) == 0
-    res = _check_results(out, METHODS)
+def test_quick_run_end_to_end(quick_run):
+    """The shared --quick run (tests/conftest.py; a `python -m benchmarks.cartpole --quick`)."""
+    res = _check_results(quick_run.out, METHODS)
     assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
     assert "first_episode" in res["methods"]["in_context"]
     assert set(res["methods"]["maml_adapted"]["vs_non_adaptive"]) == {"all", "normal", "inverted"}

@@ -1,6 +1,7 @@
 """benchmarks.checkpointing and benchmarks.training: orbax round trip, resume == uninterrupted,
 interrupted saves invisible, corrupted / missing directories give a clear CheckpointError."""
 
+import errno
 import os
 import shutil
 import signal
@@ -171,3 +172,162 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
     resumed = [line for line in final.stdout.splitlines() if "resumed from checkpoint at iteration" in line]
     assert resumed and int(resumed[0].split("iteration ")[1].split("/")[0]) > 0, final.stdout[:500]
     np.testing.assert_array_equal(np.load(d + "/final.npy"), np.asarray(ref.states["params"]["w"]))
+
+
+def _no_space(monkeypatch):
+    """A full disk for orbax's checkpoint writes: its JSON metadata write fails with ENOSPC
+    (inside orbax's background threads, as a real full disk does)."""
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    async def full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full)
+
+
+def test_full_disk_during_a_save_is_one_checkpoint_error_and_leaves_no_partial_step(
+        tmp_path, monkeypatch, capfd, caplog):
+    state = jax.vmap(_state)(jax.random.split(jax.random.key(0), 2))
+    saved = []
+    ckpt = Checkpointer(tmp_path / "c", on_saved=saved.append)
+    ckpt.save(2, state, {"run": {}})
+    assert saved == [2]
+    with monkeypatch.context() as m:
+        _no_space(m)
+        with pytest.raises(CheckpointError) as exc:
+            ckpt.save(4, jax.tree.map(lambda x: x + 1, state), {"run": {}})
+    assert str(exc.value) == (f"cannot write checkpoint step 4 into {str(tmp_path / 'c')!r}: "
+                              f"no space left on device")
+    assert saved == [2]                                        # not reported as saved
+    assert sorted(os.listdir(tmp_path / "c")) == ["2"]         # no partial step left behind
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "raised an exception" not in err
+    assert not [r for r in caplog.records if "raised an exception" in r.getMessage()]
+    # the checkpoint before it is intact, and the next save (space freed) works
+    restored, _, step = Checkpointer(tmp_path / "c", create=False).restore(state)
+    assert step == 2
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored), jax.tree.map(np.asarray, state))
+    ckpt.save(4, state, {"run": {}})
+    assert ckpt.all_steps() == [2, 4] and saved == [2, 4]
+
+
+def test_full_disk_at_the_command_line_is_one_line_naming_the_directory(tmp_path, monkeypatch, capfd):
+    from benchmarks.cli import run_main
+
+    state = {"w": jnp.arange(6.0)}
+
+    def run(config, options):
+        ckpt = Checkpointer(os.path.join(options.out, "checkpoints", "toy"))
+        ckpt.save(1, state, {})
+        _no_space(monkeypatch)
+        ckpt.save(2, state, {})
+
+    assert run_main(["--quick", "--out", str(tmp_path / "o")], run) == 1
+    err = capfd.readouterr().err
+    directory = str(tmp_path / "o" / "checkpoints" / "toy")
+    assert err == (f"python -m benchmarks.cartpole: error: CheckpointError: cannot write checkpoint step 2 "
+                   f"into {directory!r}: no space left on device (--debug shows the traceback)\n")
+
+
+def test_the_reason_of_a_failed_write_finds_enospc_anywhere_in_the_chain():
+    from benchmarks.checkpointing import _reason
+
+    ts = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0.0" in OCDBT database: Failed to write 96 bytes: '
+                    "No space left on device [os_error_code='28']")
+    assert _reason(ts) == "no space left on device"
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "disk full")
+        except OSError as inner:
+            raise RuntimeError("commit failed") from inner
+    except RuntimeError as outer:
+        assert _reason(outer) == "no space left on device"
+    assert _reason(ValueError("OUT_OF_RANGE: File too large [os_error_code='27']\nmore")) == (
+        "ValueError: OUT_OF_RANGE: File too large [os_error_code='27']")
+
+
+def _corrupt(step_dir):
+    """Overwrite every array data file of a checkpoint step (the metadata stays readable)."""
+    for root, _, files in os.walk(step_dir):
+        for f in files:
+            if os.path.basename(root) == "d":
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"\x00garbage")
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path):
+    """A corrupt latest checkpoint: resuming warns, moves it aside and continues from the one
+    before, ending with the uninterrupted run's params; evaluation (no fallback) still refuses."""
+    full = _train(Checkpointer(tmp_path / "full"), 11)
+    part = Checkpointer(tmp_path / "part")
+    _train(part, 9)                                   # checkpoints at 6 and 9 (chunks of 3)
+    assert part.all_steps() == [6, 9]
+    _corrupt(tmp_path / "part" / "9")
+    target = jax.vmap(_state)(jax.random.split(jax.random.key(0), 2))
+    with pytest.raises(CheckpointError, match="step 9 .* is corrupted"):
+        Checkpointer(tmp_path / "part", create=False).restore(target)
+    lines = []
+    resumed = train("toy", init=_state, update=_update, seed=5, num_seeds=2, iterations=11, chunk_size=3,
+                    env_steps_per_update=1, checkpointer=Checkpointer(tmp_path / "part"), checkpoint_every=4,
+                    metadata={"cfg": 1}, resume=True, log=lines.append)
+    assert resumed.resumed_from == 6
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert len(warning) == 1 and "step 9" in warning[0] and "resuming from the newest readable checkpoint, step 6" \
+        in warning[0]
+    assert os.path.isdir(tmp_path / "part" / "9.unreadable")
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, resumed.states), jax.tree.map(np.asarray, full.states))
+    np.testing.assert_allclose(resumed.history["return"], full.history["return"])
+    assert Checkpointer(tmp_path / "part", create=False).all_steps()[-1] == 11
+    # no readable step at all: the latest one's error, nothing renamed
+    only = Checkpointer(tmp_path / "only")
+    only.save(3, target, {"run": {}})
+    _corrupt(tmp_path / "only" / "3")
+    with pytest.raises(CheckpointError, match="step 3 .* is corrupted"):
+        only.restore(target, fallback=lines.append)
+    assert os.listdir(tmp_path / "only") == ["3"]
+
+
+NOISE = textwrap.dedent("""
+    import errno, os, sys
+    sys.path.insert(0, {repo!r})
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+    from benchmarks.checkpointing import Checkpointer, CheckpointError
+    d = sys.argv[1]
+    state = {{f"w{{i}}": jnp.arange(4096.0) + i for i in range(24)}}  # many parallel reads
+    ckpt = Checkpointer(d)
+    ckpt.save(1, state, {{}})
+    for root, _, files in os.walk(os.path.join(d, "1")):
+        for f in files:
+            if os.path.basename(root) == "d":
+                open(os.path.join(root, f), "wb").write(b"garbage")
+    for _ in range(4):
+        try:
+            Checkpointer(d, create=False).restore(state)
+        except CheckpointError as err:
+            print("restore:", str(err)[:40])
+    async def full(self, x, directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    json_checkpoint_handler.JsonCheckpointHandler._save_fn = full
+    try:
+        ckpt.save(2, state, {{}})
+    except CheckpointError as err:
+        print("save:", err)
+    import gc, time
+    time.sleep(0.5)
+    gc.collect()
+""")
+
+
+def test_failed_orbax_operations_print_nothing_but_their_error(tmp_path):
+    """In a fresh interpreter (pytest replaces the hooks involved): restoring a corrupt
+    checkpoint and a save on a full disk raise their CheckpointError and print nothing else
+    (no orbax thread tracebacks, no "Event loop is closed" from late tensorstore callbacks)."""
+    script = tmp_path / "noise.py"
+    script.write_text(NOISE.format(repo=REPO))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "c")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("restore: checkpoint step 1 in") == 4
+    assert "save: cannot write checkpoint step 2" in proc.stdout and "no space left on device" in proc.stdout
+    assert proc.stderr == "", proc.stderr[-2000:]
