@@ -27,7 +27,10 @@ One jitted function runs a whole ``adapt`` call (sampling the replay, every
 step and the buffer update). Its static arguments are the target, the config
 and ``loss_fn``: reuse the same function objects (not a fresh lambda per call)
 and batches of the same shapes, and repeated calls never retrace, even from a
-new ``Adapter`` with the same target and config (``num_traces`` counts).
+new ``Adapter`` with the same target and config (``num_traces`` counts). Any
+flax Module or callable is a valid target, hashable or not (``nn.Sequential``
+holds a list): an unhashable one is keyed by identity (see ``_Static``), so a
+new ``Adapter`` shares compilations with the same target object.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ from adapt import buffer as rb
 from adapt import core
 from adapt.config import AdaptationConfig
 from adapt.losses import hybrid_objective, make_apply_fn, mse_loss, supervised_objective
-from maml.core import build_mask, scale_by_inner_lr
-from ssm_jax.validation import check_choice
+from maml.core import build_mask, check_supervised_batch, scale_by_inner_lr
+from ssm_jax.validation import check_choice, check_int, check_params, real_array
 
 STRATEGIES = ("none", "online", "meta", "hybrid")
 BATCH_KEYS = ("observations", "targets")
@@ -63,8 +66,8 @@ def _check_batch(batch, what: str):
                 f"{what} is missing key {k!r}: expected a mapping with keys {BATCH_KEYS}, got keys "
                 f"{sorted(map(str, batch))}."
             )
-    obs = jnp.asarray(batch["observations"])
-    targets = jnp.asarray(batch["targets"])
+    obs = real_array(f"{what}['observations']", batch["observations"])
+    targets = real_array(f"{what}['targets']", batch["targets"])
     if obs.ndim == 0 or targets.ndim == 0:
         raise ValueError(
             f"{what}['observations'] and {what}['targets'] need a leading sample axis; got shapes "
@@ -86,6 +89,46 @@ def _guarded_add(buffer: rb.ReplayBuffer, items) -> rb.ReplayBuffer:
     return core.tree_select(core.tree_all_finite(items), rb.buffer_add(buffer, items), buffer)
 
 
+class _Static:
+    """A hashable handle on a static argument of the jitted adaptation functions (the target,
+    the loss function).
+
+    ``jax.jit`` hashes its static arguments. A hashable value (a flax Module of hashable fields,
+    a function) is keyed by its own hash and equality, so equal models share compilations. An
+    unhashable one (e.g. ``nn.Sequential([...])``, whose layers are a list; a callable object
+    that defines ``__eq__`` without ``__hash__``) is keyed by identity: the same object shares
+    compilations, a new one compiles once. Either way the handle keeps the value alive.
+    """
+
+    __slots__ = ("value", "_hashable")
+
+    def __init__(self, value):
+        self.value = value
+        try:
+            hash(value)
+            self._hashable = True
+        except TypeError:
+            self._hashable = False
+
+    def __hash__(self):
+        return hash(self.value) if self._hashable else id(self.value)
+
+    def __eq__(self, other):
+        if not isinstance(other, _Static):
+            return NotImplemented
+        if self.value is other.value:
+            return True
+        if not (self._hashable and other._hashable):
+            return False
+        try:
+            return bool(self.value == other.value)
+        except Exception:  # e.g. dataclass fields holding arrays: fall back to identity
+            return False
+
+    def __repr__(self):
+        return f"_Static({self.value!r})"
+
+
 class _Spec(NamedTuple):
     """The static part of an adapter: equal specs share compiled functions, so a
     new ``Adapter`` for the same model and config (e.g. one per task) does not
@@ -94,7 +137,7 @@ class _Spec(NamedTuple):
     else ``cfg``'s optimiser. ``mask``: the meta rule's adapted-leaf flags, flattened in
     the params' leaf order (None: every leaf adapts)."""
 
-    target: Any
+    target: _Static
     cfg: AdaptationConfig
     strategy: str
     per_param_lr: bool
@@ -115,10 +158,19 @@ def _optimizer(spec: _Spec, lr_tree) -> optax.GradientTransformation:
     return opt
 
 
+def _objective(spec: _Spec, loss_fn: _Static, params, obs, targets):
+    """The supervised objective of ``spec``'s target and ``loss_fn``, after checking (at trace
+    time, from shapes) that the batch fits the model and the loss (``check_supervised_batch``)."""
+    apply_fn = make_apply_fn(spec.target.value)
+    check_supervised_batch(apply_fn, loss_fn.value, params, obs, targets,
+                           "batch['observations']", "batch['targets']")
+    return supervised_objective(apply_fn, loss_fn.value)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "loss_fn"))
 def _loss_call(params, obs, targets, *, spec: _Spec, loss_fn):
     _TRACES[spec] += 1
-    objective = supervised_objective(make_apply_fn(spec.target), loss_fn)
+    objective = _objective(spec, loss_fn, params, obs, targets)
     return core._scalar_objective(objective)(params, (obs, targets))
 
 
@@ -126,7 +178,7 @@ def _loss_call(params, obs, targets, *, spec: _Spec, loss_fn):
 def _adapt_call(params, opt_state, lr_tree, obs, targets, *, spec: _Spec, loss_fn):
     _TRACES[spec] += 1
     cfg = spec.cfg
-    objective = supervised_objective(make_apply_fn(spec.target), loss_fn)
+    objective = _objective(spec, loss_fn, params, obs, targets)
     return core.adapt_steps(params, opt_state, (obs, targets), objective=objective,
                             optimizer=_optimizer(spec, lr_tree), num_steps=cfg.max_steps_per_call,
                             divergence_threshold=cfg.threshold, monotone=cfg.monotone)
@@ -139,7 +191,7 @@ def _hybrid_call(params, opt_state, lr_tree, obs, targets, buffer, key, *, spec:
     n = obs.shape[0]
     m = cfg.replay_size(n)
     replay, valid = rb.buffer_sample(buffer, key, m)
-    objective = hybrid_objective(supervised_objective(make_apply_fn(spec.target), loss_fn), m / (n + m))
+    objective = hybrid_objective(_objective(spec, loss_fn, params, obs, targets), m / (n + m))
     batch = ((obs, targets), (replay["observations"], replay["targets"]), valid)
     params, opt_state, info = core.adapt_steps(
         params, opt_state, batch, objective=objective, optimizer=_optimizer(spec, lr_tree),
@@ -150,6 +202,26 @@ def _hybrid_call(params, opt_state, lr_tree, obs, targets, buffer, key, *, spec:
 
 
 _add_call = jax.jit(_guarded_add)
+
+
+def _check_key(key):
+    """``key`` as a PRNG key: an int seed in ``[0, 2**32)`` (Python or numpy int) or a JAX key
+    (``jax.random.key(s)``, or a raw ``jax.random.PRNGKey(s)``: ``(2,)`` uint32), else
+    ``ValueError`` naming ``key``."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ():
+        return key
+    if shape == (2,) and dtype == jnp.uint32:
+        return jnp.asarray(key)
+    expected = ("key must be an int seed in [0, 2**32) or a jax.random key (jax.random.key(0) or "
+                f"jax.random.PRNGKey(0)), got {key!r}")
+    try:
+        seed = check_int("key", key, minimum=0)
+    except ValueError:
+        raise ValueError(expected) from None
+    if seed >= 2 ** 32:
+        raise ValueError(expected)
+    return jax.random.PRNGKey(seed)
 
 
 class Adapter:
@@ -166,7 +238,7 @@ class Adapter:
         params and step-size tree are used), or plain params (with the MetaMAML's
         ``config.inner_lr`` in every entry, ``MetaMAML.params_and_inner_lr``).
       meta: the ``maml.MetaMAML`` (required by, and only used by, ``"meta"``).
-      key: PRNG key (or int seed) for replay sampling in hybrid mode.
+      key: PRNG key (or int seed in [0, 2**32)) for replay sampling in hybrid mode.
       The default ``loss_fn`` of ``adapt``/``loss`` is the MetaMAML's ``loss_fn``
       with ``"meta"``, mean squared error otherwise.
 
@@ -195,19 +267,14 @@ class Adapter:
             raise ValueError(f"meta (a MetaMAML) is only used by strategy='meta', got strategy={strategy!r}.")
         if params is None:
             raise ValueError("params must be given: the model parameters to adapt (e.g. model.init(key, x)).")
-        if not jax.tree.leaves(params):
-            raise ValueError("params has no array leaves; expected the model's parameter pytree.")
+        check_params("params", params)  # float arrays, finite (an eager call: values are read)
         make_apply_fn(target, "target")  # validates target
-        try:
-            hash(target)
-        except TypeError:
-            raise ValueError(f"target must be hashable (a flax Module or a function), got {type(target).__name__}.") from None
         self.target = target
-        self._spec = _Spec(target, cfg, strategy, lr_tree is not None, mask)
+        self._spec = _Spec(_Static(target), cfg, strategy, lr_tree is not None, mask)
         self._lr_tree = lr_tree
         self.optimizer = _optimizer(self._spec, lr_tree)
         self._initial_params = params
-        self._key0 = jax.random.PRNGKey(key) if isinstance(key, int) else key
+        self._key0 = _check_key(key)
         self.reset()
 
     @property
@@ -254,7 +321,7 @@ class Adapter:
         loss_fn = self.default_loss_fn if loss_fn is None else loss_fn
         if not callable(loss_fn):
             raise ValueError(f"loss_fn must be callable (predictions, targets) -> scalar, got {loss_fn!r}.")
-        return loss_fn
+        return _Static(loss_fn)
 
     def _with_pending(self, obs, targets):
         """The batch joined (along the sample axis) by the samples observed since the last

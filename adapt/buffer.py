@@ -43,10 +43,26 @@ class ReplayBuffer:
     insert_pos: chex.Array
     size: chex.Array
 
+    def __post_init__(self):
+        # Built directly with arrays (not through buffer_init): refuse a buffer with no slot,
+        # which would drop every sample it is given. Pytree rebuilds by JAX transformations
+        # pass leaves without a shape (e.g. vmap's axis specs), which are not checked.
+        shapes = [getattr(x, "shape", None) for x in jax.tree.leaves(self.data)]
+        if shapes and all(s is not None and len(s) >= 1 for s in shapes):
+            _check_capacity(shapes[0][0])
+
     @property
     def capacity(self) -> int:
-        """Number of slots (static)."""
-        return jax.tree.leaves(self.data)[0].shape[0]
+        """Number of slots (static), >= 1."""
+        leaves = jax.tree.leaves(self.data)
+        if not leaves:
+            raise ValueError("ReplayBuffer.data must be a non-empty pytree of arrays (use buffer_init).")
+        return _check_capacity(leaves[0].shape[0])
+
+
+def _check_capacity(capacity) -> int:
+    """The buffer's capacity, a positive int, else ``ValueError`` naming ``capacity``."""
+    return check_int("capacity", capacity)
 
 
 def _leading(items: PyTree, what: str) -> int:
@@ -68,7 +84,7 @@ def buffer_init(example: PyTree, capacity: int) -> ReplayBuffer:
     ``example`` is ONE sample (no leading axis), e.g. ``{'observations':
     (10,), 'targets': (4,)}`` arrays (or ``jax.ShapeDtypeStruct``s).
     """
-    capacity = check_int("capacity", capacity)
+    capacity = _check_capacity(capacity)
     if not jax.tree.leaves(example):
         raise ValueError("example must be a non-empty pytree of arrays (one sample).")
     data = jax.tree.map(lambda x: jnp.zeros((capacity,) + tuple(jnp.shape(x)), x.dtype), example)

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "context": ("ContextWrapper",),
     "observation": ("OBS_MODES", "PARTIAL_OBS_INDICES", "obs_dim", "observe"),
     "registry": ("ENV_NAMES", "make"),
-    "rollout": ("Trajectory", "episode_returns_per_row", "first_episode_return",
+    "rollout": ("Trajectory", "check_policy", "episode_returns_per_row", "first_episode_return",
                 "mean_episode_return", "num_episodes", "rollout", "rollout_tasks"),
     "suite_env": ("SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
                   "make_suite_params"),

@@ -25,11 +25,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from gymnax.environments import spaces
 from gymnax.environments.environment import Environment
 
 from envs.observation import check_obs_mode, observe
 from envs.registry import DEFAULT_ENV_NAME, make
-from ssm_jax.validation import check_bool, check_int
+from ssm_jax.validation import check_bool, check_finite, check_int
 
 
 @flax.struct.dataclass
@@ -171,17 +173,43 @@ def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> No
             )
 
 
-#: (policy, env, obs_mode) combinations that already passed `_check_policy` (the check
-#: traces `observe`, which costs more than a cached jitted rollout: do it once per combination).
+#: (policy, env, obs_mode) combinations that already passed `check_policy` (the check traces
+#: `observe`, which costs more than a cached jitted rollout: do it once per combination).
 _CHECKED_POLICIES: set = set()
 
 
-def _check_policy(policy, env: Environment, obs_mode: str, task) -> None:
+def _action_space_str(space) -> str:
+    if isinstance(space, spaces.Discrete):
+        return f"Discrete({int(space.n)}) ({int(space.n)} actions)"
+    return f"Box(shape={tuple(space.shape)})"
+
+
+def check_policy(policy, env: Environment | None = None, obs_mode: str = "full") -> None:
+    """Check that `policy` can act in `env` in `obs_mode`, before anything is traced.
+
+    The one check where a policy meets an environment: `rollout`, `rollout_tasks` (hence every
+    trainer and evaluator built on them: `maml.MAMLRL`, `maml.PPO`,
+    `adapt.evaluate_with_adaptation`) call it. Raises `ValueError` unless
+
+    - `policy` follows the `ssm_jax` policy contract (`apply(..., method="step")`,
+      `initialize_carry(batch)`);
+    - `policy.obs_dim` (if it has one) is the length of `env`'s observations in `obs_mode`;
+    - its action head matches `env.action_space`: for a `Discrete(n)` space a discrete policy
+      (`policy.discrete`, True if absent) with `policy.action_dim == n` (a policy with more
+      actions would emit actions the environment reads as something else, e.g. CartPole
+      applies any action other than 1 as a push to the left); for a `Box` space a continuous
+      policy (`discrete=False`) whose `action_dim` is the box's size. A policy without an int
+      `action_dim` is not checked for it.
+
+    The result is cached per hashable `(policy, env, obs_mode)`.
+    """
+    env = _resolve_env(env)
+    check_obs_mode(obs_mode, env)
     try:
         cache_key = (policy, env, obs_mode)
         if cache_key in _CHECKED_POLICIES:
             return
-    except TypeError:  # unhashable policy: validate every time (the jit will reject it anyway)
+    except TypeError:  # unhashable policy: check every time
         cache_key = None
     _check_policy_uncached(policy, env, obs_mode)
     if cache_key is not None:
@@ -206,6 +234,21 @@ def _check_policy_uncached(policy, env: Environment, obs_mode: str) -> None:
                 f"policy.obs_dim is {want} but {env.name} observations in obs_mode="
                 f"{obs_mode!r} have {got} components (envs.obs_dim(env, obs_mode))"
             )
+    action_dim = getattr(policy, "action_dim", None)
+    if not isinstance(action_dim, int):
+        return
+    space = env.action_space(env.default_params)
+    discrete = getattr(policy, "discrete", True)
+    if isinstance(space, spaces.Discrete):
+        want_discrete, want_dim = True, int(space.n)
+    else:
+        want_discrete, want_dim = False, int(np.prod(space.shape))
+    if discrete is not want_discrete or action_dim != want_dim:
+        raise ValueError(
+            f"policy.action_dim is {action_dim} (discrete={discrete!r}) but {env.name}'s action "
+            f"space is {_action_space_str(space)}: the policy needs discrete={want_discrete} and "
+            f"action_dim={want_dim}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,9 +409,14 @@ def rollout(
     Raises:
       ValueError: on a non-positive `num_envs`/`num_steps`, a `carry_across_episodes` or
         `deterministic` that is not a bool, an unknown `obs_mode`, a task
-        with a leading task axis or of the wrong type, a policy whose `obs_dim` does not match
-        the observation mode, or an `env` that is not a gymnax environment. (The policy check
-        runs once per `(policy, env, obs_mode)` and is cached.)
+        with a leading task axis or of the wrong type, a policy that cannot act in `env`
+        (`check_policy`: its `obs_dim` does not match the observation mode, or its
+        `action_dim`/`discrete` do not match the action space), an `env` that is not a gymnax
+        environment, or (in an eager call) `params` or `task` holding NaN or an infinity.
+
+    Non-finite values under tracing: inside `jit`/`vmap`/`grad` the values of `params` and
+    `task` cannot be checked; a NaN there makes the affected rows' `log_probs` and `values`
+    NaN (see `ssm_jax.policy`), which is how it shows in the trajectory.
     """
     num_envs = check_int("num_envs", num_envs)
     num_steps = check_int("num_steps", num_steps)
@@ -377,7 +425,9 @@ def rollout(
     check_obs_mode(obs_mode, env)
     task = env.default_params if task is None else task
     _check_task(task, env, (), "rollout")
-    _check_policy(policy, env, obs_mode, task)
+    check_policy(policy, env, obs_mode)
+    check_finite("params", params)
+    check_finite("task", task)
     return _rollout(
         key,
         policy,
@@ -427,6 +477,9 @@ def rollout_tasks(
           jax.random.split(key, N), tasks)
     """
     env = _resolve_env(env)
+    check_policy(policy, env, kwargs.get("obs_mode", "full"))
+    check_finite("params", params)
+    check_finite("tasks", tasks)
     leaves = jax.tree_util.tree_leaves(tasks)
     if not leaves or jnp.ndim(leaves[0]) < 1:
         raise ValueError(

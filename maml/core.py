@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from adapt.core import finite_step, tree_select
+from ssm_jax.validation import check_params
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, chex.Array], chex.Array]
@@ -93,6 +94,47 @@ def supervised_objective(apply_fn: ApplyFn, loss_fn: LossFn) -> Objective:
         return loss_fn(apply_fn(params, x), y)
 
     return objective
+
+
+def check_supervised_batch(apply_fn: ApplyFn, loss_fn: LossFn, params: PyTree, x, y,
+                           x_name: str, y_name: str, params_name: str = "params") -> None:
+    """Check, from shapes alone, that ``loss_fn(apply_fn(params, x), y)`` is a real scalar.
+
+    The one check of a supervised batch against a model, shared by ``MetaMAML`` (support and
+    query sets) and ``adapt.Adapter`` (``observations``/``targets``); it runs at trace time
+    (``jax.eval_shape``, nothing is computed), so a mismatch is a ``ValueError`` naming the
+    arguments before anything compiles, instead of an error from inside the model. ``x`` and
+    ``y`` (arrays, tracers or ``jax.ShapeDtypeStruct``) need a leading sample axis of the same
+    size >= 1.
+    """
+    def spec(a):
+        return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+
+    xs, ys = spec(x), spec(y)
+    for name, a in ((x_name, xs), (y_name, ys)):
+        if not a.shape:
+            raise ValueError(f"{name} must have a leading sample axis, got shape ()")
+    if xs.shape[0] != ys.shape[0]:
+        raise ValueError(f"{x_name} and {y_name} must have the same number of samples (leading axis), "
+                         f"got shapes {xs.shape} and {ys.shape}")
+    if xs.shape[0] == 0:
+        raise ValueError(f"{x_name} must hold at least one sample, got shape {xs.shape}")
+    try:
+        pred = jax.eval_shape(apply_fn, jax.tree.map(spec, params), xs)
+    except Exception as err:  # the model's own shape/type error, whatever its kind
+        raise ValueError(f"the model cannot be applied to {params_name} and {x_name} of shape {xs.shape} "
+                         f"({xs.dtype}): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                         ) from err
+    try:
+        loss = jax.eval_shape(loss_fn, pred, ys)
+    except Exception as err:
+        raise ValueError(f"{y_name} of shape {ys.shape} does not fit the model's predictions of shape "
+                         f"{getattr(pred, 'shape', pred)} for {x_name} of shape {xs.shape} under loss_fn: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if getattr(loss, "shape", None) != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(f"loss_fn must return a real scalar, got {getattr(loss, 'shape', loss)} "
+                         f"{getattr(loss, 'dtype', '')} for predictions {getattr(pred, 'shape', pred)} and "
+                         f"{y_name} {ys.shape}; reduce it (e.g. mean)")
 
 
 # --------------------------------------------------------------------------
@@ -188,6 +230,26 @@ def _check_inner_lr(inner_lr, treedef) -> list:
     return treedef.flatten_up_to(inner_lr)
 
 
+def check_inner_lr(inner_lr: PyTree, params: PyTree) -> None:
+    """Raise ``ValueError`` unless ``inner_lr`` is a step-size tree for ``params``: their tree
+    structure, float leaves that broadcast to the params' leaves, finite in an eager call."""
+    lrs = _check_inner_lr(inner_lr, jax.tree.structure(params))
+    check_params("inner_lr", inner_lr)
+    for lr, p in zip(lrs, jax.tree.leaves(params)):
+        _check_broadcasts(lr, p)
+
+
+def _check_broadcasts(lr, p) -> None:
+    """An inner_lr leaf must broadcast to its parameter's shape (without growing it)."""
+    try:
+        ok = jnp.broadcast_shapes(jnp.shape(lr), jnp.shape(p)) == jnp.shape(p)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"an inner_lr leaf of shape {jnp.shape(lr)} does not broadcast to its "
+                         f"parameter's shape {jnp.shape(p)}.")
+
+
 def scale_by_inner_lr(inner_lr: PyTree, mask: Optional[PyTree] = None) -> optax.GradientTransformation:
     """The inner-loop gradient step as an optax transformation: ``update = -(inner_lr * grad)``.
 
@@ -212,9 +274,7 @@ def scale_by_inner_lr(inner_lr: PyTree, mask: Optional[PyTree] = None) -> optax.
         adapted = [True] * len(grads) if mask is None else treedef.flatten_up_to(mask)
         out = []
         for g, lr, m in zip(grads, lrs, adapted):
-            if jnp.broadcast_shapes(jnp.shape(lr), jnp.shape(g)) != jnp.shape(g):
-                raise ValueError(f"an inner_lr leaf of shape {jnp.shape(lr)} does not broadcast to its "
-                                 f"parameter's shape {jnp.shape(g)}.")
+            _check_broadcasts(lr, g)
             out.append(-(lr * g) if m else jnp.full_like(g, -0.0))
         return jax.tree.unflatten(treedef, out), state
 

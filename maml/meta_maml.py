@@ -25,12 +25,26 @@ import jax
 
 from maml import core
 from maml.config import MAMLConfig
+from ssm_jax.validation import check_finite, check_params, real_array
 
 
 def _task_arrays(tasks):
-    """The four task arrays of a validated task dict (other keys, e.g. metadata without a
-    task axis, are ignored)."""
-    return {k: tasks[k] for k in core.TASK_KEYS}
+    """The four task arrays of a validated task dict, as real JAX arrays (other keys, e.g.
+    metadata without a task axis, are ignored)."""
+    return {k: real_array(f"tasks[{k!r}]", tasks[k]) for k in core.TASK_KEYS}
+
+
+def _data(name: str, x):
+    """One task's support or query array for an eager-or-traced call: a real array, refused
+    (``ValueError`` naming ``name``) if it is concrete and holds NaN or an infinity."""
+    x = real_array(name, x)
+    check_finite(name, x)
+    return x
+
+
+def _per_task(a):
+    """The shape of one task's slice of a task-leading array."""
+    return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
 
 
 class MetaMAML:
@@ -78,6 +92,7 @@ class MetaMAML:
         ``config.inner_lr``, meta-learned by ``meta_update`` iff ``learn_inner_lr``."""
         if isinstance(params, core.MetaState):
             raise ValueError("init takes the model params (e.g. model.init(key, x)), got a MetaState.")
+        check_params("params", params)
         self._set_mask(params)
         return core.init_state(params, self._config_inner_lr(params), self.optimizer,
                                learn_inner_lr=self.config.learn_inner_lr)
@@ -97,9 +112,13 @@ class MetaMAML:
             if inner_lr is not None:
                 raise ValueError("conflicting step sizes: a MetaState carries its own inner_lr; pass "
                                  "either the MetaState or (params, inner_lr=...), not both.")
+            check_params("state.params", params.params, finite=False)
             return params.params, params.inner_lr
+        check_params("params", params)
         if inner_lr is None:
             inner_lr = self._config_inner_lr(params)
+        else:
+            core.check_inner_lr(inner_lr, params)
         return params, inner_lr
 
     def _kw(self, params):
@@ -115,14 +134,32 @@ class MetaMAML:
         ``support_x``/``support_y``: the support inputs and targets of one task (the seeds'
         names; keywords work). ``inner_lr``: step-size tree for raw params (default: the tree
         of ``config.inner_lr``). Jitted once per object (differentiable).
+
+        Checked before compiling (``ValueError`` naming the argument): params are float arrays,
+        the support set fits the model and the loss (``core.check_supervised_batch``) and, in
+        an eager call, params and support set are finite. Under ``jit``/``grad`` values are not
+        read: the inner steps are plain arithmetic, so a NaN in the data (or a step size that
+        overflows) gives non-finite adapted params; ``meta_update`` skips such a step.
         """
         params = _required("inner_loop", "params", params, _STATE_HINT)
         support_x = _required("inner_loop", "support_x", support_x)
         support_y = _required("inner_loop", "support_y", support_y)
         params, inner_lr = self.params_and_inner_lr(params, inner_lr)
+        support_x, support_y = _data("support_x", support_x), _data("support_y", support_y)
         return self._inner_loop_jit(params, support_x, support_y, inner_lr)
 
+    def _check_batch(self, params, x, y, x_name, y_name, params_name="params"):
+        """``core.check_supervised_batch`` with this MetaMAML's model and loss (trace time)."""
+        core.check_supervised_batch(self.apply_fn, self.loss_fn, params, x, y, x_name, y_name, params_name)
+
+    def _check_tasks(self, params, tasks):
+        """Each task's support and query sets against the model (trace time, shapes only)."""
+        for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+            self._check_batch(params, _per_task(tasks[x]), _per_task(tasks[y]),
+                              f"tasks[{x!r}] (per task)", f"tasks[{y!r}] (per task)")
+
     def _inner_loop_impl(self, params, support_x, support_y, inner_lr):
+        self._check_batch(params, support_x, support_y, "support_x", "support_y")
         adapted, _ = core.inner_loop(params, inner_lr, (support_x, support_y), **self._kw(params))
         return adapted
 
@@ -146,9 +183,11 @@ class MetaMAML:
                                    " (the params returned by inner_loop/adapt)")
         query_x = _required("outer_loop", "query_x", query_x)
         query_y = _required("outer_loop", "query_y", query_y)
-        return self._outer_loop_jit(adapted_params, query_x, query_y)
+        check_params("adapted_params", adapted_params)
+        return self._outer_loop_jit(adapted_params, _data("query_x", query_x), _data("query_y", query_y))
 
     def _outer_loop_impl(self, adapted_params, query_x, query_y):
+        self._check_batch(adapted_params, query_x, query_y, "query_x", "query_y", "adapted_params")
         return self.objective(adapted_params, (query_x, query_y))
 
     def meta_loss(self, params, tasks, inner_lr=None):
@@ -159,16 +198,21 @@ class MetaMAML:
         return self._meta_loss_jit(params, _task_arrays(tasks), inner_lr)
 
     def _meta_loss_impl(self, params, tasks, inner_lr):
+        self._check_tasks(params, tasks)
         loss, _ = core.meta_loss(params, inner_lr, tasks, **self._kw(params))
         return loss
 
     def meta_loss_and_metrics(self, params, tasks, inner_lr=None):
         """``(meta_loss, metrics)`` with pre/post-adaptation losses (not jitted)."""
+        core.check_tasks(tasks)
         params, inner_lr = self.params_and_inner_lr(params, inner_lr)
+        tasks = _task_arrays(tasks)
+        self._check_tasks(params, tasks)
         return core.meta_loss(params, inner_lr, tasks, **self._kw(params))
 
     # ------------------------------------------------------------ meta-update
     def _meta_update_impl(self, state, tasks):
+        self._check_tasks(state.params, tasks)
         loss = functools.partial(core.meta_loss, **self._kw(state.params))
         return core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
                                 learn_inner_lr=self.config.learn_inner_lr)
@@ -184,6 +228,7 @@ class MetaMAML:
                 f"returns the new state), got {type(state).__name__}.")
         tasks = _required("meta_update", "tasks", tasks)
         core.check_tasks(tasks)
+        check_params("state.params", state.params, finite=False)
         return self._meta_update(state, _task_arrays(tasks))
 
 

@@ -37,6 +37,7 @@ import optax
 import envs
 from maml import onpolicy
 from maml.config import PPOConfig
+from ssm_jax.validation import check_params
 
 
 @flax.struct.dataclass
@@ -53,7 +54,8 @@ class PPO:
 
     Args:
       policy: an ``ssm_jax`` policy module (``MLPPolicy``, ``SSMPolicy``) whose ``obs_dim`` is
-        the environment's full observation size.
+        the environment's full observation size and whose action head fits its action space
+        (``envs.check_policy``, checked here, before anything compiles).
       config: a ``PPOConfig`` (default ``PPOConfig()``).
       env: a gymnax environment (default CartPole-v1), e.g. an ``envs.context.ContextWrapper``.
       task_dist: the task distribution (default ``envs.CartPoleTasks()``; an ``envs.Suite``
@@ -71,10 +73,14 @@ class PPO:
             raise ValueError(f"config must be a PPOConfig, got {type(self.config).__name__}")
         self.policy = policy
         self.env = envs.make("CartPole-v1")[0] if env is None else env
+        envs.check_policy(policy, self.env, "full")  # contract, obs_dim and action space
+        if not hasattr(policy, "init"):
+            raise ValueError(f"policy must be a flax policy module with init; {type(policy).__name__} has no 'init'")
         self.task_dist = envs.CartPoleTasks() if task_dist is None else task_dist
+        if not callable(getattr(self.task_dist, "sample", None)):
+            raise ValueError(f"task_dist must be a task distribution with sample(key, n, split) "
+                             f"(e.g. envs.CartPoleTasks()), got {type(self.task_dist).__name__}")
         self.obs_dim = envs.obs_dim(self.env, "full")
-        if policy.obs_dim != self.obs_dim:
-            raise ValueError(f"policy.obs_dim is {policy.obs_dim}, the environment gives {self.obs_dim}")
         c = self.config
         lr = c.lr
         if c.anneal_lr:
@@ -94,6 +100,7 @@ class PPO:
 
     def init_from_params(self, params) -> PPOState:
         """A ``PPOState`` around given policy params (fresh optimiser state, ``step`` 0)."""
+        check_params("params", params)
         return PPOState(params=params, opt_state=self.optimizer.init(params),
                         step=jnp.zeros((), jnp.int32))
 

@@ -70,7 +70,7 @@ import optax
 import envs
 from maml import baseline, core, onpolicy
 from maml.config import BASELINES, MAMLRLConfig
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_int, check_params
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +107,9 @@ class MAMLRL:
     """MAML-RL (LVC inner surrogate, ProMP-style outer step) for ``ssm_jax`` policies.
 
     Args:
-      policy: an ``ssm_jax`` policy module (``SSMPolicy``, ``MLPPolicy``) with ``obs_dim``.
+      policy: an ``ssm_jax`` policy module (``SSMPolicy``, ``MLPPolicy``) with ``obs_dim``; it
+        must fit ``env`` (``envs.check_policy``: observation size in ``config.obs_mode``, action
+        space).
       config: a ``MAMLRLConfig`` (default: ``MAMLRLConfig()``).
       env: a gymnax environment (default CartPole-v1 via ``envs.make``).
       adapt_filter: which params the inner loop adapts (``core.build_mask``), e.g.
@@ -131,11 +133,9 @@ class MAMLRL:
                 raise ValueError(f"policy must follow the ssm_jax policy contract; it has no {attr!r}.")
         self.policy = policy
         self.env = envs.make("CartPole-v1")[0] if env is None else env
+        # contract, obs_dim in obs_mode and action space: checked here, before anything compiles
+        envs.check_policy(policy, self.env, self.config.obs_mode)
         self.obs_dim = envs.obs_dim(self.env, self.config.obs_mode)
-        if policy.obs_dim != self.obs_dim:
-            raise ValueError(
-                f"policy.obs_dim is {policy.obs_dim} but obs_mode={self.config.obs_mode!r} gives "
-                f"{self.obs_dim} observation components.")
         self.adapt_filter = adapt_filter
         c = self.config
         outer_lr = c.outer_lr
@@ -170,6 +170,7 @@ class MAMLRL:
     def init_from_params(self, params) -> core.MetaState:
         """``params`` wrapped in a MetaState; its ``inner_lr`` is the params-shaped tree of
         ``config.inner_lr``."""
+        check_params("params", params)
         self._mask_for(params)
         c = self.config
         return core.init_state(params, core.init_inner_lr(params, c.inner_lr), self.optimizer,

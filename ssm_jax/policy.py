@@ -12,6 +12,18 @@ and follow the contract of :mod:`ssm_jax`:
 
 Discrete policies (``discrete=True``) emit a :class:`Categorical` over ``action_dim`` actions;
 continuous ones a :class:`Gaussian` with a learned, state-independent ``log_std``.
+
+Non-finite observations or params. An eager call (concrete arrays) refuses them with a
+``ValueError`` naming ``obs``/``obs_seq`` or ``params`` and the bad leaf, before computing
+anything: a policy never acts on NaN. Inside ``jit``/``vmap``/``grad`` the values cannot be
+read, and NaN propagates instead: a NaN observation (or param) makes the logits (or mean) and
+the value of the affected rows NaN, so their ``log_prob`` and ``value`` are NaN
+(``sample``/``mode`` of NaN logits return action 0, which means nothing); an infinite
+observation may instead be squashed by a ``tanh`` into a finite, extreme output.
+``envs.rollout`` refuses non-finite params and
+tasks when called eagerly; under tracing the NaN log-probs and values reach the losses, and
+the training steps built on them (``maml.core.meta_update``, ``adapt.core.adapt_steps``) skip
+a step whose loss, gradient or new params are not finite.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from ssm_jax.diagonal import DiagonalSSM
 from ssm_jax.distributions import Categorical, Gaussian
 from ssm_jax.selective import SelectiveSSM
 from ssm_jax.ssm import SSM
-from ssm_jax.validation import check_bool, check_choice
+from ssm_jax.validation import check_bool, check_choice, check_finite, check_float
 
 CORES = {"ssm": SSM, "diagonal": DiagonalSSM, "selective": SelectiveSSM}
 
@@ -37,6 +49,13 @@ class PolicyOutput:
 
     dist: Categorical | Gaussian
     value: jax.Array
+
+
+def _check_eager_inputs(module: nn.Module, obs, name: str) -> None:
+    """Refuse non-finite ``obs`` and params in an eager call (see the module docstring)."""
+    check_finite(name, obs)
+    if not module.is_initializing():
+        check_finite("params", module.variables)
 
 
 class _Heads(nn.Module):
@@ -95,6 +114,7 @@ class SSMPolicy(nn.Module):
         check_choice("core", self.core, sorted(CORES))
         check_bool("discrete", self.discrete)
         check_bool("parallel", self.parallel)
+        check_float("init_log_std", self.init_log_std)
         if self.parallel and self.core == "ssm":
             raise ValueError("parallel=True needs a diagonal core ('diagonal' or 'selective'), got core='ssm'")
         super().__post_init__()
@@ -132,6 +152,7 @@ class SSMPolicy(nn.Module):
     def __call__(self, obs_seq, resets=None, carry=None):
         """``obs_seq`` ``(batch, time, obs_dim)`` -> ``(PolicyOutput, final carry)``."""
         prepare_sequence(self, obs_seq, resets, carry, name="obs_seq")  # errors in policy terms
+        _check_eager_inputs(self, obs_seq, "obs_seq")
         layer_carries = (None,) * self.num_layers if carry is None else self._layers(carry)
         features, carries = obs_seq, []
         for i, (core, c) in enumerate(zip(self.cores, layer_carries)):
@@ -142,6 +163,7 @@ class SSMPolicy(nn.Module):
     def step(self, obs, carry, reset=None):
         """``obs`` ``(batch, obs_dim)`` -> ``(PolicyOutput, carry)``."""
         prepare_step(self, obs, carry, reset, name="obs")
+        _check_eager_inputs(self, obs, "obs")
         features, carries = obs, []
         for i, (core, c) in enumerate(zip(self.cores, self._layers(carry))):
             features, c = core.step(features if i == 0 else jnp.tanh(features), c, reset)
@@ -165,6 +187,7 @@ class MLPPolicy(nn.Module):
     def __post_init__(self):
         check_dims(self, "obs_dim", "action_dim", "hidden_dim")
         check_bool("discrete", self.discrete)
+        check_float("init_log_std", self.init_log_std)
         super().__post_init__()
 
     @property
@@ -186,8 +209,10 @@ class MLPPolicy(nn.Module):
 
     def __call__(self, obs_seq, resets=None, carry=None):
         obs_seq, _, carry = prepare_sequence(self, obs_seq, resets, carry, name="obs_seq")
+        _check_eager_inputs(self, obs_seq, "obs_seq")
         return self._forward(obs_seq), carry
 
     def step(self, obs, carry, reset=None):
         obs, _ = prepare_step(self, obs, carry, reset, name="obs")
+        _check_eager_inputs(self, obs, "obs")
         return self._forward(obs), carry

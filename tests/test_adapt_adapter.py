@@ -251,6 +251,40 @@ def test_meta_strategy_runs_the_meta_learned_inner_rule():
     chex.assert_trees_all_close(adapter.params, anil.inner_loop(params, x, y), rtol=1e-5, atol=1e-6)
 
 
+def test_meta_strategy_accepts_the_readmes_unhashable_sequential_model():
+    """The README's MetaMAML model, ``nn.Sequential([...])``, holds a list of layers, so it is
+    not hashable; the adapter keys its compilations on the model by identity instead (equal
+    hashable models still share them). The meta rule runs on it exactly as MetaMAML's own
+    inner loop, and a second adapter for the same model object does not retrace."""
+    from maml import MetaMAML, sample_sinusoid_tasks
+
+    mlp = nn.Sequential([nn.Dense(40), nn.relu, nn.Dense(40), nn.relu, nn.Dense(1)])
+    with pytest.raises(TypeError):
+        hash(mlp)
+    params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 1)))
+    maml = MetaMAML(mlp, inner_lr=0.01, outer_lr=0.001, num_inner_steps=5, first_order=False)
+    state = maml.init(params)
+    tasks = sample_sinusoid_tasks(jax.random.PRNGKey(1), 2)
+    x, y = tasks["support_x"][0], tasks["support_y"][0]
+    cfg = AdaptationConfig(max_steps_per_call=5)
+    for target in (mlp, None):  # the model given, or taken from the MetaMAML
+        adapter = Adapter(target, cfg, strategy="meta", params=state, meta=maml)
+        info = adapter.adapt({"observations": x, "targets": y})
+        assert info["steps"] == 5 and info["loss"] < info["loss_before"]
+        chex.assert_trees_all_close(adapter.params, maml.inner_loop(state, support_x=x, support_y=y),
+                                    rtol=1e-5, atol=1e-6)
+    traces = adapter.num_traces
+    again = Adapter(mlp, cfg, strategy="meta", params=state, meta=maml)
+    again.adapt({"observations": tasks["support_x"][1], "targets": tasks["support_y"][1]})
+    assert again.num_traces == traces
+    # an equal but distinct Sequential is another key: it compiles once and then works the same
+    twin = nn.Sequential(list(mlp.layers))
+    other = Adapter(twin, cfg, strategy="meta", params=state, meta=maml)
+    other.adapt({"observations": x, "targets": y})
+    chex.assert_trees_all_close(other.params, maml.inner_loop(state, support_x=x, support_y=y),
+                                rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- errors
 def test_missing_batch_keys_and_bad_batches_give_clear_errors():
     model, params = _mlp_and_params()

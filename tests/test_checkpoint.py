@@ -1,6 +1,9 @@
 """ssm_jax.save / ssm_jax.load: exact round trips, atomic writes, clear errors."""
 
+import errno
 import os
+import re
+import stat
 
 import chex
 import jax
@@ -67,3 +70,53 @@ def test_missing_and_corrupt_files_raise_clear_errors(tmp_path):
     bad.write_bytes(b"\xc1 definitely not msgpack")
     with pytest.raises(ValueError, match="not a parameter file"):
         ssm_jax.load(bad)
+
+
+def test_overwrite_keeps_the_files_mode_and_a_new_file_follows_the_umask(tmp_path):
+    path = tmp_path / "params.msgpack"
+    old_umask = os.umask(0o022)
+    try:
+        ssm_jax.save(path, _params(0))
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # 0o666 minus the umask, as open() gives
+        for mode in (0o644, 0o600, 0o640):
+            os.chmod(path, mode)
+            ssm_jax.save(path, _params(1))
+            assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    finally:
+        os.umask(old_umask)
+    chex.assert_trees_all_equal(ssm_jax.load(path), jax.device_get(_params(1)))
+
+
+def test_a_path_under_a_regular_file_is_refused_naming_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"keep me")
+    for path in (blocker / "p.msgpack", blocker / "a" / "b" / "p.msgpack"):
+        with pytest.raises(ValueError, match=re.escape(f"path '{path}': parent '{blocker}' is not a directory")):
+            ssm_jax.save(path, _params(0))
+    assert blocker.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    with pytest.raises(ValueError, match="is a directory"):
+        ssm_jax.save(tmp_path, _params(0))
+
+
+def test_save_fails_cleanly_on_a_full_disk(tmp_path, monkeypatch):
+    """ENOSPC in the middle of the write: the previous file is byte-identical, its mode kept,
+    no temporary file survives, and the error names the path."""
+    path = tmp_path / "p.msgpack"
+    ssm_jax.save(path, _params(0))
+    os.chmod(path, 0o640)
+    before = path.read_bytes()
+    real_write, writes = os.write, []
+
+    def full_disk(fd, data):
+        writes.append(real_write(fd, bytes(data[: len(data) // 2])))  # half of it lands, then ENOSPC
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError) as info:
+        ssm_jax.save(path, _params(1))
+    monkeypatch.undo()
+    assert writes and writes[0] > 0
+    assert info.value.errno == errno.ENOSPC and str(path) in str(info.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.msgpack"]
+    assert (os.stat(path).st_mode & 0o777) == 0o640

@@ -401,3 +401,55 @@ def test_numpy_integer_sizes_and_cached_policy_check(monkeypatch):
     with pytest.raises(ValueError, match="obs_dim"):
         envs.rollout(key, policy, params, num_envs=2, num_steps=6, obs_mode="partial")
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ one action-space check
+def test_a_policy_with_the_wrong_action_space_is_refused_wherever_it_meets_the_env():
+    """MLPPolicy(action_dim=3) on CartPole (Discrete(2)): a rollout would apply action 2 as a
+    push to the left. One check (envs.check_policy) refuses it, naming the policy's action_dim
+    and the env's action space, before anything is traced (the params are empty: applying the
+    policy would fail differently; nothing is added to the rollout's jit cache): in rollout,
+    rollout_tasks, MAMLRL, PPO and adapt.evaluate_with_adaptation."""
+    import optax
+
+    import adapt
+    from maml import MAMLRL, PPO
+
+    three = MLPPolicy(obs_dim=4, action_dim=3, hidden_dim=8)
+    params = {"params": {}}
+    task = _task()
+    message = r"policy.action_dim is 3 \(discrete=True\) but CartPole-v1's action space is Discrete\(2\)"
+    calls = {
+        "rollout": lambda: envs.rollout(jax.random.PRNGKey(0), three, params, task, num_envs=2, num_steps=3),
+        "rollout_tasks": lambda: envs.rollout_tasks(
+            jax.random.PRNGKey(0), three, params, jax.tree.map(lambda x: jnp.stack([x, x]), task),
+            num_envs=2, num_steps=3),
+        "MAMLRL": lambda: MAMLRL(three),
+        "PPO": lambda: PPO(three),
+        "evaluate_with_adaptation": lambda: adapt.evaluate_with_adaptation(
+            jax.random.PRNGKey(0), three, params, task, objective=lambda p, b: 0.0,
+            optimizer=optax.sgd(0.1), num_rounds=1, steps_per_round=3, num_envs=2),
+    }
+    compiled = _rollout._cache_size()
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert _rollout._cache_size() == compiled
+    # the same check refuses a continuous policy on a discrete space, and the reverse
+    with pytest.raises(ValueError, match=r"action_dim is 2 \(discrete=False\).*discrete=True and action_dim=2"):
+        envs.check_policy(MLPPolicy(obs_dim=4, action_dim=2, discrete=False))
+    pendulum = envs.make("Pendulum-v1")[0]
+    with pytest.raises(ValueError, match=r"Box\(shape=\(1,\)\).*discrete=False and action_dim=1"):
+        envs.check_policy(MLPPolicy(obs_dim=3, action_dim=1), pendulum)
+    envs.check_policy(MLPPolicy(obs_dim=3, action_dim=1, discrete=False), pendulum)  # fits
+    envs.check_policy(MLPPolicy(obs_dim=4, action_dim=2))
+
+
+def test_eager_rollout_refuses_non_finite_params_and_tasks():
+    bad_params = jax.tree.map(lambda x: x, SSM_PARAMS)
+    bad_params["params"]["heads"]["actor"]["bias"] = bad_params["params"]["heads"]["actor"]["bias"].at[0].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"params must be finite, but params\['params'\]\['heads'\]\['actor'\]\['bias'\] holds NaN"):
+        envs.rollout(jax.random.PRNGKey(0), SSM, bad_params, _task(), num_envs=2, num_steps=3)
+    with pytest.raises(ValueError, match=r"task must be finite, but task.gravity holds an infinity"):
+        envs.rollout(jax.random.PRNGKey(0), SSM, SSM_PARAMS, _task().replace(gravity=jnp.inf),
+                     num_envs=2, num_steps=3)

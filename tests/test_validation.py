@@ -126,3 +126,118 @@ def test_numpy_integers_are_accepted_where_ints_are_and_stored_as_python_ints():
     assert tasks == envs.CartPoleTasks(max_steps_in_episode=200)
     batch = sample_sinusoid_tasks(_KEY, np.int32(3), np.int64(4), 2)
     assert batch["support_x"].shape == (3, 4, 1) and batch["query_x"].shape == (3, 2, 1)
+
+
+# --------------------------------------------------- numpy scalars, dtypes, finiteness (issue 19)
+@pytest.mark.parametrize("value", [np.float32(0.25), np.float64(0.25), np.array(0.25), jnp.float32(0.25),
+                                   np.float16(0.25)])
+def test_check_float_accepts_numpy_scalars_and_0d_arrays(value):
+    out = check_float("x", value, minimum=0.0, maximum=1.0)
+    assert type(out) is float and out == 0.25
+
+
+@pytest.mark.parametrize("value", [np.int64(5), np.int8(5), np.uint64(5), np.array(5), jnp.int32(5)])
+def test_check_int_accepts_numpy_ints_and_0d_int_arrays(value):
+    out = check_int("n", value)
+    assert type(out) is int and out == 5
+
+
+@pytest.mark.parametrize("value", [np.bool_(True), np.array(True), jnp.bool_(True), np.float32(5.0),
+                                   np.array([5]), np.array(5.0)])
+def test_check_int_refuses_bools_floats_and_non_scalar_arrays(value):
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        check_int("n", value)
+
+
+def test_check_float_refuses_a_traced_value_naming_it():
+    def f(x):
+        check_float("lr", x)
+
+    with pytest.raises(ValueError, match="lr must be a real number"):
+        jax.jit(f)(0.5)
+
+
+def test_real_array_refuses_complex_and_non_numeric_values():
+    from ssm_jax.validation import real_array
+
+    for good in (np.zeros(3, np.float32), np.zeros(3, np.int32), [1.0, 2.0], np.zeros(2, bool)):
+        assert real_array("xs", good).shape == np.shape(good)
+    with pytest.raises(ValueError, match="xs must be a real array .* got complex64"):
+        real_array("xs", np.zeros(3, np.complex64))
+    for bad in ("abc", {"a": 1}, [[1.0], [1.0, 2.0]], object()):
+        with pytest.raises(ValueError, match="xs must be a numeric array"):
+            real_array("xs", bad)
+
+
+def test_check_carry_refuses_other_dtype_kinds_and_narrower_floats():
+    from ssm_jax.validation import check_carry
+
+    ref = jnp.zeros((2, 4), jnp.float32)
+    check_carry("carry", jnp.ones((2, 4), jnp.float32), ref)
+    check_carry("carry", np.ones((2, 4), np.float64), ref)  # wider is fine
+    for dtype in (jnp.int32, jnp.bool_, jnp.float16, jnp.complex64):
+        with pytest.raises(ValueError, match=r"carry leaves must have dtypes \['float32'\]"):
+            check_carry("carry", jnp.zeros((2, 4), dtype), ref)
+    with pytest.raises(ValueError, match=r"carry leaves must have dtypes \['complex64'\]"):
+        check_carry("carry", jnp.zeros((2, 4)), jnp.zeros((2, 4), jnp.complex64))
+
+
+@pytest.mark.parametrize("model", [SSM(4, 2, 2, 8), DiagonalSSM(4, 2, 2, 8), SelectiveSSM(4, 2, 2, 8)])
+def test_layers_refuse_an_int_carry_and_complex_inputs_before_computing(model):
+    xs = jnp.ones((2, 3, 2))
+    params = jax.eval_shape(model.init, _KEY, xs)  # shapes suffice: the checks come first
+    carry = model.initialize_carry(2)
+    with pytest.raises(ValueError, match="carry leaves must have dtypes"):
+        model.apply(params, xs, carry=jnp.zeros(carry.shape, jnp.int32))
+    with pytest.raises(ValueError, match="carry leaves must have dtypes"):
+        model.apply(params, xs[:, 0], jnp.zeros(carry.shape, jnp.int32), method="step")
+    with pytest.raises(ValueError, match="xs must be a real array .* got complex64"):
+        model.apply(params, xs.astype(jnp.complex64))
+    with pytest.raises(ValueError, match="x must be a real array .* got complex64"):
+        model.apply(params, xs[:, 0].astype(jnp.complex64), carry, method="step")
+
+
+def test_check_finite_reads_eager_values_only():
+    from ssm_jax.validation import check_finite, check_params
+
+    tree = {"a": jnp.ones(3), "b": {"c": jnp.array([1.0, jnp.inf])}, "n": jnp.arange(3)}
+    with pytest.raises(ValueError, match=r"params must be finite, but params\['b'\]\['c'\] holds an infinity"):
+        check_finite("params", tree)
+    with pytest.raises(ValueError, match=r"task must be finite, but task\['g'\] holds NaN"):
+        check_finite("task", {"g": math.nan})
+    check_finite("params", {"a": jnp.ones(3), "n": jnp.arange(3)})
+    jax.jit(lambda t: check_finite("params", t) or 0.0)(tree)  # traced: not read, no error
+    check_params("params", {"a": tree["a"], "b": tree["b"]}, finite=False)  # dtypes only
+    for bad, needle in (({}, "non-empty"), ({"w": "1"}, r"params\['w'\] is str"),
+                        ({"w": jnp.arange(3)}, r"params\['w'\] is int32 array")):
+        with pytest.raises(ValueError, match=needle):
+            check_params("params", bad)
+
+
+def test_policies_refuse_non_finite_observations_and_params_in_eager_calls():
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    params = jax.eval_shape(policy.init, _KEY, jnp.zeros((1, 1, 4)))
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    carry = policy.initialize_carry(2)
+    obs = jnp.zeros((2, 4)).at[1, 2].set(jnp.nan)
+    with pytest.raises(ValueError, match="obs must be finite, but obs holds NaN"):
+        policy.apply(params, obs, carry, method="step")
+    with pytest.raises(ValueError, match="obs_seq must be finite"):
+        policy.apply(params, obs[:, None])
+    bad = jax.tree.map(lambda x: x, params)
+    bad["params"]["heads"]["critic"]["kernel"] = bad["params"]["heads"]["critic"]["kernel"].at[0, 0].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"params must be finite, but params\['params'\]\['heads'\]\['critic'\]"):
+        policy.apply(bad, jnp.zeros((2, 4)), carry, method="step")
+    # under jit the values are not read: the NaN row's value is NaN, the clean row's is not
+    out, _ = jax.jit(lambda p, o: policy.apply(p, o, carry, method="step"))(params, obs)
+    assert np.isnan(out.value[1]) and np.isfinite(out.value[0])
+
+
+def test_replay_buffer_with_no_slot_is_refused():
+    from adapt.buffer import ReplayBuffer
+
+    with pytest.raises(ValueError, match="capacity must be a positive int, got 0"):
+        ReplayBuffer(data={"x": jnp.zeros((0, 3))}, insert_pos=jnp.zeros((), jnp.int32),
+                     size=jnp.zeros((), jnp.int32))
+    with pytest.raises(ValueError, match="capacity must be a positive int, got 0"):
+        buffer_init(_EXAMPLE, capacity=np.int64(0))
