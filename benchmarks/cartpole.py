@@ -115,6 +115,10 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         if rundir.set_aside(out):
             replacing.append(out)
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
+    elif options.eval_only and options.overwrite and os.path.isdir(out):
+        rundir.remove_stale_temporaries(out)
+        if rundir.set_aside(out):  # the replaced evaluation stays until the new one is written
+            replacing.append(out)
 
     def saved(trainer_name: str, step: int) -> None:
         rundir.record_checkpoint(out, trainer_name, step)
@@ -122,11 +126,14 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             rundir.discard_previous(replacing.pop())
 
     try:
-        return _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved)
+        results = _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved)
     except BaseException:
-        if replacing:  # failed or stopped before its first checkpoint: the old run comes back
-            rundir.restore_previous(replacing.pop())
+        if replacing:  # failed or stopped before its first checkpoint (or, evaluating, before
+            rundir.restore_previous(replacing.pop())  # its results): the old run comes back
         raise
+    if replacing:  # an evaluation writes no checkpoint: the replaced one goes once it is complete
+        rundir.discard_previous(replacing.pop())
+    return results
 
 
 def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: dict, states: dict,

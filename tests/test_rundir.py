@@ -182,3 +182,39 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, capsys):
     config, options = parse_args(["--eval_only", "--checkpoint", str(out), "--out", str(tmp_path / "e")])
     with pytest.raises(rundir.RunDirError, match="refusing to retrain"):
         cartpole.run(config, cartpole.RunOptions(out=str(out), resume=str(out), eval_only=False, checkpoint=None))
+
+
+def _eval_stand_in(fail):
+    """A `cartpole._train_and_evaluate` for --eval_only: writes an evaluation's results into
+    `options.out`, then raises `fail` (or returns)."""
+    def run(config, options, trainers, states, histories, source, t_start, saved):
+        os.makedirs(options.out, exist_ok=True)
+        rundir.write_json_atomic(os.path.join(options.out, "results.json"), {"new": True})
+        if fail is not None:
+            raise fail
+        return {"new": True}
+    return run
+
+
+@pytest.mark.parametrize("fail", [None, RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_eval_only_overwrite_keeps_the_old_evaluation_until_the_new_one_is_written(tmp_path, monkeypatch, fail):
+    run_dir = tmp_path / "run"
+    _old_run(run_dir)
+    ev = run_dir / "eval"
+    (ev / "results.json").write_text(json.dumps({"old": True}))
+    (ev / "per_task.csv").write_text("method\nold\n")
+    (ev / "notes.txt").write_text("mine")
+    before = _tree(ev)
+    monkeypatch.setattr(cartpole, "load_trained", lambda trainer, directory, num_seeds: ({}, {}))
+    monkeypatch.setattr(cartpole, "_train_and_evaluate", _eval_stand_in(fail))
+    code = cartpole.main(["--eval_only", "--checkpoint", str(run_dir), "--overwrite"])
+    after = _tree(ev)
+    if fail is None:
+        assert code == 0
+        # the new evaluation replaced the old one; files that are not an evaluation's stay
+        assert json.loads(after["results.json"]) == {"new": True}
+        assert "per_task.csv" not in after and after["notes.txt"] == b"mine"
+    else:
+        assert code == (130 if isinstance(fail, KeyboardInterrupt) else 1)
+        assert after == before                     # the old evaluation is back, byte for byte
+    assert not any(p.startswith(rundir.PREVIOUS_DIR) for p in os.listdir(ev))
