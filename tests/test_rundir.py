@@ -85,7 +85,7 @@ def _old_run(out) -> dict:
 def _stand_in(fail, checkpoint_first=False):
     """A `cartpole._train_and_evaluate` that writes like a run, maybe saves a first checkpoint
     (calls `saved`), then raises `fail`."""
-    def run(config, options, trainers, states, histories, source, t_start, saved):
+    def run(config, options, trainers, states, histories, source, t_start, saved, *_):
         os.makedirs(os.path.join(options.out, "metrics"), exist_ok=True)
         with open(os.path.join(options.out, "metrics", "non_adaptive.csv"), "w") as f:
             f.write("iteration\nnew\n")
