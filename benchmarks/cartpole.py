@@ -90,6 +90,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
     compile_time.install()
     t_start = time.perf_counter()
+    cache_before = compile_time.cache_counts()
     out = options.out
     fresh = not options.eval_only and not options.resume
     source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
@@ -126,7 +127,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             rundir.discard_previous(replacing.pop())
 
     try:
-        results = _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved)
+        results = _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved,
+                                      cache_before)
     except BaseException:
         if replacing:  # failed or stopped before its first checkpoint (or, evaluating, before
             rundir.restore_previous(replacing.pop())  # its results): the old run comes back
@@ -137,10 +139,10 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 
 def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: dict, states: dict,
-                        histories: dict, source: str, t_start: float, saved) -> dict:
+                        histories: dict, source: str, t_start: float, saved, cache_before: dict) -> dict:
     """The rest of `run`: train every trainer (`states`/`histories` already hold the loaded
     ones of an evaluation), evaluate, write the results; `saved(trainer, step)` follows each
-    complete checkpoint."""
+    complete checkpoint; `cache_before`: `compile_time.cache_counts()` when the run started."""
     import jax
 
     from benchmarks import compile_time
@@ -190,6 +192,7 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     eval_s = time.perf_counter() - t_eval
     eval_compile_s = compile_time.compile_seconds() - compiled_before
     wall = time.perf_counter() - t_start
+    cache_counts = compile_time.cache_counts()
     results = {
         "suite": config.suite,
         "suite_definition": get_suite(config.suite).to_dict(),
@@ -200,7 +203,10 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
                    "env_steps": env_steps + measurement.env_steps, "train_env_steps": env_steps,
                    "eval_env_steps": measurement.env_steps,
                    "env_steps_per_s": env_steps / run_s if run_s > 0 else None,
-                   "per_model": timing_train, "eval_only": options.eval_only},
+                   "per_model": timing_train, "eval_only": options.eval_only,
+                   "compile_cache": compile_time.active_cache(),
+                   "compile_cache_hits": cache_counts["hits"] - cache_before["hits"],
+                   "compile_cache_writes": cache_counts["writes"] - cache_before["writes"]},
         "versions": versions(),
         "command": " ".join(["python -m benchmarks.cartpole"] + sys.argv[1:]),
     }
@@ -246,8 +252,14 @@ def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 
 def run_command(config: BenchmarkConfig, options: RunOptions) -> dict:
-    """`run_all_suites` for `--suite all` (`options.all_suites`), else `run`."""
-    return run_all_suites(config, options) if options.all_suites else run(config, options)
+    """`run_all_suites` for `--suite all` (`options.all_suites`), else `run`; with JAX's persistent
+    compilation cache in `options.compile_cache` (None: off) for the whole command
+    (`benchmarks.compile_time.persistent_cache`; results.json's timing records the directory,
+    null when off, and the cache's hits and writes)."""
+    from benchmarks import compile_time
+
+    with compile_time.persistent_cache(options.compile_cache, log=log):
+        return run_all_suites(config, options) if options.all_suites else run(config, options)
 
 
 def main(argv=None) -> int:

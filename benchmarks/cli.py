@@ -76,7 +76,9 @@ class RunOptions:
     checkpoint: the run dir (or its checkpoints/ dir) whose saved params are evaluated;
     overwrite: a fresh run may replace the run already in out (else it is refused);
     debug: a runtime fault shows its full traceback (else one line); all_suites (`--suite
-    all`): run the config once per suite (`envs.suites.SUITE_NAMES`) into `out/<suite>/`."""
+    all`): run the config once per suite (`envs.suites.SUITE_NAMES`) into `out/<suite>/`;
+    compile_cache: JAX's persistent compilation cache directory (`compile_cache_dir`), None:
+    off."""
 
     out: str
     resume: Optional[str]
@@ -87,6 +89,7 @@ class RunOptions:
     print_config: Optional[str] = None
     debug: bool = False
     all_suites: bool = False
+    compile_cache: Optional[str] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
       help="with --eval_only: a run directory (or its checkpoints/ dir) to load the final params from")
     a("--debug", action="store_true",
       help="show the full traceback of a runtime error (default: one line)")
+    a("--compile_cache", metavar="DIR|none", default=None,
+      help="JAX's persistent compilation cache: a later run of the same configuration reads "
+           "compiled programs from DIR instead of compiling them again (results are the same); "
+           "'none' turns it off [default: $JAX_COMPILATION_CACHE_DIR if set, else "
+           "$XDG_CACHE_HOME/ssm-metarl-jax/jax, else ~/.cache/ssm-metarl-jax/jax]")
     return p
+
+
+#: `--compile_cache none`: no persistent compilation cache.
+NO_COMPILE_CACHE = "none"
+
+
+def compile_cache_dir(value: Optional[str], environ=os.environ) -> Optional[str]:
+    """The absolute cache directory `--compile_cache value` asks for (None for 'none'). Without
+    the flag (value None): `$JAX_COMPILATION_CACHE_DIR` if set (JAX's own variable), else
+    `$XDG_CACHE_HOME/ssm-metarl-jax/jax` (an absolute XDG_CACHE_HOME), else
+    `~/.cache/ssm-metarl-jax/jax`. ValueError naming the flag for an empty value or a path that
+    exists and is not a directory; the directory itself is created when a run starts."""
+    if value is None:
+        xdg = environ.get("XDG_CACHE_HOME", "")
+        base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+        value = environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(base, "ssm-metarl-jax", "jax")
+    if value == NO_COMPILE_CACHE:
+        return None
+    if not value.strip() or "\x00" in value:
+        raise ValueError(f"--compile_cache must be a directory or {NO_COMPILE_CACHE!r}, got {value!r}")
+    path = os.path.abspath(os.path.expanduser(value))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--compile_cache {value!r} is not a directory (give a directory or {NO_COMPILE_CACHE!r})")
+    return path
 
 
 def _flag_message(err: ValueError, given: list) -> str:
@@ -208,6 +240,7 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     args = parser.parse_args(argv)
     try:
         config, options = _build(args)
+        options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache))
         if args.print_config is not None:
             fmt = args.print_config or (config_file_format(args.config) if args.config else "toml")
             return config, dataclasses.replace(options, print_config=fmt)

@@ -12,14 +12,36 @@ def _fresh_trace_counter():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One JAX persistent compilation cache directory for the whole session, in
+    `JAX_COMPILATION_CACHE_DIR`: every `benchmarks.cartpole` command a test runs (in-process
+    through `cartpole.main`, or in a subprocess) uses it by default (`benchmarks.cli.
+    compile_cache_dir`), so nothing is written under the user's ~/.cache and a later run of a
+    configuration already compiled in the session (`quick_run`, then `tests/test_faults.py`'s
+    resumed runs) reads its programs back instead of compiling them. Cached executables are
+    the ones XLA compiled, so results do not depend on the cache. The JAX of this process read
+    the variable at import (before this fixture), so only the benchmark commands use it here."""
+    import os
+
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    yield cache
+    if previous is None:
+        del os.environ["JAX_COMPILATION_CACHE_DIR"]
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, compile_cache):
     """One uninterrupted `python -m benchmarks.cartpole --quick` run (slow tests only), in a
-    subprocess with a JAX persistent compilation cache that later runs of the same config
-    (`tests/test_faults.py`'s interrupted and resumed runs) share: they then skip XLA
-    compilation, which dominates a --quick run. Cached executables are the ones compiled, so
-    results do not depend on the cache. Returns a namespace with `out` (the run directory),
-    `cache` (the cache directory), `results` (its results.json), `stdout` and `wall_s`."""
+    subprocess with the session's compilation cache (`compile_cache`), which later runs of the
+    same config (`tests/test_faults.py`'s interrupted and resumed runs) share: they then skip
+    XLA compilation, which dominates a --quick run. Returns a namespace with `out` (the run
+    directory), `cache` (the cache directory), `results` (its results.json), `stdout` and
+    `wall_s`."""
     import json
     import os
     import subprocess
@@ -28,7 +50,7 @@ def quick_run(tmp_path_factory):
     import types
 
     root = tmp_path_factory.mktemp("quick_run")
-    out, cache = root / "run", root / "jax_cache"
+    out, cache = root / "run", compile_cache
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     t0 = time.perf_counter()

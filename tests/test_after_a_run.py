@@ -33,9 +33,10 @@ TINY_ALL = ["--quick", "--num_epochs", "2", "--ppo_iterations", "2", "--in_conte
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny policy_gradient run (non_adaptive, 2 seeds x 6 test tasks), logged for
-    TensorBoard too."""
-    out = str(tmp_path_factory.mktemp("after_a_run") / "run")
-    assert cartpole.main(TINY_PG + ["--out", out, "--tensorboard"]) == 0
+    TensorBoard too, with its own compilation cache in the sibling directory jax_cache/."""
+    root = tmp_path_factory.mktemp("after_a_run")
+    out = str(root / "run")
+    assert cartpole.main(TINY_PG + ["--out", out, "--tensorboard", "--compile_cache", str(root / "jax_cache")]) == 0
     return out
 
 
@@ -133,6 +134,18 @@ def test_per_task_csv_and_load_run_reproduce_the_run(tiny_run):
         p.params(2)
     with pytest.raises(ValueError, match="method must be one of"):
         runs.load_run(tiny_run, methods=["maml_adapted"])
+
+
+def test_the_run_wrote_its_programs_to_its_compile_cache_and_recorded_it(tiny_run):
+    """`--compile_cache DIR`: the run's compilations (its training chunk and init are fresh
+    functions, so they compile whatever ran before in this process) are written to DIR, one
+    entry per write results.json counts."""
+    timing = _results(tiny_run)["timing"]
+    cache = os.path.join(os.path.dirname(tiny_run), "jax_cache")
+    assert timing["compile_cache"] == cache
+    entries = [n for n in os.listdir(cache) if n.endswith("-cache")]
+    assert timing["compile_cache_writes"] == len(entries) >= 2
+    assert any(n.startswith("jit_run_chunk-") for n in entries)
 
 
 def test_rollout_writes_an_animation_with_one_frame_per_step(tiny_run, tmp_path):

@@ -85,7 +85,7 @@ def _old_run(out) -> dict:
 def _stand_in(fail, checkpoint_first=False):
     """A `cartpole._train_and_evaluate` that writes like a run, maybe saves a first checkpoint
     (calls `saved`), then raises `fail`."""
-    def run(config, options, trainers, states, histories, source, t_start, saved):
+    def run(config, options, trainers, states, histories, source, t_start, saved, *_):
         os.makedirs(os.path.join(options.out, "metrics"), exist_ok=True)
         with open(os.path.join(options.out, "metrics", "non_adaptive.csv"), "w") as f:
             f.write("iteration\nnew\n")
@@ -187,7 +187,7 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(tmp_path, capsys):
 def _eval_stand_in(fail):
     """A `cartpole._train_and_evaluate` for --eval_only: writes an evaluation's results into
     `options.out`, then raises `fail` (or returns)."""
-    def run(config, options, trainers, states, histories, source, t_start, saved):
+    def run(config, options, trainers, states, histories, source, t_start, saved, *_):
         os.makedirs(options.out, exist_ok=True)
         rundir.write_json_atomic(os.path.join(options.out, "results.json"), {"new": True})
         if fail is not None:
