@@ -406,8 +406,10 @@ def _interrupt_watchdog(message: str):
     within `INTERRUPT_GRACE_S` (the main thread is inside a long XLA compilation or call).
 
     The signal's C-level handler writes to a wakeup socket (`signal.set_wakeup_fd`) even while
-    the main thread is in C++, and a daemon thread watches it. Only installed on the main thread.
-    Yields a callable that prints `message` once (whoever reports first).
+    the main thread is in C++, and a daemon thread watches it. A KeyboardInterrupt raised where
+    Python can only print it (`sys.unraisablehook`: a gc callback) is dropped, the watchdog
+    reports it. Only installed on the main thread. Yields a callable that prints `message` once
+    (whoever reports first).
     """
     lock = threading.Lock()
     reported = []
@@ -440,11 +442,19 @@ def _interrupt_watchdog(message: str):
             report()
             os._exit(130)
 
+    def unraisable(info, hook=sys.unraisablehook):
+        # a Ctrl-C that lands in a callback Python cannot raise from (JAX's gc callback) is
+        # lost there: the watchdog reports it instead of a traceback
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            hook(info)
+
     threading.Thread(target=watch, name="sigint-watchdog", daemon=True).start()
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield report
     finally:
         done.set()
+        sys.unraisablehook = previous_hook
         signal.set_wakeup_fd(previous)
         writer.close()
         reader.close()
