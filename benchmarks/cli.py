@@ -409,16 +409,19 @@ def _interrupt_watchdog(message: str):
     the main thread is in C++, and a daemon thread watches it. A KeyboardInterrupt raised where
     Python can only print it (`sys.unraisablehook`: a gc callback) is dropped, the watchdog
     reports it. Only installed on the main thread. Yields a callable that prints `message` once
-    (whoever reports first).
+    (whoever reports first), on a line of its own even while a progress bar is drawn.
     """
     lock = threading.Lock()
     reported = []
 
     def report():
+        from tqdm import tqdm  # noqa: PLC0415 (already imported by a run; parsing does not need it)
+
         with lock:
             if not reported:
                 reported.append(True)
-                print(message, file=sys.stderr, flush=True)
+                tqdm.write(message, file=sys.stderr)  # on its own line, clear of a progress bar
+                sys.stderr.flush()
 
     if threading.current_thread() is not threading.main_thread():
         yield report

@@ -144,6 +144,29 @@ def test_ctrl_c_is_one_line_with_exit_130(tmp_path, capsys):
         run_main(["--quick", "--out", out, "--debug"], _fail_with(KeyboardInterrupt()))
 
 
+def test_ctrl_c_message_starts_its_own_line_under_a_progress_bar(tmp_path, capsys):
+    """Interrupted while a trainer's progress bar is drawn (no newline after it yet): the
+    message is not glued to the bar."""
+    from tqdm import tqdm
+
+    out = str(tmp_path / "o")
+    bars = []
+
+    def run(config, options):
+        bars.append(tqdm(total=10, desc="maml_ssm", file=sys.stderr))
+        bars[0].update(3)
+        raise KeyboardInterrupt
+
+    try:
+        assert run_main(["--quick", "--out", out], run) == 130
+        err = capsys.readouterr().err
+    finally:
+        bars[0].close()
+    message = (f"python -m benchmarks.cartpole: interrupted; the run in {out!r} keeps its "
+               f"checkpoints: continue it with --resume {out}")
+    assert "maml_ssm" in err and message in err.replace("\r", "\n").splitlines()
+
+
 def test_ctrl_c_lost_in_a_gc_callback_prints_no_traceback(tmp_path, monkeypatch):
     """A Ctrl-C that lands in a gc callback (JAX registers one) cannot propagate; Python hands it
     to `sys.unraisablehook`, which would print a traceback. Inside `run_main` it is dropped (the
