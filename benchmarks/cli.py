@@ -406,17 +406,22 @@ def _interrupt_watchdog(message: str):
     within `INTERRUPT_GRACE_S` (the main thread is inside a long XLA compilation or call).
 
     The signal's C-level handler writes to a wakeup socket (`signal.set_wakeup_fd`) even while
-    the main thread is in C++, and a daemon thread watches it. Only installed on the main thread.
-    Yields a callable that prints `message` once (whoever reports first).
+    the main thread is in C++, and a daemon thread watches it. A KeyboardInterrupt raised where
+    Python can only print it (`sys.unraisablehook`: a gc callback) is dropped, the watchdog
+    reports it. Only installed on the main thread. Yields a callable that prints `message` once
+    (whoever reports first), on a line of its own even while a progress bar is drawn.
     """
     lock = threading.Lock()
     reported = []
 
     def report():
+        from tqdm import tqdm  # noqa: PLC0415 (already imported by a run; parsing does not need it)
+
         with lock:
             if not reported:
                 reported.append(True)
-                print(message, file=sys.stderr, flush=True)
+                tqdm.write(message, file=sys.stderr)  # on its own line, clear of a progress bar
+                sys.stderr.flush()
 
     if threading.current_thread() is not threading.main_thread():
         yield report
@@ -440,11 +445,19 @@ def _interrupt_watchdog(message: str):
             report()
             os._exit(130)
 
+    def unraisable(info, hook=sys.unraisablehook):
+        # a Ctrl-C that lands in a callback Python cannot raise from (JAX's gc callback) is
+        # lost there: the watchdog reports it instead of a traceback
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            hook(info)
+
     threading.Thread(target=watch, name="sigint-watchdog", daemon=True).start()
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield report
     finally:
         done.set()
+        sys.unraisablehook = previous_hook
         signal.set_wakeup_fd(previous)
         writer.close()
         reader.close()

@@ -144,6 +144,58 @@ def test_ctrl_c_is_one_line_with_exit_130(tmp_path, capsys):
         run_main(["--quick", "--out", out, "--debug"], _fail_with(KeyboardInterrupt()))
 
 
+def test_ctrl_c_message_starts_its_own_line_under_a_progress_bar(tmp_path, capsys):
+    """Interrupted while a trainer's progress bar is drawn (no newline after it yet): the
+    message is not glued to the bar."""
+    from tqdm import tqdm
+
+    out = str(tmp_path / "o")
+    bars = []
+
+    def run(config, options):
+        bars.append(tqdm(total=10, desc="maml_ssm", file=sys.stderr))
+        bars[0].update(3)
+        raise KeyboardInterrupt
+
+    try:
+        assert run_main(["--quick", "--out", out], run) == 130
+        err = capsys.readouterr().err
+    finally:
+        bars[0].close()
+    message = (f"python -m benchmarks.cartpole: interrupted; the run in {out!r} keeps its "
+               f"checkpoints: continue it with --resume {out}")
+    assert "maml_ssm" in err and message in err.replace("\r", "\n").splitlines()
+
+
+def test_ctrl_c_lost_in_a_gc_callback_prints_no_traceback(tmp_path, monkeypatch):
+    """A Ctrl-C that lands in a gc callback (JAX registers one) cannot propagate; Python hands it
+    to `sys.unraisablehook`, which would print a traceback. Inside `run_main` it is dropped (the
+    watchdog reports the interrupt); any other unraisable exception still reaches the hook."""
+    import gc
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
+    raised = []
+
+    def callback(phase, info):
+        if phase == "start" and raised:
+            raise raised.pop()
+
+    def run(config, options):
+        for exc in (KeyboardInterrupt(), RuntimeError("not an interrupt")):
+            raised.append(exc)
+            gc.collect()
+            assert not raised
+
+    gc.callbacks.append(callback)
+    try:
+        assert run_main(["--quick", "--out", str(tmp_path / "o")], run) == 0
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen == [RuntimeError]
+    assert sys.unraisablehook is not None and sys.unraisablehook.__name__ == "<lambda>"  # put back
+
+
 def test_failed_eval_only_writes_nothing(tmp_path, capsys):
     """An evaluation whose checkpoints are missing fails (exit 1, one line) and leaves no
     --out behind, so a rerun with a good checkpoint is not refused."""
