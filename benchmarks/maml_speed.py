@@ -22,8 +22,8 @@ already compiled jitted meta-update, compile time reported separately):
    second order: a small setup (1 inner step, 8 x 100 support and query steps) and the one
    ``python -m benchmarks.cartpole`` trains with (read from its default config).
 
-The reference (``--reference-dir``, default ``../shared/peer-reference`` next to the repository
-holding this package, else next to the current directory) is the seeds' PyTorch code with its
+The reference (``--reference-dir``, default ``shared/peer-reference`` in the nearest directory
+above the repository holding this package, else above the current directory) is the seeds' PyTorch code with its
 timing script; it runs only in its own interpreter (one with ``torch`` and ``numpy``) and is
 never imported here. Flags are checked, and the reference interpreter is asked to import torch,
 before JAX is imported: a missing script or interpreter is a usage error (exit 2) naming the flag.
@@ -71,12 +71,17 @@ REFERENCE_ROUND_TIMEOUT_S = 1800
 
 # ------------------------------------------------------------------------ the PyTorch reference
 def default_reference_dirs() -> list[str]:
-    """Where the reference is looked for without --reference-dir: ``../shared/peer-reference``
-    relative to the repository holding this package, then relative to the current directory."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dirs = [os.path.join(os.path.dirname(repo), "shared", "peer-reference"),
-            os.path.abspath(os.path.join(os.pardir, "shared", "peer-reference"))]
-    return list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+    """Where the reference is looked for without --reference-dir, in order:
+    ``../shared/peer-reference`` relative to the repository holding this package, then
+    ``../../shared/peer-reference`` and so on up to the root (a git worktree nested below the
+    main checkout finds it too), then the same relative to the current directory."""
+    dirs = []
+    for start in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.getcwd()):
+        here = os.path.abspath(start)
+        while os.path.dirname(here) != here:
+            here = os.path.dirname(here)
+            dirs.append(os.path.join(here, "shared", "peer-reference"))
+    return list(dict.fromkeys(dirs))
 
 
 def find_reference_script(reference_dir: Optional[str]) -> str:
@@ -367,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "side in this run and print the ratios [default: not measured]")
     p.add_argument("--reference-dir", metavar="DIR", default=None,
                    help=f"the PyTorch reference's directory (holding {REFERENCE_SCRIPT}) [default: "
-                        "../shared/peer-reference next to the repository, else next to the current directory]")
+                        "shared/peer-reference in the nearest directory above the repository (../shared/"
+                        "peer-reference, ../../shared/peer-reference, ...), else above the current directory]")
     p.add_argument("--reference-reps", type=int, default=5,
                    help="timed reference calls per workload and round (it reports their mean) [default 5]")
     return p

@@ -125,6 +125,18 @@ def test_missing_script_is_a_usage_error_naming_the_flag(capsys, tmp_path):
     assert "--reference-dir is only used with --reference-python" in err
 
 
+def test_default_reference_dirs_go_up_from_the_repository_then_the_cwd(tmp_path, monkeypatch):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(maml_speed.__file__)))
+    monkeypatch.chdir(tmp_path)
+    dirs = maml_speed.default_reference_dirs()
+    ups = [os.path.dirname(repo)]
+    while os.path.dirname(ups[-1]) != ups[-1]:
+        ups.append(os.path.dirname(ups[-1]))
+    assert dirs[:len(ups)] == [os.path.join(u, "shared", "peer-reference") for u in ups]
+    assert os.path.join(os.path.dirname(str(tmp_path)), "shared", "peer-reference") in dirs
+    assert len(dirs) == len(set(dirs))
+
+
 def test_default_reference_dir_missing_names_the_flag(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(maml_speed, "default_reference_dirs", lambda: [str(tmp_path / "nowhere")])
     err = _usage_error(capsys, ["--reference-python", sys.executable])
