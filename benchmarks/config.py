@@ -27,7 +27,7 @@ import typing
 from typing import Any, Mapping, Optional
 
 import ssm_jax
-from benchmarks.methods import METHODS
+from benchmarks.methods import METHODS, STANDARD_METHODS
 from envs.suites import DEFAULT_SUITE, SUITE_NAMES
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
@@ -126,9 +126,9 @@ class InContextPolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """Sizes of the non_adaptive MLP and the MAML policies (positive ints): `MLPPolicy` of width
+    """Sizes of the non-adaptive and MAML policies (positive ints): `MLPPolicy` of width
     `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm", state `state_dim`
-    and width `hidden_dim` (maml_ssm)."""
+    and width `hidden_dim` (maml_ssm, non_adaptive_ssm)."""
 
     state_dim: int = 16
     hidden_dim: int = 64
@@ -166,6 +166,13 @@ class EvaluationConfig:
             check_int(name, getattr(self, name), 1)
 
 
+def _non_adaptive_ppo() -> PPOConfig:
+    """The PPO training of both non-adaptive baselines (non_adaptive, non_adaptive_ssm): the
+    same budget and settings, so the two differ only in their policy."""
+    return PPOConfig(num_tasks=8, num_envs=4, num_steps=500, lr=1e-3, entropy_coef=0.0,
+                     total_iterations=750)
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
     """Everything that defines a benchmark run (stored in config.json, results.json, checkpoints).
@@ -185,24 +192,26 @@ class BenchmarkConfig:
       maml: MAML-RL training of maml_ssm / maml_mlp (`MAMLTrainingConfig`).
       non_adaptive: PPO training of the non_adaptive MLP (`PPOConfig`; `total_iterations` is
         the number of iterations).
+      non_adaptive_ssm: PPO training of the non_adaptive_ssm SSM policy (`PPOConfig`, carry
+        reset at every episode start; defaults equal to non_adaptive's).
       in_context: PPO training of the RL^2 agent (`PPOConfig`, carry kept across episodes).
       in_context_policy: the RL^2 agent's policy (`InContextPolicyConfig`).
-      policy: sizes of the non_adaptive and MAML policies (`PolicyConfig`).
+      policy: sizes of the non-adaptive and MAML policies (`PolicyConfig`).
       evaluation: the held-out evaluation (`EvaluationConfig`).
     """
 
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
     suite: str = DEFAULT_SUITE
-    methods: tuple = METHODS
+    methods: tuple = STANDARD_METHODS
     seed: int = 0
     num_seeds: int = 3
     chunk_size: int = 10
     checkpoint_every: int = 50
     quick: bool = False
     maml: MAMLTrainingConfig = dataclasses.field(default_factory=MAMLTrainingConfig)
-    non_adaptive: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
-        num_tasks=8, num_envs=4, num_steps=500, lr=1e-3, entropy_coef=0.0, total_iterations=750))
+    non_adaptive: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
+    non_adaptive_ssm: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     in_context: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
         num_tasks=16, num_envs=2, num_steps=1000, lr=1e-3, entropy_coef=0.01,
         total_iterations=150, carry_across_episodes=True))
@@ -230,6 +239,9 @@ class BenchmarkConfig:
         check_bool("quick", self.quick)
         for name, cls in _sections(type(self)).items():
             _check_section(name, getattr(self, name), cls)
+        if self.non_adaptive_ssm.carry_across_episodes:
+            raise ValueError("non_adaptive_ssm.carry_across_episodes must be False (its carry is reset at "
+                             "every episode start; in_context is the agent that keeps it), got True")
 
     @classmethod
     def quick_preset(cls) -> "BenchmarkConfig":
@@ -269,13 +281,16 @@ class BenchmarkConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
         """The config of a nested dict (`to_dict`) or of a flat one (migrated, `migrate_flat`).
 
-        Fields it lacks keep their values in `BenchmarkConfig()`; unknown fields are a ValueError.
+        Fields it lacks keep their values in `BenchmarkConfig()`, or in `quick_preset()` for a
+        config with `quick` true (a field added since a `--quick` run was stored gets the value
+        a `--quick` run has today); unknown fields are a ValueError.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
         if is_flat(d):
             d = migrate_flat(d)
-        return cls().with_values(_paths(d))
+        base = cls.quick_preset() if d.get("quick") is True else cls()
+        return base.with_values(_paths(d))
 
     def dumps(self, fmt: str = "toml") -> str:
         """The whole config as a config file (`--print_config`, read back by `--config`):
@@ -337,6 +352,7 @@ QUICK_VALUES = {
     "maml.rl.support_envs": 4, "maml.rl.query_envs": 4,
     "maml.rl.support_steps": 100, "maml.rl.query_steps": 100,
     "non_adaptive.total_iterations": 10, "non_adaptive.num_tasks": 4, "non_adaptive.num_envs": 2,
+    "non_adaptive_ssm.total_iterations": 10, "non_adaptive_ssm.num_tasks": 4, "non_adaptive_ssm.num_envs": 2,
     "in_context.total_iterations": 10, "in_context.num_tasks": 4, "in_context.num_envs": 2,
     "in_context.num_steps": 200,
     "in_context_policy.num_layers": 1, "in_context_policy.hidden_dim": 32,

@@ -7,7 +7,8 @@ same for all methods: the mean return of the episodes completed in a 500-step ev
 CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
 per (seed, task). What differs is what each method may do before/while it is measured:
 
-* `non_adaptive`: the PPO policy as is.
+* `non_adaptive` / `non_adaptive_ssm`: the PPO policy as is (the SSM policy's carry reset at
+  every episode start, as in its training).
 * `maml_zero_shot` / `maml_adapted`: the MAML policy after 0 / `num_inner_steps` inner
   policy-gradient steps (the trained Meta-SGD step sizes), each on fresh support rollouts of
   the test task of the training support size (`support_envs` x `support_steps`); the return

@@ -53,7 +53,8 @@ def _num_tasks(tasks) -> int:
 
 
 def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
-    """The trained policy as is: series "return" `(N,)` (`evaluation.evaluate_policy`)."""
+    """The trained policy as is, a recurrent policy's carry reset at every episode start: series
+    "return" `(N,)` (`evaluation.evaluate_policy`)."""
     from benchmarks import evaluation as ev
 
     e = config.evaluation.num_envs
@@ -195,13 +196,17 @@ def _in_context_by_episode(series) -> np.ndarray:
     return np.stack([series["first_episode"], series["after_context"]], axis=-1)
 
 
-#: The series holding the returns of the methods that do not adapt.
-_ONLY_SERIES = {"non_adaptive": "return"}
+#: The series holding the returns of the methods without an `adaptation` series.
+_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return"}
 
 
 REGISTRY = (
     Method("non_adaptive", "non_adaptive",
            "PPO MLP policy trained across the train tasks (domain randomisation)",
+           evaluate_fixed_policy, lambda s, c: s["return"]),
+    Method("non_adaptive_ssm", "non_adaptive_ssm",
+           "PPO SSM policy trained across the train tasks, its carry reset at every episode start "
+           "(memory within an episode, no adaptation across episodes)",
            evaluate_fixed_policy, lambda s, c: s["return"]),
     Method("in_context", "in_context",
            "RL^2: SSM policy on envs.context.ContextWrapper observations, PPO over windows of "
@@ -231,6 +236,9 @@ REGISTRY = (
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}
 #: Every method's name, in registry order.
 METHODS = tuple(METHODS_BY_NAME)
+#: The six methods the standard suite has always run (its default: numbers and run time unchanged).
+STANDARD_METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
+                    "maml_adapted_mlp")
 
 
 def trainer_label(trainer: str, methods) -> str:

@@ -40,7 +40,7 @@ from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
 #: between rounds), "context" (RL^2 carry across episodes) or "none".
-ADAPTATION = {"non_adaptive": "none", "in_context": "context", "maml_zero_shot": "inner_steps",
+ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context", "maml_zero_shot": "inner_steps",
               "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
               "maml_adapted_mlp": "inner_steps"}
 

@@ -35,7 +35,8 @@ from benchmarks.trainers import build_trainer
 #: inner steps (2), so maml_adapted is a middle column, not the last. maml_adapted_mlp runs the
 #: evaluator of maml_adapted with the MLP trainer (its registry entry is checked in
 #: test_cartpole_benchmark.py); it is left out to save a compilation.
-METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted")
+METHODS = ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_zero_shot", "maml_adapted",
+           "test_time_adapted")
 TINY = {
     "seed": 3, "num_seeds": 2, "methods": METHODS,
     "policy.hidden_dim": 8, "policy.state_dim": 4,
@@ -127,11 +128,14 @@ def _references(config, trainers, states):
     e, n = config.evaluation.num_envs, config.evaluation.num_tasks
     K, R = config.reported_inner_steps, config.evaluation.test_time_rounds
     fixed, context, maml = trainers["non_adaptive"], trainers["in_context"], trainers["maml_ssm"]
+    fixed_ssm = trainers["non_adaptive_ssm"]
     algo = maml.algo
     inner_grad = jax.jit(jax.grad(lambda p, batch: algo.inner_objective(p, batch)[0]))
     online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
         p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
-    out = {name: [] for name in ("non_adaptive", "after_context", "first_episode", "maml", "by_round", "inverted")}
+    out = {name: [] for name in ("non_adaptive", "non_adaptive_ssm", "after_context", "first_episode", "maml",
+                                 "by_round", "inverted")}
+    ssm_trajectory = None
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
         assert np.array_equal(jax.random.key_data(key),
@@ -146,6 +150,12 @@ def _references(config, trainers, states):
             traj = rebuilt.rollout(k, fixed.policy, state["non_adaptive"].params, task, num_envs=e,
                                    num_steps=500, env=fixed.env)
             rows["non_adaptive"].append(mean_completed(traj))
+            # non_adaptive_ssm: the PPO SSM policy on a 500-step window, carry reset per episode
+            traj = rebuilt.rollout(k, fixed_ssm.policy, state["non_adaptive_ssm"].params, task, num_envs=e,
+                                   num_steps=500, env=fixed_ssm.env)
+            rows["non_adaptive_ssm"].append(mean_completed(traj))
+            if ssm_trajectory is None:
+                ssm_trajectory = (traj, state["non_adaptive_ssm"].params)
             # in_context: 1000 steps, carry kept; episode 0 of each env is the context
             traj = rebuilt.rollout(k, context.policy, state["in_context"].params, task, num_envs=e,
                                    num_steps=1000, env=context.env, carry_across_episodes=True)
@@ -182,6 +192,7 @@ def _references(config, trainers, states):
             out[name].append(values)
     ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
     ref["env_steps"] = rebuilt.env_steps
+    ref["ssm_trajectory"] = ssm_trajectory
     return ref
 
 
@@ -189,6 +200,36 @@ def _references(config, trainers, states):
 def test_non_adaptive_returns_are_hand_counted_episodes_of_a_plain_rollout(bench):
     np.testing.assert_allclose(bench.m.series["non_adaptive"]["return"], bench.ref["non_adaptive"], rtol=1e-6)
     np.testing.assert_allclose(bench.m.returns["non_adaptive"], bench.ref["non_adaptive"], rtol=1e-6)
+
+
+def test_non_adaptive_ssm_returns_are_hand_counted_episodes_of_a_plain_rollout(bench):
+    np.testing.assert_allclose(bench.m.series["non_adaptive_ssm"]["return"], bench.ref["non_adaptive_ssm"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["non_adaptive_ssm"], bench.ref["non_adaptive_ssm"], rtol=1e-6)
+    assert not np.allclose(bench.ref["non_adaptive_ssm"], bench.ref["non_adaptive"])  # another policy
+
+
+def test_non_adaptive_ssm_carry_is_reset_at_every_episode_start(bench):
+    """By hand, on the SSM policy's evaluation rollout: from the second episode of a row on, the
+    log-probs it acted with are the sequence apply's on that episode alone (a fresh carry at its
+    first step), and differ from those of the same steps with the carry of the episodes before
+    kept; its PPO trainer keeps the carry only within episodes too."""
+    traj, params = bench.ref["ssm_trajectory"]
+    policy = bench.trainers["non_adaptive_ssm"].policy
+    assert not bench.config.non_adaptive_ssm.carry_across_episodes
+    assert bench.trainers["non_adaptive_ssm"].algo.config.carry_across_episodes is False
+    dones = np.asarray(traj.dones[0])
+    ends = np.flatnonzero(dones)
+    assert len(ends) >= 2, "the untrained policy ends several episodes in the window"
+    start, stop = int(ends[0]) + 1, int(ends[1]) + 1  # the second episode of row 0
+    assert bool(traj.resets[0, start]) and not np.asarray(traj.resets[0, start + 1:stop]).any()
+    obs, actions = traj.obs[0], traj.actions[0]
+    fresh, _ = policy.apply(params, obs[None, start:stop])
+    np.testing.assert_allclose(fresh.dist.log_prob(actions[None, start:stop])[0], traj.log_probs[0, start:stop],
+                               rtol=1e-5, atol=1e-6)
+    kept, _ = policy.apply(params, obs[None, :stop])  # no reset after t = 0: the carry is kept
+    kept_logp = np.asarray(kept.dist.log_prob(actions[None, :stop])[0, start:])
+    assert np.max(np.abs(kept_logp - np.asarray(traj.log_probs[0, start:stop]))) > 1e-4
 
 
 def test_in_context_return_excludes_exactly_the_context_episode(bench):
@@ -251,7 +292,8 @@ def _kind_rows(values, mask):
 def _reference_returns(bench):
     ref = bench.ref
     k = bench.config.maml.rl.num_inner_steps
-    return {"non_adaptive": ref["non_adaptive"], "in_context": ref["after_context"],
+    return {"non_adaptive": ref["non_adaptive"], "non_adaptive_ssm": ref["non_adaptive_ssm"],
+            "in_context": ref["after_context"],
             "maml_zero_shot": ref["maml"][..., 0], "maml_adapted": ref["maml"][..., k],
             "test_time_adapted": ref["by_round"][..., -1]}
 
