@@ -31,7 +31,7 @@ from benchmarks.methods import METHODS, STANDARD_METHODS
 from envs.suites import DEFAULT_SUITE, SUITE_NAMES
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
-from ssm_jax.validation import check_bool, check_choice, check_int
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 MODES = ("meta_rl", "policy_gradient")
 #: Methods each mode runs (policy_gradient: the non-meta baseline alone).
@@ -153,17 +153,26 @@ class EvaluationConfig:
       num_tasks: test tasks per seed; num_envs: parallel envs per task.
       inner_steps: the MAML methods are measured after 0..max(inner_steps,
         maml.rl.num_inner_steps) inner steps (`BenchmarkConfig.reported_inner_steps`).
-      test_time_rounds: evaluation rounds of test_time_adapted (one update between rounds).
+      test_time_rounds: evaluation rounds of test_time_adapted and test_time_hybrid (one update
+        between rounds).
+      hybrid_replay_capacity: rows (one env's 500-step round each) test_time_hybrid's replay
+        ring buffer holds, >= 1.
+      hybrid_replay_ratio: weight of the replayed rows in test_time_hybrid's loss, in [0, 1)
+        (0: the online rule of test_time_adapted).
     """
 
     num_tasks: int = 256
     num_envs: int = 2
     inner_steps: int = 3
     test_time_rounds: int = 4
+    hybrid_replay_capacity: int = 16
+    hybrid_replay_ratio: float = 0.5
 
     def __post_init__(self):
-        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds"):
+        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds", "hybrid_replay_capacity"):
             check_int(name, getattr(self, name), 1)
+        object.__setattr__(self, "hybrid_replay_ratio", check_float(
+            "hybrid_replay_ratio", self.hybrid_replay_ratio, minimum=0.0, maximum=1.0, strict_max=True))
 
 
 def _non_adaptive_ppo() -> PPOConfig:

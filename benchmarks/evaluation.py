@@ -17,6 +17,11 @@ per (seed, task). What differs is what each method may do before/while it is mea
   guarded policy-gradient steps between rounds of 500-step windows, Meta-SGD step sizes as the
   per-parameter SGD rates); the return of the last round is the method's return, every round
   is reported.
+* `test_time_hybrid`: the same rounds, tasks and keys as `test_time_adapted` (the two are
+  paired), with `adapt`'s hybrid rule: each step's loss pools the round's data with rows
+  replayed from a ring buffer of the earlier rounds' (`evaluation.hybrid_replay_capacity`
+  rows, weight `evaluation.hybrid_replay_ratio`); the first step, with an empty buffer, is
+  the online one, so the first two rounds equal test_time_adapted's.
 * `in_context`: the RL^2 policy in a window of `context_episodes + 1` episode lengths with its
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
@@ -41,6 +46,8 @@ from maml.core import scale_by_inner_lr
 
 EVAL_STREAM = 2
 EPISODE_STEPS = 500
+#: The test-time methods' divergence threshold: a step whose loss exceeds it is rolled back.
+TEST_TIME_DIVERGENCE = 1e6
 
 
 def eval_key(seed: int, s: int) -> jax.Array:
@@ -150,17 +157,26 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
 
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
                        lr_scale: float = 1.0, env=None,
-                       baseline: str = "value") -> jax.Array:
-    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule.
+                       baseline: str = "value", replay_capacity: int = 0,
+                       replay_ratio: float = 0.0) -> jax.Array:
+    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule, or its
+    hybrid rule when `replay_capacity > 0` and `replay_ratio > 0`.
 
     The objective is `adapt.policy_gradient_loss` (REINFORCE with `baseline`, the one the MAML
     policy was trained with: its value head or a linear fit to each round's returns; no value
     term, so only the policy moves); the optimiser is SGD with the MAML
     state's step sizes `state.inner_lr` (times `lr_scale`). One guarded
     step per round (`divergence_threshold` rejects non-finite or exploding steps).
+
+    Hybrid (`adapt.evaluate_with_adaptation`'s replay): every round's `num_envs` trajectory rows
+    join a ring buffer of `replay_capacity` rows after the round's step; a step's loss is
+    `(1 - replay_ratio) * objective(this round) + replay_ratio * objective(num_envs rows drawn
+    uniformly with replacement from the buffer)`, the plain online loss while the buffer is
+    empty (the first step). Rollout keys are the online rule's, so with the same arguments the
+    two are paired round by round (equal up to the first step that replays).
     """
     return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env,
-                               baseline)
+                               baseline, replay_capacity, replay_ratio)
 
 
 def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
@@ -173,15 +189,17 @@ def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "val
     return objective, optimizer
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
+                        replay_capacity, replay_ratio):
     objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
             k, policy, state.params, task, objective=objective, optimizer=optimizer,
             num_rounds=num_rounds, steps_per_round=EPISODE_STEPS, num_envs=num_envs,
-            divergence_threshold=1e6, env=env)
+            divergence_threshold=TEST_TIME_DIVERGENCE, env=env,
+            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
         return returns
 
     n = jax.tree.leaves(tasks)[0].shape[0]

@@ -88,11 +88,24 @@ def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
 def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy adapted online by `adapt` between evaluation rounds: series "by_round"
     `(N, rounds)` (`evaluation.evaluate_test_time`)."""
+    return _test_time(key, tasks, trainer, state, config, replay=False)
+
+
+def evaluate_test_time_hybrid(key, tasks, trainer, state, config) -> Evaluation:
+    """`evaluate_test_time` with `adapt`'s hybrid rule (replay of earlier rounds,
+    `config.evaluation.hybrid_replay_*`): series "by_round" `(N, rounds)`."""
+    return _test_time(key, tasks, trainer, state, config, replay=True)
+
+
+def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
     from benchmarks import evaluation as ev
 
-    e, rounds = config.evaluation.num_envs, config.evaluation.test_time_rounds
+    c = config.evaluation
+    e, rounds = c.num_envs, c.test_time_rounds
     r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
-                              env=trainer.env, baseline=trainer.algo.config.baseline)
+                              env=trainer.env, baseline=trainer.algo.config.baseline,
+                              replay_capacity=c.hybrid_replay_capacity if replay else 0,
+                              replay_ratio=c.hybrid_replay_ratio if replay else 0.0)
     return Evaluation({"by_round": np.asarray(r)}, ev.test_time_env_steps(_num_tasks(tasks), rounds, e))
 
 
@@ -133,6 +146,19 @@ def _test_time_report(series, kinds, config, trainer) -> dict:
                                 for r in range(by_round.shape[-1])],
             "rule": (f"adapt.evaluate_with_adaptation, online, policy_gradient_loss "
                      f"(baseline {trainer.algo.config.baseline}), Meta-SGD rates")}
+
+
+def _test_time_hybrid_report(series, kinds, config, trainer) -> dict:
+    c = config.evaluation
+    report = _test_time_report(series, kinds, config, trainer)
+    report["rule"] = (f"adapt.evaluate_with_adaptation, hybrid: (1 - w) * policy_gradient_loss(this round) "
+                      f"+ w * policy_gradient_loss({c.num_envs} rows replayed from a ring buffer of "
+                      f"{c.hybrid_replay_capacity} rows of earlier rounds), w = {c.hybrid_replay_ratio} "
+                      f"(w = 0 while the buffer is empty; baseline {trainer.algo.config.baseline}), "
+                      f"Meta-SGD rates; rounds, tasks and keys of test_time_adapted")
+    report["replay_capacity"] = c.hybrid_replay_capacity
+    report["replay_ratio"] = c.hybrid_replay_ratio
+    return report
 
 
 def _test_time_lines(entry) -> list:
@@ -227,6 +253,13 @@ REGISTRY = (
            "the MAML SSM policy adapted online by `adapt` between evaluation rounds",
            evaluate_test_time, lambda s, c: s["by_round"][..., -1],
            report=_test_time_report, lines=_test_time_lines,
+           adaptation=lambda s: s["by_round"], adaptation_unit="update"),
+    Method("test_time_hybrid", "maml_ssm",
+           "the MAML SSM policy adapted by `adapt`'s hybrid rule between the rounds of "
+           "test_time_adapted (each round's data pooled with replay from a ring buffer of earlier "
+           "rounds)",
+           evaluate_test_time_hybrid, lambda s, c: s["by_round"][..., -1],
+           report=_test_time_hybrid_report, lines=_test_time_lines,
            adaptation=lambda s: s["by_round"], adaptation_unit="update"),
     Method("maml_adapted_mlp", "maml_mlp", "the MAML pipeline with an MLP policy (what the SSM contributes)",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],

@@ -13,8 +13,9 @@ A `MethodPolicy` holds what a method acts with: its trainer's policy module and 
 the trained state of every seed (leading seed axis). The MAML methods adapt with the library's
 own functions: `maml_zero_shot` / `maml_adapted` / `maml_adapted_mlp` with the MAML inner
 policy-gradient step and the trained Meta-SGD step sizes (`maml.MAMLRL.adapt_and_evaluate`,
-support batches of the training size), `test_time_adapted` with its online rule
-(`adapt.evaluate_with_adaptation`, `benchmarks.evaluation.test_time_rule`); `in_context`
+support batches of the training size), `test_time_adapted` with its online rule and
+`test_time_hybrid` with its hybrid rule (`adapt.evaluate_with_adaptation`,
+`benchmarks.evaluation.test_time_rule`); `in_context`
 adapts through its carry, kept across episodes. `MethodPolicy.evaluate` reruns the method's
 registered evaluator, so it reproduces the run's per-task returns (per_task.csv) exactly.
 """
@@ -40,9 +41,11 @@ from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
 #: between rounds), "context" (RL^2 carry across episodes) or "none".
-ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context", "maml_zero_shot": "inner_steps",
-              "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
-              "maml_adapted_mlp": "inner_steps"}
+ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context",
+              "maml_zero_shot": "inner_steps", "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
+              "test_time_hybrid": "rounds", "maml_adapted_mlp": "inner_steps"}
+#: The "rounds" methods whose rule replays earlier rounds (`evaluation.hybrid_replay_*`).
+REPLAY_METHODS = ("test_time_hybrid",)
 
 
 def _index(name: str, value: Any, size: int) -> int:
@@ -129,9 +132,9 @@ class MethodPolicy:
         inner_steps methods: `num_steps` MAML inner steps (`MAMLRL.adapt_and_evaluate`, support
         batches of `maml.rl.support_envs x support_steps`); returns `(num_steps + 1,)`: the
         completed-episode return of each support batch and of a batch of the final params.
-        rounds (test_time_adapted): `num_steps` rounds of 500 steps, each followed by one update
-        of the online rule (`adapt.evaluate_with_adaptation`); returns `(num_steps,)`: each
-        round's first-episode return. Methods that do not adapt their params (non_adaptive,
+        rounds (test_time_adapted, test_time_hybrid): `num_steps` rounds of 500 steps, each
+        followed by one update of the method's rule (`adapt.evaluate_with_adaptation`, online or
+        hybrid); returns `(num_steps,)`: each round's first-episode return. Methods that do not adapt their params (non_adaptive,
         in_context) accept only `num_steps` 0 or None; returns `(0,)`.
         """
         kind = self.adaptation
@@ -148,9 +151,10 @@ class MethodPolicy:
                 state, jax.tree.map(lambda x: jnp.asarray(x)[None], task), key, num_inner_steps=k,
                 num_envs=c.support_envs, num_steps=c.support_steps)
             return jax.tree.map(lambda x: x[0], out["params"]), np.asarray(out["completed_return"][0])
-        params, returns = _adapt_online(key, self.policy, state, task, k + 1,
-                                        self.config.evaluation.num_envs, self.env,
-                                        self.trainer.algo.config.baseline)
+        e = self.config.evaluation
+        replay = (e.hybrid_replay_capacity, e.hybrid_replay_ratio) if self.name in REPLAY_METHODS else (0, 0.0)
+        params, returns = _adapt_online(key, self.policy, state, task, k + 1, e.num_envs, self.env,
+                                        self.trainer.algo.config.baseline, *replay)
         return params, np.asarray(returns)
 
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
@@ -163,10 +167,12 @@ class MethodPolicy:
         return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
-def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
+def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline, replay_capacity,
+                  replay_ratio):
     """`(params after num_rounds - 1 updates, (num_rounds,) round returns)` of test_time_adapted's
-    online rule on one task (the last round's update is not applied)."""
+    online rule on one task (the last round's update is not applied), or of test_time_hybrid's
+    rule with `replay_capacity > 0` (`benchmarks.evaluation.evaluate_test_time`)."""
     objective, optimizer = ev.test_time_rule(policy, state, baseline=baseline)
     params = state.params
     returns = jnp.zeros((0,), jnp.float32)
@@ -174,7 +180,8 @@ def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline)
         params, returns, _ = adapt.evaluate_with_adaptation(
             key, policy, params, task, objective=objective, optimizer=optimizer,
             num_rounds=num_rounds - 1, steps_per_round=ev.EPISODE_STEPS, num_envs=num_envs,
-            divergence_threshold=1e6, env=env)
+            divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
+            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
     return params, returns
 
 

@@ -252,7 +252,7 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
 
     computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
     per_seed = len(computations)
-    assert per_seed == 6 and len(calls) == per_seed * 3
+    assert per_seed == 7 and len(calls) == per_seed * 3
     for s in range(3):
         seed_calls = calls[per_seed * s: per_seed * (s + 1)]
         assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
@@ -282,6 +282,8 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
         registry.evaluate_maml_inner_steps, "maml_mlp", "by_inner_step")[..., k])
     np.testing.assert_array_equal(m.returns["test_time_adapted"], stacked(
         registry.evaluate_test_time, "maml_ssm", "by_round")[..., -1])
+    np.testing.assert_array_equal(m.returns["test_time_hybrid"], stacked(
+        registry.evaluate_test_time_hybrid, "maml_ssm", "by_round")[..., -1])
     np.testing.assert_array_equal(m.returns["in_context"], stacked(
         registry.evaluate_in_context, "in_context", "after_context"))
     np.testing.assert_array_equal(m.returns["non_adaptive"], stacked(
@@ -324,7 +326,8 @@ def test_every_evaluator_reports_the_env_steps_it_ran():
         "evaluation.inner_steps": 2, "evaluation.num_envs": 2, "evaluation.test_time_rounds": 2})
     env = _CountingCartPole()
     cases = {registry.evaluate_fixed_policy: "non_adaptive", registry.evaluate_in_context: "in_context",
-             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp"}
+             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp",
+             registry.evaluate_test_time_hybrid: "maml_mlp"}
     assert {m.evaluator for m in registry.REGISTRY} == set(cases)
     key = ev.eval_key(0, 0)
     tasks = ev.test_tasks(key, 3)

@@ -34,16 +34,18 @@ from benchmarks.trainers import build_trainer
 #: A tiny benchmark of untrained policies. maml.rl.num_inner_steps (1) differs from the reported
 #: inner steps (2), so maml_adapted is a middle column, not the last. maml_adapted_mlp runs the
 #: evaluator of maml_adapted with the MLP trainer (its registry entry is checked in
-#: test_cartpole_benchmark.py); it is left out to save a compilation.
+#: test_cartpole_benchmark.py); it is left out to save a compilation. Three test-time rounds, so
+#: test_time_hybrid's second step replays the first round; inner step sizes of 1.0 (the untrained
+#: state's), so one step moves the sampled actions and the rounds' returns tell rules apart.
 METHODS = ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_zero_shot", "maml_adapted",
-           "test_time_adapted")
+           "test_time_adapted", "test_time_hybrid")
 TINY = {
     "seed": 3, "num_seeds": 2, "methods": METHODS,
     "policy.hidden_dim": 8, "policy.state_dim": 4,
     "in_context_policy.hidden_dim": 8, "in_context_policy.state_dim": 4, "in_context_policy.num_layers": 1,
     "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 2, "maml.rl.support_steps": 100,
     "evaluation.num_tasks": 3, "evaluation.num_envs": 2, "evaluation.inner_steps": 2,
-    "evaluation.test_time_rounds": 2,
+    "evaluation.test_time_rounds": 3, "evaluation.hybrid_replay_ratio": 0.5, "maml.rl.inner_lr": 1.0,
 }
 T95_ONE_DOF = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom (2 seeds)
 
@@ -134,7 +136,8 @@ def _references(config, trainers, states):
     online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
         p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
     out = {name: [] for name in ("non_adaptive", "non_adaptive_ssm", "after_context", "first_episode", "maml",
-                                 "by_round", "inverted")}
+                                 "by_round", "hybrid_by_round", "inverted")}
+    w = config.evaluation.hybrid_replay_ratio
     ssm_trajectory = None
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
@@ -188,6 +191,22 @@ def _references(config, trainers, states):
                 assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
                 theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
             rows["by_round"].append(by_round)
+            # test_time_hybrid: the same rounds and keys; the step's gradient is (1 - w) times the
+            # round's plus w times that of E rows drawn with key 1 of the round's split, uniformly
+            # with replacement, from the rows of the earlier rounds (the round's alone at first)
+            theta, by_round, stored = state["maml_ssm"].params, [], []
+            for kr in jax.random.split(k, R):
+                k_roll, k_replay = jax.random.split(kr)
+                traj = rebuilt.rollout(k_roll, maml.policy, theta, task, num_envs=e, num_steps=500, env=maml.env)
+                by_round.append(float(np.mean([row[0] for row in completed_episodes(traj)])))
+                g = online_grad(theta, traj)
+                if stored:
+                    picks = np.asarray(jax.random.randint(k_replay, (e,), 0, len(stored)))
+                    replay = jax.tree.map(lambda *xs: jnp.stack(xs), *[stored[i] for i in picks])
+                    g = jax.tree.map(lambda a, b: (1 - w) * a + w * b, g, online_grad(theta, replay))
+                theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
+                stored += [jax.tree.map(lambda x: x[i], traj) for i in range(e)]
+            rows["hybrid_by_round"].append(by_round)
         for name, values in rows.items():
             out[name].append(values)
     ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
@@ -262,6 +281,20 @@ def test_test_time_returns_by_round_equal_manual_online_steps(bench):
     assert not np.allclose(bench.ref["by_round"][..., 0], bench.ref["by_round"][..., 1])
 
 
+def test_hybrid_returns_by_round_equal_manual_steps_with_replay(bench):
+    """test_time_hybrid against steps written out with the replayed rows drawn by hand; it is
+    paired with test_time_adapted: the same rounds until the first step that replays (the
+    second), different afterwards."""
+    hybrid, online = bench.ref["hybrid_by_round"], bench.ref["by_round"]
+    np.testing.assert_allclose(bench.m.series["test_time_hybrid"]["by_round"], hybrid, rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["test_time_hybrid"], hybrid[..., -1], rtol=1e-6)
+    np.testing.assert_array_equal(bench.m.series["test_time_hybrid"]["by_round"][..., :2],
+                                  bench.m.series["test_time_adapted"]["by_round"][..., :2])
+    assert not np.allclose(hybrid[..., 2], online[..., 2])
+    entry = bench.results["test_time_hybrid"]
+    assert entry["replay_ratio"] == 0.5 and entry["replay_capacity"] == bench.config.evaluation.hybrid_replay_capacity
+
+
 def test_every_method_is_measured_on_the_same_seed_tasks_and_kinds(bench):
     """The kinds are force_mag < 0 of the documented test tasks, and the rebuilt returns (which
     match every method's) ran on exactly those tasks: the pairing behind vs_non_adaptive."""
@@ -295,7 +328,7 @@ def _reference_returns(bench):
     return {"non_adaptive": ref["non_adaptive"], "non_adaptive_ssm": ref["non_adaptive_ssm"],
             "in_context": ref["after_context"],
             "maml_zero_shot": ref["maml"][..., 0], "maml_adapted": ref["maml"][..., k],
-            "test_time_adapted": ref["by_round"][..., -1]}
+            "test_time_adapted": ref["by_round"][..., -1], "test_time_hybrid": ref["hybrid_by_round"][..., -1]}
 
 
 def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsys):
@@ -331,6 +364,8 @@ def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsy
             list(bench.ref["maml"].mean(axis=(0, 1))), rel=1e-6)
     assert bench.results["test_time_adapted"]["return_by_round"] == pytest.approx(
         list(bench.ref["by_round"].mean(axis=(0, 1))), rel=1e-6)
+    assert bench.results["test_time_hybrid"]["return_by_round"] == pytest.approx(
+        list(bench.ref["hybrid_by_round"].mean(axis=(0, 1))), rel=1e-6)
     assert close(bench.results["in_context"]["first_episode"]["return_mean"], float(bench.ref["first_episode"].mean()))
 
     # the printed table shows these numbers
