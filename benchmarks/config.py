@@ -41,6 +41,8 @@ MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
 #: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
 #: would wrap around onto another seed's key).
 MAX_SEED = 2**32 - 1
+#: Steps of an evaluation window (CartPole-v1's episode limit; `benchmarks.evaluation`).
+EPISODE_STEPS = 500
 #: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
 ENV_NAMES = ("CartPole-v1",)
 
@@ -159,6 +161,8 @@ class EvaluationConfig:
         ring buffer holds, >= 1.
       hybrid_replay_ratio: weight of the replayed rows in test_time_hybrid's loss, in [0, 1)
         (0: the online rule of test_time_adapted).
+      within_episode_chunk: test_time_within_episode updates its weights every this many steps
+        of an episode; a positive divisor of the `EPISODE_STEPS`-step evaluation window.
     """
 
     num_tasks: int = 256
@@ -167,10 +171,15 @@ class EvaluationConfig:
     test_time_rounds: int = 4
     hybrid_replay_capacity: int = 16
     hybrid_replay_ratio: float = 0.5
+    within_episode_chunk: int = 50
 
     def __post_init__(self):
-        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds", "hybrid_replay_capacity"):
+        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds", "hybrid_replay_capacity",
+                     "within_episode_chunk"):
             check_int(name, getattr(self, name), 1)
+        if EPISODE_STEPS % self.within_episode_chunk:
+            raise ValueError(f"within_episode_chunk must divide the {EPISODE_STEPS}-step evaluation window, "
+                             f"got {self.within_episode_chunk}")
         object.__setattr__(self, "hybrid_replay_ratio", check_float(
             "hybrid_replay_ratio", self.hybrid_replay_ratio, minimum=0.0, maximum=1.0, strict_max=True))
 

@@ -22,6 +22,10 @@ per (seed, task). What differs is what each method may do before/while it is mea
   replayed from a ring buffer of the earlier rounds' (`evaluation.hybrid_replay_capacity`
   rows, weight `evaluation.hybrid_replay_ratio`); the first step, with an empty buffer, is
   the online one, so the first two rounds equal test_time_adapted's.
+* `test_time_within_episode`: the MAML policy in a 500-step window whose every env's first
+  episode updates its own copy of the weights every `evaluation.within_episode_chunk` steps from
+  that episode's data so far (`adapt.evaluate_within_episode`, `within_episode_rule`: the MAML
+  inner loss, Meta-SGD rates, guarded steps); the return is the mean over envs of that episode's.
 * `in_context`: the RL^2 policy in a window of `context_episodes + 1` episode lengths with its
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
@@ -42,10 +46,10 @@ import numpy as np
 
 import adapt
 import envs
+from benchmarks.config import EPISODE_STEPS
 from maml.core import scale_by_inner_lr
 
 EVAL_STREAM = 2
-EPISODE_STEPS = 500
 #: The test-time methods' divergence threshold: a step whose loss exceeds it is rolled back.
 TEST_TIME_DIVERGENCE = 1e6
 
@@ -204,6 +208,71 @@ def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scal
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def within_episode_rule(algo, state) -> tuple:
+    """`(objective, optimizer, make_batch)` of test_time_within_episode for the MAML state `state`
+    of `algo` (a `maml.MAMLRL`), for `adapt.evaluate_within_episode`.
+
+    The loss is the MAML inner loss the policy was meta-trained to adapt with,
+    `algo.inner_objective` (the LVC policy-gradient surrogate), on the episode so far:
+    `algo.batch_of(episode, mask=valid)` (the configured advantages: a linear baseline fitted to
+    the episode's own steps, returns cut at the current step, normalised over them) with the
+    episode's carry reset at its first step; the optimiser is SGD with the Meta-SGD step sizes
+    `state.inner_lr`. Why this loss: it is the rule whose initialisation and step sizes were
+    meta-trained (a dynamics or other self-supervised loss would adapt a head nobody trained);
+    it needs no trained critic (the benchmark's MAML uses the linear baseline, its value head is
+    untrained); its ratio to the logged log-probs importance-weights the steps that earlier
+    weights of the same episode sampled. Its limit: with CartPole's survival reward a running
+    episode's rewards are all 1, so until the reward varies within the episode (the goal suite's
+    distance-shaped reward) the gradient carries little task information.
+    """
+    optimizer = scale_by_inner_lr(state.inner_lr)
+
+    def make_batch(traj, valid):
+        return algo.batch_of(traj, mask=valid).replace(resets=traj.resets), valid
+
+    def objective(params, batch):
+        b, valid = batch
+        return algo.inner_objective(params, b, mask=valid)[0]
+
+    return objective, optimizer, make_batch
+
+
+def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps: int):
+    """`adapt.evaluate_within_episode` of test_time_within_episode's rule (`within_episode_rule`)
+    on ONE task: a 500-step window of `num_envs` envs, each env's first episode adapting its
+    weights every `chunk_steps` steps (guarded steps, `TEST_TIME_DIVERGENCE`)."""
+    objective, optimizer, make_batch = within_episode_rule(algo, state)
+    return adapt.evaluate_within_episode(
+        key, algo.policy, state.params, task, objective=objective, optimizer=optimizer,
+        make_batch=make_batch, num_envs=num_envs, num_steps=EPISODE_STEPS, chunk_steps=chunk_steps,
+        divergence_threshold=TEST_TIME_DIVERGENCE, env=algo.env, obs_mode=algo.config.obs_mode)
+
+
+def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int) -> dict:
+    """test_time_within_episode: per-task `(N,)` series of `within_episode_window` (task `i` with
+    key `i` of `split(fold_in(key, 1), N)`): "return", the mean over envs of the first episode's
+    return; "updates" and "rollbacks", the mean over envs of the accepted and rolled-back
+    updates during it."""
+    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps):
+    def one_task(task, k):
+        r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps)
+        return {"return": jnp.mean(r.returns),
+                "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
+                "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
+
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def within_episode_env_steps(num_tasks: int, num_envs: int) -> int:
+    """Env steps `evaluate_within_episode` runs: a 500-step window in `num_envs` envs per task."""
+    return num_tasks * num_envs * EPISODE_STEPS
 
 
 def maml_env_steps(algo, num_tasks: int, num_inner_steps: int, num_envs: int) -> int:

@@ -97,6 +97,19 @@ def evaluate_test_time_hybrid(key, tasks, trainer, state, config) -> Evaluation:
     return _test_time(key, tasks, trainer, state, config, replay=True)
 
 
+def evaluate_within_episode(key, tasks, trainer, state, config) -> Evaluation:
+    """The MAML policy updating its weights during each episode, every
+    `config.evaluation.within_episode_chunk` steps: series "return", "updates" and "rollbacks"
+    `(N,)` (`evaluation.evaluate_within_episode`)."""
+    from benchmarks import evaluation as ev
+
+    c = config.evaluation
+    out = ev.evaluate_within_episode(key, trainer.algo, state, tasks, num_envs=c.num_envs,
+                                     chunk_steps=c.within_episode_chunk)
+    return Evaluation({k: np.asarray(v) for k, v in out.items()},
+                      ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs))
+
+
 def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
     from benchmarks import evaluation as ev
 
@@ -165,6 +178,22 @@ def _test_time_lines(entry) -> list:
     return ["by adaptation round: " + ", ".join(f"{x:.1f}" for x in entry["return_by_round"])]
 
 
+def _within_episode_report(series, kinds, config, trainer) -> dict:
+    c = config.evaluation
+    return {"updates_per_episode": float(np.mean(series["updates"])),
+            "rollbacks_per_episode": float(np.mean(series["rollbacks"])),
+            "chunk_steps": c.within_episode_chunk,
+            "rule": (f"adapt.evaluate_within_episode: every {c.within_episode_chunk} steps of an episode "
+                     f"one guarded step of the MAML inner loss (LVC surrogate, baseline "
+                     f"{trainer.algo.config.baseline}) on the episode so far, Meta-SGD rates; "
+                     f"weights reset at every episode start")}
+
+
+def _within_episode_lines(entry) -> list:
+    return [f"updates per episode: {entry['updates_per_episode']:.2f} accepted, "
+            f"{entry['rollbacks_per_episode']:.2f} rolled back (every {entry['chunk_steps']} steps)"]
+
+
 def _in_context_report(series, kinds, config, trainer) -> dict:
     from benchmarks.stats import summarize
 
@@ -191,7 +220,8 @@ class Method:
       lines: `(results entry) -> list of str` printed under the method's table row.
       adaptation: `series -> (S, N, K + 1)` per-task returns after 0..K units of adaptation
         (inner steps, updates between rounds, context episodes), None for a method that does
-        not adapt; the method's return is one of these columns.
+        not adapt or adapts within the measured episode (test_time_within_episode); the
+        method's return is one of these columns.
       adaptation_unit: what one unit of adaptation is ("inner step", "update", "context
         episode"; "" when `adaptation` is None).
     """
@@ -223,7 +253,7 @@ def _in_context_by_episode(series) -> np.ndarray:
 
 
 #: The series holding the returns of the methods without an `adaptation` series.
-_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return"}
+_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return", "test_time_within_episode": "return"}
 
 
 REGISTRY = (
@@ -261,6 +291,11 @@ REGISTRY = (
            evaluate_test_time_hybrid, lambda s, c: s["by_round"][..., -1],
            report=_test_time_hybrid_report, lines=_test_time_lines,
            adaptation=lambda s: s["by_round"], adaptation_unit="update"),
+    Method("test_time_within_episode", "maml_ssm",
+           "the MAML SSM policy updating its weights during each episode, every K steps, from "
+           "that episode's data so far (MAML inner loss, guarded steps)",
+           evaluate_within_episode, lambda s, c: s["return"],
+           report=_within_episode_report, lines=_within_episode_lines),
     Method("maml_adapted_mlp", "maml_mlp", "the MAML pipeline with an MLP policy (what the SSM contributes)",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
            report=_maml_report(_adapted_steps), lines=_inner_step_lines,

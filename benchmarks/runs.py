@@ -40,10 +40,12 @@ from benchmarks.trainers import Trainer, build_trainer
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
-#: between rounds), "context" (RL^2 carry across episodes) or "none".
+#: between rounds), "context" (RL^2 carry across episodes), "within_episode" (weight updates
+#: during the episode itself) or "none".
 ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context",
               "maml_zero_shot": "inner_steps", "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
-              "test_time_hybrid": "rounds", "maml_adapted_mlp": "inner_steps"}
+              "test_time_hybrid": "rounds", "test_time_within_episode": "within_episode",
+              "maml_adapted_mlp": "inner_steps"}
 #: The "rounds" methods whose rule replays earlier rounds (`evaluation.hybrid_replay_*`).
 REPLAY_METHODS = ("test_time_hybrid",)
 
@@ -94,7 +96,7 @@ class MethodPolicy:
 
     @property
     def adaptation(self) -> str:
-        """"none", "inner_steps", "rounds" or "context" (see `ADAPTATION`)."""
+        """"none", "inner_steps", "rounds", "context" or "within_episode" (see `ADAPTATION`)."""
         return ADAPTATION[self.method.name]
 
     @property
@@ -134,16 +136,20 @@ class MethodPolicy:
         completed-episode return of each support batch and of a batch of the final params.
         rounds (test_time_adapted, test_time_hybrid): `num_steps` rounds of 500 steps, each
         followed by one update of the method's rule (`adapt.evaluate_with_adaptation`, online or
-        hybrid); returns `(num_steps,)`: each round's first-episode return. Methods that do not adapt their params (non_adaptive,
-        in_context) accept only `num_steps` 0 or None; returns `(0,)`.
+        hybrid); returns `(num_steps,)`: each round's first-episode return. Methods that do not
+        adapt their params before an episode (non_adaptive, non_adaptive_ssm, in_context,
+        test_time_within_episode, which adapts them during it) accept only `num_steps` 0 or
+        None; returns `(0,)`.
         """
         kind = self.adaptation
         k = self.default_adapt_steps if num_steps is None else check_int("num_steps", num_steps, 0)
         state = self.state(seed_index)
-        if kind in ("none", "context"):
+        if kind in ("none", "context", "within_episode"):
             if k:
+                how = {"none": "", "context": ", it adapts in context",
+                       "within_episode": ", it adapts them during the episode"}[kind]
                 raise ValueError(f"num_steps must be 0 for {self.name!r} (it does not adapt its "
-                                 f"params{', it adapts in context' if kind == 'context' else ''}), got {k}")
+                                 f"params before an episode{how}), got {k}")
             return state.params, np.zeros((0,))
         if kind == "inner_steps":
             c = self.trainer.algo.config
@@ -183,6 +189,12 @@ def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline,
             divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
             replay_capacity=replay_capacity, replay_ratio=replay_ratio)
     return params, returns
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _within_episode_traj(key, algo, state, task, chunk_steps):
+    """The `(1, 500)` window of test_time_within_episode's rule in one env on ONE task."""
+    return ev.within_episode_window(key, algo, state, task, num_envs=1, chunk_steps=chunk_steps).traj
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,8 +303,10 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     The params are first adapted by `policy.adapt(seed_index, task, k, adapt_steps)` (default:
     the method's reported adaptation). The episode is the first one of a fresh 500-step window
     (as the evaluation measures it); for in_context it is the first episode after one context
-    episode, with the carry kept across both. Actions are sampled (`deterministic=True`: the
-    most likely action). The task must be one of the run's suite (`Run.test_task` always is;
+    episode, with the carry kept across both; test_time_within_episode updates its weights
+    during it as its evaluation does (`benchmarks.evaluation.within_episode_window`). Actions
+    are sampled (`deterministic=True`: the most likely action; refused for
+    test_time_within_episode, whose updates are policy gradients of sampled actions). The task must be one of the run's suite (`Run.test_task` always is;
     `make_task` / `sample_task` give standard-suite tasks); a run whose suite hides part of the
     state (partial observations) is refused, since the episode's states are read from the
     observations.
@@ -301,13 +315,21 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     if suite.obs_mode != "full":
         raise ValueError(f"rollout_episode reads the CartPole state from the observations, but the run's "
                          f"suite {suite.name!r} observes {suite.obs_mode} observations ([x, theta])")
+    deterministic = check_bool("deterministic", deterministic)
+    if deterministic and policy.adaptation == "within_episode":
+        raise ValueError(f"deterministic must be False for {policy.name!r}: its updates during the "
+                         f"episode are policy gradients of sampled actions")
     k_adapt, k_roll = jax.random.split(key)
     params, pre = policy.adapt(seed_index, task, k_adapt, adapt_steps)
     episode_index = 1 if policy.carry_across_episodes else 0
     steps = (episode_index + 1) * ev.EPISODE_STEPS
-    traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
-                        env=policy.env, carry_across_episodes=policy.carry_across_episodes,
-                        deterministic=deterministic)
+    if policy.adaptation == "within_episode":
+        traj = _within_episode_traj(k_roll, policy.trainer.algo, policy.state(seed_index), task,
+                                    policy.config.evaluation.within_episode_chunk)
+    else:
+        traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
+                            env=policy.env, carry_across_episodes=policy.carry_across_episodes,
+                            deterministic=deterministic)
     dones = np.asarray(traj.dones[0])
     ends = np.flatnonzero(dones)
     start = 0 if episode_index == 0 else int(ends[0]) + 1

@@ -218,6 +218,7 @@ def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
 def _series_of(rng, n, config):
     """Fake per-task series of every evaluator, (n, ...)."""
     return {"return": rng.uniform(0, 500, n), "after_context": rng.uniform(0, 500, n),
+            "updates": rng.uniform(0, 9, n), "rollbacks": rng.uniform(0, 1, n),
             "first_episode": rng.uniform(0, 500, n),
             "by_inner_step": rng.uniform(0, 500, (n, config.reported_inner_steps + 1)),
             "by_round": rng.uniform(0, 500, (n, config.evaluation.test_time_rounds))}
@@ -252,7 +253,7 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
 
     computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
     per_seed = len(computations)
-    assert per_seed == 7 and len(calls) == per_seed * 3
+    assert per_seed == 8 and len(calls) == per_seed * 3
     for s in range(3):
         seed_calls = calls[per_seed * s: per_seed * (s + 1)]
         assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
@@ -284,6 +285,8 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
         registry.evaluate_test_time, "maml_ssm", "by_round")[..., -1])
     np.testing.assert_array_equal(m.returns["test_time_hybrid"], stacked(
         registry.evaluate_test_time_hybrid, "maml_ssm", "by_round")[..., -1])
+    np.testing.assert_array_equal(m.returns["test_time_within_episode"], stacked(
+        registry.evaluate_within_episode, "maml_ssm", "return"))
     np.testing.assert_array_equal(m.returns["in_context"], stacked(
         registry.evaluate_in_context, "in_context", "after_context"))
     np.testing.assert_array_equal(m.returns["non_adaptive"], stacked(
@@ -327,7 +330,7 @@ def test_every_evaluator_reports_the_env_steps_it_ran():
     env = _CountingCartPole()
     cases = {registry.evaluate_fixed_policy: "non_adaptive", registry.evaluate_in_context: "in_context",
              registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp",
-             registry.evaluate_test_time_hybrid: "maml_mlp"}
+             registry.evaluate_test_time_hybrid: "maml_mlp", registry.evaluate_within_episode: "maml_mlp"}
     assert {m.evaluator for m in registry.REGISTRY} == set(cases)
     key = ev.eval_key(0, 0)
     tasks = ev.test_tasks(key, 3)

@@ -30,6 +30,7 @@ from benchmarks.methods import Measurement, measure, trainer_names
 from benchmarks.results import json_safe, method_results, print_table
 from benchmarks.rundir import write_json_atomic
 from benchmarks.trainers import build_trainer
+from test_within_episode import within_episode_loop
 
 #: A tiny benchmark of untrained policies. maml.rl.num_inner_steps (1) differs from the reported
 #: inner steps (2), so maml_adapted is a middle column, not the last. maml_adapted_mlp runs the
@@ -37,8 +38,9 @@ from benchmarks.trainers import build_trainer
 #: test_cartpole_benchmark.py); it is left out to save a compilation. Three test-time rounds, so
 #: test_time_hybrid's second step replays the first round; inner step sizes of 1.0 (the untrained
 #: state's), so one step moves the sampled actions and the rounds' returns tell rules apart.
+#: test_time_within_episode updates every 10 steps: the untrained policies' episodes are short.
 METHODS = ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_zero_shot", "maml_adapted",
-           "test_time_adapted", "test_time_hybrid")
+           "test_time_adapted", "test_time_hybrid", "test_time_within_episode")
 TINY = {
     "seed": 3, "num_seeds": 2, "methods": METHODS,
     "policy.hidden_dim": 8, "policy.state_dim": 4,
@@ -46,6 +48,7 @@ TINY = {
     "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 2, "maml.rl.support_steps": 100,
     "evaluation.num_tasks": 3, "evaluation.num_envs": 2, "evaluation.inner_steps": 2,
     "evaluation.test_time_rounds": 3, "evaluation.hybrid_replay_ratio": 0.5, "maml.rl.inner_lr": 1.0,
+    "evaluation.within_episode_chunk": 10,
 }
 T95_ONE_DOF = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom (2 seeds)
 
@@ -136,8 +139,10 @@ def _references(config, trainers, states):
     online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
         p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
     out = {name: [] for name in ("non_adaptive", "non_adaptive_ssm", "after_context", "first_episode", "maml",
-                                 "by_round", "hybrid_by_round", "inverted")}
+                                 "by_round", "hybrid_by_round", "within", "within_updates", "within_rollbacks",
+                                 "inverted")}
     w = config.evaluation.hybrid_replay_ratio
+    rules = {}
     ssm_trajectory = None
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
@@ -146,6 +151,7 @@ def _references(config, trainers, states):
         tasks = envs.CartPoleTasks().sample(jax.random.fold_in(key, 0), n, "test")
         out["inverted"].append(np.asarray(tasks.force_mag) < 0)
         state = {t: jax.tree.map(lambda x: x[s], st) for t, st in states.items()}
+        rules[s] = ev.within_episode_rule(maml.algo, state["maml_ssm"])
         rows = {name: [] for name in out if name != "inverted"}
         for i, k in enumerate(_task_keys(key, n)):
             task = _task(tasks, i)
@@ -207,6 +213,18 @@ def _references(config, trainers, states):
                 theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
                 stored += [jax.tree.map(lambda x: x[i], traj) for i in range(e)]
             rows["hybrid_by_round"].append(by_round)
+            # test_time_within_episode: the Python loop of test_within_episode.py with the
+            # benchmark's rule (the MAML inner loss on the episode so far, Meta-SGD rates)
+            objective, _, make_batch = rules[s]
+            returns, _, accepted, rejected, _ = within_episode_loop(
+                k, maml.policy, state["maml_ssm"].params, task, objective=objective, make_batch=make_batch,
+                lrs=state["maml_ssm"].inner_lr, num_envs=e, num_steps=500,
+                chunk_steps=config.evaluation.within_episode_chunk, env=maml.env,
+                threshold=ev.TEST_TIME_DIVERGENCE, stop_early=True)
+            rebuilt.env_steps += e * 500  # the evaluator's window, which runs to its end
+            rows["within"].append(float(np.mean(returns)))
+            rows["within_updates"].append(float(np.mean(accepted)))
+            rows["within_rollbacks"].append(float(np.mean(rejected)))
         for name, values in rows.items():
             out[name].append(values)
     ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
@@ -295,6 +313,21 @@ def test_hybrid_returns_by_round_equal_manual_steps_with_replay(bench):
     assert entry["replay_ratio"] == 0.5 and entry["replay_capacity"] == bench.config.evaluation.hybrid_replay_capacity
 
 
+def test_within_episode_returns_equal_a_python_loop_of_the_maml_rule(bench):
+    """test_time_within_episode's returns and update counts per task against the Python loop
+    (every env stepped by hand, its own weights updated every K steps while its first episode
+    runs); some episodes really adapt."""
+    series = bench.m.series["test_time_within_episode"]
+    np.testing.assert_allclose(series["return"], bench.ref["within"], rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["test_time_within_episode"], bench.ref["within"], rtol=1e-6)
+    np.testing.assert_allclose(series["updates"], bench.ref["within_updates"])
+    np.testing.assert_allclose(series["rollbacks"], bench.ref["within_rollbacks"])
+    assert bench.ref["within_updates"].max() > 0
+    entry = bench.results["test_time_within_episode"]
+    assert entry["updates_per_episode"] == pytest.approx(float(bench.ref["within_updates"].mean()))
+    assert entry["chunk_steps"] == 10
+
+
 def test_every_method_is_measured_on_the_same_seed_tasks_and_kinds(bench):
     """The kinds are force_mag < 0 of the documented test tasks, and the rebuilt returns (which
     match every method's) ran on exactly those tasks: the pairing behind vs_non_adaptive."""
@@ -328,7 +361,8 @@ def _reference_returns(bench):
     return {"non_adaptive": ref["non_adaptive"], "non_adaptive_ssm": ref["non_adaptive_ssm"],
             "in_context": ref["after_context"],
             "maml_zero_shot": ref["maml"][..., 0], "maml_adapted": ref["maml"][..., k],
-            "test_time_adapted": ref["by_round"][..., -1], "test_time_hybrid": ref["hybrid_by_round"][..., -1]}
+            "test_time_adapted": ref["by_round"][..., -1], "test_time_hybrid": ref["hybrid_by_round"][..., -1],
+            "test_time_within_episode": ref["within"]}
 
 
 def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsys):
