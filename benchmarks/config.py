@@ -34,8 +34,20 @@ from ssm_jax import CORE_NAMES
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 MODES = ("meta_rl", "policy_gradient")
-#: Methods each mode runs (policy_gradient: the non-meta baseline alone).
+#: Methods each mode may run (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
+
+
+def default_methods(mode: str, suite: str) -> tuple:
+    """The methods a run of `mode` on `suite` runs unless its methods are given: in meta_rl
+    mode, on the standard suite the six it has always run (`STANDARD_METHODS`, so its numbers
+    and run time are unchanged) and on every other suite every method (`METHODS`); in
+    policy_gradient mode non_adaptive."""
+    check_choice("mode", mode, MODES)
+    check_choice("suite", suite, SUITE_NAMES)
+    if mode != "meta_rl":
+        return MODE_METHODS[mode]
+    return STANDARD_METHODS if suite == DEFAULT_SUITE else METHODS
 #: The largest training seed. A seed is a uint32 (the PRNG seed width): seed `s` is the key
 #: `jax.random.key(uint32(s))` (`benchmarks.training.seed_keys`, `benchmarks.evaluation.eval_key`),
 #: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
@@ -201,7 +213,10 @@ class BenchmarkConfig:
       suite: the evaluation suite (one of `envs.suites.SUITE_NAMES`, default "standard"): the
         task distribution and splits, observation mode, reward and within-episode switch every
         method trains and is evaluated on (`envs.suites.SUITES[suite]`).
-      methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`.
+      methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`; None (the
+        default): `default_methods(mode, suite)`, and a config whose methods were defaulted
+        keeps following its mode and suite (`with_values` of another suite gives that suite's
+        default methods; given methods stay as given).
       seed, num_seeds: training seeds seed, seed + 1, ..., seed + num_seeds - 1 (vmapped in
         training), each in [0, MAX_SEED].
       chunk_size: training iterations per jitted chunk; checkpoint_every: iterations between
@@ -221,7 +236,7 @@ class BenchmarkConfig:
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
     suite: str = DEFAULT_SUITE
-    methods: tuple = STANDARD_METHODS
+    methods: Optional[tuple] = None
     seed: int = 0
     num_seeds: int = 3
     chunk_size: int = 10
@@ -241,6 +256,9 @@ class BenchmarkConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("env_name", self.env_name, ENV_NAMES)
         check_choice("suite", self.suite, SUITE_NAMES)
+        object.__setattr__(self, "_methods_defaulted", self.methods is None)
+        if self.methods is None:
+            object.__setattr__(self, "methods", default_methods(self.mode, self.suite))
         methods = tuple(self.methods) if isinstance(self.methods, (list, tuple)) else (self.methods,)
         _check_subset("methods", methods, METHODS,
                       f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
@@ -286,8 +304,13 @@ class BenchmarkConfig:
         """A validated copy with the values at the given field paths replaced.
 
         A ValueError names the full path of the bad field (e.g. "maml.rl.inner_lr must be >= 0.0").
+        Methods that were defaulted (`default_methods`) are defaulted again for the new mode and
+        suite unless `changes` gives them.
         """
-        return _replace(self, dict(changes), "")
+        changes = dict(changes)
+        if self._methods_defaulted and "methods" not in changes:
+            changes["methods"] = None
+        return _replace(self, changes, "")
 
     def to_dict(self) -> dict:
         """The nested JSON form (sections are dicts of their fields, `methods` a list)."""
