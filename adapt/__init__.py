@@ -1,4 +1,5 @@
-"""Test-time adaptation: safe online, meta-learned and hybrid (replay) weight updates.
+"""Test-time adaptation: safe online, meta-learned and hybrid (replay) weight updates, between
+episodes or within one (``within_episode``).
 
 Names are imported on first use (``ssm_jax.lazy``), so ``maml.core`` can share the
 non-finite guard of ``adapt.core`` without importing the adapters.
@@ -15,4 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "losses": ("hybrid_objective", "make_apply_fn", "mse_loss", "predictions_of", "supervised_objective"),
     "rl": ("discounted_returns", "evaluate_with_adaptation", "next_observation_inputs",
            "next_observation_loss", "policy_gradient_loss"),
+    "within_episode": ("WithinEpisodeResult", "evaluate_within_episode"),
 })

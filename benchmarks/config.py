@@ -27,15 +27,27 @@ import typing
 from typing import Any, Mapping, Optional
 
 import ssm_jax
-from benchmarks.methods import METHODS
+from benchmarks.methods import METHODS, STANDARD_METHODS
 from envs.suites import DEFAULT_SUITE, SUITE_NAMES
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
-from ssm_jax.validation import check_bool, check_choice, check_int
+from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 MODES = ("meta_rl", "policy_gradient")
-#: Methods each mode runs (policy_gradient: the non-meta baseline alone).
+#: Methods each mode may run (policy_gradient: the non-meta baseline alone).
 MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
+
+
+def default_methods(mode: str, suite: str) -> tuple:
+    """The methods a run of `mode` on `suite` runs unless its methods are given: in meta_rl
+    mode, on the standard suite the six it has always run (`STANDARD_METHODS`, so its numbers
+    and run time are unchanged) and on every other suite every method (`METHODS`); in
+    policy_gradient mode non_adaptive."""
+    check_choice("mode", mode, MODES)
+    check_choice("suite", suite, SUITE_NAMES)
+    if mode != "meta_rl":
+        return MODE_METHODS[mode]
+    return STANDARD_METHODS if suite == DEFAULT_SUITE else METHODS
 #: The largest training seed. A seed is a uint32 (the PRNG seed width): seed `s` is the key
 #: `jax.random.key(uint32(s))` (`benchmarks.training.seed_keys`, `benchmarks.evaluation.eval_key`),
 #: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
@@ -45,6 +57,8 @@ MAX_SEED = 2**32 - 1
 #: int32 (iteration numbers in the training scan, optax's step counts and schedules, array
 #: sizes), so a larger one would fail or wrap around late in a run.
 MAX_COUNT = 2**31 - 1
+#: Steps of an evaluation window (CartPole-v1's episode limit; `benchmarks.evaluation`).
+EPISODE_STEPS = 500
 #: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
 ENV_NAMES = ("CartPole-v1",)
 
@@ -150,9 +164,9 @@ class InContextPolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """Sizes of the non_adaptive MLP and the MAML policies (positive ints): `MLPPolicy` of width
+    """Sizes of the non-adaptive and MAML policies (positive ints): `MLPPolicy` of width
     `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm", state `state_dim`
-    and width `hidden_dim` (maml_ssm)."""
+    and width `hidden_dim` (maml_ssm, non_adaptive_ssm)."""
 
     state_dim: int = 16
     hidden_dim: int = 64
@@ -177,17 +191,40 @@ class EvaluationConfig:
       num_tasks: test tasks per seed; num_envs: parallel envs per task.
       inner_steps: the MAML methods are measured after 0..max(inner_steps,
         maml.rl.num_inner_steps) inner steps (`BenchmarkConfig.reported_inner_steps`).
-      test_time_rounds: evaluation rounds of test_time_adapted (one update between rounds).
+      test_time_rounds: evaluation rounds of test_time_adapted and test_time_hybrid (one update
+        between rounds).
+      hybrid_replay_capacity: rows (one env's 500-step round each) test_time_hybrid's replay
+        ring buffer holds, >= 1.
+      hybrid_replay_ratio: weight of the replayed rows in test_time_hybrid's loss, in [0, 1)
+        (0: the online rule of test_time_adapted).
+      within_episode_chunk: test_time_within_episode updates its weights every this many steps
+        of an episode; a positive divisor of the `EPISODE_STEPS`-step evaluation window.
     """
 
     num_tasks: int = 256
     num_envs: int = 2
     inner_steps: int = 3
     test_time_rounds: int = 4
+    hybrid_replay_capacity: int = 16
+    hybrid_replay_ratio: float = 0.5
+    within_episode_chunk: int = 50
 
     def __post_init__(self):
-        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds"):
+        for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds", "hybrid_replay_capacity",
+                     "within_episode_chunk"):
             check_int(name, getattr(self, name), 1)
+        if EPISODE_STEPS % self.within_episode_chunk:
+            raise ValueError(f"within_episode_chunk must divide the {EPISODE_STEPS}-step evaluation window, "
+                             f"got {self.within_episode_chunk}")
+        object.__setattr__(self, "hybrid_replay_ratio", check_float(
+            "hybrid_replay_ratio", self.hybrid_replay_ratio, minimum=0.0, maximum=1.0, strict_max=True))
+
+
+def _non_adaptive_ppo() -> PPOConfig:
+    """The PPO training of both non-adaptive baselines (non_adaptive, non_adaptive_ssm): the
+    same budget and settings, so the two differ only in their policy."""
+    return PPOConfig(num_tasks=8, num_envs=4, num_steps=500, lr=1e-3, entropy_coef=0.0,
+                     total_iterations=750)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +237,10 @@ class BenchmarkConfig:
       suite: the evaluation suite (one of `envs.suites.SUITE_NAMES`, default "standard"): the
         task distribution and splits, observation mode, reward and within-episode switch every
         method trains and is evaluated on (`envs.suites.SUITES[suite]`).
-      methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`.
+      methods: the methods to run, a non-empty subset of `MODE_METHODS[mode]`; None (the
+        default): `default_methods(mode, suite)`, and a config whose methods were defaulted
+        keeps following its mode and suite (`with_values` of another suite gives that suite's
+        default methods; given methods stay as given).
       seed, num_seeds: training seeds seed, seed + 1, ..., seed + num_seeds - 1 (vmapped in
         training), each in [0, MAX_SEED].
       chunk_size: training iterations per jitted chunk; checkpoint_every: iterations between
@@ -209,24 +249,26 @@ class BenchmarkConfig:
       maml: MAML-RL training of maml_ssm / maml_mlp (`MAMLTrainingConfig`).
       non_adaptive: PPO training of the non_adaptive MLP (`PPOConfig`; `total_iterations` is
         the number of iterations).
+      non_adaptive_ssm: PPO training of the non_adaptive_ssm SSM policy (`PPOConfig`, carry
+        reset at every episode start; defaults equal to non_adaptive's).
       in_context: PPO training of the RL^2 agent (`PPOConfig`, carry kept across episodes).
       in_context_policy: the RL^2 agent's policy (`InContextPolicyConfig`).
-      policy: sizes of the non_adaptive and MAML policies (`PolicyConfig`).
+      policy: sizes of the non-adaptive and MAML policies (`PolicyConfig`).
       evaluation: the held-out evaluation (`EvaluationConfig`).
     """
 
     mode: str = "meta_rl"
     env_name: str = "CartPole-v1"
     suite: str = DEFAULT_SUITE
-    methods: tuple = METHODS
+    methods: Optional[tuple] = None
     seed: int = 0
     num_seeds: int = 3
     chunk_size: int = 10
     checkpoint_every: int = 50
     quick: bool = False
     maml: MAMLTrainingConfig = dataclasses.field(default_factory=MAMLTrainingConfig)
-    non_adaptive: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
-        num_tasks=8, num_envs=4, num_steps=500, lr=1e-3, entropy_coef=0.0, total_iterations=750))
+    non_adaptive: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
+    non_adaptive_ssm: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     in_context: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
         num_tasks=16, num_envs=2, num_steps=1000, lr=1e-3, entropy_coef=0.01,
         total_iterations=150, carry_across_episodes=True))
@@ -238,6 +280,9 @@ class BenchmarkConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("env_name", self.env_name, ENV_NAMES)
         check_choice("suite", self.suite, SUITE_NAMES)
+        object.__setattr__(self, "_methods_defaulted", self.methods is None)
+        if self.methods is None:
+            object.__setattr__(self, "methods", default_methods(self.mode, self.suite))
         methods = tuple(self.methods) if isinstance(self.methods, (list, tuple)) else (self.methods,)
         _check_subset("methods", methods, METHODS,
                       f"methods must be a non-empty subset of {list(METHODS)}, got {list(methods)}")
@@ -258,11 +303,14 @@ class BenchmarkConfig:
         if self.maml.anneal_outer_lr:
             _check_step_count("maml.num_meta_updates", self.maml.num_meta_updates,
                               self.maml.rl.num_outer_epochs, "outer epochs")
-        for name in ("non_adaptive", "in_context"):
+        for name in ("non_adaptive", "non_adaptive_ssm", "in_context"):
             ppo = getattr(self, name)
             if ppo.anneal_lr:
                 _check_step_count(f"{name}.total_iterations", ppo.total_iterations,
                                   ppo.update_epochs * ppo.num_minibatches, "epochs x minibatches")
+        if self.non_adaptive_ssm.carry_across_episodes:
+            raise ValueError("non_adaptive_ssm.carry_across_episodes must be False (its carry is reset at "
+                             "every episode start; in_context is the agent that keeps it), got True")
 
     @classmethod
     def quick_preset(cls) -> "BenchmarkConfig":
@@ -289,8 +337,13 @@ class BenchmarkConfig:
         """A validated copy with the values at the given field paths replaced.
 
         A ValueError names the full path of the bad field (e.g. "maml.rl.inner_lr must be >= 0.0").
+        Methods that were defaulted (`default_methods`) are defaulted again for the new mode and
+        suite unless `changes` gives them.
         """
-        return _replace(self, dict(changes), "")
+        changes = dict(changes)
+        if self._methods_defaulted and "methods" not in changes:
+            changes["methods"] = None
+        return _replace(self, changes, "")
 
     def to_dict(self) -> dict:
         """The nested JSON form (sections are dicts of their fields, `methods` a list)."""
@@ -302,13 +355,16 @@ class BenchmarkConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "BenchmarkConfig":
         """The config of a nested dict (`to_dict`) or of a flat one (migrated, `migrate_flat`).
 
-        Fields it lacks keep their values in `BenchmarkConfig()`; unknown fields are a ValueError.
+        Fields it lacks keep their values in `BenchmarkConfig()`, or in `quick_preset()` for a
+        config with `quick` true (a field added since a `--quick` run was stored gets the value
+        a `--quick` run has today); unknown fields are a ValueError.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
         if is_flat(d):
             d = migrate_flat(d)
-        return cls().with_values(_paths(d))
+        base = cls.quick_preset() if d.get("quick") is True else cls()
+        return base.with_values(_paths(d))
 
     def dumps(self, fmt: str = "toml") -> str:
         """The whole config as a config file (`--print_config`, read back by `--config`):
@@ -370,6 +426,7 @@ QUICK_VALUES = {
     "maml.rl.support_envs": 4, "maml.rl.query_envs": 4,
     "maml.rl.support_steps": 100, "maml.rl.query_steps": 100,
     "non_adaptive.total_iterations": 10, "non_adaptive.num_tasks": 4, "non_adaptive.num_envs": 2,
+    "non_adaptive_ssm.total_iterations": 10, "non_adaptive_ssm.num_tasks": 4, "non_adaptive_ssm.num_envs": 2,
     "in_context.total_iterations": 10, "in_context.num_tasks": 4, "in_context.num_envs": 2,
     "in_context.num_steps": 200,
     "in_context_policy.num_layers": 1, "in_context_policy.hidden_dim": 32,

@@ -7,7 +7,8 @@ same for all methods: the mean return of the episodes completed in a 500-step ev
 CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
 per (seed, task). What differs is what each method may do before/while it is measured:
 
-* `non_adaptive`: the PPO policy as is.
+* `non_adaptive` / `non_adaptive_ssm`: the PPO policy as is (the SSM policy's carry reset at
+  every episode start, as in its training).
 * `maml_zero_shot` / `maml_adapted`: the MAML policy after 0 / `num_inner_steps` inner
   policy-gradient steps (the trained Meta-SGD step sizes), each on fresh support rollouts of
   the test task of the training support size (`support_envs` x `support_steps`); the return
@@ -16,6 +17,15 @@ per (seed, task). What differs is what each method may do before/while it is mea
   guarded policy-gradient steps between rounds of 500-step windows, Meta-SGD step sizes as the
   per-parameter SGD rates); the return of the last round is the method's return, every round
   is reported.
+* `test_time_hybrid`: the same rounds, tasks and keys as `test_time_adapted` (the two are
+  paired), with `adapt`'s hybrid rule: each step's loss pools the round's data with rows
+  replayed from a ring buffer of the earlier rounds' (`evaluation.hybrid_replay_capacity`
+  rows, weight `evaluation.hybrid_replay_ratio`); the first step, with an empty buffer, is
+  the online one, so the first two rounds equal test_time_adapted's.
+* `test_time_within_episode`: the MAML policy in a 500-step window whose every env's first
+  episode updates its own copy of the weights every `evaluation.within_episode_chunk` steps from
+  that episode's data so far (`adapt.evaluate_within_episode`, `within_episode_rule`: the MAML
+  inner loss, Meta-SGD rates, guarded steps); the return is the mean over envs of that episode's.
 * `in_context`: the RL^2 policy in a window of `context_episodes + 1` episode lengths with its
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
@@ -36,10 +46,12 @@ import numpy as np
 
 import adapt
 import envs
+from benchmarks.config import EPISODE_STEPS
 from maml.core import scale_by_inner_lr
 
 EVAL_STREAM = 2
-EPISODE_STEPS = 500
+#: The test-time methods' divergence threshold: a step whose loss exceeds it is rolled back.
+TEST_TIME_DIVERGENCE = 1e6
 
 
 def eval_key(seed: int, s: int) -> jax.Array:
@@ -149,17 +161,26 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
 
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
                        lr_scale: float = 1.0, env=None,
-                       baseline: str = "value") -> jax.Array:
-    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule.
+                       baseline: str = "value", replay_capacity: int = 0,
+                       replay_ratio: float = 0.0) -> jax.Array:
+    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule, or its
+    hybrid rule when `replay_capacity > 0` and `replay_ratio > 0`.
 
     The objective is `adapt.policy_gradient_loss` (REINFORCE with `baseline`, the one the MAML
     policy was trained with: its value head or a linear fit to each round's returns; no value
     term, so only the policy moves); the optimiser is SGD with the MAML
     state's step sizes `state.inner_lr` (times `lr_scale`). One guarded
     step per round (`divergence_threshold` rejects non-finite or exploding steps).
+
+    Hybrid (`adapt.evaluate_with_adaptation`'s replay): every round's `num_envs` trajectory rows
+    join a ring buffer of `replay_capacity` rows after the round's step; a step's loss is
+    `(1 - replay_ratio) * objective(this round) + replay_ratio * objective(num_envs rows drawn
+    uniformly with replacement from the buffer)`, the plain online loss while the buffer is
+    empty (the first step). Rollout keys are the online rule's, so with the same arguments the
+    two are paired round by round (equal up to the first step that replays).
     """
     return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env,
-                               baseline)
+                               baseline, replay_capacity, replay_ratio)
 
 
 def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
@@ -172,19 +193,86 @@ def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "val
     return objective, optimizer
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))
+def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
+                        replay_capacity, replay_ratio):
     objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
             k, policy, state.params, task, objective=objective, optimizer=optimizer,
             num_rounds=num_rounds, steps_per_round=EPISODE_STEPS, num_envs=num_envs,
-            divergence_threshold=1e6, env=env)
+            divergence_threshold=TEST_TIME_DIVERGENCE, env=env,
+            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
         return returns
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def within_episode_rule(algo, state) -> tuple:
+    """`(objective, optimizer, make_batch)` of test_time_within_episode for the MAML state `state`
+    of `algo` (a `maml.MAMLRL`), for `adapt.evaluate_within_episode`.
+
+    The loss is the MAML inner loss the policy was meta-trained to adapt with,
+    `algo.inner_objective` (the LVC policy-gradient surrogate), on the episode so far:
+    `algo.batch_of(episode, mask=valid)` (the configured advantages: a linear baseline fitted to
+    the episode's own steps, returns cut at the current step, normalised over them) with the
+    episode's carry reset at its first step; the optimiser is SGD with the Meta-SGD step sizes
+    `state.inner_lr`. Why this loss: it is the rule whose initialisation and step sizes were
+    meta-trained (a dynamics or other self-supervised loss would adapt a head nobody trained);
+    it needs no trained critic (the benchmark's MAML uses the linear baseline, its value head is
+    untrained); its ratio to the logged log-probs importance-weights the steps that earlier
+    weights of the same episode sampled. Its limit: with CartPole's survival reward a running
+    episode's rewards are all 1, so until the reward varies within the episode (the goal suite's
+    distance-shaped reward) the gradient carries little task information.
+    """
+    optimizer = scale_by_inner_lr(state.inner_lr)
+
+    def make_batch(traj, valid):
+        return algo.batch_of(traj, mask=valid).replace(resets=traj.resets), valid
+
+    def objective(params, batch):
+        b, valid = batch
+        return algo.inner_objective(params, b, mask=valid)[0]
+
+    return objective, optimizer, make_batch
+
+
+def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps: int):
+    """`adapt.evaluate_within_episode` of test_time_within_episode's rule (`within_episode_rule`)
+    on ONE task: a 500-step window of `num_envs` envs, each env's first episode adapting its
+    weights every `chunk_steps` steps (guarded steps, `TEST_TIME_DIVERGENCE`)."""
+    objective, optimizer, make_batch = within_episode_rule(algo, state)
+    return adapt.evaluate_within_episode(
+        key, algo.policy, state.params, task, objective=objective, optimizer=optimizer,
+        make_batch=make_batch, num_envs=num_envs, num_steps=EPISODE_STEPS, chunk_steps=chunk_steps,
+        divergence_threshold=TEST_TIME_DIVERGENCE, env=algo.env, obs_mode=algo.config.obs_mode)
+
+
+def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int) -> dict:
+    """test_time_within_episode: per-task `(N,)` series of `within_episode_window` (task `i` with
+    key `i` of `split(fold_in(key, 1), N)`): "return", the mean over envs of the first episode's
+    return; "updates" and "rollbacks", the mean over envs of the accepted and rolled-back
+    updates during it."""
+    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps):
+    def one_task(task, k):
+        r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps)
+        return {"return": jnp.mean(r.returns),
+                "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
+                "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
+
+    n = jax.tree.leaves(tasks)[0].shape[0]
+    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+
+
+def within_episode_env_steps(num_tasks: int, num_envs: int) -> int:
+    """Env steps `evaluate_within_episode` runs: a 500-step window in `num_envs` envs per task."""
+    return num_tasks * num_envs * EPISODE_STEPS
 
 
 def maml_env_steps(algo, num_tasks: int, num_inner_steps: int, num_envs: int) -> int:

@@ -53,7 +53,8 @@ def _num_tasks(tasks) -> int:
 
 
 def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
-    """The trained policy as is: series "return" `(N,)` (`evaluation.evaluate_policy`)."""
+    """The trained policy as is, a recurrent policy's carry reset at every episode start: series
+    "return" `(N,)` (`evaluation.evaluate_policy`)."""
     from benchmarks import evaluation as ev
 
     e = config.evaluation.num_envs
@@ -87,11 +88,37 @@ def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
 def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy adapted online by `adapt` between evaluation rounds: series "by_round"
     `(N, rounds)` (`evaluation.evaluate_test_time`)."""
+    return _test_time(key, tasks, trainer, state, config, replay=False)
+
+
+def evaluate_test_time_hybrid(key, tasks, trainer, state, config) -> Evaluation:
+    """`evaluate_test_time` with `adapt`'s hybrid rule (replay of earlier rounds,
+    `config.evaluation.hybrid_replay_*`): series "by_round" `(N, rounds)`."""
+    return _test_time(key, tasks, trainer, state, config, replay=True)
+
+
+def evaluate_within_episode(key, tasks, trainer, state, config) -> Evaluation:
+    """The MAML policy updating its weights during each episode, every
+    `config.evaluation.within_episode_chunk` steps: series "return", "updates" and "rollbacks"
+    `(N,)` (`evaluation.evaluate_within_episode`)."""
     from benchmarks import evaluation as ev
 
-    e, rounds = config.evaluation.num_envs, config.evaluation.test_time_rounds
+    c = config.evaluation
+    out = ev.evaluate_within_episode(key, trainer.algo, state, tasks, num_envs=c.num_envs,
+                                     chunk_steps=c.within_episode_chunk)
+    return Evaluation({k: np.asarray(v) for k, v in out.items()},
+                      ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs))
+
+
+def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
+    from benchmarks import evaluation as ev
+
+    c = config.evaluation
+    e, rounds = c.num_envs, c.test_time_rounds
     r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
-                              env=trainer.env, baseline=trainer.algo.config.baseline)
+                              env=trainer.env, baseline=trainer.algo.config.baseline,
+                              replay_capacity=c.hybrid_replay_capacity if replay else 0,
+                              replay_ratio=c.hybrid_replay_ratio if replay else 0.0)
     return Evaluation({"by_round": np.asarray(r)}, ev.test_time_env_steps(_num_tasks(tasks), rounds, e))
 
 
@@ -134,8 +161,37 @@ def _test_time_report(series, kinds, config, trainer) -> dict:
                      f"(baseline {trainer.algo.config.baseline}), Meta-SGD rates")}
 
 
+def _test_time_hybrid_report(series, kinds, config, trainer) -> dict:
+    c = config.evaluation
+    report = _test_time_report(series, kinds, config, trainer)
+    report["rule"] = (f"adapt.evaluate_with_adaptation, hybrid: (1 - w) * policy_gradient_loss(this round) "
+                      f"+ w * policy_gradient_loss({c.num_envs} rows replayed from a ring buffer of "
+                      f"{c.hybrid_replay_capacity} rows of earlier rounds), w = {c.hybrid_replay_ratio} "
+                      f"(w = 0 while the buffer is empty; baseline {trainer.algo.config.baseline}), "
+                      f"Meta-SGD rates; rounds, tasks and keys of test_time_adapted")
+    report["replay_capacity"] = c.hybrid_replay_capacity
+    report["replay_ratio"] = c.hybrid_replay_ratio
+    return report
+
+
 def _test_time_lines(entry) -> list:
     return ["by adaptation round: " + ", ".join(f"{x:.1f}" for x in entry["return_by_round"])]
+
+
+def _within_episode_report(series, kinds, config, trainer) -> dict:
+    c = config.evaluation
+    return {"updates_per_episode": float(np.mean(series["updates"])),
+            "rollbacks_per_episode": float(np.mean(series["rollbacks"])),
+            "chunk_steps": c.within_episode_chunk,
+            "rule": (f"adapt.evaluate_within_episode: every {c.within_episode_chunk} steps of an episode "
+                     f"one guarded step of the MAML inner loss (LVC surrogate, baseline "
+                     f"{trainer.algo.config.baseline}) on the episode so far, Meta-SGD rates; "
+                     f"weights reset at every episode start")}
+
+
+def _within_episode_lines(entry) -> list:
+    return [f"updates per episode: {entry['updates_per_episode']:.2f} accepted, "
+            f"{entry['rollbacks_per_episode']:.2f} rolled back (every {entry['chunk_steps']} steps)"]
 
 
 def _in_context_report(series, kinds, config, trainer) -> dict:
@@ -164,7 +220,8 @@ class Method:
       lines: `(results entry) -> list of str` printed under the method's table row.
       adaptation: `series -> (S, N, K + 1)` per-task returns after 0..K units of adaptation
         (inner steps, updates between rounds, context episodes), None for a method that does
-        not adapt; the method's return is one of these columns.
+        not adapt or adapts within the measured episode (test_time_within_episode); the
+        method's return is one of these columns.
       adaptation_unit: what one unit of adaptation is ("inner step", "update", "context
         episode"; "" when `adaptation` is None).
     """
@@ -195,13 +252,17 @@ def _in_context_by_episode(series) -> np.ndarray:
     return np.stack([series["first_episode"], series["after_context"]], axis=-1)
 
 
-#: The series holding the returns of the methods that do not adapt.
-_ONLY_SERIES = {"non_adaptive": "return"}
+#: The series holding the returns of the methods without an `adaptation` series.
+_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return", "test_time_within_episode": "return"}
 
 
 REGISTRY = (
     Method("non_adaptive", "non_adaptive",
            "PPO MLP policy trained across the train tasks (domain randomisation)",
+           evaluate_fixed_policy, lambda s, c: s["return"]),
+    Method("non_adaptive_ssm", "non_adaptive_ssm",
+           "PPO SSM policy trained across the train tasks, its carry reset at every episode start "
+           "(memory within an episode, no adaptation across episodes)",
            evaluate_fixed_policy, lambda s, c: s["return"]),
     Method("in_context", "in_context",
            "RL^2: SSM policy on envs.context.ContextWrapper observations, PPO over windows of "
@@ -223,6 +284,18 @@ REGISTRY = (
            evaluate_test_time, lambda s, c: s["by_round"][..., -1],
            report=_test_time_report, lines=_test_time_lines,
            adaptation=lambda s: s["by_round"], adaptation_unit="update"),
+    Method("test_time_hybrid", "maml_ssm",
+           "the MAML SSM policy adapted by `adapt`'s hybrid rule between the rounds of "
+           "test_time_adapted (each round's data pooled with replay from a ring buffer of earlier "
+           "rounds)",
+           evaluate_test_time_hybrid, lambda s, c: s["by_round"][..., -1],
+           report=_test_time_hybrid_report, lines=_test_time_lines,
+           adaptation=lambda s: s["by_round"], adaptation_unit="update"),
+    Method("test_time_within_episode", "maml_ssm",
+           "the MAML SSM policy updating its weights during each episode, every K steps, from "
+           "that episode's data so far (MAML inner loss, guarded steps)",
+           evaluate_within_episode, lambda s, c: s["return"],
+           report=_within_episode_report, lines=_within_episode_lines),
     Method("maml_adapted_mlp", "maml_mlp", "the MAML pipeline with an MLP policy (what the SSM contributes)",
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
            report=_maml_report(_adapted_steps), lines=_inner_step_lines,
@@ -231,6 +304,9 @@ REGISTRY = (
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}
 #: Every method's name, in registry order.
 METHODS = tuple(METHODS_BY_NAME)
+#: The six methods the standard suite has always run (its default: numbers and run time unchanged).
+STANDARD_METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
+                    "maml_adapted_mlp")
 
 
 def trainer_label(trainer: str, methods) -> str:

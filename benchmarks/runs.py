@@ -13,8 +13,9 @@ A `MethodPolicy` holds what a method acts with: its trainer's policy module and 
 the trained state of every seed (leading seed axis). The MAML methods adapt with the library's
 own functions: `maml_zero_shot` / `maml_adapted` / `maml_adapted_mlp` with the MAML inner
 policy-gradient step and the trained Meta-SGD step sizes (`maml.MAMLRL.adapt_and_evaluate`,
-support batches of the training size), `test_time_adapted` with its online rule
-(`adapt.evaluate_with_adaptation`, `benchmarks.evaluation.test_time_rule`); `in_context`
+support batches of the training size), `test_time_adapted` with its online rule and
+`test_time_hybrid` with its hybrid rule (`adapt.evaluate_with_adaptation`,
+`benchmarks.evaluation.test_time_rule`); `in_context`
 adapts through its carry, kept across episodes. `MethodPolicy.evaluate` reruns the method's
 registered evaluator, so it reproduces the run's per-task returns (per_task.csv) exactly.
 """
@@ -39,10 +40,14 @@ from benchmarks.trainers import Trainer, build_trainer
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
-#: between rounds), "context" (RL^2 carry across episodes) or "none".
-ADAPTATION = {"non_adaptive": "none", "in_context": "context", "maml_zero_shot": "inner_steps",
-              "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
+#: between rounds), "context" (RL^2 carry across episodes), "within_episode" (weight updates
+#: during the episode itself) or "none".
+ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context",
+              "maml_zero_shot": "inner_steps", "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
+              "test_time_hybrid": "rounds", "test_time_within_episode": "within_episode",
               "maml_adapted_mlp": "inner_steps"}
+#: The "rounds" methods whose rule replays earlier rounds (`evaluation.hybrid_replay_*`).
+REPLAY_METHODS = ("test_time_hybrid",)
 
 
 def _index(name: str, value: Any, size: int) -> int:
@@ -91,7 +96,7 @@ class MethodPolicy:
 
     @property
     def adaptation(self) -> str:
-        """"none", "inner_steps", "rounds" or "context" (see `ADAPTATION`)."""
+        """"none", "inner_steps", "rounds", "context" or "within_episode" (see `ADAPTATION`)."""
         return ADAPTATION[self.method.name]
 
     @property
@@ -129,18 +134,22 @@ class MethodPolicy:
         inner_steps methods: `num_steps` MAML inner steps (`MAMLRL.adapt_and_evaluate`, support
         batches of `maml.rl.support_envs x support_steps`); returns `(num_steps + 1,)`: the
         completed-episode return of each support batch and of a batch of the final params.
-        rounds (test_time_adapted): `num_steps` rounds of 500 steps, each followed by one update
-        of the online rule (`adapt.evaluate_with_adaptation`); returns `(num_steps,)`: each
-        round's first-episode return. Methods that do not adapt their params (non_adaptive,
-        in_context) accept only `num_steps` 0 or None; returns `(0,)`.
+        rounds (test_time_adapted, test_time_hybrid): `num_steps` rounds of 500 steps, each
+        followed by one update of the method's rule (`adapt.evaluate_with_adaptation`, online or
+        hybrid); returns `(num_steps,)`: each round's first-episode return. Methods that do not
+        adapt their params before an episode (non_adaptive, non_adaptive_ssm, in_context,
+        test_time_within_episode, which adapts them during it) accept only `num_steps` 0 or
+        None; returns `(0,)`.
         """
         kind = self.adaptation
         k = self.default_adapt_steps if num_steps is None else check_int("num_steps", num_steps, 0)
         state = self.state(seed_index)
-        if kind in ("none", "context"):
+        if kind in ("none", "context", "within_episode"):
             if k:
+                how = {"none": "", "context": ", it adapts in context",
+                       "within_episode": ", it adapts them during the episode"}[kind]
                 raise ValueError(f"num_steps must be 0 for {self.name!r} (it does not adapt its "
-                                 f"params{', it adapts in context' if kind == 'context' else ''}), got {k}")
+                                 f"params before an episode{how}), got {k}")
             return state.params, np.zeros((0,))
         if kind == "inner_steps":
             c = self.trainer.algo.config
@@ -148,9 +157,10 @@ class MethodPolicy:
                 state, jax.tree.map(lambda x: jnp.asarray(x)[None], task), key, num_inner_steps=k,
                 num_envs=c.support_envs, num_steps=c.support_steps)
             return jax.tree.map(lambda x: x[0], out["params"]), np.asarray(out["completed_return"][0])
-        params, returns = _adapt_online(key, self.policy, state, task, k + 1,
-                                        self.config.evaluation.num_envs, self.env,
-                                        self.trainer.algo.config.baseline)
+        e = self.config.evaluation
+        replay = (e.hybrid_replay_capacity, e.hybrid_replay_ratio) if self.name in REPLAY_METHODS else (0, 0.0)
+        params, returns = _adapt_online(key, self.policy, state, task, k + 1, e.num_envs, self.env,
+                                        self.trainer.algo.config.baseline, *replay)
         return params, np.asarray(returns)
 
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
@@ -163,10 +173,12 @@ class MethodPolicy:
         return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
-def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
+def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline, replay_capacity,
+                  replay_ratio):
     """`(params after num_rounds - 1 updates, (num_rounds,) round returns)` of test_time_adapted's
-    online rule on one task (the last round's update is not applied)."""
+    online rule on one task (the last round's update is not applied), or of test_time_hybrid's
+    rule with `replay_capacity > 0` (`benchmarks.evaluation.evaluate_test_time`)."""
     objective, optimizer = ev.test_time_rule(policy, state, baseline=baseline)
     params = state.params
     returns = jnp.zeros((0,), jnp.float32)
@@ -174,8 +186,15 @@ def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline)
         params, returns, _ = adapt.evaluate_with_adaptation(
             key, policy, params, task, objective=objective, optimizer=optimizer,
             num_rounds=num_rounds - 1, steps_per_round=ev.EPISODE_STEPS, num_envs=num_envs,
-            divergence_threshold=1e6, env=env)
+            divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
+            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
     return params, returns
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def _within_episode_traj(key, algo, state, task, chunk_steps):
+    """The `(1, 500)` window of test_time_within_episode's rule in one env on ONE task."""
+    return ev.within_episode_window(key, algo, state, task, num_envs=1, chunk_steps=chunk_steps).traj
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,8 +303,10 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     The params are first adapted by `policy.adapt(seed_index, task, k, adapt_steps)` (default:
     the method's reported adaptation). The episode is the first one of a fresh 500-step window
     (as the evaluation measures it); for in_context it is the first episode after one context
-    episode, with the carry kept across both. Actions are sampled (`deterministic=True`: the
-    most likely action). The task must be one of the run's suite (`Run.test_task` always is;
+    episode, with the carry kept across both; test_time_within_episode updates its weights
+    during it as its evaluation does (`benchmarks.evaluation.within_episode_window`). Actions
+    are sampled (`deterministic=True`: the most likely action; refused for
+    test_time_within_episode, whose updates are policy gradients of sampled actions). The task must be one of the run's suite (`Run.test_task` always is;
     `make_task` / `sample_task` give standard-suite tasks); a run whose suite hides part of the
     state (partial observations) is refused, since the episode's states are read from the
     observations.
@@ -294,13 +315,21 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     if suite.obs_mode != "full":
         raise ValueError(f"rollout_episode reads the CartPole state from the observations, but the run's "
                          f"suite {suite.name!r} observes {suite.obs_mode} observations ([x, theta])")
+    deterministic = check_bool("deterministic", deterministic)
+    if deterministic and policy.adaptation == "within_episode":
+        raise ValueError(f"deterministic must be False for {policy.name!r}: its updates during the "
+                         f"episode are policy gradients of sampled actions")
     k_adapt, k_roll = jax.random.split(key)
     params, pre = policy.adapt(seed_index, task, k_adapt, adapt_steps)
     episode_index = 1 if policy.carry_across_episodes else 0
     steps = (episode_index + 1) * ev.EPISODE_STEPS
-    traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
-                        env=policy.env, carry_across_episodes=policy.carry_across_episodes,
-                        deterministic=deterministic)
+    if policy.adaptation == "within_episode":
+        traj = _within_episode_traj(k_roll, policy.trainer.algo, policy.state(seed_index), task,
+                                    policy.config.evaluation.within_episode_chunk)
+    else:
+        traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
+                            env=policy.env, carry_across_episodes=policy.carry_across_episodes,
+                            deterministic=deterministic)
     dones = np.asarray(traj.dones[0])
     ends = np.flatnonzero(dones)
     start = 0 if episode_index == 0 else int(ends[0]) + 1

@@ -9,6 +9,10 @@ Every trainer trains on the train split of the run's suite (`config.suite`, `env
 environment and task distribution).
 
   non_adaptive  PPO (`config.non_adaptive`) of an `MLPPolicy` (`config.policy`) on CartPole;
+  non_adaptive_ssm
+                PPO (`config.non_adaptive_ssm`) of the `SSMPolicy` of `config.policy` (the
+                maml_ssm architecture) with its carry reset at every episode start: memory
+                within an episode, nothing carried across episodes;
   in_context    PPO (`config.in_context`) of an `SSMPolicy` (`config.in_context_policy`) on
                 `envs.context.ContextWrapper` observations (RL^2);
   maml_ssm      MAML-RL (`config.maml`) of an `SSMPolicy` (`config.policy`);
@@ -76,7 +80,7 @@ class Trainer:
 
 
 class PPOTrainer(Trainer):
-    """PPO over the train tasks (non_adaptive, in_context)."""
+    """PPO over the train tasks (non_adaptive, non_adaptive_ssm, in_context)."""
 
     return_metric = "episode_return"
     history_renames = {"return": "episode_return", "return_per_seed": "episode_return_per_seed"}
@@ -129,6 +133,13 @@ def _non_adaptive(name, config, env, task_dist) -> Trainer:
     return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
 
 
+def _non_adaptive_ssm(name, config, env, task_dist) -> Trainer:
+    ppo = config.non_adaptive_ssm  # carry_across_episodes is False (BenchmarkConfig checks it)
+    policy = config.policy.ssm(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+    algo = maml.PPO(policy, ppo, env=env, task_dist=task_dist)
+    return PPOTrainer(name, policy, env, algo, ppo.total_iterations)
+
+
 def _in_context(name, config, env, task_dist) -> Trainer:
     import jax
 
@@ -160,6 +171,7 @@ class TrainerSpec:
 
 TRAINERS = {
     "non_adaptive": TrainerSpec(("non_adaptive", "policy"), _non_adaptive),
+    "non_adaptive_ssm": TrainerSpec(("non_adaptive_ssm", "policy"), _non_adaptive_ssm),
     "in_context": TrainerSpec(("in_context", "in_context_policy"), _in_context),
     "maml_ssm": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.ssm(**dims))),
     "maml_mlp": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.mlp(**dims))),

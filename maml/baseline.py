@@ -45,24 +45,39 @@ def features(obs: jax.Array, resets: jax.Array) -> jax.Array:
     return jnp.concatenate([obs, obs * obs, *powers, jnp.ones((e, t, 1), obs.dtype)], axis=-1)
 
 
-def fit_linear_baseline(x: jax.Array, targets: jax.Array, reg: float = 1e-5) -> jax.Array:
+def fit_linear_baseline(x: jax.Array, targets: jax.Array, reg: float = 1e-5,
+                        mask: jax.Array | None = None) -> jax.Array:
     """Ridge-regression fit of ``targets`` ``(...)`` on features ``x`` ``(..., F)``; returns the
     fitted values ``(...)``. Columns are standardised first; ``reg`` is the ridge weight on the
-    standardised normal equations (scale-free, so one value serves any batch)."""
+    standardised normal equations (scale-free, so one value serves any batch).
+
+    ``mask`` (bool, shaped like ``targets``): fit to the rows where it is True only (their
+    column means and deviations, their normal equations); the other rows get the fitted
+    function's values too. None: every row counts.
+    """
     f = x.shape[-1]
     x = x.reshape(-1, f)
     y = targets.reshape(-1)
-    mean = jnp.mean(x, axis=0)
-    std = jnp.std(x, axis=0)
+    if mask is None:
+        mean = jnp.mean(x, axis=0)
+        std = jnp.std(x, axis=0)
+        n = x.shape[0]
+    else:
+        w = mask.reshape(-1, 1).astype(x.dtype)
+        n = jnp.maximum(jnp.sum(w), 1.0)
+        mean = jnp.sum(w * x, axis=0) / n
+        std = jnp.sqrt(jnp.sum(w * jnp.square(x - mean), axis=0) / n)
     constant = std < 1e-6
     z = jnp.where(constant, 1.0, (x - mean) / jnp.where(constant, 1.0, std))
-    n = x.shape[0]
-    gram = z.T @ z / n + reg * jnp.eye(f, dtype=z.dtype)
-    w = jnp.linalg.solve(gram, z.T @ y / n)
-    return (z @ w).reshape(targets.shape)
+    zw = z if mask is None else z * w
+    gram = zw.T @ z / n + reg * jnp.eye(f, dtype=z.dtype)
+    coef = jnp.linalg.solve(gram, zw.T @ y / n)
+    return (z @ coef).reshape(targets.shape)
 
 
-def linear_baseline(obs, rewards, dones, resets, gamma: float, reg: float = 1e-5) -> jax.Array:
-    """Baseline values ``(E, T)`` of one window: a linear fit to its own discounted returns."""
+def linear_baseline(obs, rewards, dones, resets, gamma: float, reg: float = 1e-5,
+                    mask: jax.Array | None = None) -> jax.Array:
+    """Baseline values ``(E, T)`` of one window: a linear fit to its own discounted returns
+    (``mask`` ``(E, T)``: to the returns of its True steps only, see ``fit_linear_baseline``)."""
     targets = discounted_returns(rewards, dones, jnp.zeros(rewards.shape[:1], jnp.float32), gamma)
-    return fit_linear_baseline(features(obs, resets), jax.lax.stop_gradient(targets), reg)
+    return fit_linear_baseline(features(obs, resets), jax.lax.stop_gradient(targets), reg, mask)

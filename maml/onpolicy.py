@@ -87,11 +87,15 @@ def gae(rewards, values, terminated, truncated, last_value, gamma, lam):
     return adv, adv + values
 
 
-def normalize_advantages(adv: chex.Array, eps: float = ADV_EPS) -> chex.Array:
+def normalize_advantages(adv: chex.Array, eps: float = ADV_EPS,
+                         mask: Optional[chex.Array] = None) -> chex.Array:
     """``(adv - mean(adv)) / (std(adv) + eps)`` over all elements of ``adv`` (any shape, the
     shape is kept): mean 0 and standard deviation ``std / (std + eps)`` (1 up to ``eps``); a
-    constant input maps to zeros."""
-    return (adv - jnp.mean(adv)) / (jnp.std(adv) + eps)
+    constant input maps to zeros. ``mask`` (bool, ``adv``'s shape): the mean and deviation are
+    those of the True elements (every element is shifted and scaled by them)."""
+    if mask is None:
+        return (adv - jnp.mean(adv)) / (jnp.std(adv) + eps)
+    return (adv - jnp.mean(adv, where=mask)) / (jnp.std(adv, where=mask) + eps)
 
 
 def segment_return(traj) -> chex.Array:

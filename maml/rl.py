@@ -188,20 +188,39 @@ class MAMLRL:
                             num_steps=num_steps, obs_mode=c.obs_mode,
                             carry_across_episodes=c.carry_across_episodes, env=self.env,
                             deterministic=deterministic)
+        return self.batch_of(traj)
+
+    def batch_of(self, traj, mask: Optional[chex.Array] = None) -> Batch:
+        """The (gradient-free) Batch of a trajectory ``traj`` (``envs.Trajectory``, ``(E, T)``)
+        of ONE task: the advantages of the configured estimator (``baseline``, GAE, scaled
+        rewards, normalisation) and the resets the policy's sequence apply needs.
+
+        ``mask`` ``(E, T)`` bool: only the True steps are data (e.g. an episode still running,
+        its steps so far at the END of the window and padding before them): the linear baseline
+        is fitted to them, the advantages are normalised over them and are 0 elsewhere (give
+        ``inner_objective`` the same mask). Returns are cut (``"linear"``) or bootstrapped
+        with ``traj.last_value`` (``"value"``) after the window's last step, as for a full
+        window. None: every step counts (``collect``).
+        """
+        c = self.config
         traj = jax.lax.stop_gradient(traj)
         rewards = traj.rewards * c.reward_scale
+        if mask is not None:
+            rewards = jnp.where(mask, rewards, 0.0)
         if c.baseline == "linear":
             # episodes end at truncations too, and the window's end is not bootstrapped: the
             # baseline is fitted to exactly these cut returns (see maml.baseline)
             ends = traj.terminated | traj.truncated
-            values = baseline.linear_baseline(traj.obs, rewards, ends, traj.resets, c.gamma)
+            values = baseline.linear_baseline(traj.obs, rewards, ends, traj.resets, c.gamma, mask=mask)
             adv, returns = onpolicy.gae(rewards, values, ends, jnp.zeros_like(ends),
                                         jnp.zeros_like(traj.last_value), c.gamma, c.gae_lambda)
         else:
             adv, returns = onpolicy.gae(rewards, traj.values, traj.terminated, traj.truncated,
                                         traj.last_value, c.gamma, c.gae_lambda)
         if c.normalize_advantages:
-            adv = onpolicy.normalize_advantages(adv)
+            adv = onpolicy.normalize_advantages(adv, mask=mask)
+        if mask is not None:
+            adv = jnp.where(mask, adv, 0.0)
         return Batch(obs=traj.obs, actions=traj.actions,
                      resets=onpolicy.policy_resets(traj.resets, c.carry_across_episodes),
                      old_log_probs=traj.log_probs, advantages=adv, returns=returns,
@@ -212,11 +231,19 @@ class MAMLRL:
         out, _ = self.policy.apply(params, batch.obs, resets=batch.resets)
         return out.dist.log_prob(batch.actions), out.value, out.dist.entropy()
 
-    def inner_objective(self, params, batch: Batch):
-        """``(-J_LVC, value_loss)``: the inner loss (minimised) and, as aux, the value loss."""
+    def inner_objective(self, params, batch: Batch, mask: Optional[chex.Array] = None):
+        """``(-J_LVC, value_loss)``: the inner loss (minimised) and, as aux, the value loss.
+
+        ``mask`` (the batch's ``(E, T)`` bool, see ``batch_of``): both are means over its True
+        steps only; None: over every step.
+        """
         log_probs, values, _ = self._outputs(params, batch)
         ratio = jnp.exp(log_probs - batch.old_log_probs)
-        return -jnp.mean(ratio * batch.advantages), jnp.mean(jnp.square(values - batch.returns))
+        if mask is None:
+            return -jnp.mean(ratio * batch.advantages), jnp.mean(jnp.square(values - batch.returns))
+        count = jnp.maximum(jnp.sum(mask), 1)
+        mean = lambda x: jnp.sum(jnp.where(mask, x, 0.0)) / count  # noqa: E731
+        return -mean(ratio * batch.advantages), mean(jnp.square(values - batch.returns))
 
     def inner_step(self, params, inner_lr, batch: Batch, first_order: Optional[bool] = None):
         """One LVC policy-gradient step ``core.inner_sgd_step`` on the gradient of the inner

@@ -17,7 +17,7 @@ import envs
 from benchmarks import cartpole, runs
 from benchmarks import evaluation as ev
 from benchmarks.cli import RunOptions, build_parser, parse_args
-from benchmarks.config import METHODS, BenchmarkConfig
+from benchmarks.config import METHODS, STANDARD_METHODS, BenchmarkConfig, default_methods
 from benchmarks.methods import METHODS_BY_NAME
 from benchmarks.results import print_suite_summary, suite_summary
 from benchmarks.trainers import TRAINERS, build_trainer
@@ -75,6 +75,43 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
             assert trainer.policy.obs_dim == (2 if name == "partial" else 4)
         dist = trainer.task_dist if hasattr(trainer, "task_dist") else trainer.algo.task_dist
         assert dist is suite
+
+
+def test_each_suite_runs_its_default_methods_unless_methods_are_given(tmp_path, monkeypatch, capsys):
+    """standard keeps today's six methods; every other suite runs every method; --methods (or a
+    config file's methods) overrides that for one suite and for --suite all, and a bad one is
+    refused at parse time."""
+    assert default_methods("meta_rl", "standard") == STANDARD_METHODS and len(STANDARD_METHODS) == 6
+    for name in SUITE_NAMES:
+        expected = STANDARD_METHODS if name == "standard" else METHODS
+        assert parse_args(["--suite", name])[0].methods == expected
+        assert parse_args(["--suite", name, "--quick"])[0].methods == expected
+        assert BenchmarkConfig(suite=name).methods == expected == default_methods("meta_rl", name)
+        assert parse_args(["--suite", name, "--methods", "non_adaptive,test_time_hybrid"])[0].methods == (
+            "non_adaptive", "test_time_hybrid")
+        assert parse_args(["--suite", name, "--mode", "policy_gradient"])[0].methods == ("non_adaptive",)
+    assert set(METHODS) - set(STANDARD_METHODS) == {"non_adaptive_ssm", "test_time_hybrid",
+                                                    "test_time_within_episode"}
+    # a config follows its suite while its methods are defaulted, never once they are given
+    assert BenchmarkConfig().with_values({"suite": "goal"}).methods == METHODS
+    given = BenchmarkConfig().with_values({"methods": STANDARD_METHODS})
+    assert given.with_values({"suite": "goal"}).methods == STANDARD_METHODS
+    path = tmp_path / "run.toml"
+    path.write_text('suite = "partial"\n')
+    assert parse_args(["--config", str(path)])[0].methods == METHODS
+    path.write_text('suite = "partial"\nmethods = ["maml_adapted"]\n')
+    assert parse_args(["--config", str(path)])[0].methods == ("maml_adapted",)
+    err = _error_of(["--suite", "goal", "--methods", "non_adaptive,test_time_magic"], capsys)
+    assert "--methods must be a non-empty subset of" in err and "test_time_within_episode" in err
+    # --suite all: each suite's default methods, or the given ones in every suite
+    calls = []
+    monkeypatch.setattr(cartpole, "run", lambda config, options: calls.append(config) or {"methods": {}})
+    assert cartpole.main(["--suite", "all", "--quick", "--out", str(tmp_path / "a")]) == 0
+    assert [c.methods for c in calls] == [default_methods("meta_rl", s) for s in SUITE_NAMES]
+    calls.clear()
+    assert cartpole.main(["--suite", "all", "--quick", "--methods", "non_adaptive,maml_adapted",
+                          "--out", str(tmp_path / "b")]) == 0
+    assert [c.methods for c in calls] == [("non_adaptive", "maml_adapted")] * len(SUITE_NAMES)
 
 
 def test_suite_flag_is_listed_validated_and_stored(tmp_path, capsys):

@@ -21,7 +21,7 @@ from benchmarks import evaluation as ev
 from benchmarks import methods as registry
 from benchmarks.checkpointing import Checkpointer
 from benchmarks.cli import FLAG_PATHS, RunOptions, build_parser, parse_args
-from benchmarks.config import FLAT_PATHS, METHODS, BenchmarkConfig, EvaluationConfig
+from benchmarks.config import FLAT_PATHS, METHODS, STANDARD_METHODS, BenchmarkConfig, EvaluationConfig
 from maml.ppo import PPOConfig
 from benchmarks.results import method_results, print_table
 from benchmarks.rundir import RunDirError
@@ -131,7 +131,7 @@ def test_cli_builds_validated_configs():
     assert (config.maml.num_meta_updates, config.maml.rl.first_order, config.maml.rl.inner_lr,
             opts.out) == (7, False, 0.05, "x")
     assert config.maml.algorithm_config.outer_lr_decay_steps == 7  # annealed over the 7 updates
-    assert config.methods == METHODS
+    assert config.methods == STANDARD_METHODS and set(STANDARD_METHODS) < set(METHODS)
     config, _ = parse_args(["--mode", "policy_gradient", "--num_episodes", "12"])
     assert config.methods == ("non_adaptive",) and config.non_adaptive.total_iterations == 12
     # maml_adapted is measured after num_inner_steps, and 0..max(3, num_inner_steps) are reported
@@ -150,6 +150,11 @@ def test_cli_builds_validated_configs():
     legacy = BenchmarkConfig.from_dict(old_run)
     assert (legacy.in_context_policy.num_layers, legacy.maml.rl.baseline,
             legacy.maml.rl.gae_lambda) == (1, "value", 0.95)
+    # a config stored before non_adaptive_ssm existed: that section as a run of its kind has it today
+    for run in (quick, BenchmarkConfig()):
+        stored = {k: v for k, v in run.to_dict().items() if k != "non_adaptive_ssm"}
+        assert BenchmarkConfig.from_dict(stored) == run
+    assert quick.non_adaptive_ssm != BenchmarkConfig().non_adaptive_ssm
     with pytest.raises(Exception):
         BenchmarkConfig().seed = 3  # frozen
     with pytest.raises(Exception):
@@ -213,6 +218,7 @@ def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
 def _series_of(rng, n, config):
     """Fake per-task series of every evaluator, (n, ...)."""
     return {"return": rng.uniform(0, 500, n), "after_context": rng.uniform(0, 500, n),
+            "updates": rng.uniform(0, 9, n), "rollbacks": rng.uniform(0, 1, n),
             "first_episode": rng.uniform(0, 500, n),
             "by_inner_step": rng.uniform(0, 500, (n, config.reported_inner_steps + 1)),
             "by_round": rng.uniform(0, 500, (n, config.evaluation.test_time_rounds))}
@@ -222,7 +228,8 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
     """measure() calls each (evaluator, trainer) once per seed with that seed's test tasks and
     key, shares one computation between methods (maml_zero_shot / maml_adapted), counts its env
     steps once, and each method's returns are its entry's view of the shared series."""
-    config = BenchmarkConfig.quick_preset().with_values({"evaluation.num_tasks": 5, "num_seeds": 3, "seed": 7})
+    config = BenchmarkConfig.quick_preset().with_values({"evaluation.num_tasks": 5, "num_seeds": 3, "seed": 7,
+                                                         "methods": METHODS})
     calls = []
     rng = np.random.default_rng(0)
 
@@ -239,15 +246,16 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
     spies = {m.evaluator: spy(m.evaluator) for m in registry.REGISTRY}
     entries = {m.name: dataclasses.replace(m, evaluator=spies[m.evaluator]) for m in registry.REGISTRY}
     names = registry.trainer_names(config.methods)
-    assert names == ("non_adaptive", "in_context", "maml_ssm", "maml_mlp")
+    assert names == ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_ssm", "maml_mlp")
     trainers = {t: build_trainer(t, config) for t in names}
     states = {t: {"w": np.arange(3) + 10 * i} for i, t in enumerate(names)}
     m = registry.measure(config, trainers, states, registry=entries)
 
     computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
-    assert len(computations) == 5 and len(calls) == 5 * 3
+    per_seed = len(computations)
+    assert per_seed == 8 and len(calls) == per_seed * 3
     for s in range(3):
-        seed_calls = calls[5 * s: 5 * (s + 1)]
+        seed_calls = calls[per_seed * s: per_seed * (s + 1)]
         assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
         key = ev.eval_key(config.seed, s)
         tasks = ev.test_tasks(key, 5)
@@ -256,7 +264,7 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
             np.testing.assert_array_equal(jax.random.key_data(c["key"]), jax.random.key_data(key))
             assert c["state"]["w"] == states[c["trainer"].name]["w"][s]
         np.testing.assert_array_equal(m.kinds[s], np.asarray(ev.task_kinds(tasks)))
-    assert not np.array_equal(calls[0]["tasks"].gravity, calls[5]["tasks"].gravity)
+    assert not np.array_equal(calls[0]["tasks"].gravity, calls[per_seed]["tasks"].gravity)
     assert m.env_steps == sum(c["out"].env_steps for c in calls)
 
     by_step = np.stack([c["out"].series["by_inner_step"] for c in calls
@@ -275,10 +283,16 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
         registry.evaluate_maml_inner_steps, "maml_mlp", "by_inner_step")[..., k])
     np.testing.assert_array_equal(m.returns["test_time_adapted"], stacked(
         registry.evaluate_test_time, "maml_ssm", "by_round")[..., -1])
+    np.testing.assert_array_equal(m.returns["test_time_hybrid"], stacked(
+        registry.evaluate_test_time_hybrid, "maml_ssm", "by_round")[..., -1])
+    np.testing.assert_array_equal(m.returns["test_time_within_episode"], stacked(
+        registry.evaluate_within_episode, "maml_ssm", "return"))
     np.testing.assert_array_equal(m.returns["in_context"], stacked(
         registry.evaluate_in_context, "in_context", "after_context"))
     np.testing.assert_array_equal(m.returns["non_adaptive"], stacked(
         registry.evaluate_fixed_policy, "non_adaptive", "return"))
+    np.testing.assert_array_equal(m.returns["non_adaptive_ssm"], stacked(
+        registry.evaluate_fixed_policy, "non_adaptive_ssm", "return"))
     results = method_results(config, trainers, m, registry=entries)
     assert list(results) == list(config.methods)
     assert results["maml_adapted"]["num_inner_steps"] == k and results["maml_zero_shot"]["num_inner_steps"] == 0
@@ -315,7 +329,8 @@ def test_every_evaluator_reports_the_env_steps_it_ran():
         "evaluation.inner_steps": 2, "evaluation.num_envs": 2, "evaluation.test_time_rounds": 2})
     env = _CountingCartPole()
     cases = {registry.evaluate_fixed_policy: "non_adaptive", registry.evaluate_in_context: "in_context",
-             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp"}
+             registry.evaluate_maml_inner_steps: "maml_mlp", registry.evaluate_test_time: "maml_mlp",
+             registry.evaluate_test_time_hybrid: "maml_mlp", registry.evaluate_within_episode: "maml_mlp"}
     assert {m.evaluator for m in registry.REGISTRY} == set(cases)
     key = ev.eval_key(0, 0)
     tasks = ev.test_tasks(key, 3)
@@ -564,7 +579,7 @@ def _restore_raw(ckdir, step):
 @pytest.mark.slow
 def test_quick_run_end_to_end(quick_run):
     """The shared --quick run (tests/conftest.py; a `python -m benchmarks.cartpole --quick`)."""
-    res = _check_results(quick_run.out, METHODS)
+    res = _check_results(quick_run.out, STANDARD_METHODS)
     assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
     assert "first_episode" in res["methods"]["in_context"]
     assert set(res["methods"]["maml_adapted"]["vs_non_adaptive"]) == {"all", "normal", "inverted"}

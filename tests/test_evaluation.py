@@ -30,19 +30,25 @@ from benchmarks.methods import Measurement, measure, trainer_names
 from benchmarks.results import json_safe, method_results, print_table
 from benchmarks.rundir import write_json_atomic
 from benchmarks.trainers import build_trainer
+from test_within_episode import within_episode_loop
 
 #: A tiny benchmark of untrained policies. maml.rl.num_inner_steps (1) differs from the reported
 #: inner steps (2), so maml_adapted is a middle column, not the last. maml_adapted_mlp runs the
 #: evaluator of maml_adapted with the MLP trainer (its registry entry is checked in
-#: test_cartpole_benchmark.py); it is left out to save a compilation.
-METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted")
+#: test_cartpole_benchmark.py); it is left out to save a compilation. Three test-time rounds, so
+#: test_time_hybrid's second step replays the first round; inner step sizes of 1.0 (the untrained
+#: state's), so one step moves the sampled actions and the rounds' returns tell rules apart.
+#: test_time_within_episode updates every 10 steps: the untrained policies' episodes are short.
+METHODS = ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_zero_shot", "maml_adapted",
+           "test_time_adapted", "test_time_hybrid", "test_time_within_episode")
 TINY = {
     "seed": 3, "num_seeds": 2, "methods": METHODS,
     "policy.hidden_dim": 8, "policy.state_dim": 4,
     "in_context_policy.hidden_dim": 8, "in_context_policy.state_dim": 4, "in_context_policy.num_layers": 1,
     "maml.rl.num_inner_steps": 1, "maml.rl.support_envs": 2, "maml.rl.support_steps": 100,
     "evaluation.num_tasks": 3, "evaluation.num_envs": 2, "evaluation.inner_steps": 2,
-    "evaluation.test_time_rounds": 2,
+    "evaluation.test_time_rounds": 3, "evaluation.hybrid_replay_ratio": 0.5, "maml.rl.inner_lr": 1.0,
+    "evaluation.within_episode_chunk": 10,
 }
 T95_ONE_DOF = 12.706204736174707  # Student-t 0.975 quantile, 1 degree of freedom (2 seeds)
 
@@ -127,11 +133,17 @@ def _references(config, trainers, states):
     e, n = config.evaluation.num_envs, config.evaluation.num_tasks
     K, R = config.reported_inner_steps, config.evaluation.test_time_rounds
     fixed, context, maml = trainers["non_adaptive"], trainers["in_context"], trainers["maml_ssm"]
+    fixed_ssm = trainers["non_adaptive_ssm"]
     algo = maml.algo
     inner_grad = jax.jit(jax.grad(lambda p, batch: algo.inner_objective(p, batch)[0]))
     online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
         p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
-    out = {name: [] for name in ("non_adaptive", "after_context", "first_episode", "maml", "by_round", "inverted")}
+    out = {name: [] for name in ("non_adaptive", "non_adaptive_ssm", "after_context", "first_episode", "maml",
+                                 "by_round", "hybrid_by_round", "within", "within_updates", "within_rollbacks",
+                                 "inverted")}
+    w = config.evaluation.hybrid_replay_ratio
+    rules = {}
+    ssm_trajectory = None
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
         assert np.array_equal(jax.random.key_data(key),
@@ -139,6 +151,7 @@ def _references(config, trainers, states):
         tasks = envs.CartPoleTasks().sample(jax.random.fold_in(key, 0), n, "test")
         out["inverted"].append(np.asarray(tasks.force_mag) < 0)
         state = {t: jax.tree.map(lambda x: x[s], st) for t, st in states.items()}
+        rules[s] = ev.within_episode_rule(maml.algo, state["maml_ssm"])
         rows = {name: [] for name in out if name != "inverted"}
         for i, k in enumerate(_task_keys(key, n)):
             task = _task(tasks, i)
@@ -146,6 +159,12 @@ def _references(config, trainers, states):
             traj = rebuilt.rollout(k, fixed.policy, state["non_adaptive"].params, task, num_envs=e,
                                    num_steps=500, env=fixed.env)
             rows["non_adaptive"].append(mean_completed(traj))
+            # non_adaptive_ssm: the PPO SSM policy on a 500-step window, carry reset per episode
+            traj = rebuilt.rollout(k, fixed_ssm.policy, state["non_adaptive_ssm"].params, task, num_envs=e,
+                                   num_steps=500, env=fixed_ssm.env)
+            rows["non_adaptive_ssm"].append(mean_completed(traj))
+            if ssm_trajectory is None:
+                ssm_trajectory = (traj, state["non_adaptive_ssm"].params)
             # in_context: 1000 steps, carry kept; episode 0 of each env is the context
             traj = rebuilt.rollout(k, context.policy, state["in_context"].params, task, num_envs=e,
                                    num_steps=1000, env=context.env, carry_across_episodes=True)
@@ -178,10 +197,39 @@ def _references(config, trainers, states):
                 assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
                 theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
             rows["by_round"].append(by_round)
+            # test_time_hybrid: the same rounds and keys; the step's gradient is (1 - w) times the
+            # round's plus w times that of E rows drawn with key 1 of the round's split, uniformly
+            # with replacement, from the rows of the earlier rounds (the round's alone at first)
+            theta, by_round, stored = state["maml_ssm"].params, [], []
+            for kr in jax.random.split(k, R):
+                k_roll, k_replay = jax.random.split(kr)
+                traj = rebuilt.rollout(k_roll, maml.policy, theta, task, num_envs=e, num_steps=500, env=maml.env)
+                by_round.append(float(np.mean([row[0] for row in completed_episodes(traj)])))
+                g = online_grad(theta, traj)
+                if stored:
+                    picks = np.asarray(jax.random.randint(k_replay, (e,), 0, len(stored)))
+                    replay = jax.tree.map(lambda *xs: jnp.stack(xs), *[stored[i] for i in picks])
+                    g = jax.tree.map(lambda a, b: (1 - w) * a + w * b, g, online_grad(theta, replay))
+                theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
+                stored += [jax.tree.map(lambda x: x[i], traj) for i in range(e)]
+            rows["hybrid_by_round"].append(by_round)
+            # test_time_within_episode: the Python loop of test_within_episode.py with the
+            # benchmark's rule (the MAML inner loss on the episode so far, Meta-SGD rates)
+            objective, _, make_batch = rules[s]
+            returns, _, accepted, rejected, _ = within_episode_loop(
+                k, maml.policy, state["maml_ssm"].params, task, objective=objective, make_batch=make_batch,
+                lrs=state["maml_ssm"].inner_lr, num_envs=e, num_steps=500,
+                chunk_steps=config.evaluation.within_episode_chunk, env=maml.env,
+                threshold=ev.TEST_TIME_DIVERGENCE, stop_early=True)
+            rebuilt.env_steps += e * 500  # the evaluator's window, which runs to its end
+            rows["within"].append(float(np.mean(returns)))
+            rows["within_updates"].append(float(np.mean(accepted)))
+            rows["within_rollbacks"].append(float(np.mean(rejected)))
         for name, values in rows.items():
             out[name].append(values)
     ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
     ref["env_steps"] = rebuilt.env_steps
+    ref["ssm_trajectory"] = ssm_trajectory
     return ref
 
 
@@ -189,6 +237,36 @@ def _references(config, trainers, states):
 def test_non_adaptive_returns_are_hand_counted_episodes_of_a_plain_rollout(bench):
     np.testing.assert_allclose(bench.m.series["non_adaptive"]["return"], bench.ref["non_adaptive"], rtol=1e-6)
     np.testing.assert_allclose(bench.m.returns["non_adaptive"], bench.ref["non_adaptive"], rtol=1e-6)
+
+
+def test_non_adaptive_ssm_returns_are_hand_counted_episodes_of_a_plain_rollout(bench):
+    np.testing.assert_allclose(bench.m.series["non_adaptive_ssm"]["return"], bench.ref["non_adaptive_ssm"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["non_adaptive_ssm"], bench.ref["non_adaptive_ssm"], rtol=1e-6)
+    assert not np.allclose(bench.ref["non_adaptive_ssm"], bench.ref["non_adaptive"])  # another policy
+
+
+def test_non_adaptive_ssm_carry_is_reset_at_every_episode_start(bench):
+    """By hand, on the SSM policy's evaluation rollout: from the second episode of a row on, the
+    log-probs it acted with are the sequence apply's on that episode alone (a fresh carry at its
+    first step), and differ from those of the same steps with the carry of the episodes before
+    kept; its PPO trainer keeps the carry only within episodes too."""
+    traj, params = bench.ref["ssm_trajectory"]
+    policy = bench.trainers["non_adaptive_ssm"].policy
+    assert not bench.config.non_adaptive_ssm.carry_across_episodes
+    assert bench.trainers["non_adaptive_ssm"].algo.config.carry_across_episodes is False
+    dones = np.asarray(traj.dones[0])
+    ends = np.flatnonzero(dones)
+    assert len(ends) >= 2, "the untrained policy ends several episodes in the window"
+    start, stop = int(ends[0]) + 1, int(ends[1]) + 1  # the second episode of row 0
+    assert bool(traj.resets[0, start]) and not np.asarray(traj.resets[0, start + 1:stop]).any()
+    obs, actions = traj.obs[0], traj.actions[0]
+    fresh, _ = policy.apply(params, obs[None, start:stop])
+    np.testing.assert_allclose(fresh.dist.log_prob(actions[None, start:stop])[0], traj.log_probs[0, start:stop],
+                               rtol=1e-5, atol=1e-6)
+    kept, _ = policy.apply(params, obs[None, :stop])  # no reset after t = 0: the carry is kept
+    kept_logp = np.asarray(kept.dist.log_prob(actions[None, :stop])[0, start:])
+    assert np.max(np.abs(kept_logp - np.asarray(traj.log_probs[0, start:stop]))) > 1e-4
 
 
 def test_in_context_return_excludes_exactly_the_context_episode(bench):
@@ -221,6 +299,35 @@ def test_test_time_returns_by_round_equal_manual_online_steps(bench):
     assert not np.allclose(bench.ref["by_round"][..., 0], bench.ref["by_round"][..., 1])
 
 
+def test_hybrid_returns_by_round_equal_manual_steps_with_replay(bench):
+    """test_time_hybrid against steps written out with the replayed rows drawn by hand; it is
+    paired with test_time_adapted: the same rounds until the first step that replays (the
+    second), different afterwards."""
+    hybrid, online = bench.ref["hybrid_by_round"], bench.ref["by_round"]
+    np.testing.assert_allclose(bench.m.series["test_time_hybrid"]["by_round"], hybrid, rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["test_time_hybrid"], hybrid[..., -1], rtol=1e-6)
+    np.testing.assert_array_equal(bench.m.series["test_time_hybrid"]["by_round"][..., :2],
+                                  bench.m.series["test_time_adapted"]["by_round"][..., :2])
+    assert not np.allclose(hybrid[..., 2], online[..., 2])
+    entry = bench.results["test_time_hybrid"]
+    assert entry["replay_ratio"] == 0.5 and entry["replay_capacity"] == bench.config.evaluation.hybrid_replay_capacity
+
+
+def test_within_episode_returns_equal_a_python_loop_of_the_maml_rule(bench):
+    """test_time_within_episode's returns and update counts per task against the Python loop
+    (every env stepped by hand, its own weights updated every K steps while its first episode
+    runs); some episodes really adapt."""
+    series = bench.m.series["test_time_within_episode"]
+    np.testing.assert_allclose(series["return"], bench.ref["within"], rtol=1e-6)
+    np.testing.assert_allclose(bench.m.returns["test_time_within_episode"], bench.ref["within"], rtol=1e-6)
+    np.testing.assert_allclose(series["updates"], bench.ref["within_updates"])
+    np.testing.assert_allclose(series["rollbacks"], bench.ref["within_rollbacks"])
+    assert bench.ref["within_updates"].max() > 0
+    entry = bench.results["test_time_within_episode"]
+    assert entry["updates_per_episode"] == pytest.approx(float(bench.ref["within_updates"].mean()))
+    assert entry["chunk_steps"] == 10
+
+
 def test_every_method_is_measured_on_the_same_seed_tasks_and_kinds(bench):
     """The kinds are force_mag < 0 of the documented test tasks, and the rebuilt returns (which
     match every method's) ran on exactly those tasks: the pairing behind vs_non_adaptive."""
@@ -251,9 +358,11 @@ def _kind_rows(values, mask):
 def _reference_returns(bench):
     ref = bench.ref
     k = bench.config.maml.rl.num_inner_steps
-    return {"non_adaptive": ref["non_adaptive"], "in_context": ref["after_context"],
+    return {"non_adaptive": ref["non_adaptive"], "non_adaptive_ssm": ref["non_adaptive_ssm"],
+            "in_context": ref["after_context"],
             "maml_zero_shot": ref["maml"][..., 0], "maml_adapted": ref["maml"][..., k],
-            "test_time_adapted": ref["by_round"][..., -1]}
+            "test_time_adapted": ref["by_round"][..., -1], "test_time_hybrid": ref["hybrid_by_round"][..., -1],
+            "test_time_within_episode": ref["within"]}
 
 
 def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsys):
@@ -289,6 +398,8 @@ def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsy
             list(bench.ref["maml"].mean(axis=(0, 1))), rel=1e-6)
     assert bench.results["test_time_adapted"]["return_by_round"] == pytest.approx(
         list(bench.ref["by_round"].mean(axis=(0, 1))), rel=1e-6)
+    assert bench.results["test_time_hybrid"]["return_by_round"] == pytest.approx(
+        list(bench.ref["hybrid_by_round"].mean(axis=(0, 1))), rel=1e-6)
     assert close(bench.results["in_context"]["first_episode"]["return_mean"], float(bench.ref["first_episode"].mean()))
 
     # the printed table shows these numbers
