@@ -2,7 +2,8 @@
 
 The default run checks the command line and configs (no compilation), the trainers each suite
 builds, the `--suite all` plumbing with a stand-in run, and one tiny training run of a wrapped
-suite with `--eval_only` reproducing it; every suite's `--quick` run is one slow test.
+suite with `--eval_only` reproducing it; a slow test runs every other suite's `--quick` end to end
+with a subset of the methods (standard's whole `--quick` run is test_cartpole_benchmark.py's).
 """
 
 import json
@@ -216,20 +217,34 @@ def test_tiny_run_of_a_wrapped_suite_and_its_eval_only(tmp_path):
         assert a.read() == b.read()
 
 
+#: The methods the slow end-to-end test runs in every non-standard suite: a PPO trainer
+#: (non_adaptive, and non_adaptive_ssm's recurrent one), the MAML trainer (maml_adapted) and the
+#: three evaluators that only these suites run by default. standard's whole --quick run is
+#: test_cartpole_benchmark.py's test_quick_run_end_to_end.
+SUITE_TEST_METHODS = ("non_adaptive", "non_adaptive_ssm", "maml_adapted", "test_time_hybrid",
+                      "test_time_within_episode")
+
+
 @pytest.mark.slow
-def test_quick_run_of_every_suite_end_to_end(tmp_path, capsys):
-    """`--suite all --quick`: every suite's --quick run (every method) in --out/<suite>/ with
-    the results.json schema, returns in [0, 500] and the plots; then summary.json and the table."""
-    out = str(tmp_path / "all")
-    assert cartpole.main(["--suite", "all", "--quick", "--out", out]) == 0
-    for name in SUITE_NAMES:
-        res = _check_results(os.path.join(out, name), METHODS)
+def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
+    """`--suite NAME --quick --methods ...` for every suite but standard: results.json's schema,
+    the suite stored, returns in [0, 500] (a goal episode's reward per step is in [0, 1]) and the
+    plots, in --out/<suite>/ as --suite all lays them out."""
+    names = [n for n in SUITE_NAMES if n != "standard"]
+    out = str(tmp_path / "suites")
+    for name in names:
+        argv = ["--suite", name, "--quick", "--methods", ",".join(SUITE_TEST_METHODS),
+                "--out", os.path.join(out, name)]
+        assert cartpole.main(argv) == 0
+        res = _check_results(os.path.join(out, name), SUITE_TEST_METHODS)
         assert res["suite"] == name and BenchmarkConfig.from_dict(res["config"]).suite == name
         for m in res["methods"].values():
             assert np.all((np.asarray(m["per_seed_mean"]) >= 0) & (np.asarray(m["per_seed_mean"]) <= 500))
+        within = res["methods"]["test_time_within_episode"]
+        assert within["updates_per_episode"] >= 0 and within["chunk_steps"] == 50
+        assert res["methods"]["test_time_hybrid"]["replay_ratio"] == 0.5
         for png in ("adaptation.png", "per_task_physics.png"):
             assert os.path.getsize(os.path.join(out, name, png)) > 0
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
-    assert list(summary) == list(SUITE_NAMES) and all(set(summary[s]) == set(METHODS) for s in SUITE_NAMES)
+    summary = suite_summary({n: _check_results(os.path.join(out, n), SUITE_TEST_METHODS) for n in names})
+    print_suite_summary(summary)
     assert "summary over suites" in capsys.readouterr().out
