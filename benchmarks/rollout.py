@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed_index", type=int, default=0, help="which training seed's params (0-based) [default 0]")
     a("--gif", required=True, metavar="FILE", help="where to write the animated GIF")
     a("--adapt_steps", type=int, default=None,
-      help="inner steps (MAML methods) or updates (test_time_adapted) before the episode "
-           "[default: as the method is reported]")
+      help="inner steps (MAML methods) or updates (test_time_adapted, test_time_hybrid) before "
+           "the episode (test_time_within_episode updates during it) [default: as the method is "
+           "reported]")
     a("--key", type=int, default=0, help="PRNG seed of the adaptation and the episode [default 0]")
     a("--greedy", action="store_true", help="act with the most likely action instead of sampling")
     a("--stride", type=int, default=1, help="draw every N-th step [default 1: every step]")

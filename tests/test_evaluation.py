@@ -1,13 +1,15 @@
 """The numbers of the benchmark table against references computed another way.
 
-One tiny benchmark (untrained policies, 2 seeds x 3 held-out tasks x 2 envs, every method) is
-measured once by `benchmarks.methods.measure` and summarised by `benchmarks.results`. Each
-evaluator's per-task series is then rebuilt outside the evaluator: plain `envs.rollout` calls
-with the keys `benchmarks.evaluation` documents, inner steps and test-time steps written out as
-`p - lr * grad`, and episode returns counted by hand from the rewards and done flags. The
-summary statistics (means, kinds, per-seed means, seed-level t intervals, the paired
-difference with non_adaptive) are recomputed from those hand counts, and the env steps of the
-measurement are counted from the rebuilt trajectories.
+One tiny benchmark (untrained policies, 2 seeds x 3 held-out tasks x 2 envs, every method but
+maml_adapted_mlp) is measured once by `benchmarks.methods.measure` and summarised by
+`benchmarks.results`. Each evaluator's per-task series is then rebuilt outside the evaluator:
+plain `envs.rollout` calls with the keys `benchmarks.evaluation` documents, inner steps and
+test-time steps written out as `p - lr * grad` (test_time_hybrid's with its replayed rows drawn
+by hand), test_time_within_episode by the Python loop of test_within_episode.py, and episode
+returns counted by hand from the rewards and done flags. The summary statistics (means, kinds,
+per-seed means, seed-level t intervals, the paired difference with non_adaptive) are recomputed
+from those hand counts, and the env steps of the measurement are counted from the rebuilt
+trajectories.
 """
 
 import json

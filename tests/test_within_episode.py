@@ -260,7 +260,6 @@ def test_a_run_rolls_out_the_within_episode_method_as_its_evaluation_does():
     """`benchmarks.runs`: test_time_within_episode adapts during the episode (no updates before
     it), and `rollout_episode` is the first episode of its evaluation window in one env, weight
     updates included (`evaluation.within_episode_window`)."""
-    from benchmarks import evaluation as ev
     from benchmarks import runs
     from benchmarks.config import BenchmarkConfig
     from benchmarks.methods import METHODS_BY_NAME
