@@ -2,13 +2,14 @@
 roll a policy out and animate it (`python -m benchmarks.rollout`), read per_task.csv.
 
 One tiny policy_gradient run is shared by the default tests (session fixture); the run with
-every method (MAML adaptation, RL^2, test-time updates) is a slow test.
+every method (MAML adaptation, RL^2, test-time updates) is a slow test on the shared --quick run.
 """
 
 import csv
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -26,8 +27,6 @@ from benchmarks.methods import METHODS_BY_NAME, STANDARD_METHODS, TASK_FIELDS
 
 TINY_PG = ["--quick", "--mode", "policy_gradient", "--ppo_iterations", "4", "--chunk_size", "2",
            "--checkpoint_every", "2", "--eval_tasks", "6", "--num_seeds", "2"]
-TINY_ALL = ["--quick", "--num_epochs", "2", "--ppo_iterations", "2", "--in_context_iterations", "2",
-            "--chunk_size", "2", "--checkpoint_every", "2", "--eval_tasks", "4", "--num_seeds", "2"]
 
 
 @pytest.fixture(scope="session")
@@ -176,11 +175,12 @@ def test_rollout_refuses_bad_input_naming_it(tiny_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_every_method_loads_adapts_and_rolls_out(tmp_path):
-    """A tiny run of every method: per_task.csv, load_run reproducing every method's returns,
-    MAML adaptation through the library's inner step and a GIF of each adaptive method."""
+def test_every_method_loads_adapts_and_rolls_out(quick_run, tmp_path):
+    """The shared --quick run of every standard method (tests/conftest.py `quick_run`, copied so
+    the run is only read): per_task.csv, load_run reproducing every method's returns, MAML
+    adaptation through the library's inner step and a GIF of each adaptive method."""
     out = str(tmp_path / "run")
-    assert cartpole.main(TINY_ALL + ["--out", out]) == 0
+    shutil.copytree(quick_run.out, out)
     config, rows = _check_per_task(out)
     assert config.methods == STANDARD_METHODS
     run = _check_load_run_reproduces(out, config, rows)
