@@ -347,7 +347,8 @@ def episodes_of(traj, task, num_episodes: int, pre_returns=()) -> list:
     """The first `num_episodes` episodes of env 0 of a rollout `traj` (`envs.rollout`'s
     trajectory of ONE task, time axis second) as `Episode`s; an episode the window cuts off
     ends at the window's end."""
-    dones = np.asarray(traj.dones[0])
+    # numpy from here: slicing the device arrays by episode length would compile a slice per length
+    dones, obs, actions, all_rewards = (np.asarray(x)[0] for x in (traj.dones, traj.obs, traj.actions, traj.rewards))
     steps = dones.shape[0]
     ends = [int(e) + 1 for e in np.flatnonzero(dones)]
     values = task_values(task)
@@ -355,9 +356,9 @@ def episodes_of(traj, task, num_episodes: int, pre_returns=()) -> list:
     out, start = [], 0
     for _ in range(num_episodes):
         stop = next((e for e in ends if e > start), steps)
-        rewards = np.asarray(traj.rewards[0, start:stop], np.float64)
-        out.append(Episode(states=np.asarray(traj.obs[0, start:stop, :4], np.float64),
-                           actions=np.asarray(traj.actions[0, start:stop]), rewards=rewards,
+        rewards = np.asarray(all_rewards[start:stop], np.float64)
+        out.append(Episode(states=np.asarray(obs[start:stop, :4], np.float64),
+                           actions=actions[start:stop], rewards=rewards,
                            total=float(rewards.sum()), task=values, pre_returns=pre))
         start = stop
     return out

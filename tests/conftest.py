@@ -64,7 +64,7 @@ def quick_run(tmp_path_factory, compile_cache):
 
 
 @pytest.fixture(scope="session")
-def app_server(quick_run, tmp_path_factory):
+def app_server(quick_run, compile_cache, tmp_path_factory):
     """The web page (`benchmarks.app`) served in this process on 127.0.0.1 and a free port
     (slow tests only), its `--runs_root` a temporary directory holding a copy of `quick_run`'s
     run as `quick` (the shared run itself is only read) and `broken`, a copy whose checkpoint
@@ -75,7 +75,7 @@ def app_server(quick_run, tmp_path_factory):
     import socket
     import types
 
-    from benchmarks import app, app_core
+    from benchmarks import app, app_core, compile_time
 
     root = tmp_path_factory.mktemp("runs_root")
     shutil.copytree(quick_run.out, root / "quick")
@@ -88,7 +88,10 @@ def app_server(quick_run, tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = app.launch(app_core.AppOptions(str(root), "127.0.0.1", port), block=False, quiet=True)
-    yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo)
-    demo.jobs.cancel_all()
-    demo.close()
+    # the session's persistent compilation cache, as `python -m benchmarks.app` uses the
+    # benchmark's: Compare on the run's own task count reads quick_run's programs back
+    with compile_time.persistent_cache(compile_cache, log=print):
+        demo = app.launch(app_core.AppOptions(str(root), "127.0.0.1", port), block=False, quiet=True)
+        yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo)
+        demo.jobs.cancel_all()
+        demo.close()
