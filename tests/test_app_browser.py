@@ -46,6 +46,13 @@ def _value(driver, elem_id):
     return field.get_attribute("value") or ""
 
 
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _set_number(driver, elem_id, value):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -83,7 +90,7 @@ def test_page_runs_a_task_in_a_real_browser(app_server, browser, tmp_path):
     # the newest run is chosen on load and its methods fill the method dropdown
     wait.until(lambda d: "quick" in _value(d, "run") and "maml_adapted" in _value(d, "method"))
     _set_number(browser, "length", 0.9)
-    wait.until(lambda d: _value(d, "length") == "0.9")
+    wait.until(lambda d: _number(_value(d, "length")) == 0.9)
     first = _click_run_and_wait(browser, wait)
     status = _value(browser, "try_status")
     ret = float(_value(browser, "try_return"))
@@ -94,7 +101,7 @@ def test_page_runs_a_task_in_a_real_browser(app_server, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "page.png"))
     # a second Run of the same method on other physics reuses the compiled functions
     _set_number(browser, "masscart", 2.0)
-    wait.until(lambda d: _value(d, "masscart") == "2")
+    wait.until(lambda d: _number(_value(d, "masscart")) == 2.0)
     second = _click_run_and_wait(browser, wait)
     assert 0 <= float(_value(browser, "try_return")) <= 500
     browser.save_screenshot(str(tmp_path / "page2.png"))
