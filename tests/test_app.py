@@ -279,6 +279,11 @@ def test_train_starts_and_cancels_without_a_results_file(client, app_server):
     deadline = time.time() + 120
     while not os.path.isfile(os.path.join(out, "config.json")) and time.time() < deadline:
         time.sleep(0.5)
+    # another browser tab (another session) neither sees nor cancels this tab's run
+    from gradio_client import Client
+
+    other = Client(app_server.url, verbose=False)
+    assert "no run of this tab" in _error(lambda: other.predict(api_name="/train_cancel"))
     progress, status, _log = client.predict(api_name="/train_cancel")
     assert "cancelled" in status and "--resume" in status
     assert os.path.isfile(os.path.join(out, "config.json"))
