@@ -62,6 +62,11 @@ def test_flags_defaults_and_bad_values(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+    from benchmarks import app
+
+    with pytest.raises(SystemExit) as exc:  # the command checks its flags before anything starts
+        app.main(["--port", "99999"])
+    assert exc.value.code == 2 and "--port must be <= 65535" in capsys.readouterr().err
 
 
 def test_run_directories_must_lie_under_the_runs_root(tmp_path):
