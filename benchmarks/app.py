@@ -230,9 +230,10 @@ def launch(options: core.AppOptions, *, block: bool = True, quiet: bool = False)
 
 def main(argv=None) -> int:
     """The command line: parse and check the flags (usage errors exit 2), then serve the page
-    until Ctrl-C (status 130 after cancelling training runs started from the page), with the
-    benchmark's persistent compilation cache (`benchmarks.cli.compile_cache_dir`: the
-    `JAX_COMPILATION_CACHE_DIR` or `~/.cache/ssm-metarl-jax/jax`)."""
+    until Ctrl-C (Gradio closes the server, then training runs started from the page are
+    cancelled, their checkpoints kept; status 0), with the benchmark's persistent compilation
+    cache (`benchmarks.cli.compile_cache_dir`: `$JAX_COMPILATION_CACHE_DIR` or
+    `~/.cache/ssm-metarl-jax/jax`)."""
     options = core.parse_flags(argv)
     try:
         import gradio  # noqa: F401,PLC0415

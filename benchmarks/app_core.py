@@ -525,7 +525,7 @@ class TrainJob:
             status = (f"{self.name}: running ({elapsed:.0f} s; "
                       + ("evaluating" if self.evaluating else f"training {self.trained + 1}/{self.stages - 1}") + ")")
         elif rc == 0:
-            fraction, status = 1.0, f"{self.name}: finished in {elapsed:.0f} s; it is listed under Runs"
+            fraction, status = 1.0, f"{self.name}: finished in {elapsed:.0f} s; press Refresh runs to list it"
         elif self.cancelled or rc in (130, -signal.SIGINT, -signal.SIGKILL):
             status = (f"{self.name}: cancelled; its checkpoints are kept (continue it with "
                       f"python -m benchmarks.cartpole --resume {self.out})")
