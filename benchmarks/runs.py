@@ -321,22 +321,44 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
                          f"episode are policy gradients of sampled actions")
     k_adapt, k_roll = jax.random.split(key)
     params, pre = policy.adapt(seed_index, task, k_adapt, adapt_steps)
-    episode_index = 1 if policy.carry_across_episodes else 0
-    steps = (episode_index + 1) * ev.EPISODE_STEPS
     if policy.adaptation == "within_episode":
         traj = _within_episode_traj(k_roll, policy.trainer.algo, policy.state(seed_index), task,
                                     policy.config.evaluation.within_episode_chunk)
-    else:
-        traj = envs.rollout(k_roll, policy.policy, params, task, num_envs=1, num_steps=steps,
-                            env=policy.env, carry_across_episodes=policy.carry_across_episodes,
-                            deterministic=deterministic)
-    dones = np.asarray(traj.dones[0])
-    ends = np.flatnonzero(dones)
-    start = 0 if episode_index == 0 else int(ends[0]) + 1
-    later = ends[ends >= start]
-    stop = int(later[0]) + 1 if later.size else steps
-    obs = np.asarray(traj.obs[0, start:stop, :4], np.float64)
-    rewards = np.asarray(traj.rewards[0, start:stop], np.float64)
-    return Episode(states=obs, actions=np.asarray(traj.actions[0, start:stop]), rewards=rewards,
-                   total=float(rewards.sum()), task=task_values(task),
-                   pre_returns=np.asarray(pre, np.float64))
+        return episodes_of(traj, task, 1, pre)[0]
+    episode_index = 1 if policy.carry_across_episodes else 0
+    return rollout_episodes(policy, params, task, k_roll, episode_index + 1, deterministic, pre)[-1]
+
+
+def rollout_episodes(policy: MethodPolicy, params, task, key, num_episodes: int = 1,
+                     deterministic: bool = False, pre_returns=()) -> list:
+    """The first `num_episodes` episodes of one rollout window of `num_episodes * 500` steps of
+    `policy` acting with `params` on ONE task (one env; the carry kept across episodes for
+    in_context, reset at every episode start otherwise): a list of `Episode`s, each with
+    `pre_returns`. The window always holds them all (an episode lasts at most 500 steps). One
+    jitted rollout per (policy, `num_episodes`): the task and params are data."""
+    n = check_int("num_episodes", num_episodes)
+    traj = envs.rollout(key, policy.policy, params, task, num_envs=1, num_steps=n * ev.EPISODE_STEPS,
+                        env=policy.env, carry_across_episodes=policy.carry_across_episodes,
+                        deterministic=check_bool("deterministic", deterministic))
+    return episodes_of(traj, task, n, pre_returns)
+
+
+def episodes_of(traj, task, num_episodes: int, pre_returns=()) -> list:
+    """The first `num_episodes` episodes of env 0 of a rollout `traj` (`envs.rollout`'s
+    trajectory of ONE task, time axis second) as `Episode`s; an episode the window cuts off
+    ends at the window's end."""
+    # numpy from here: slicing the device arrays by episode length would compile a slice per length
+    dones, obs, actions, all_rewards = (np.asarray(x)[0] for x in (traj.dones, traj.obs, traj.actions, traj.rewards))
+    steps = dones.shape[0]
+    ends = [int(e) + 1 for e in np.flatnonzero(dones)]
+    values = task_values(task)
+    pre = np.asarray(pre_returns, np.float64)
+    out, start = [], 0
+    for _ in range(num_episodes):
+        stop = next((e for e in ends if e > start), steps)
+        rewards = np.asarray(all_rewards[start:stop], np.float64)
+        out.append(Episode(states=np.asarray(obs[start:stop, :4], np.float64),
+                           actions=actions[start:stop], rewards=rewards,
+                           total=float(rewards.sum()), task=values, pre_returns=pre))
+        start = stop
+    return out

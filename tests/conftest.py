@@ -78,3 +78,37 @@ def quick_run(tmp_path_factory, compile_cache):
         results = json.load(f)
     return types.SimpleNamespace(out=str(out), cache=str(cache), results=results, stdout=proc.stdout,
                                  wall_s=time.perf_counter() - t0)
+
+
+@pytest.fixture(scope="session")
+def app_server(quick_run, compile_cache, tmp_path_factory):
+    """The web page (`benchmarks.app`) served in this process on 127.0.0.1 and a free port
+    (slow tests only), its `--runs_root` a temporary directory holding a copy of `quick_run`'s
+    run as `quick` (the shared run itself is only read) and `broken`, a copy whose checkpoint
+    files are truncated. Returns a namespace with `url`, `root` and `demo`; the server is closed
+    at the end of the session."""
+    import os
+    import shutil
+    import socket
+    import types
+
+    from benchmarks import app, app_core, compile_time
+
+    root = tmp_path_factory.mktemp("runs_root")
+    shutil.copytree(quick_run.out, root / "quick")
+    broken = root / "broken"
+    shutil.copytree(quick_run.out, broken)
+    for path in (broken / "checkpoints").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 16)
+    os.utime(root / "quick" / "results.json")  # the newest run: the page's default
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the session's persistent compilation cache, as `python -m benchmarks.app` uses the
+    # benchmark's: Compare on the run's own task count reads quick_run's programs back
+    with compile_time.persistent_cache(compile_cache, log=print):
+        demo = app.launch(app_core.AppOptions(str(root), "127.0.0.1", port), block=False, quiet=True)
+        yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo)
+        demo.jobs.cancel_all()
+        demo.close()
