@@ -1,6 +1,6 @@
 """The equality checks of tests/test_sharding.py, in one process with 8 forced CPU devices.
 
-Run as `python tests/_sharding_checks.py` with `XLA_FLAGS=--xla_force_host_platform_device_count=8`
+Run as `python tests/_sharding_checks.py [CHECK ...]` (default: every check of `CHECKS`) with `XLA_FLAGS=--xla_force_host_platform_device_count=8`
 set before JAX starts (tests/test_sharding.py does, once per session); prints one JSON object:
 for each check the largest absolute and relative differences between the sharded and the
 single-device results, whether the outputs carry the expected shardings, and the errors of the
@@ -63,21 +63,29 @@ def check_meta_maml(out: dict) -> None:
     from maml import MetaMAML, sample_sinusoid_tasks
     from ssm_jax import sharding
 
-    mlp = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(32), nn.relu, nn.Dense(1)])
+    mlp = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(1)])
     params = mlp.init(jax.random.key(0), jnp.zeros((1, 1)))
     tasks = sample_sinusoid_tasks(jax.random.key(1), 8)
-    kw = dict(inner_lr=0.01, outer_lr=0.001, num_inner_steps=2, first_order=False)
+    kw = dict(inner_lr=0.01, outer_lr=0.001, num_inner_steps=1, first_order=False)
     single = MetaMAML(mlp, **kw)
     state = single.init(params)
-    ref_state, ref_metrics = single.meta_update(state, tasks)
-    ref_state, ref_metrics2 = single.meta_update(ref_state, tasks)
-    for n in (2, 8):
+    first_state, ref_metrics = single.meta_update(state, tasks)
+    ref_state, ref_metrics2 = single.meta_update(first_state, tasks)
+    for n in (8,):
         mesh = sharding.make_mesh(n)
         algo = MetaMAML(mlp, **kw, mesh=mesh)
         s, m = algo.meta_update(algo.init(params), tasks)
         s, m2 = algo.meta_update(s, tasks)
         out[f"meta_maml_{n}"] = {"state": diff(s, ref_state), "metrics": diff((m, m2), (ref_metrics, ref_metrics2)),
                                  "replicated": all_replicated((s, m2), mesh),
+                                 "devices": len(s.params["params"]["layers_0"]["kernel"].sharding.device_set)}
+    # one update per further mesh size (2 and 4 devices: other splits of the same 8 tasks)
+    for n in (2, 4):
+        mesh = sharding.make_mesh(n)
+        algo = MetaMAML(mlp, **kw, mesh=mesh)
+        s, m = algo.meta_update(algo.init(params), tasks)
+        out[f"meta_maml_{n}"] = {"state": diff(s, first_state), "metrics": diff(m, ref_metrics),
+                                 "replicated": all_replicated((s, m), mesh),
                                  "devices": len(s.params["params"]["layers_0"]["kernel"].sharding.device_set)}
     mesh = sharding.make_mesh(4)
     algo = MetaMAML(mlp, **kw, mesh=mesh)
@@ -119,7 +127,7 @@ def check_rollout(out: dict) -> None:
     import envs
     from ssm_jax import SSMPolicy, sharding
 
-    policy = SSMPolicy(obs_dim=4, action_dim=2, state_dim=8, hidden_dim=16)
+    policy = SSMPolicy(obs_dim=4, action_dim=2, state_dim=4, hidden_dim=8)
     params = policy.init(jax.random.key(7), jnp.zeros((1, 1, 4)))
     dist = envs.CartPoleTasks()
     task = jax.tree.map(lambda x: x[0], dist.sample(jax.random.key(8), 1))
@@ -159,11 +167,15 @@ def check_ppo(out: dict) -> None:
     out["ppo_indivisible"] = error_of(lambda: PPO(policy, PPOConfig(num_tasks=6), mesh=mesh))
 
 
+CHECKS = {"meta_maml": check_meta_maml, "maml_rl": check_maml_rl, "rollout": check_rollout, "ppo": check_ppo}
+
+
 def main() -> None:
     import time
 
     out = {"device_count": jax.device_count(), "seconds": {}}
-    for check in (check_meta_maml, check_maml_rl, check_rollout, check_ppo):
+    names = sys.argv[1:] or list(CHECKS)
+    for check in (CHECKS[n] for n in names):
         t0 = time.perf_counter()
         check(out)
         out["seconds"][check.__name__] = time.perf_counter() - t0

@@ -2,9 +2,10 @@
 
 The device count of a JAX process is fixed when JAX starts, so the sharded checks run in a
 subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=8`: ONE script
-(`tests/_sharding_checks.py`, run once by the module fixture `checks`) computes every sharded
-result and its single-device reference (the same call without a mesh) and prints JSON that the
-small tests below read.
+(`tests/_sharding_checks.py`) computes the sharded results and their single-device references
+(the same calls without a mesh) and prints JSON that the small tests below read. It runs once
+per module fixture: `checks` (MetaMAML, rollouts; default run) and `rl_checks` (MAMLRL, PPO,
+whose compilations dominate; slow).
 
 Tolerance: rtol 1e-5, atol 1e-6 (`numpy.allclose`), leaf by leaf. Splitting a batch axis over
 devices changes nothing but the order of the cross-device sums (the task means of the losses
@@ -36,19 +37,30 @@ def forced_env(devices: int) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def checks():
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_sharding_checks.py")], cwd=REPO,
-                          env=forced_env(8), capture_output=True, text=True, timeout=900)
+def run_checks(*names: str) -> dict:
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_sharding_checks.py"), *names], cwd=REPO,
+                          env=forced_env(8), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def checks():
+    """The default run's checks: MetaMAML and the rollouts (one subprocess per module)."""
+    return run_checks("meta_maml", "rollout")
+
+
+@pytest.fixture(scope="module")
+def rl_checks():
+    """The slow checks, MAMLRL and PPO (their compilations dominate): one more subprocess."""
+    return run_checks("maml_rl", "ppo")
 
 
 def test_eight_forced_devices(checks):
     assert checks["device_count"] == 8
 
 
-@pytest.mark.parametrize("n", [2, 8])
+@pytest.mark.parametrize("n", [2, 4, 8])
 def test_meta_maml_sharded_equals_one_device(checks, n):
     c = checks[f"meta_maml_{n}"]
     assert c["state"]["close"], c
@@ -56,9 +68,10 @@ def test_meta_maml_sharded_equals_one_device(checks, n):
     assert c["replicated"] and c["devices"] == n, c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [8])
-def test_maml_rl_sharded_equals_one_device(checks, n):
-    c = checks[f"maml_rl_{n}"]
+def test_maml_rl_sharded_equals_one_device(rl_checks, n):
+    c = rl_checks[f"maml_rl_{n}"]
     assert c["state"]["close"], c
     assert c["metrics"]["close"], c
     assert c["replicated"], c
@@ -76,8 +89,9 @@ def test_rollout_tasks_task_axis_sharded_equals_one_device(checks):
     assert c["sharded"], c
 
 
-def test_ppo_sharded_equals_one_device(checks):
-    c = checks["ppo_4"]
+@pytest.mark.slow
+def test_ppo_sharded_equals_one_device(rl_checks):
+    c = rl_checks["ppo_4"]
     assert c["state"]["close"], c
     assert c["metrics"]["close"], c
     assert c["replicated"], c
@@ -88,11 +102,16 @@ def test_batch_placement_is_sharded(checks):
 
 
 @pytest.mark.parametrize("name,arg,size", [("meta_maml_indivisible", "num_tasks", 6),
-                                           ("maml_rl_indivisible", "num_tasks", 6),
-                                           ("rollout_indivisible", "num_envs", 6),
-                                           ("ppo_indivisible", "num_tasks", 6)])
+                                           ("rollout_indivisible", "num_envs", 6)])
 def test_indivisible_batch_is_a_clear_error(checks, name, arg, size):
     assert checks[name].startswith(f"{arg}={size} is not divisible by the 4 devices of the mesh"), checks[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg,size", [("maml_rl_indivisible", "num_tasks", 6),
+                                           ("ppo_indivisible", "num_tasks", 6)])
+def test_indivisible_rl_batch_is_a_clear_error(rl_checks, name, arg, size):
+    assert rl_checks[name].startswith(f"{arg}={size} is not divisible by the 4 devices of the mesh"), rl_checks[name]
 
 
 # ------------------------------------------------------------------ in-process, no devices needed
