@@ -193,6 +193,8 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     t_eval = time.perf_counter()
     log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
+    if mesh is not None:  # evaluation runs on one device, from host copies of the trained states
+        states = {name: jax.device_get(s) for name, s in states.items()}
     measurement = measure(config, trainers, states, log=log)
     methods = method_results(config, trainers, measurement)
     eval_s = time.perf_counter() - t_eval

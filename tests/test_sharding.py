@@ -151,6 +151,18 @@ def test_devices_flag_checked_before_jax():
         assert exc.value.code == 2
 
 
+def test_more_devices_than_available_names_both_numbers():
+    import jax
+
+    from benchmarks.training import training_mesh
+
+    have = jax.device_count()
+    with pytest.raises(ValueError, match=rf"--devices={have + 3} exceeds the {have} available cpu device\(s\); "
+                                         rf"on a CPU, make {have + 3} host devices"):
+        training_mesh(have + 3, num_seeds=2)
+    assert training_mesh(1, num_seeds=3) is None
+
+
 # ---------------------------------------------------------------------------- several processes
 def free_port() -> int:
     with socket.socket() as s:
