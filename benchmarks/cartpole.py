@@ -103,7 +103,10 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     if options.resume:
         rundir.check_resumable(out, trainer_names(config.methods))
         rundir.remove_stale_temporaries(out)
-    trainers = {name: build_trainer(name, config) for name in trainer_names(config.methods)}
+    from benchmarks.training import training_mesh
+
+    mesh = training_mesh(options.devices or 1, config.num_seeds)
+    trainers = {name: build_trainer(name, config, mesh=mesh) for name in trainer_names(config.methods)}
     states, histories = {}, {}
     if options.eval_only:  # every checkpoint loads before `out` is touched
         for name, trainer in trainers.items():
@@ -128,7 +131,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
     try:
         results = _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved,
-                                      cache_before)
+                                      cache_before, mesh)
     except BaseException:
         if replacing:  # failed or stopped before its first checkpoint (or, evaluating, before
             rundir.restore_previous(replacing.pop())  # its results): the old run comes back
@@ -139,10 +142,12 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 
 def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: dict, states: dict,
-                        histories: dict, source: str, t_start: float, saved, cache_before: dict) -> dict:
+                        histories: dict, source: str, t_start: float, saved, cache_before: dict,
+                        mesh=None) -> dict:
     """The rest of `run`: train every trainer (`states`/`histories` already hold the loaded
     ones of an evaluation), evaluate, write the results; `saved(trainer, step)` follows each
-    complete checkpoint; `cache_before`: `compile_time.cache_counts()` when the run started."""
+    complete checkpoint; `cache_before`: `compile_time.cache_counts()` when the run started;
+    `mesh`: the training mesh (`benchmarks.training.training_mesh`, None: one device)."""
     import jax
 
     from benchmarks import compile_time
@@ -155,7 +160,8 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     out = options.out
     timing_train = {}
     log(f"benchmarks.cartpole: suite {config.suite}, methods {list(config.methods)}, {config.num_seeds} seeds, "
-        f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), out={out}")
+        f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cpus), "
+        f"{1 if mesh is None else mesh.size} device(s), out={out}")
     compile_s = run_s = 0.0
     env_steps = 0
     for name, trainer in trainers.items():
@@ -173,7 +179,7 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
             resume=options.resume is not None, per_seed=(trainer.return_metric,),
             same_run=same_run, migrate_history=trainer.migrate_history, log=log,
             label=trainer_label(name, config.methods),
-            metrics_log=MetricsLog(out, name, tensorboard=options.tensorboard))
+            metrics_log=MetricsLog(out, name, tensorboard=options.tensorboard), mesh=mesh)
         states[name] = result.states
         histories[name] = result.history
         compile_s += result.compile_s
@@ -187,6 +193,8 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     t_eval = time.perf_counter()
     log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
+    if mesh is not None:  # evaluation runs on one device, from host copies of the trained states
+        states = {name: jax.device_get(s) for name, s in states.items()}
     measurement = measure(config, trainers, states, log=log)
     methods = method_results(config, trainers, measurement)
     eval_s = time.perf_counter() - t_eval
@@ -205,6 +213,7 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
                    "env_steps_per_s": env_steps / run_s if run_s > 0 else None,
                    "per_model": timing_train, "eval_only": options.eval_only,
                    "compile_cache": compile_time.active_cache(),
+                   "devices": 1 if mesh is None else int(mesh.size),
                    "compile_cache_hits": cache_counts["hits"] - cache_before["hits"],
                    "compile_cache_writes": cache_counts["writes"] - cache_before["writes"]},
         "versions": versions(),

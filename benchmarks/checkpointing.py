@@ -16,6 +16,12 @@ re-raising it in the caller, and tensorstore reports read callbacks that arrive 
 restore has closed its event loop ("Event loop is closed"); both are noise about an error this
 module already raises, so `Checkpointer` drops exactly those reports (`_quiet_orbax`).
 
+Sharded state (`ssm_jax.sharding`): a state whose arrays span several processes (a
+`jax.distributed` run) is saved as it is: every process calls `save` and orbax writes each
+process's shards; `restore` onto a target of such arrays gives arrays with the target's
+shardings (the same number of processes, so the same layout). A state that one process holds
+entirely (one device, or a mesh of this process's devices) is saved from host copies as before.
+
 Resuming (`restore(..., fallback=log)`) falls back to the newest readable step when the latest
 cannot be read, moving the unreadable step aside to `<step>.unreadable` with a warning.
 """
@@ -102,6 +108,11 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+def _addressable(tree: Any) -> bool:
+    """Whether this process holds every leaf of `tree` entirely (no multi-process global array)."""
+    return all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree))
+
+
 class Checkpointer:
     """Save and restore `(state, metadata)` checkpoints in `directory`.
 
@@ -146,7 +157,8 @@ class Checkpointer:
         """
         _quiet_orbax()
         step = int(step)
-        state = jax.device_get(state)
+        if _addressable(state):  # else: global arrays of several processes, written shard by shard
+            state = jax.device_get(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
         threads = set(threading.enumerate())
         try:
@@ -194,7 +206,11 @@ class Checkpointer:
         step = max(steps) if step is None else int(step)
         if step not in steps:
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory!r}; have {steps}")
-        abstract = jax.tree.map(np.asarray, jax.device_get(target))
+        if _addressable(target):
+            abstract = jax.tree.map(np.asarray, jax.device_get(target))
+        else:  # restored onto the target's shardings, each process reading its shards
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                                   sharding=getattr(x, "sharding", None)), target)
         candidates = sorted(steps, reverse=True) if fallback is not None else [step]
         errors = []
         for s in candidates:

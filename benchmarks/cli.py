@@ -34,7 +34,7 @@ from benchmarks.config import MAX_SEED, MODES, BenchmarkConfig, config_file_form
 from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
 from envs.suites import SUITE_NAMES, SUITES
-from ssm_jax.validation import check_choice
+from ssm_jax.validation import check_choice, check_int
 
 PROG = "python -m benchmarks.cartpole"
 DEFAULT_OUT = os.path.join("results", "cartpole")
@@ -78,7 +78,8 @@ class RunOptions:
     debug: a runtime fault shows its full traceback (else one line); all_suites (`--suite
     all`): run the config once per suite (`envs.suites.SUITE_NAMES`) into `out/<suite>/`;
     compile_cache: JAX's persistent compilation cache directory (`compile_cache_dir`), None:
-    off."""
+    off; devices: how many devices (`--devices`) training spreads over (None: one, the default
+    device)."""
 
     out: str
     resume: Optional[str]
@@ -90,6 +91,7 @@ class RunOptions:
     debug: bool = False
     all_suites: bool = False
     compile_cache: Optional[str] = None
+    devices: Optional[int] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval_only", action="store_true", help="evaluate saved params only (needs --checkpoint)")
     a("--checkpoint", metavar="DIR", default=None,
       help="with --eval_only: a run directory (or its checkpoints/ dir) to load the final params from")
+    a("--devices", metavar="N", default=None,
+      help="spread training over the first N devices (jax.sharding): the seeds, then each "
+           "trainer's tasks, split over them; results equal one device's up to float "
+           "reassociation. On a CPU, make N host devices first with "
+           "XLA_FLAGS=--xla_force_host_platform_device_count=N [default: 1]")
     a("--debug", action="store_true",
       help="show the full traceback of a runtime error (default: one line)")
     a("--compile_cache", metavar="DIR|none", default=None,
@@ -242,7 +249,8 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     args = parser.parse_args(argv)
     try:
         config, options = _build(args)
-        options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache))
+        options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache),
+                                      devices=_devices(args.devices))
         if args.print_config is not None:
             fmt = args.print_config or (config_file_format(args.config) if args.config else "toml")
             return config, dataclasses.replace(options, print_config=fmt)
@@ -252,6 +260,18 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     except ValueError as err:  # RunDirError included
         parser.error(str(err))
         raise  # unreachable
+
+
+def _devices(value: Optional[str]) -> Optional[int]:
+    """`--devices N` as a positive int (None if not given); whether N devices exist is checked
+    when the run starts JAX (`ssm_jax.sharding.check_devices`)."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"--devices must be a positive int, got {value!r}") from None
+    return check_int("--devices", number)
 
 
 def _check_tensorboard(options: RunOptions) -> bool:

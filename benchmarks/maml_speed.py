@@ -418,7 +418,7 @@ def main(argv=None):
     if args.reference_script is not None:
         def reference():
             return run_reference(args.reference_python, args.reference_script, threads, args.reference_reps)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform} with {threads} thread(s)"
+    print(f"jax {jax.__version__} on {jax.default_backend()} with {threads} thread(s)"
           f"{' (single-threaded XLA)' if args.single_thread else ''}; {repeats} timed calls each "
           f"(median and min); {load_note()}; numbers are noisy on a shared CPU")
     if reference is not None:

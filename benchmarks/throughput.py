@@ -144,7 +144,7 @@ def main(argv=None):
         (f"MLP (hidden {args.hidden_dim})", mlp, mlp.init(jax.random.PRNGKey(0), obs)),
     ]
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {num_steps} steps per rollout, "
+    print(f"jax {jax.__version__} on {jax.default_backend()}, {num_steps} steps per rollout, "
           f"median of >= {min_time:.1f} s of interleaved runs each (shared CPU: compare ratios)")
     header = f"{'policy':<36}{'envs':>6}{'steps/s':>14}{'vs ceiling':>12}{'compile s':>11}"
     print(header)

@@ -127,34 +127,37 @@ def _action_dim(env) -> int:
     return int(env.num_actions)
 
 
-def _non_adaptive(name, config, env, task_dist) -> Trainer:
+def _non_adaptive(name, config, env, task_dist, mesh=None) -> Trainer:
     policy = config.policy.mlp(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
-    algo = maml.PPO(policy, config.non_adaptive, env=env, task_dist=task_dist)
+    algo = maml.PPO(policy, config.non_adaptive, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
 
 
-def _non_adaptive_ssm(name, config, env, task_dist) -> Trainer:
+def _non_adaptive_ssm(name, config, env, task_dist, mesh=None) -> Trainer:
     ppo = config.non_adaptive_ssm  # carry_across_episodes is False (BenchmarkConfig checks it)
     policy = config.policy.ssm(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
-    algo = maml.PPO(policy, ppo, env=env, task_dist=task_dist)
+    algo = maml.PPO(policy, ppo, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, ppo.total_iterations)
 
 
-def _in_context(name, config, env, task_dist) -> Trainer:
+def _in_context(name, config, env, task_dist, mesh=None) -> Trainer:
     import jax
 
     env = envs.ContextWrapper(env)
     p = config.in_context_policy
     policy = p.build(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env),
                      parallel=p.core != "ssm" and jax.default_backend() != "cpu")
-    algo = maml.PPO(policy, config.in_context, env=env, task_dist=task_dist)
+    algo = maml.PPO(policy, config.in_context, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, config.in_context.total_iterations)
 
 
 def _maml(make_policy: Callable) -> Callable:
-    def build(name, config, env, task_dist) -> Trainer:
+    def build(name, config, env, task_dist, mesh=None) -> Trainer:
+        from ssm_jax import sharding
+
+        sharding.check_divisible("--tasks_per_epoch", config.maml.tasks_per_update, mesh)
         policy = make_policy(config.policy, obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
-        algo = maml.MAMLRL(policy, config.maml.algorithm_config, env=env)
+        algo = maml.MAMLRL(policy, config.maml.algorithm_config, env=env, mesh=mesh)
         return MAMLTrainer(name, policy, env, algo, config.maml.num_meta_updates, task_dist,
                            config.maml.tasks_per_update)
     return build
@@ -163,7 +166,8 @@ def _maml(make_policy: Callable) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class TrainerSpec:
     """sections: the `BenchmarkConfig` sections the trainer reads; build: `(name, config, env,
-    task_dist) -> Trainer`."""
+    task_dist, mesh=None) -> Trainer` (`mesh`: `benchmarks.training.training_mesh`, whose
+    `"batch"` axis splits the trainer's task axis)."""
 
     sections: tuple
     build: Callable
@@ -178,13 +182,14 @@ TRAINERS = {
 }
 
 
-def build_trainer(name: str, config: "BenchmarkConfig", env=None) -> Trainer:
+def build_trainer(name: str, config: "BenchmarkConfig", env=None, mesh=None) -> Trainer:
     """The trainer `name` (a `TRAINERS` key) of `config`, training on the train split of the
     suite `config.suite` (`envs.suites.SUITES`) in `env` (default: the suite's environment;
-    the standard suite's is `envs.make(config.env_name)[0]`)."""
+    the standard suite's is `envs.make(config.env_name)[0]`), its task axis split over the
+    `"batch"` axis of `mesh` (None: one device; a ValueError if the tasks do not divide it)."""
     suite = envs.get_suite(config.suite)
     env = suite.env() if env is None else env
-    return TRAINERS[name].build(name, config, env, suite)
+    return TRAINERS[name].build(name, config, env, suite, mesh)
 
 
 def sections_used(trainer_names) -> set:

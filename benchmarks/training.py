@@ -19,6 +19,12 @@ has run (`(i + 1) * env_steps_per_update`) and the training run time so far in s
 seeds at once, compilation excluded, spread evenly over a chunk's iterations; a resumed run
 continues from the checkpoint's value). Histories stored without them stay loadable.
 
+Devices (`mesh`, `training_mesh`): with a mesh of several devices the seed axis is split over
+its `"seed"` axis (states, keys and every iteration's work) and whatever the mesh's `"batch"`
+axis holds splits the trainers' own batch axes (`ssm_jax.sharding`: MAML's tasks, PPO's
+rollout tasks); `jax.vmap(update, spmd_axis_name="seed")` keeps both. Keys are split per seed
+and task exactly as on one device, so the numbers are the same up to float reassociation.
+
 Progress: a tqdm bar per trainer on stderr (iterations, elapsed time, ETA, env steps/s of all
 seeds, the mean return), a line before each compilation saying what compiles, and one line
 per chunk (iteration, mean of every metric, env steps/s). `metrics_log` (a
@@ -41,6 +47,47 @@ from benchmarks.checkpointing import Checkpointer, CheckpointError
 
 INIT_STREAM = 0
 TRAIN_STREAM = 1
+
+
+SEED_AXIS = "seed"
+
+
+def training_mesh(num_devices: int, num_seeds: int):
+    """The 2-D mesh `("seed", "batch")` of the first `num_devices` devices (`ssm_jax.sharding`):
+    the seed axis gets `gcd(num_seeds, num_devices)` devices (so the seeds split evenly), the
+    batch axis the rest (the trainers' task axes must divide it). None for one device."""
+    import math
+
+    import numpy as np
+
+    from ssm_jax import sharding
+
+    n = sharding.check_devices("--devices", num_devices)
+    if n == 1:
+        return None
+    seeds = math.gcd(num_seeds, n)
+    devices = np.asarray(sharding.make_mesh(n).devices).reshape(seeds, n // seeds)
+    return jax.sharding.Mesh(devices, (SEED_AXIS, sharding.BATCH_AXIS))
+
+
+def _seed_sharded(tree, mesh):
+    """`tree` (leading seed axis on every leaf) split over `mesh`'s seed axis (None: as is)."""
+    if mesh is None:
+        return tree
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    return jax.device_put(tree, NamedSharding(mesh, P(SEED_AXIS)))
+
+
+def _chunk_shardings(mesh) -> dict:
+    """`jax.jit` keywords of a chunk on `mesh`: states stay split over the seed axis (leading)
+    and the metrics `(chunk, seeds, ...)` over it too, so every chunk takes the layout the
+    previous one returned. Nothing for one device."""
+    if mesh is None:
+        return {}
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    return {"out_shardings": (NamedSharding(mesh, P(SEED_AXIS)), NamedSharding(mesh, P(None, SEED_AXIS)))}
 
 
 def seed_keys(seed: int, num_seeds: int, stream: int) -> jax.Array:
@@ -76,7 +123,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
           same_run: Callable[[Any, dict], bool] = operator.eq,
           migrate_history: Callable[[dict], dict] = dict,
           log: Callable[[str], None] = print, label: Optional[str] = None,
-          metrics_log=None, progress: bool = True) -> TrainResult:
+          metrics_log=None, progress: bool = True, mesh=None) -> TrainResult:
     """Train (or resume) one model for all seeds; see the module docstring.
 
     Args:
@@ -94,12 +141,16 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
       metrics_log: `start(history)` / `write(history, first, stop)` / `close()` receiver of
         every iteration (None: no metric files).
       progress: show the tqdm bar.
+      mesh: None (one device) or a `training_mesh`: the seed axis split over its `"seed"` axis
+        (`init`/`update` must have been built with the same mesh for its `"batch"` axis).
     """
     label = name if label is None else label
     metadata = {} if metadata is None else dict(metadata)
     init_keys = seed_keys(seed, num_seeds, INIT_STREAM)
     train_keys = seed_keys(seed, num_seeds, TRAIN_STREAM)
-    states = jax.jit(jax.vmap(init))(init_keys)
+    init_keys, train_keys = _seed_sharded((init_keys, train_keys), mesh)
+    spmd = None if mesh is None else SEED_AXIS
+    states = _seed_sharded(jax.jit(jax.vmap(init, spmd_axis_name=spmd))(init_keys), mesh)
     history: dict = {}
     start = 0
     resumed_from = None
@@ -109,6 +160,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
             raise CheckpointError(
                 f"checkpoint in {checkpointer.directory!r} was written by a different "
                 f"configuration; stored {meta.get('run')!r}, this run {metadata!r}")
+        states = _seed_sharded(states, mesh)
         history = migrate_history(meta.get("history", {}))
         resumed_from = start
         log(f"[{label}] resumed from checkpoint at iteration {start}/{iterations}")
@@ -118,7 +170,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     def run_chunk(states, start_it, length):
         def body(s, i):
             keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(train_keys)
-            return jax.vmap(update)(s, keys)
+            return jax.vmap(update, spmd_axis_name=spmd)(s, keys)
 
         return jax.lax.scan(body, states, start_it + jnp.arange(length))
 
@@ -139,7 +191,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
                 log(f"[{label}] compiling a chunk of {length} iterations x {num_seeds} seeds (one jit "
                     f"of the whole update; can take a minute) ...")
                 t0 = time.perf_counter()
-                compiled[length] = (jax.jit(run_chunk, static_argnums=2)
+                compiled[length] = (jax.jit(run_chunk, static_argnums=2, **_chunk_shardings(mesh))
                                     .lower(states, jnp.int32(it), length).compile())
                 compile_s += time.perf_counter() - t0
                 log(f"[{label}] compiled in {time.perf_counter() - t0:.1f}s")

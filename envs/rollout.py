@@ -31,6 +31,7 @@ from gymnax.environments.environment import Environment
 
 from envs.observation import check_obs_mode, observe
 from envs.registry import DEFAULT_ENV_NAME, make
+from ssm_jax import sharding
 from ssm_jax.validation import check_bool, check_finite, check_int
 
 
@@ -266,6 +267,7 @@ def _check_policy_uncached(policy, env: Environment, obs_mode: str) -> None:
         "env",
         "deterministic",
         "unroll",
+        "mesh",
     ),
 )
 def _rollout(
@@ -281,14 +283,16 @@ def _rollout(
     env: Environment,
     deterministic: bool,
     unroll: int,
+    mesh=None,
 ) -> Trajectory:
     vstep = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     key_reset, key_steps = jax.random.split(key)
-    full_obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+    # the env axis over the mesh's devices (mesh None: no-op); keys are split per env as always
+    full_obs, env_state = sharding.constrain(jax.vmap(env.reset, in_axes=(0, None))(
         jax.random.split(key_reset, num_envs), task
-    )
+    ), mesh)
     obs = observe(full_obs, obs_mode, env).astype(jnp.float32)
-    carry = policy.initialize_carry(num_envs)
+    carry = sharding.constrain(policy.initialize_carry(num_envs), mesh)
     reset = jnp.ones((num_envs,), dtype=bool)
     running = jnp.zeros((num_envs,), dtype=jnp.float32)
     never = jnp.zeros((num_envs,), dtype=bool)
@@ -336,7 +340,7 @@ def _rollout(
     # time-major (T, E, ...) -> env-major (E, T, ...)
     ys = jax.tree_util.tree_map(lambda y: jnp.swapaxes(y, 0, 1), ys)
     last_out, _ = policy.apply(params, last_obs, carry, policy_reset(last_reset), method="step")
-    return Trajectory(
+    return sharding.constrain(Trajectory(
         obs=ys[0],
         actions=ys[1],
         rewards=ys[2],
@@ -351,7 +355,7 @@ def _rollout(
         last_reset=last_reset,
         last_value=last_out.value.astype(jnp.float32),
         final_carry=carry,
-    )
+    ), mesh)
 
 
 def rollout(
@@ -367,6 +371,7 @@ def rollout(
     env: Environment | None = None,
     deterministic: bool = False,
     unroll: int = 1,
+    mesh=None,
 ) -> Trajectory:
     """Roll out `policy` for `num_steps` steps in `num_envs` parallel copies of ONE task.
 
@@ -396,9 +401,14 @@ def rollout(
         caches); `None` means CartPole-v1.
       deterministic: act with `dist.mode()` instead of sampling.
       unroll: `lax.scan` unroll factor (a speed knob; results do not depend on it).
+      mesh: None (one device) or a `jax.sharding.Mesh` with a `"batch"` axis
+        (`ssm_jax.sharding.make_mesh`): the env axis is split over its devices (`num_envs`
+        must be divisible by them); the numbers are those of one device (each env's key is
+        split from `key` exactly as without a mesh). Static.
 
     Returns:
-      A `Trajectory` with leading axes `(num_envs, num_steps)`; see its docstring. Actions are
+      A `Trajectory` with leading axes `(num_envs, num_steps)`; see its docstring (with a
+      `mesh`, every leaf split along its env axis over the mesh). Actions are
       `stop_gradient`-ed; `log_probs` and `values` are differentiable functions of `params`
       (their gradient is the score-function gradient at fixed samples), but callers such as
       MAML-RL usually recompute log-probs from `traj.obs`/`traj.actions`/`traj.resets`
@@ -421,6 +431,8 @@ def rollout(
     num_envs = check_int("num_envs", num_envs)
     num_steps = check_int("num_steps", num_steps)
     unroll = check_int("unroll", unroll)
+    mesh = sharding.check_mesh("mesh", mesh)
+    sharding.check_divisible("num_envs", num_envs, mesh)
     env = _resolve_env(env)
     check_obs_mode(obs_mode, env)
     task = env.default_params if task is None else task
@@ -440,6 +452,7 @@ def rollout(
         env=env,
         deterministic=check_bool("deterministic", deterministic),
         unroll=unroll,
+        mesh=mesh,
     )
 
 
@@ -451,6 +464,7 @@ def rollout_tasks(
     *,
     params_per_task: bool = False,
     env: Environment | None = None,
+    mesh=None,
     **kwargs,
 ) -> Trajectory:
     """`rollout` `vmap`ped over a batch of tasks.
@@ -466,10 +480,14 @@ def rollout_tasks(
         `CartPoleTasks.sample`).
       params_per_task: whether `params` has a leading task axis.
       env, **kwargs: as in `rollout` (`num_envs`, `num_steps`, `obs_mode`, ...).
+      mesh: None (one device) or a `jax.sharding.Mesh` with a `"batch"` axis: the task axis
+        (each task's `num_envs` environments, its key and, with `params_per_task`, its params)
+        is split over its devices; `N` must be divisible by them. The numbers are those of
+        one device.
 
     Returns:
       A `Trajectory` with leading axes `(N, num_envs, num_steps)` (`final_carry` leaves
-      `(N, num_envs, ...)`).
+      `(N, num_envs, ...)`; with a `mesh`, split along the task axis).
 
     Equivalently, from the outside::
 
@@ -488,6 +506,8 @@ def rollout_tasks(
         )
     n = jnp.shape(leaves[0])[0]
     _check_task(tasks, env, (n,), "rollout_tasks")
+    mesh = sharding.check_mesh("mesh", mesh)
+    sharding.check_divisible("num_tasks", n, mesh)
     if params_per_task:
         bad = [jnp.shape(p) for p in jax.tree_util.tree_leaves(params) if jnp.shape(p)[:1] != (n,)]
         if bad:
@@ -499,6 +519,8 @@ def rollout_tasks(
     def one(k, p, t):
         return rollout(k, policy, p, t, env=env, **kwargs)
 
-    return jax.vmap(one, in_axes=(0, 0 if params_per_task else None, 0))(
-        jax.random.split(key, n), params, tasks
-    )
+    keys, tasks = sharding.constrain((jax.random.split(key, n), tasks), mesh)
+    if params_per_task:
+        params = sharding.constrain(params, mesh)
+    traj = jax.vmap(one, in_axes=(0, 0 if params_per_task else None, 0))(keys, params, tasks)
+    return sharding.constrain(traj, mesh)

@@ -25,6 +25,7 @@ import jax
 
 from maml import core
 from maml.config import MAMLConfig
+from ssm_jax import sharding
 from ssm_jax.validation import check_finite, check_params, real_array
 
 
@@ -61,12 +62,17 @@ class MetaMAML:
         ``core.build_mask``): None (all), a predicate ``(path, leaf) -> bool``,
         path substrings such as ``["Dense_2"]`` (ANIL: the head only), or a
         bool pytree.
+      mesh: None (one device) or a ``jax.sharding.Mesh`` with a ``"batch"`` axis
+        (``ssm_jax.sharding.make_mesh``): ``meta_update`` then splits the task axis over its
+        devices (the number of tasks must be divisible by them) and keeps the state
+        replicated; the meta-gradient is reduced across devices inside the jitted step, so
+        the results equal the single-device ones up to float reassociation.
     """
 
     def __init__(self, model, inner_lr: float = 0.01, outer_lr: float = 0.001,
                  num_inner_steps: int = 1, first_order: bool = False, loss_fn=None,
                  grad_clip: Optional[float] = None, learn_inner_lr: bool = False,
-                 adapt_filter=None, remat_inner: bool = False):
+                 adapt_filter=None, remat_inner: bool = False, mesh=None):
         self.config = MAMLConfig(inner_lr=inner_lr, outer_lr=outer_lr,
                                  num_inner_steps=num_inner_steps, first_order=first_order,
                                  grad_clip=grad_clip, learn_inner_lr=learn_inner_lr,
@@ -78,6 +84,7 @@ class MetaMAML:
         self.loss_fn = core.mse_loss if loss_fn is None else loss_fn
         self.objective = core.supervised_objective(self.apply_fn, self.loss_fn)
         self.adapt_filter = adapt_filter
+        self.mesh = sharding.check_mesh("mesh", mesh)
         self.optimizer = core.make_optimizer(self.config.outer_lr, self.config.grad_clip)
         self._set_mask = core.MaskCache(adapt_filter)
         self._meta_update = jax.jit(self._meta_update_impl)
@@ -213,15 +220,21 @@ class MetaMAML:
     # ------------------------------------------------------------ meta-update
     def _meta_update_impl(self, state, tasks):
         self._check_tasks(state.params, tasks)
+        tasks = sharding.constrain(tasks, self.mesh)  # the task axis over the mesh's devices
         loss = functools.partial(core.meta_loss, **self._kw(state.params))
-        return core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
-                                learn_inner_lr=self.config.learn_inner_lr)
+        out = core.meta_update(state, tasks, loss=loss, optimizer=self.optimizer,
+                               learn_inner_lr=self.config.learn_inner_lr)
+        return sharding.constrain_replicated(out, self.mesh)
 
     def meta_update(self, state: Optional[core.MetaState] = None, tasks=None):
         """One jitted meta-step. Returns ``(state, metrics)``; metrics holds
         ``pre_query_loss``, ``post_query_loss``, ``pre_support_loss``,
         ``meta_loss`` and ``meta_grad_norm`` (scalars). ``meta_update(state, tasks=...)`` is the
-        seeds' ``meta_update(tasks)`` with the state passed in and returned."""
+        seeds' ``meta_update(tasks)`` with the state passed in and returned.
+
+        With a ``mesh``, the tasks are split over its devices (a ``ValueError`` if their number
+        is not divisible by the mesh's devices) and the state is replicated on them; the
+        returned state and metrics are replicated."""
         if not isinstance(state, core.MetaState):
             raise ValueError(
                 "state must be the MetaState returned by init(params) (meta_update(state, tasks) "
@@ -229,7 +242,12 @@ class MetaMAML:
         tasks = _required("meta_update", "tasks", tasks)
         core.check_tasks(tasks)
         check_params("state.params", state.params, finite=False)
-        return self._meta_update(state, _task_arrays(tasks))
+        tasks = _task_arrays(tasks)
+        if self.mesh is not None:
+            sharding.check_divisible("num_tasks", core.check_tasks(tasks), self.mesh)
+            tasks = sharding.shard_batch(tasks, self.mesh, name="num_tasks")
+            state = sharding.replicate(state, self.mesh)
+        return self._meta_update(state, tasks)
 
 
 _STATE_HINT = (" (the params to adapt, or the MetaState from init/meta_update: this MetaMAML is "

@@ -37,6 +37,7 @@ import optax
 import envs
 from maml import onpolicy
 from maml.config import PPOConfig
+from ssm_jax import sharding
 from ssm_jax.validation import check_params
 
 
@@ -61,13 +62,20 @@ class PPO:
       task_dist: the task distribution (default ``envs.CartPoleTasks()``; an ``envs.Suite``
         too), anything with ``sample(key, num_tasks, split)`` returning tasks of ``env``;
         iterations sample its ``"train"`` split.
+      mesh: None (one device) or a ``jax.sharding.Mesh`` with a ``"batch"`` axis
+        (``ssm_jax.sharding.make_mesh``): each iteration's rollout is split over its devices
+        along the task axis (``config.num_tasks`` must be divisible by them, checked here) and
+        so are the flattened (task, env) rows; the state stays replicated and the gradients
+        are reduced across devices inside the jitted step. Keys are split per task and env
+        exactly as without a mesh, so the numbers are the single-device ones up to float
+        reassociation.
 
     Pure API: ``state = ppo.init(key)``; ``state, metrics = ppo.update(state, key)`` (one
     iteration; jit/vmap/scan it); ``ppo.env_steps_per_update`` env steps per iteration.
     """
 
     def __init__(self, policy, config: Optional[PPOConfig] = None, env=None,
-                 task_dist: Optional[envs.CartPoleTasks] = None):
+                 task_dist: Optional[envs.CartPoleTasks] = None, mesh=None):
         self.config = PPOConfig() if config is None else config
         if not isinstance(self.config, PPOConfig):
             raise ValueError(f"config must be a PPOConfig, got {type(self.config).__name__}")
@@ -81,6 +89,8 @@ class PPO:
             raise ValueError(f"task_dist must be a task distribution with sample(key, n, split) "
                              f"(e.g. envs.CartPoleTasks()), got {type(self.task_dist).__name__}")
         self.obs_dim = envs.obs_dim(self.env, "full")
+        self.mesh = sharding.check_mesh("mesh", mesh)
+        sharding.check_divisible("num_tasks", self.config.num_tasks, self.mesh)
         c = self.config
         lr = c.lr
         if c.anneal_lr:
@@ -138,7 +148,7 @@ class PPO:
         tasks = self.task_dist.sample(k_tasks, c.num_tasks, "train")
         traj = envs.rollout_tasks(k_roll, self.policy, state.params, tasks, num_envs=c.num_envs,
                                   num_steps=c.num_steps, env=self.env,
-                                  carry_across_episodes=c.carry_across_episodes)
+                                  carry_across_episodes=c.carry_across_episodes, mesh=self.mesh)
         rows = c.num_tasks * c.num_envs
         flat = jax.tree.map(lambda x: x.reshape((rows,) + x.shape[2:]),
                             (traj.obs, traj.actions, traj.resets, traj.log_probs, traj.values,
@@ -147,6 +157,7 @@ class PPO:
         adv, targets = onpolicy.gae(rewards * c.reward_scale, values, term, trunc, last_value,
                                     c.gamma, c.gae_lambda)
         data = (obs, actions, onpolicy.policy_resets(resets, c.carry_across_episodes), logp, adv, targets)
+        data = sharding.constrain(data, self.mesh)  # (task, env) rows over the mesh's devices
 
         def minibatch_step(carry, idx):
             params, opt_state = carry
@@ -166,4 +177,5 @@ class PPO:
         episode_return = jnp.where(jnp.isnan(completed), onpolicy.segment_return(traj), completed)
         metrics = {"episode_return": episode_return,
                    "policy_loss": pg, "value_loss": vloss, "entropy": ent, "approx_kl": kl}
-        return PPOState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+        return sharding.constrain_replicated(
+            (PPOState(params=params, opt_state=opt_state, step=state.step + 1), metrics), self.mesh)

@@ -70,6 +70,7 @@ import optax
 import envs
 from maml import baseline, core, onpolicy
 from maml.config import BASELINES, MAMLRLConfig
+from ssm_jax import sharding
 from ssm_jax.validation import check_int, check_params
 
 
@@ -114,6 +115,12 @@ class MAMLRL:
       env: a gymnax environment (default CartPole-v1 via ``envs.make``).
       adapt_filter: which params the inner loop adapts (``core.build_mask``), e.g.
         ``["heads"]`` to adapt only the actor/critic heads.
+      mesh: None (one device) or a ``jax.sharding.Mesh`` with a ``"batch"`` axis
+        (``ssm_jax.sharding.make_mesh``): ``meta_update`` and ``adapt_and_evaluate`` split the
+        task axis (tasks, their keys, the collected data) over its devices and keep the state
+        replicated; the outer gradient is reduced across devices inside the jitted step. Keys
+        are split per task as without a mesh, so results equal the single-device ones up to
+        float reassociation. The number of tasks must be divisible by the mesh's devices.
 
     Pure, jitted API (``N`` tasks, an ``EnvParams`` batch with a leading task axis):
       ``state = algo.init(key)`` or ``algo.init_from_params(params)``;
@@ -124,7 +131,8 @@ class MAMLRL:
     ``config.inner_lr``; meta-learned iff ``config.learn_inner_lr``, otherwise constant).
     """
 
-    def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None):
+    def __init__(self, policy, config: Optional[MAMLRLConfig] = None, env=None, adapt_filter=None,
+                 mesh=None):
         self.config = MAMLRLConfig() if config is None else config
         if not isinstance(self.config, MAMLRLConfig):
             raise ValueError(f"config must be a MAMLRLConfig, got {type(self.config).__name__}.")
@@ -137,6 +145,7 @@ class MAMLRL:
         envs.check_policy(policy, self.env, self.config.obs_mode)
         self.obs_dim = envs.obs_dim(self.env, self.config.obs_mode)
         self.adapt_filter = adapt_filter
+        self.mesh = sharding.check_mesh("mesh", mesh)
         c = self.config
         outer_lr = c.outer_lr
         if c.outer_lr_decay_steps is not None:
@@ -145,10 +154,28 @@ class MAMLRL:
         # The inner-loop mask of adapt_filter, built on demand and cached by tree structure (so a
         # state restored from a checkpoint, never passed through init here, still honours it).
         self._mask_for = core.MaskCache(adapt_filter)
-        self.meta_update = jax.jit(self._meta_update)
+        # meta_update: the jitted step itself on one device (mesh None), else a thin wrapper
+        # that checks and places the inputs on the mesh first (_meta_update_on_mesh)
+        self._meta_update_jit = jax.jit(self._meta_update)
+        self.meta_update = self._meta_update_jit if self.mesh is None else self._meta_update_on_mesh
         self._adapt_and_evaluate_jit = jax.jit(
             self._adapt_and_evaluate,
             static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+
+    def _meta_update_on_mesh(self, state: core.MetaState, tasks, key):
+        """``meta_update`` with a mesh: one jitted meta-update (``_meta_update``), returning
+        ``(state, metrics)``. The number of tasks must be divisible by its devices (``ValueError``
+        naming ``num_tasks``, before compiling); concrete inputs are placed first (tasks split
+        over the mesh, state and key replicated) and the returned state and metrics are
+        replicated. Traceable: inside an outer ``jit``/``vmap`` (the benchmark's training) the
+        layout is set by sharding constraints alone.
+        """
+        if self.mesh is not None:
+            sharding.check_divisible("num_tasks", self._check_tasks(tasks), self.mesh)
+            if sharding.is_concrete((state, tasks, key)):
+                tasks = sharding.shard_batch(tasks, self.mesh, name="num_tasks")
+                state, key = sharding.replicate((state, key), self.mesh)
+        return self._meta_update_jit(state, tasks, key)
 
     def adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
                            num_envs: int, num_steps: int = 500, deterministic: bool = False):
@@ -157,6 +184,8 @@ class MAMLRL:
         num_inner_steps = check_int("num_inner_steps", num_inner_steps, minimum=0)
         num_envs = check_int("num_envs", num_envs, minimum=1)
         num_steps = check_int("num_steps", num_steps, minimum=1)
+        if self.mesh is not None:
+            sharding.check_divisible("num_tasks", self._check_tasks(tasks), self.mesh)
         return self._adapt_and_evaluate_jit(state, tasks, key, num_inner_steps=num_inner_steps,
                                             num_envs=num_envs, num_steps=num_steps,
                                             deterministic=bool(deterministic))
@@ -320,10 +349,13 @@ class MAMLRL:
     def _meta_update(self, state: core.MetaState, tasks, key):
         c = self.config
         n = self._check_tasks(tasks)
+        mesh = self.mesh
+        tasks, keys = sharding.constrain((tasks, jax.random.split(key, n)), mesh)  # one key per task
         _, support, query = jax.vmap(
             lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, c.num_inner_steps,
                                            (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
-        )(tasks, jax.random.split(key, n))
+        )(tasks, keys)
+        support, query = sharding.constrain((support, query), mesh)
 
         def epoch(st, _):
             return core.meta_update(st, (support, query), loss=self.outer_loss, optimizer=self.optimizer,
@@ -339,7 +371,7 @@ class MAMLRL:
         if c.learn_inner_lr:
             flat = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(state.inner_lr)])
             metrics["inner_lr_mean"] = jnp.mean(flat)
-        return state, metrics
+        return sharding.constrain_replicated((state, metrics), mesh)
 
     # ------------------------------------------------------------ evaluation
     def _adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
@@ -361,9 +393,10 @@ class MAMLRL:
         """
         n = self._check_tasks(tasks)
         size = (num_envs, num_steps)
+        tasks, keys = sharding.constrain((tasks, jax.random.split(key, n)), self.mesh)
         adapted, support, query = jax.vmap(
             lambda t, k: self.collect_task(state.params, state.inner_lr, t, k, num_inner_steps, size, size,
-                                           deterministic))(tasks, jax.random.split(key, n))
+                                           deterministic))(tasks, keys)
         cat = lambda a, b: jnp.concatenate([a, b[:, None]], 1)
         return {"params": adapted,
                 "segment_return": cat(support.episode_return, query.episode_return),

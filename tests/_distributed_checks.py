@@ -1,0 +1,102 @@
+"""One process of the two-process checks of tests/test_sharding.py (`jax.distributed` on CPU).
+
+`python tests/_distributed_checks.py save|restore DIR`, with `JAX_COORDINATOR_ADDRESS`,
+`JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` and 2 forced CPU devices per process (4 global devices):
+
+- save: a `MetaMAML.meta_update` sharded over the 4 global devices (tasks split across both
+  processes) and the same update on this process's one default device (the one-process
+  result); then a state with a seed axis split over the 4 devices plus a replicated
+  `MetaState` is saved by both processes into DIR with `benchmarks.checkpointing.Checkpointer`
+  (orbax writes each process's shards).
+- restore: a new pair restores DIR's checkpoint onto the same shardings and compares it, bit for
+  bit, with the state recomputed from the same keys.
+
+Prints one JSON object per process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ssm_jax import sharding
+
+sharding.initialize()  # from the environment, before any other JAX call
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from _sharding_checks import diff  # noqa: E402
+
+
+def local(tree):
+    """Host numpy copies of (possibly non-addressable) global arrays: the whole value."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def setup():
+    from maml import MetaMAML, sample_sinusoid_tasks
+
+    mlp = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(1)])
+    params = mlp.init(jax.random.key(0), jnp.zeros((1, 1)))
+    tasks = sample_sinusoid_tasks(jax.random.key(1), 8)
+    return mlp, params, tasks, MetaMAML
+
+
+def saved_state(mesh):
+    """The checkpointed state: a (4, 3) array split over the seed axis and a replicated MetaState."""
+    mlp, params, tasks, MetaMAML = setup()
+    algo = MetaMAML(mlp, num_inner_steps=1, mesh=mesh)
+    state, _ = algo.meta_update(algo.init(params), tasks)
+    per_seed = jax.random.normal(jax.random.key(2), (4, 3))
+    return {"per_seed": sharding.shard_batch(per_seed, mesh), "meta": state}
+
+
+def main(mode: str, directory: str) -> None:
+    from benchmarks.checkpointing import Checkpointer
+
+    mesh = sharding.make_mesh()
+    out = {"process_count": jax.process_count(), "device_count": jax.device_count(),
+           "process_index": jax.process_index()}
+    if mode == "save":
+        mlp, params, tasks, MetaMAML = setup()
+        single = MetaMAML(mlp, num_inner_steps=1)
+        ref = single.meta_update(single.init(params), tasks)
+        algo = MetaMAML(mlp, num_inner_steps=1, mesh=mesh)
+        got = algo.meta_update(algo.init(params), tasks)
+        out["meta_update"] = diff(local(got), local(ref))
+        state = saved_state(mesh)
+        out["sharded"] = sharding.is_sharded(state["per_seed"], mesh) and not state["per_seed"].is_fully_addressable
+        out["replicated"] = all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"]))
+        ckpt = Checkpointer(directory)
+        ckpt.save(3, state, {"note": "two processes"})
+        ckpt.close()
+    else:
+        expected = saved_state(mesh)
+        target = jax.tree.map(jnp.zeros_like, expected)
+        target = {"per_seed": sharding.shard_batch(target["per_seed"], mesh),
+                  "meta": sharding.replicate(target["meta"], mesh)}
+        ckpt = Checkpointer(directory, create=False)
+        state, meta, step = ckpt.restore(target)
+        ckpt.close()
+        out["restored_step"] = step
+        out["restored"] = diff(local(state), local(expected))
+        out["restored_sharded"] = (sharding.is_sharded(state["per_seed"], mesh)
+                                   and all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"])))
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
