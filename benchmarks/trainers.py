@@ -30,6 +30,7 @@ line can check which config sections a run reads (`sections_used`) before import
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import TYPE_CHECKING, Callable
 
@@ -43,9 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
 PPO_RETURN_METRIC = "episode_return"
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """One trainer: `init`, `update`, how many iterations, env steps per iteration, and its
-    history layout (`return_metric`: the metric with a per-seed series)."""
+    history layout (`return_metric`: the metric with a per-seed series). Subclasses define
+    `update` and `env_steps_per_update`."""
 
     return_metric: str = ""
     #: stored history key -> this trainer's key (None: dropped, a duplicate of another key)
@@ -61,12 +63,14 @@ class Trainer:
     def init(self, key):
         return self.algo.init(key)
 
-    def update(self, state, key):  # pragma: no cover - every trainer overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def update(self, state, key):
+        """`(state, key) -> (state, metrics)`: one training iteration."""
 
     @property
-    def env_steps_per_update(self) -> int:  # pragma: no cover - every trainer overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def env_steps_per_update(self) -> int:
+        """Environment steps one `update` takes (the history's `env_steps` adds them up)."""
 
     def migrate_history(self, history: dict) -> dict:
         """`history` (from a checkpoint) with its keys renamed to this trainer's keys."""
