@@ -276,6 +276,17 @@ def test_a_policy_must_fit_acrobots_three_actions():
                            env=envs.make("Acrobot-v1")[0], num_envs=2, num_steps=20)
 
 
+def test_tasks_of_another_environment_are_refused_by_name():
+    cartpole = envs.CartPoleTasks().sample(jax.random.PRNGKey(0), 2)
+    policy = MLPPolicy(obs_dim=3, action_dim=1, discrete=False)
+    with pytest.raises(ValueError, match=r"task must be Pendulum-v1's EnvParams .*fields "
+                                         r"\['max_steps_in_episode', 'max_speed'.*got EnvParams "
+                                         r"with fields \['max_steps_in_episode', 'gravity'.*"
+                                         r"envs.EnvTasks\('Pendulum-v1'\)"):
+        envs.rollout_tasks(jax.random.PRNGKey(1), policy, {}, cartpole,
+                           env=envs.make("Pendulum-v1")[0], num_envs=2, num_steps=4)
+
+
 @pytest.mark.slow
 def test_acrobot_and_pendulum_task_batches_roll_out():
     acro = envs.EnvTasks("Acrobot-v1").sample(jax.random.PRNGKey(6), 3, "test")
