@@ -194,8 +194,9 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     wall = time.perf_counter() - t_start
     cache_counts = compile_time.cache_counts()
     results = {
+        "env_name": config.env_name,
         "suite": config.suite,
-        "suite_definition": get_suite(config.suite).to_dict(),
+        "suite_definition": get_suite(config.suite, config.env_name).to_dict(),
         "config": config.to_dict(),
         "methods": methods,
         "timing": {"wall_s": wall, "compile_s": compile_s + eval_compile_s, "train_compile_s": compile_s,

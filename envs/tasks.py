@@ -219,6 +219,11 @@ class TaskEnv:
         control where `signs < 0` (applied once, after `derive`).
       is_inverted: `params -> bool array` (task axis), True where the control is mirrored.
       max_steps_in_episode: gymnax's default episode limit.
+      discrete: whether the action space is `Discrete` (a categorical policy head) or a `Box`
+        (a Gaussian head, `discrete=False`).
+      reward_range: `(min, max)` of one step's reward over the default ranges (a return over
+        `T` steps lies in `T` times it): CartPole `(0, 1)`; Acrobot `(-1, 0)`; Pendulum
+        `(-16.2757, 0)`: `-(pi**2 + 0.1 * 8**2 + 0.001 * max_torque**2)` at `max_torque = 2.4`.
     """
 
     name: str
@@ -230,6 +235,8 @@ class TaskEnv:
     default_ranges: Mapping[str, tuple[float, float]]
     default_test_ranges: Mapping[str, tuple[float, float]]
     max_steps_in_episode: int
+    discrete: bool
+    reward_range: tuple[float, float]
     derive: Callable = dataclasses.field(repr=False, compare=False)
     invert: Callable = dataclasses.field(repr=False, compare=False)
     is_inverted: Callable = dataclasses.field(repr=False, compare=False)
@@ -254,7 +261,7 @@ TASK_ENVS: Mapping[str, TaskEnv] = MappingProxyType({
                                          "masscart": (0.5, 1.5), "gravity": (8.0, 12.0),
                                          "force_mag": (6.0, 14.0)}),
         default_test_ranges=DEFAULT_TEST_RANGES,
-        max_steps_in_episode=500,
+        max_steps_in_episode=500, discrete=True, reward_range=(0.0, 1.0),
         derive=_cartpole_derive, invert=_cartpole_invert, is_inverted=_cartpole_is_inverted,
     ),
     "Acrobot-v1": TaskEnv(
@@ -274,7 +281,7 @@ TASK_ENVS: Mapping[str, TaskEnv] = MappingProxyType({
                                          "link_mass_2": (0.75, 1.25)}),
         default_test_ranges=MappingProxyType({"link_length_1": (0.75, 1.5),
                                               "link_mass_2": (0.75, 1.5)}),
-        max_steps_in_episode=500,
+        max_steps_in_episode=500, discrete=True, reward_range=(-1.0, 0.0),
         derive=_acrobot_derive, invert=_acrobot_invert, is_inverted=_acrobot_is_inverted,
     ),
     "Pendulum-v1": TaskEnv(
@@ -287,7 +294,7 @@ TASK_ENVS: Mapping[str, TaskEnv] = MappingProxyType({
         default_ranges=MappingProxyType({"m": (0.7, 1.3), "l": (0.7, 1.3), "g": (8.0, 12.0),
                                          "max_torque": (1.6, 2.4)}),
         default_test_ranges=MappingProxyType({"m": (0.7, 1.6), "l": (0.7, 1.6)}),
-        max_steps_in_episode=200,
+        max_steps_in_episode=200, discrete=False, reward_range=(-16.2757, 0.0),
         derive=_pendulum_derive, invert=_pendulum_invert, is_inverted=_pendulum_is_inverted,
     ),
 })
