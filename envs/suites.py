@@ -277,7 +277,7 @@ def get_suite(name: str, env_name: str = BASE_ENV) -> Suite:
     the supported environments, or the suites of `env_name` (`ENV_SUITES`), otherwise.
     """
     check_choice("env_name", env_name, TASK_ENV_NAMES)
-    check_choice(f"suite (suites on {env_name})", name, ENV_SUITES[env_name])
+    check_choice("suite", name, ENV_SUITES[env_name])
     if env_name == BASE_ENV:
         return SUITES[name]
     return _env_suite(env_name)

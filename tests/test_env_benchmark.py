@@ -163,7 +163,22 @@ def test_suites_on_other_envs():
         b = envs.EnvTasks(env_name).sample(jax.random.key(0), 4, "test")
         assert jax.tree.all(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b))
     assert envs.get_suite("goal") is envs.get_suite("goal", "CartPole-v1") is envs.SUITES["goal"]
-    with pytest.raises(ValueError, match="suites on Acrobot-v1"):
+    with pytest.raises(ValueError, match=r"suite must be one of \['standard'\], got 'partial'"):
         envs.get_suite("partial", "Acrobot-v1")
     with pytest.raises(ValueError, match="CartPole-v1 tasks only"):
         envs.Suite("x", "", tasks=envs.EnvTasks("Pendulum-v1"), switch_steps=(10, 20))
+
+
+@pytest.mark.slow
+def test_within_episode_on_pendulum():
+    """test_time_within_episode's evaluator with a Gaussian MAML policy (MLP, untrained): every
+    env's episode takes its 200 / 50 - 1 = 3 guarded updates and its return is in bounds."""
+    config = BenchmarkConfig.quick_preset().with_values({"env_name": "Pendulum-v1", "policy.hidden_dim": 8})
+    trainer = build_trainer("maml_mlp", config)
+    state = trainer.init(jax.random.key(0))
+    tasks = ev.test_tasks(jax.random.key(1), 2, envs.get_suite("standard", "Pendulum-v1"))
+    out = ev.evaluate_within_episode(jax.random.key(2), trainer.algo, state, tasks, num_envs=1,
+                                     chunk_steps=50, episode_steps=config.episode_steps)
+    lo, hi = RETURN_BOUNDS["Pendulum-v1"]
+    assert np.all((lo <= np.asarray(out["return"])) & (np.asarray(out["return"]) <= hi))
+    np.testing.assert_array_equal(np.asarray(out["updates"]) + np.asarray(out["rollbacks"]), 3.0)
