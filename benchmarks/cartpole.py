@@ -21,6 +21,11 @@ reward and within-episode switch of the run; every trainer trains on the suite's
 and every method is evaluated on its test split (`standard`, the default, is the benchmark as
 it always was). `--suite all` runs the same config once per suite into `--out/<suite>/`
 (`run_all_suites`) and prints one summary table (also `--out/summary.json`).
+
+`--env_name Acrobot-v1|Pendulum-v1` runs the standard suite on `envs.EnvTasks(env_name)`
+(`envs.suites.get_suite(suite, env_name)`), with windows of that environment's episode limit
+(`BenchmarkConfig.episode_steps`) and action heads from its action space; the other suites are
+CartPole's.
 """
 
 from __future__ import annotations
