@@ -36,7 +36,7 @@ Key schedule (that of ``envs.rollout``, so a window whose updates are all rolled
     obs_0, state_0 = vmap(env.reset)(jax.random.split(key_reset, num_envs), task)
     step_keys = jax.random.split(key_steps, num_steps)
     step t: key_policy, key_env = jax.random.split(step_keys[t])
-            actions = Categorical(logits of every env under its own weights).sample(key_policy)
+            actions = (the action distribution of every env under its own weights).sample(key_policy)
             vmap(env.step)(jax.random.split(key_env, num_envs), states, actions, task)
 """
 
@@ -108,7 +108,7 @@ def evaluate_within_episode(
     """Evaluate ``policy`` on ONE task, each env's episode adapting its weights as it runs.
 
     See the module docstring for the rule, the episode-so-far layout and the key schedule.
-    ``policy`` (the ``ssm_jax`` policy contract, discrete actions), ``objective``,
+    ``policy`` (the ``ssm_jax`` policy contract, categorical or Gaussian actions), ``objective``,
     ``optimizer``, ``make_batch``, the counts, ``env`` and ``obs_mode`` are static; call it
     inside ``jit`` and ``vmap`` it over tasks and keys. ``chunk_steps`` must divide
     ``num_steps`` (ValueError otherwise, before anything is traced); updates happen after

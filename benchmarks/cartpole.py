@@ -21,6 +21,11 @@ reward and within-episode switch of the run; every trainer trains on the suite's
 and every method is evaluated on its test split (`standard`, the default, is the benchmark as
 it always was). `--suite all` runs the same config once per suite into `--out/<suite>/`
 (`run_all_suites`) and prints one summary table (also `--out/summary.json`).
+
+`--env_name Acrobot-v1|Pendulum-v1` runs the standard suite on `envs.EnvTasks(env_name)`
+(`envs.suites.get_suite(suite, env_name)`), with windows of that environment's episode limit
+(`BenchmarkConfig.episode_steps`) and action heads from its action space; the other suites are
+CartPole's.
 """
 
 from __future__ import annotations
@@ -202,8 +207,9 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     wall = time.perf_counter() - t_start
     cache_counts = compile_time.cache_counts()
     results = {
+        "env_name": config.env_name,
         "suite": config.suite,
-        "suite_definition": get_suite(config.suite).to_dict(),
+        "suite_definition": get_suite(config.suite, config.env_name).to_dict(),
         "config": config.to_dict(),
         "methods": methods,
         "timing": {"wall_s": wall, "compile_s": compile_s + eval_compile_s, "train_compile_s": compile_s,

@@ -30,10 +30,10 @@ import threading
 from typing import Callable, Optional
 
 from benchmarks import rundir
-from benchmarks.config import MAX_SEED, MODES, BenchmarkConfig, config_file_format, read_config_file
+from benchmarks.config import ENV_NAMES, MAX_SEED, MODES, BenchmarkConfig, config_file_format, read_config_file
 from benchmarks.methods import REGISTRY, trainer_names
 from benchmarks.trainers import sections_used, trainer_sections
-from envs.suites import SUITE_NAMES, SUITES
+from envs.suites import BASE_ENV, ENV_SUITES, SUITE_NAMES, SUITES
 from ssm_jax.validation import check_choice, check_int
 
 PROG = "python -m benchmarks.cartpole"
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mode", choices=MODES, default=None,
       help=f"meta_rl: every method; policy_gradient: the non-meta PPO baseline (non_adaptive) "
            f"alone [default {d.mode}]")
-    a("--env_name", default=None, help=f"gymnax environment; only CartPole-v1 [default {d.env_name}]")
+    a("--env_name", default=None,
+      help=f"gymnax environment with a task distribution (envs.TASK_ENVS): {', '.join(ENV_NAMES)}; "
+           f"environments other than CartPole-v1 run the standard suite [default {d.env_name}]")
     a("--suite", default=None, metavar="NAME",
       help=f"evaluation suite: {', '.join(SUITE_NAMES)} (listed below; envs.suites), or "
            f"{ALL_SUITES}: one run per suite into --out/<suite>/ and one summary table "
@@ -349,6 +351,9 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
         base = with_config_file(base, args.config, flags=values)
     config = _with_flags(base, values, given)
     _check_flags_apply(config, given)
+    if all_suites and config.env_name != BASE_ENV:
+        raise ValueError(f"--suite {ALL_SUITES} runs every suite on {BASE_ENV}; {config.env_name} runs "
+                         f"the suites {list(ENV_SUITES[config.env_name])}")
     out = args.out or DEFAULT_OUT
     if all_suites:
         check_all_suites_out(out, overwrite=args.overwrite)

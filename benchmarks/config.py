@@ -28,7 +28,8 @@ from typing import Any, Mapping, Optional
 
 import ssm_jax
 from benchmarks.methods import METHODS, STANDARD_METHODS
-from envs.suites import DEFAULT_SUITE, SUITE_NAMES
+from envs.suites import DEFAULT_SUITE, ENV_SUITES, SUITE_NAMES
+from envs.tasks import TASK_ENV_NAMES, TASK_ENVS
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
@@ -57,10 +58,19 @@ MAX_SEED = 2**32 - 1
 #: int32 (iteration numbers in the training scan, optax's step counts and schedules, array
 #: sizes), so a larger one would fail or wrap around late in a run.
 MAX_COUNT = 2**31 - 1
-#: Steps of an evaluation window (CartPole-v1's episode limit; `benchmarks.evaluation`).
+#: Steps of a CartPole evaluation window (CartPole-v1's episode limit; `episode_steps`).
 EPISODE_STEPS = 500
-#: The benchmark's task distribution (`envs.CartPoleTasks`) varies CartPole physics.
-ENV_NAMES = ("CartPole-v1",)
+#: The environments the benchmark runs (`--env_name`): those with a task distribution,
+#: `envs.TASK_ENVS` (CartPole-v1 on every suite, the others on the standard suite).
+ENV_NAMES = TASK_ENV_NAMES
+
+
+def episode_steps(env_name: str) -> int:
+    """Steps of an evaluation window on `env_name`: its gymnax episode limit
+    (`envs.TASK_ENVS[env_name].max_steps_in_episode`: CartPole 500, Acrobot 500, Pendulum 200),
+    so every evaluation episode completes inside one window."""
+    check_choice("env_name", env_name, ENV_NAMES)
+    return TASK_ENVS[env_name].max_steps_in_episode
 
 
 def _check_counts(config: Any, prefix: str = "") -> None:
@@ -156,17 +166,19 @@ class InContextPolicyConfig:
         for name in ("state_dim", "hidden_dim", "num_layers"):
             check_int(name, getattr(self, name))
 
-    def build(self, obs_dim: int, action_dim: int, parallel: bool = False) -> "ssm_jax.SSMPolicy":
+    def build(self, obs_dim: int, action_dim: int, parallel: bool = False,
+              discrete: bool = True) -> "ssm_jax.SSMPolicy":
         return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
                          state_dim=self.state_dim, hidden_dim=self.hidden_dim,
-                         num_layers=self.num_layers, parallel=parallel)
+                         num_layers=self.num_layers, parallel=parallel, discrete=discrete)
 
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
     """Sizes of the non-adaptive and MAML policies (positive ints): `MLPPolicy` of width
     `hidden_dim` (non_adaptive, maml_mlp) and `SSMPolicy` with core "ssm", state `state_dim`
-    and width `hidden_dim` (maml_ssm, non_adaptive_ssm)."""
+    and width `hidden_dim` (maml_ssm, non_adaptive_ssm). `discrete` (the builders' argument,
+    from the environment's action space): a categorical head, else a Gaussian one."""
 
     state_dim: int = 16
     hidden_dim: int = 64
@@ -175,12 +187,13 @@ class PolicyConfig:
         for name in ("state_dim", "hidden_dim"):
             check_int(name, getattr(self, name))
 
-    def ssm(self, obs_dim: int, action_dim: int) -> "ssm_jax.SSMPolicy":
+    def ssm(self, obs_dim: int, action_dim: int, discrete: bool = True) -> "ssm_jax.SSMPolicy":
         return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core="ssm",
-                         state_dim=self.state_dim, hidden_dim=self.hidden_dim)
+                         state_dim=self.state_dim, hidden_dim=self.hidden_dim, discrete=discrete)
 
-    def mlp(self, obs_dim: int, action_dim: int) -> "ssm_jax.MLPPolicy":
-        return ssm_jax.MLPPolicy(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=self.hidden_dim)
+    def mlp(self, obs_dim: int, action_dim: int, discrete: bool = True) -> "ssm_jax.MLPPolicy":
+        return ssm_jax.MLPPolicy(obs_dim=obs_dim, action_dim=action_dim, hidden_dim=self.hidden_dim,
+                                 discrete=discrete)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +211,8 @@ class EvaluationConfig:
       hybrid_replay_ratio: weight of the replayed rows in test_time_hybrid's loss, in [0, 1)
         (0: the online rule of test_time_adapted).
       within_episode_chunk: test_time_within_episode updates its weights every this many steps
-        of an episode; a positive divisor of the `EPISODE_STEPS`-step evaluation window.
+        of an episode; a positive divisor of the evaluation window (`episode_steps(env_name)`,
+        checked by `BenchmarkConfig`).
     """
 
     num_tasks: int = 256
@@ -213,9 +227,6 @@ class EvaluationConfig:
         for name in ("num_tasks", "num_envs", "inner_steps", "test_time_rounds", "hybrid_replay_capacity",
                      "within_episode_chunk"):
             check_int(name, getattr(self, name), 1)
-        if EPISODE_STEPS % self.within_episode_chunk:
-            raise ValueError(f"within_episode_chunk must divide the {EPISODE_STEPS}-step evaluation window, "
-                             f"got {self.within_episode_chunk}")
         object.__setattr__(self, "hybrid_replay_ratio", check_float(
             "hybrid_replay_ratio", self.hybrid_replay_ratio, minimum=0.0, maximum=1.0, strict_max=True))
 
@@ -233,7 +244,11 @@ class BenchmarkConfig:
 
     Attributes:
       mode: "meta_rl" (every method) or "policy_gradient" (non_adaptive alone).
-      env_name: the gymnax environment (one of `ENV_NAMES`).
+      env_name: the gymnax environment (one of `ENV_NAMES`): the suite's tasks are
+        `envs.EnvTasks(env_name)` (CartPole's `envs.CartPoleTasks`), every evaluation window is
+        `episode_steps(env_name)` steps and the policies' action heads follow its action space
+        (`envs.TASK_ENVS[env_name].discrete`). Environments other than CartPole-v1 run the
+        standard suite alone (`envs.suites.ENV_SUITES`).
       suite: the evaluation suite (one of `envs.suites.SUITE_NAMES`, default "standard"): the
         task distribution and splits, observation mode, reward and within-episode switch every
         method trains and is evaluated on (`envs.suites.SUITES[suite]`).
@@ -280,6 +295,9 @@ class BenchmarkConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("env_name", self.env_name, ENV_NAMES)
         check_choice("suite", self.suite, SUITE_NAMES)
+        if self.suite not in ENV_SUITES[self.env_name]:
+            raise ValueError(f"suite {self.suite} runs on CartPole-v1 only; {self.env_name} runs the "
+                             f"suites {list(ENV_SUITES[self.env_name])}")
         object.__setattr__(self, "_methods_defaulted", self.methods is None)
         if self.methods is None:
             object.__setattr__(self, "methods", default_methods(self.mode, self.suite))
@@ -308,6 +326,9 @@ class BenchmarkConfig:
             if ppo.anneal_lr:
                 _check_step_count(f"{name}.total_iterations", ppo.total_iterations,
                                   ppo.update_epochs * ppo.num_minibatches, "epochs x minibatches")
+        if self.episode_steps % self.evaluation.within_episode_chunk:
+            raise ValueError(f"evaluation.within_episode_chunk must divide the {self.episode_steps}-step "
+                             f"evaluation window of {self.env_name}, got {self.evaluation.within_episode_chunk}")
         if self.non_adaptive_ssm.carry_across_episodes:
             raise ValueError("non_adaptive_ssm.carry_across_episodes must be False (its carry is reset at "
                              "every episode start; in_context is the agent that keeps it), got True")
@@ -320,6 +341,11 @@ class BenchmarkConfig:
         is covered by the policy tests.
         """
         return cls().with_values(QUICK_VALUES)
+
+    @property
+    def episode_steps(self) -> int:
+        """Steps of every evaluation window, `episode_steps(env_name)`."""
+        return episode_steps(self.env_name)
 
     @property
     def reported_inner_steps(self) -> int:

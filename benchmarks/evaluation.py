@@ -3,8 +3,9 @@
 Per seed `s`, the test tasks are the held-out split of the run's suite (`envs.suites`;
 `envs.CartPoleTasks()` for the standard suite), `suite.sample(eval_key(s), num_tasks, "test")`
 (`test_tasks`), and every method gets the same rollout keys for them. The measurement is the
-same for all methods: the mean return of the episodes completed in a 500-step evaluation window (the real
-CartPole-v1 episode limit, fresh resets, `num_envs` parallel envs per task), giving one number
+same for all methods: the mean return of the episodes completed in an evaluation window of the environment's
+episode limit (`episode_steps`: `BenchmarkConfig.episode_steps`, CartPole-v1 and Acrobot-v1
+500, Pendulum-v1 200; `EPISODE_STEPS` = 500 by default; fresh resets, `num_envs` parallel envs per task), giving one number
 per (seed, task). What differs is what each method may do before/while it is measured:
 
 * `non_adaptive` / `non_adaptive_ssm`: the PPO policy as is (the SSM policy's carry reset at
@@ -14,7 +15,7 @@ per (seed, task). What differs is what each method may do before/while it is mea
   the test task of the training support size (`support_envs` x `support_steps`); the return
   after k = 0..K steps is reported (`return_by_inner_step`).
 * `test_time_adapted`: the MAML policy with `adapt.evaluate_with_adaptation` (online rule:
-  guarded policy-gradient steps between rounds of 500-step windows, Meta-SGD step sizes as the
+  guarded policy-gradient steps between rounds of evaluation windows, Meta-SGD step sizes as the
   per-parameter SGD rates); the return of the last round is the method's return, every round
   is reported.
 * `test_time_hybrid`: the same rounds, tasks and keys as `test_time_adapted` (the two are
@@ -22,7 +23,7 @@ per (seed, task). What differs is what each method may do before/while it is mea
   replayed from a ring buffer of the earlier rounds' (`evaluation.hybrid_replay_capacity`
   rows, weight `evaluation.hybrid_replay_ratio`); the first step, with an empty buffer, is
   the online one, so the first two rounds equal test_time_adapted's.
-* `test_time_within_episode`: the MAML policy in a 500-step window whose every env's first
+* `test_time_within_episode`: the MAML policy in an evaluation window whose every env's first
   episode updates its own copy of the weights every `evaluation.within_episode_chunk` steps from
   that episode's data so far (`adapt.evaluate_within_episode`, `within_episode_rule`: the MAML
   inner loss, Meta-SGD rates, guarded steps); the return is the mean over envs of that episode's.
@@ -61,9 +62,9 @@ def eval_key(seed: int, s: int) -> jax.Array:
 
 
 def test_tasks(key, num_tasks: int, task_dist=None):
-    """`num_tasks` held-out test-split tasks of `task_dist` (an `envs.Suite` or
-    `envs.CartPoleTasks`; default `envs.CartPoleTasks()`, the standard suite's), with a leading
-    task axis."""
+    """`num_tasks` held-out test-split tasks of `task_dist` (an `envs.Suite`, `envs.EnvTasks`
+    or `envs.CartPoleTasks`; default `envs.CartPoleTasks()`, the standard suite's), with a
+    leading task axis."""
     task_dist = envs.CartPoleTasks() if task_dist is None else task_dist
     return task_dist.sample(jax.random.fold_in(key, 0), num_tasks, "test")
 
@@ -79,40 +80,44 @@ def _per_task_return(traj) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env"))
-def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None) -> jax.Array:
-    """Per-task return `(N,)` of a fixed policy in 500-step windows (carry reset per episode)."""
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps"))
+def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None,
+                    episode_steps: int = EPISODE_STEPS) -> jax.Array:
+    """Per-task return `(N,)` of a fixed policy in `episode_steps`-step windows (carry reset
+    per episode)."""
     traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
-                              num_steps=EPISODE_STEPS, env=env)
+                              num_steps=episode_steps, env=env)
     return _per_task_return(traj)
 
 
-def policy_env_steps(num_tasks: int, num_envs: int) -> int:
-    """Env steps `evaluate_policy` runs: a 500-step window in each of `num_envs` envs per task."""
-    return num_tasks * num_envs * EPISODE_STEPS
+def policy_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
+    """Env steps `evaluate_policy` runs: a window in each of `num_envs` envs per task."""
+    return num_tasks * num_envs * episode_steps
 
 
-def in_context_window(context_episodes: int) -> int:
+def in_context_window(context_episodes: int, episode_steps: int = EPISODE_STEPS) -> int:
     """Steps of the `evaluate_in_context` window: the context episodes and one more episode."""
-    return (context_episodes + 1) * EPISODE_STEPS
+    return (context_episodes + 1) * episode_steps
 
 
-def in_context_env_steps(num_tasks: int, num_envs: int, context_episodes: int = 1) -> int:
+def in_context_env_steps(num_tasks: int, num_envs: int, context_episodes: int = 1,
+                         episode_steps: int = EPISODE_STEPS) -> int:
     """Env steps `evaluate_in_context` runs: its window in each of `num_envs` envs per task."""
-    return num_tasks * num_envs * in_context_window(context_episodes)
+    return num_tasks * num_envs * in_context_window(context_episodes, episode_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes"))
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes",
+                                             "episode_steps"))
 def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
-                        context_episodes: int = 1) -> dict:
+                        context_episodes: int = 1, episode_steps: int = EPISODE_STEPS) -> dict:
     """RL^2 evaluation: `(N,)` returns after the context and of the first episode.
 
-    A window of `(context_episodes + 1) * 500` steps with the carry kept across episodes: the
-    first `context_episodes` episodes are the context (at most 500 steps each, so at least one
-    evaluation episode completes in every env). `after_context` averages the completed
+    A window of `(context_episodes + 1) * episode_steps` steps with the carry kept across
+    episodes: the first `context_episodes` episodes are the context (at most `episode_steps`
+    steps each, the episode limit, so at least one evaluation episode completes in every env). `after_context` averages the completed
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
     """
-    steps = in_context_window(context_episodes)
+    steps = in_context_window(context_episodes, episode_steps)
     traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
                               num_steps=steps, env=env, carry_across_episodes=True)
     dones = traj.dones
@@ -128,31 +133,32 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
     return {"after_context": mean_over(later), "first_episode": mean_over(first)}
 
 
-def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int) -> jax.Array:
+def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,
+                  episode_steps: int = EPISODE_STEPS) -> jax.Array:
     """Per-task returns after 0..K inner steps, `(N, K + 1)`, of a `maml.MAMLRL` state.
 
-    Step k: measure `theta_k` on a 500-step window (`num_envs` envs), then (k < K) sample a
+    Step k: measure `theta_k` on an `episode_steps`-step window (`num_envs` envs), then (k < K) sample a
     support batch of the training size with `theta_k` and take one inner step with the trained
     step sizes (`algo.inner_step`).
     """
-    return _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs)
+    return _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6))
+def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps):
     c = algo.config
 
     def one_task(task, k):
         def step(theta, kk):
             k_eval, k_support = jax.random.split(kk)
-            measured = algo.collect(theta, k_eval, task, num_envs, EPISODE_STEPS).completed_return
+            measured = algo.collect(theta, k_eval, task, num_envs, episode_steps).completed_return
             support = algo.collect(theta, k_support, task, c.support_envs, c.support_steps)
             theta, _ = algo.inner_step(theta, state.inner_lr, support, first_order=True)
             return theta, measured
 
         theta, returns = jax.lax.scan(step, state.params, jax.random.split(k, num_inner_steps))
         k_last = jax.random.fold_in(k, num_inner_steps)
-        last = algo.collect(theta, k_last, task, num_envs, EPISODE_STEPS).completed_return
+        last = algo.collect(theta, k_last, task, num_envs, episode_steps).completed_return
         return jnp.concatenate([returns, last[None]])
 
     n = jax.tree.leaves(tasks)[0].shape[0]
@@ -162,9 +168,9 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs):
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
                        lr_scale: float = 1.0, env=None,
                        baseline: str = "value", replay_capacity: int = 0,
-                       replay_ratio: float = 0.0) -> jax.Array:
-    """Per-task returns of each round `(N, num_rounds)` with `adapt`'s online rule, or its
-    hybrid rule when `replay_capacity > 0` and `replay_ratio > 0`.
+                       replay_ratio: float = 0.0, episode_steps: int = EPISODE_STEPS) -> jax.Array:
+    """Per-task returns of each round `(N, num_rounds)` (rounds of `episode_steps` steps) with
+    `adapt`'s online rule, or its hybrid rule when `replay_capacity > 0` and `replay_ratio > 0`.
 
     The objective is `adapt.policy_gradient_loss` (REINFORCE with `baseline`, the one the MAML
     policy was trained with: its value head or a linear fit to each round's returns; no value
@@ -180,7 +186,7 @@ def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: 
     two are paired round by round (equal up to the first step that replays).
     """
     return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env,
-                               baseline, replay_capacity, replay_ratio)
+                               baseline, replay_capacity, replay_ratio, episode_steps)
 
 
 def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
@@ -193,15 +199,15 @@ def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "val
     return objective, optimizer
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10, 11))
 def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
-                        replay_capacity, replay_ratio):
+                        replay_capacity, replay_ratio, episode_steps):
     objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
             k, policy, state.params, task, objective=objective, optimizer=optimizer,
-            num_rounds=num_rounds, steps_per_round=EPISODE_STEPS, num_envs=num_envs,
+            num_rounds=num_rounds, steps_per_round=episode_steps, num_envs=num_envs,
             divergence_threshold=TEST_TIME_DIVERGENCE, env=env,
             replay_capacity=replay_capacity, replay_ratio=replay_ratio)
         return returns
@@ -239,29 +245,32 @@ def within_episode_rule(algo, state) -> tuple:
     return objective, optimizer, make_batch
 
 
-def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps: int):
+def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps: int,
+                          episode_steps: int = EPISODE_STEPS):
     """`adapt.evaluate_within_episode` of test_time_within_episode's rule (`within_episode_rule`)
-    on ONE task: a 500-step window of `num_envs` envs, each env's first episode adapting its
+    on ONE task: an `episode_steps`-step window of `num_envs` envs, each env's first episode adapting its
     weights every `chunk_steps` steps (guarded steps, `TEST_TIME_DIVERGENCE`)."""
     objective, optimizer, make_batch = within_episode_rule(algo, state)
     return adapt.evaluate_within_episode(
         key, algo.policy, state.params, task, objective=objective, optimizer=optimizer,
-        make_batch=make_batch, num_envs=num_envs, num_steps=EPISODE_STEPS, chunk_steps=chunk_steps,
+        make_batch=make_batch, num_envs=num_envs, num_steps=episode_steps, chunk_steps=chunk_steps,
         divergence_threshold=TEST_TIME_DIVERGENCE, env=algo.env, obs_mode=algo.config.obs_mode)
 
 
-def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int) -> dict:
+def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int,
+                            episode_steps: int = EPISODE_STEPS) -> dict:
     """test_time_within_episode: per-task `(N,)` series of `within_episode_window` (task `i` with
     key `i` of `split(fold_in(key, 1), N)`): "return", the mean over envs of the first episode's
     return; "updates" and "rollbacks", the mean over envs of the accepted and rolled-back
     updates during it."""
-    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps)
+    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5))
-def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6))
+def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps):
     def one_task(task, k):
-        r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps)
+        r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps,
+                                  episode_steps=episode_steps)
         return {"return": jnp.mean(r.returns),
                 "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
                 "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
@@ -270,24 +279,26 @@ def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps):
     return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
 
 
-def within_episode_env_steps(num_tasks: int, num_envs: int) -> int:
-    """Env steps `evaluate_within_episode` runs: a 500-step window in `num_envs` envs per task."""
-    return num_tasks * num_envs * EPISODE_STEPS
+def within_episode_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
+    """Env steps `evaluate_within_episode` runs: a window in `num_envs` envs per task."""
+    return num_tasks * num_envs * episode_steps
 
 
-def maml_env_steps(algo, num_tasks: int, num_inner_steps: int, num_envs: int) -> int:
-    """Env steps `evaluate_maml` runs: K + 1 measurement windows of 500 steps in `num_envs`
-    envs and K support batches of the training size (`algo.config`), per task."""
+def maml_env_steps(algo, num_tasks: int, num_inner_steps: int, num_envs: int,
+                   episode_steps: int = EPISODE_STEPS) -> int:
+    """Env steps `evaluate_maml` runs: K + 1 measurement windows in `num_envs` envs and K
+    support batches of the training size (`algo.config`), per task."""
     c = algo.config
-    return num_tasks * ((num_inner_steps + 1) * num_envs * EPISODE_STEPS
+    return num_tasks * ((num_inner_steps + 1) * num_envs * episode_steps
                         + num_inner_steps * c.support_envs * c.support_steps)
 
 
-def test_time_env_steps(num_tasks: int, num_rounds: int, num_envs: int) -> int:
-    """Env steps `evaluate_test_time` runs: `num_rounds` 500-step windows in `num_envs` envs per task."""
-    return num_tasks * num_rounds * num_envs * EPISODE_STEPS
+def test_time_env_steps(num_tasks: int, num_rounds: int, num_envs: int,
+                        episode_steps: int = EPISODE_STEPS) -> int:
+    """Env steps `evaluate_test_time` runs: `num_rounds` windows in `num_envs` envs per task."""
+    return num_tasks * num_rounds * num_envs * episode_steps
 
 
 def task_kinds(tasks) -> Any:
-    """`(N,)` bool: inverted-force tasks."""
+    """`(N,)` bool: inverted tasks (mirrored control, `envs.is_inverted`)."""
     return envs.is_inverted(tasks)

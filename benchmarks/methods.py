@@ -58,8 +58,10 @@ def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
     from benchmarks import evaluation as ev
 
     e = config.evaluation.num_envs
-    r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env)
-    return Evaluation({"return": np.asarray(r)}, ev.policy_env_steps(_num_tasks(tasks), e))
+    t = config.episode_steps
+    r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
+                           episode_steps=t)
+    return Evaluation({"return": np.asarray(r)}, ev.policy_env_steps(_num_tasks(tasks), e, t))
 
 
 def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
@@ -69,9 +71,10 @@ def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
 
     e = config.evaluation.num_envs
     out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
-                                 context_episodes=1)
+                                 context_episodes=1, episode_steps=config.episode_steps)
     return Evaluation({k: np.asarray(v) for k, v in out.items()},
-                      ev.in_context_env_steps(_num_tasks(tasks), e, context_episodes=1))
+                      ev.in_context_env_steps(_num_tasks(tasks), e, context_episodes=1,
+                                              episode_steps=config.episode_steps))
 
 
 def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
@@ -80,9 +83,11 @@ def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
     from benchmarks import evaluation as ev
 
     e, k = config.evaluation.num_envs, config.reported_inner_steps
-    by_step = ev.evaluate_maml(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e)
+    t = config.episode_steps
+    by_step = ev.evaluate_maml(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e,
+                               episode_steps=t)
     return Evaluation({"by_inner_step": np.asarray(by_step)},
-                      ev.maml_env_steps(trainer.algo, _num_tasks(tasks), k, e))
+                      ev.maml_env_steps(trainer.algo, _num_tasks(tasks), k, e, t))
 
 
 def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
@@ -105,9 +110,10 @@ def evaluate_within_episode(key, tasks, trainer, state, config) -> Evaluation:
 
     c = config.evaluation
     out = ev.evaluate_within_episode(key, trainer.algo, state, tasks, num_envs=c.num_envs,
-                                     chunk_steps=c.within_episode_chunk)
+                                     chunk_steps=c.within_episode_chunk,
+                                     episode_steps=config.episode_steps)
     return Evaluation({k: np.asarray(v) for k, v in out.items()},
-                      ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs))
+                      ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs, config.episode_steps))
 
 
 def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
@@ -118,8 +124,10 @@ def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
     r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
                               env=trainer.env, baseline=trainer.algo.config.baseline,
                               replay_capacity=c.hybrid_replay_capacity if replay else 0,
-                              replay_ratio=c.hybrid_replay_ratio if replay else 0.0)
-    return Evaluation({"by_round": np.asarray(r)}, ev.test_time_env_steps(_num_tasks(tasks), rounds, e))
+                              replay_ratio=c.hybrid_replay_ratio if replay else 0.0,
+                              episode_steps=config.episode_steps)
+    return Evaluation({"by_round": np.asarray(r)},
+                      ev.test_time_env_steps(_num_tasks(tasks), rounds, e, config.episode_steps))
 
 
 # ------------------------------------------------------------------------------------ reports
@@ -327,9 +335,10 @@ class Measurement:
     """Every configured method measured on every seed's test tasks.
 
     series: method -> name -> array stacked over seeds `(S, N, ...)`; returns: method ->
-    per-task returns `(S, N)`; kinds: `(S, N)` bool, inverted-force tasks; env_steps: env steps
+    per-task returns `(S, N)`; kinds: `(S, N)` bool, inverted tasks; env_steps: env steps
     of all evaluations (a shared evaluation counted once); tasks: the test tasks' physics,
-    `TASK_FIELDS` name -> `(S, N)` float (force_mag negative for inverted tasks).
+    field name -> `(S, N)` float for the suite's varied fields (`Suite.task_fields`, e.g.
+    CartPole's `TASK_FIELDS`; CartPole force_mag and Pendulum m negative for inverted tasks).
     """
 
     series: dict
@@ -339,7 +348,8 @@ class Measurement:
     tasks: dict = dataclasses.field(default_factory=dict)
 
 
-#: The physical fields of a test task reported per task (`envs.CartPoleTasks`' varied fields).
+#: The physical fields of a CartPole test task reported per task (`envs.CartPoleTasks`' varied
+#: fields, `envs.VARIED_FIELDS`); another environment reports its suite's `task_fields`.
 TASK_FIELDS = ("length", "masspole", "masscart", "gravity", "force_mag")
 
 
@@ -355,7 +365,8 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=
     import envs
     from benchmarks import evaluation as ev
 
-    suite = envs.get_suite(config.suite)
+    suite = envs.get_suite(config.suite, config.env_name)
+    fields = suite.task_fields
     methods = [registry[m] for m in config.methods]
     per_seed = {m.name: [] for m in methods}
     kinds, physics = [], []
@@ -364,7 +375,7 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=
         key = ev.eval_key(config.seed, s)
         tasks = ev.test_tasks(key, config.evaluation.num_tasks, suite)
         kinds.append(np.asarray(ev.task_kinds(tasks)))
-        physics.append({f: np.asarray(getattr(tasks, f), np.float64) for f in TASK_FIELDS})
+        physics.append({f: np.asarray(getattr(tasks, f), np.float64) for f in fields})
         done = {}
         for m in methods:
             computation = (m.evaluator, m.trainer)
@@ -380,4 +391,4 @@ def measure(config, trainers: dict, states: dict, registry=METHODS_BY_NAME, log=
     series = {name: {k: np.stack([d[k] for d in ds]) for k in ds[0]} for name, ds in per_seed.items()}
     returns = {m.name: np.ascontiguousarray(m.returns(series[m.name], config)) for m in methods}
     return Measurement(series=series, returns=returns, kinds=np.stack(kinds), env_steps=env_steps,
-                       tasks={f: np.stack([p[f] for p in physics]) for f in TASK_FIELDS})
+                       tasks={f: np.stack([p[f] for p in physics]) for f in fields})

@@ -63,18 +63,19 @@ def plot_run(run_dir: str, out: Optional[str] = None, histories: Optional[dict] 
     if histories is None:
         histories = read_histories(run_dir, config)
     labels = {t: trainer_label(t, config.methods) for t in trainer_names(config.methods)}
+    returns = plotting.return_range(config.env_name, config.episode_steps)
     written = []
     for x, name in (("env_steps", rundir.CURVES_FILE), ("wall_s", rundir.CURVES_WALL_FILE)):
         path = os.path.join(out, name)
         if plotting.plot_training_curves(histories, labels, path, x=x):
             written.append(path)
     path = os.path.join(out, rundir.RETURNS_FILE)
-    plotting.plot_returns(results["methods"], rows, path)
+    plotting.plot_returns(results["methods"], rows, path, returns=returns)
     written.append(path)
     for fn, name in ((plotting.plot_adaptation, rundir.ADAPTATION_FILE),
                      (plotting.plot_per_task, rundir.PER_TASK_PLOT_FILE)):
         path = os.path.join(out, name)
-        if rows and fn(rows, path):
+        if rows and fn(rows, path, returns=returns):
             written.append(path)
     return written
 

@@ -10,8 +10,9 @@ Every figure is drawn from the files a run stores (`python -m benchmarks.plot DI
                             episodes (per_task.csv): mean over seeds x tasks, 95% seed-level t
                             interval as error bars, each seed's mean as a dot.
   per_task_physics.png      every (seed, task) return against pole half-length, pole mass, cart
-                            mass and push magnitude (per_task.csv), normal and inverted force
-                            marked apart, with binned means.
+                            mass and push magnitude (per_task.csv; on another environment its
+                            varied fields, the per_task.csv columns between task_index and
+                            inverted), normal and inverted tasks marked apart, with binned means.
   returns_by_task_kind.png  held-out return per method and task kind (results.json and
                             per_task.csv): bar = mean over seeds x tasks, error bar = 95%
                             seed-level t interval, dots = each seed's mean; the y axis spans every
@@ -35,7 +36,27 @@ KINDS = (("normal", False, "tab:blue", "o"), ("inverted", True, "tab:red", "x"))
 #: per_task.csv physics columns plotted, with axis labels.
 PHYSICS = (("length", "pole half-length (m)"), ("masspole", "pole mass (kg)"),
            ("masscart", "cart mass (kg)"), ("force_mag", "push magnitude |force_mag| (N)"))
+#: CartPole-v1's largest return (the default `return_range` is `(0, MAX_RETURN)`).
 MAX_RETURN = 500
+
+
+def return_range(env_name: str, episode_steps: int) -> tuple:
+    """`(min, max)` of an episode's return on `env_name` over `episode_steps` steps: the
+    environment's per-step `reward_range` (`envs.TASK_ENVS`) times the steps."""
+    from envs.tasks import get_task_env  # noqa: PLC0415
+
+    lo, hi = get_task_env(env_name).reward_range
+    return lo * episode_steps, hi * episode_steps
+
+
+def _physics_columns(rows: list) -> tuple:
+    """(column, axis label) of the physics plotted per task: CartPole's `PHYSICS`, else every
+    per_task.csv column between "task_index" and "inverted" (the varied fields)."""
+    columns = list(rows[0])
+    if all(c in columns for c, _ in PHYSICS):
+        return PHYSICS
+    fields = columns[columns.index("task_index") + 1:columns.index("inverted")]
+    return tuple((c, f"|{c}|") for c in fields)
 
 
 def _save(fig, path):
@@ -118,10 +139,11 @@ def _interval(m: np.ndarray) -> tuple:
     return lo, hi
 
 
-def plot_adaptation(rows: list, path: str) -> bool:
+def plot_adaptation(rows: list, path: str, returns: tuple = (0, MAX_RETURN)) -> bool:
     """Held-out return after 0..K units of adaptation per method (per_task.csv rows), one panel
     per unit; a method whose curve repeats an earlier one (maml_zero_shot and maml_adapted share
-    one evaluation) is drawn once. Returns whether anything was drawn."""
+    one evaluation) is drawn once; `returns` is the `(min, max)` episode return (`return_range`).
+    Returns whether anything was drawn."""
     curves: dict = {}
     seen = []  # (list of names drawn as one curve, matrices)
     for method, mrows in _by_method(rows).items():
@@ -158,7 +180,7 @@ def plot_adaptation(rows: list, path: str) -> bool:
         plural = {"inner step": "inner steps", "update": "online updates (rounds before the measured one)",
                   "context episode": "context episodes (carry kept)"}
         ax.set_xlabel(f"{plural.get(unit, unit)} on the held-out task")
-        ax.set_ylabel(f"held-out return (max {MAX_RETURN})")
+        ax.set_ylabel(f"held-out return (max {returns[1]:g})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("Return after adaptation: mean over seeds x tasks, 95% seed-level t interval; dots: "
@@ -168,23 +190,25 @@ def plot_adaptation(rows: list, path: str) -> bool:
     return True
 
 
-def plot_per_task(rows: list, path: str) -> bool:
-    """Every (seed, task) return against the task's physics, one row of panels per method."""
+def plot_per_task(rows: list, path: str, returns: tuple = (0, MAX_RETURN)) -> bool:
+    """Every (seed, task) return against the task's physics (`_physics_columns`), one row of
+    panels per method; `returns` (`return_range`) is the y axis's label range."""
     methods = _by_method(rows)
     if not methods:
         return False
-    fig, axes = plt.subplots(len(methods), len(PHYSICS), figsize=(3.4 * len(PHYSICS), 2.6 * len(methods)),
+    physics = _physics_columns(rows)
+    fig, axes = plt.subplots(len(methods), len(physics), figsize=(3.4 * len(physics), 2.6 * len(methods)),
                              squeeze=False, sharey=True)
     for i, (method, mrows) in enumerate(methods.items()):
         ret = _floats(mrows, "return")
         inv = np.array([r["inverted"] == "True" for r in mrows])
-        for j, (column, label) in enumerate(PHYSICS):
+        for j, (column, label) in enumerate(physics):
             ax = axes[i][j]
             x = np.abs(_floats(mrows, column))
             for kind, flag, color, marker in KINDS:
                 sel = inv == flag
                 ax.scatter(x[sel], ret[sel], s=9, color=color, marker=marker, alpha=0.6,
-                           label=f"{kind} force (one task)")
+                           label=f"{kind} (one task)")
                 if sel.sum() >= 4:
                     edges = np.quantile(x[sel], np.linspace(0, 1, 5))
                     idx = np.clip(np.searchsorted(edges, x[sel], side="right") - 1, 0, 3)
@@ -193,7 +217,7 @@ def plot_per_task(rows: list, path: str) -> bool:
                     ax.plot(centers, means, color=color, lw=1.5, label=f"{kind}: mean per quartile bin")
             ax.set_xlabel(label, fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"{method}\nheld-out return", fontsize=8)
+                ax.set_ylabel(f"{method}\nheld-out return (max {returns[1]:g})", fontsize=8)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.03))
@@ -203,23 +227,24 @@ def plot_per_task(rows: list, path: str) -> bool:
     return True
 
 
-def plot_returns(methods: dict, rows: list, path: str) -> None:
+def plot_returns(methods: dict, rows: list, path: str, returns: tuple = (0, MAX_RETURN)) -> None:
     """Held-out return per method and task kind: bars are means over seeds x tasks
     (`methods`: results.json entries), error bars their 95% seed-level t interval (ends
-    `ci95_low`/`ci95_high`, drawn in full), dots each training seed's mean (per_task.csv rows)."""
+    `ci95_low`/`ci95_high`, drawn in full), dots each training seed's mean (per_task.csv rows);
+    `returns`: the `(min, max)` episode return (`return_range`), a dashed line at the max."""
     names = list(methods)
     per_method = _by_method(rows)
     x = np.arange(len(names))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(names)), 3.8))
-    extremes = [0.0, MAX_RETURN]
+    extremes = [min(0.0, returns[0]) if returns[1] > 0 else returns[1], returns[1]]
     for i, (kind, flag, color, _) in enumerate(KINDS):
         offset = (i - 0.5) * width
         for j, n in enumerate(names):
             k = methods[n]["return_by_task_kind"][kind]
             mean = k["mean"] if k["mean"] is not None else math.nan
             ax.bar(x[j] + offset, mean, width, color=color, alpha=0.75,
-                   label=f"{kind} force: mean over seeds x tasks" if j == 0 else None)
+                   label=f"{kind}: mean over seeds x tasks" if j == 0 else None)
             lo, hi = k.get("ci95_low"), k.get("ci95_high")
             if lo is not None and hi is not None and np.isfinite([lo, hi]).all():
                 ax.errorbar(x[j] + offset, mean, yerr=[[mean - lo], [hi - mean]], color="black", capsize=3,
@@ -233,11 +258,11 @@ def plot_returns(methods: dict, rows: list, path: str) -> None:
                 extremes += [float(np.nanmin(seed_means)), float(np.nanmax(seed_means))]
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(f"held-out return (episode max {MAX_RETURN})")
+    ax.set_ylabel(f"held-out return (episode max {returns[1]:g})")
     lo, hi = min(extremes), max(extremes)
     pad = 0.04 * (hi - lo)
     ax.set_ylim(lo - pad if lo < 0 else 0, hi + pad)
-    ax.axhline(MAX_RETURN, color="gray", lw=0.5, ls="--")
+    ax.axhline(returns[1], color="gray", lw=0.5, ls="--")
     ax.set_title("Held-out return by task kind", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)

@@ -39,7 +39,7 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
         returns = m.returns[name]
         entry = summarize(returns, m.kinds)
         entry["episodes"] = {"num_seeds": config.num_seeds, "tasks_per_seed": config.evaluation.num_tasks,
-                             "envs_per_task": config.evaluation.num_envs, "episode_limit": ev.EPISODE_STEPS}
+                             "envs_per_task": config.evaluation.num_envs, "episode_limit": config.episode_steps}
         entry["trained_model"] = method.trainer
         entry.update(method.report(m.series[name], m.kinds, config, trainers[method.trainer]))
         if name != REFERENCE and REFERENCE in m.returns:
@@ -98,17 +98,25 @@ def versions() -> dict:
     return out
 
 
-#: per_task.csv's columns before the `return_after_<k>` ones.
-PER_TASK_COLUMNS = ("method", "seed", "seed_index", "task_index") + TASK_FIELDS + (
-    "inverted", "return", "adaptation_unit")
+def per_task_columns(task_fields=TASK_FIELDS) -> tuple:
+    """per_task.csv's columns before the `return_after_<k>` ones, with the physics columns
+    `task_fields` (the suite's varied fields, `envs.Suite.task_fields`)."""
+    return ("method", "seed", "seed_index", "task_index") + tuple(task_fields) + (
+        "inverted", "return", "adaptation_unit")
+
+
+#: per_task.csv's columns before the `return_after_<k>` ones on CartPole.
+PER_TASK_COLUMNS = per_task_columns(TASK_FIELDS)
 
 
 def per_task_rows(config, measurement: Measurement, registry=METHODS_BY_NAME) -> list:
     """per_task.csv's rows: one dict per (method, seed, test task), methods in config order.
 
-    Columns: `PER_TASK_COLUMNS` (seed is the training seed `config.seed + seed_index`,
+    Columns: `per_task_columns(fields)`, `fields` the measured tasks' varied fields
+    (`Measurement.tasks`: CartPole's `TASK_FIELDS`, Acrobot's link lengths and masses,
+    Pendulum's m, l, g, max_torque) (seed is the training seed `config.seed + seed_index`,
     task_index the task's position in that seed's test tasks, `benchmarks.evaluation.test_tasks`;
-    force_mag is negative on inverted tasks; `return` is the method's per-task return, the one
+    CartPole force_mag and Pendulum m are negative on inverted tasks; `return` is the method's per-task return, the one
     results.json summarises), then `return_after_<k>` for k = 0..K: the return after k units of
     `adaptation_unit` (`Method.by_adaptation`; empty beyond a method's own K, and `return_after_0`
     alone for a method that does not adapt). A NaN return (no completed episode) is "nan".
@@ -122,7 +130,7 @@ def per_task_rows(config, measurement: Measurement, registry=METHODS_BY_NAME) ->
         for s in range(ret.shape[0]):
             for i in range(ret.shape[1]):
                 row = {"method": name, "seed": config.seed + s, "seed_index": s, "task_index": i}
-                row.update({f: float(m.tasks[f][s, i]) for f in TASK_FIELDS})
+                row.update({f: float(v[s, i]) for f, v in m.tasks.items()})
                 row.update({"inverted": bool(m.kinds[s, i]), "return": float(ret[s, i]),
                             "adaptation_unit": method.adaptation_unit})
                 row.update({f"return_after_{k}": float(by[s, i, k]) for k in range(by.shape[-1])})

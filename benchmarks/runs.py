@@ -160,7 +160,8 @@ class MethodPolicy:
         e = self.config.evaluation
         replay = (e.hybrid_replay_capacity, e.hybrid_replay_ratio) if self.name in REPLAY_METHODS else (0, 0.0)
         params, returns = _adapt_online(key, self.policy, state, task, k + 1, e.num_envs, self.env,
-                                        self.trainer.algo.config.baseline, *replay)
+                                        self.trainer.algo.config.baseline, *replay,
+                                        self.config.episode_steps)
         return params, np.asarray(returns)
 
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
@@ -169,13 +170,14 @@ class MethodPolicy:
         s = _index("seed_index", seed_index, self.num_seeds)
         key = ev.eval_key(self.config.seed, s) if key is None else key
         if tasks is None:
-            tasks = ev.test_tasks(key, self.config.evaluation.num_tasks, envs.get_suite(self.config.suite))
+            tasks = ev.test_tasks(key, self.config.evaluation.num_tasks,
+                                  envs.get_suite(self.config.suite, self.config.env_name))
         return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))
 def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline, replay_capacity,
-                  replay_ratio):
+                  replay_ratio, episode_steps):
     """`(params after num_rounds - 1 updates, (num_rounds,) round returns)` of test_time_adapted's
     online rule on one task (the last round's update is not applied), or of test_time_hybrid's
     rule with `replay_capacity > 0` (`benchmarks.evaluation.evaluate_test_time`)."""
@@ -185,7 +187,7 @@ def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline,
     if num_rounds > 1:
         params, returns, _ = adapt.evaluate_with_adaptation(
             key, policy, params, task, objective=objective, optimizer=optimizer,
-            num_rounds=num_rounds - 1, steps_per_round=ev.EPISODE_STEPS, num_envs=num_envs,
+            num_rounds=num_rounds - 1, steps_per_round=episode_steps, num_envs=num_envs,
             divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
             replay_capacity=replay_capacity, replay_ratio=replay_ratio)
     return params, returns
@@ -211,7 +213,7 @@ class Run:
         """The held-out test tasks the run evaluated seed `seed_index` on (leading task axis)."""
         s = _index("seed_index", seed_index, self.config.num_seeds)
         return ev.test_tasks(ev.eval_key(self.config.seed, s), self.config.evaluation.num_tasks,
-                             envs.get_suite(self.config.suite))
+                             envs.get_suite(self.config.suite, self.config.env_name))
 
     def test_task(self, seed_index: int, task_index: int):
         """One of them (no task axis), as per_task.csv's `seed_index` / `task_index` name it."""
@@ -311,7 +313,9 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     state (partial observations) is refused, since the episode's states are read from the
     observations.
     """
-    suite = envs.get_suite(policy.config.suite)
+    suite = envs.get_suite(policy.config.suite, policy.config.env_name)
+    if suite.env_name != "CartPole-v1":
+        raise ValueError(f"rollout_episode reads CartPole states; the run is on {suite.env_name}")
     if suite.obs_mode != "full":
         raise ValueError(f"rollout_episode reads the CartPole state from the observations, but the run's "
                          f"suite {suite.name!r} observes {suite.obs_mode} observations ([x, theta])")

@@ -8,7 +8,7 @@ checkpoint directory (`checkpoints/<name>/`):
 Every trainer trains on the train split of the run's suite (`config.suite`, `envs.suites`: its
 environment and task distribution).
 
-  non_adaptive  PPO (`config.non_adaptive`) of an `MLPPolicy` (`config.policy`) on CartPole;
+  non_adaptive  PPO (`config.non_adaptive`) of an `MLPPolicy` (`config.policy`);
   non_adaptive_ssm
                 PPO (`config.non_adaptive_ssm`) of the `SSMPolicy` of `config.policy` (the
                 maml_ssm architecture) with its carry reset at every episode start: memory
@@ -33,6 +33,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 import envs
 import maml
@@ -127,19 +129,26 @@ class MAMLTrainer(Trainer):
 
 
 # ------------------------------------------------------------------------------------ builders
-def _action_dim(env) -> int:
-    return int(env.num_actions)
+def _action_head(env) -> dict:
+    """`action_dim` and `discrete` of a policy for `env`'s action space: `Discrete(n)` ->
+    `n` actions, categorical; `Box` -> its size, Gaussian."""
+    from gymnax.environments import spaces
+
+    space = env.action_space(env.default_params)
+    if isinstance(space, spaces.Discrete):
+        return {"action_dim": int(space.n), "discrete": True}
+    return {"action_dim": int(np.prod(space.shape)), "discrete": False}
 
 
 def _non_adaptive(name, config, env, task_dist, mesh=None) -> Trainer:
-    policy = config.policy.mlp(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+    policy = config.policy.mlp(obs_dim=envs.obs_dim(env), **_action_head(env))
     algo = maml.PPO(policy, config.non_adaptive, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
 
 
 def _non_adaptive_ssm(name, config, env, task_dist, mesh=None) -> Trainer:
     ppo = config.non_adaptive_ssm  # carry_across_episodes is False (BenchmarkConfig checks it)
-    policy = config.policy.ssm(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+    policy = config.policy.ssm(obs_dim=envs.obs_dim(env), **_action_head(env))
     algo = maml.PPO(policy, ppo, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, ppo.total_iterations)
 
@@ -149,7 +158,7 @@ def _in_context(name, config, env, task_dist, mesh=None) -> Trainer:
 
     env = envs.ContextWrapper(env)
     p = config.in_context_policy
-    policy = p.build(obs_dim=envs.obs_dim(env), action_dim=_action_dim(env),
+    policy = p.build(obs_dim=envs.obs_dim(env), **_action_head(env),
                      parallel=p.core != "ssm" and jax.default_backend() != "cpu")
     algo = maml.PPO(policy, config.in_context, env=env, task_dist=task_dist, mesh=mesh)
     return PPOTrainer(name, policy, env, algo, config.in_context.total_iterations)
@@ -160,7 +169,7 @@ def _maml(make_policy: Callable) -> Callable:
         from ssm_jax import sharding
 
         sharding.check_divisible("--tasks_per_epoch", config.maml.tasks_per_update, mesh)
-        policy = make_policy(config.policy, obs_dim=envs.obs_dim(env), action_dim=_action_dim(env))
+        policy = make_policy(config.policy, obs_dim=envs.obs_dim(env), **_action_head(env))
         algo = maml.MAMLRL(policy, config.maml.algorithm_config, env=env, mesh=mesh)
         return MAMLTrainer(name, policy, env, algo, config.maml.num_meta_updates, task_dist,
                            config.maml.tasks_per_update)
@@ -189,9 +198,11 @@ TRAINERS = {
 def build_trainer(name: str, config: "BenchmarkConfig", env=None, mesh=None) -> Trainer:
     """The trainer `name` (a `TRAINERS` key) of `config`, training on the train split of the
     suite `config.suite` (`envs.suites.SUITES`) in `env` (default: the suite's environment;
-    the standard suite's is `envs.make(config.env_name)[0]`), its task axis split over the
-    `"batch"` axis of `mesh` (None: one device; a ValueError if the tasks do not divide it)."""
-    suite = envs.get_suite(config.suite)
+    the standard suite's is `envs.make(config.env_name)[0]`); policies get the action head of
+    its action space (categorical for `Discrete`, Gaussian for `Box`); the task axis is split
+    over the `"batch"` axis of `mesh` (None: one device; a ValueError if the tasks do not
+    divide it)."""
+    suite = envs.get_suite(config.suite, config.env_name)
     env = suite.env() if env is None else env
     return TRAINERS[name].build(name, config, env, suite, mesh)
 

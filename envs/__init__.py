@@ -1,8 +1,9 @@
-"""gymnax environments, CartPole task distributions, evaluation suites, observation modes and
-jitted rollouts.
+"""gymnax environments, task distributions (CartPole, Acrobot, Pendulum), evaluation suites,
+observation modes and jitted rollouts.
 
 Names are imported on first use (``ssm_jax.lazy``): ``import envs``, ``envs.OBS_MODES``,
-``envs.CartPoleTasks`` and ``envs.SUITES`` import no JAX or gymnax.
+``envs.CartPoleTasks``, ``envs.EnvTasks``, ``envs.TASK_ENVS`` and ``envs.SUITES`` import no
+JAX or gymnax.
 """
 
 from ssm_jax.lazy import lazy_exports
@@ -16,6 +17,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "suite_env": ("SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
                   "make_suite_params"),
     "suites": ("SUITES", "SUITE_NAMES", "Suite", "get_suite"),
-    "tasks": ("DEFAULT_TEST_RANGES", "VARIED_FIELDS", "CartPoleTasks", "force_sign",
-              "is_inverted", "make_cartpole_params"),
+    "tasks": ("DEFAULT_TEST_RANGES", "VARIED_FIELDS", "CartPoleTasks", "EnvTasks", "TASK_ENVS",
+              "TASK_ENV_NAMES", "TaskEnv", "force_sign", "get_task_env", "is_inverted",
+              "make_cartpole_params", "make_task_params"),
 })

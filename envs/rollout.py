@@ -154,9 +154,12 @@ def _check_task(task, env: Environment, leading: tuple[int, ...], fn: str) -> No
     except Exception as err:  # pragma: no cover - defensive
         raise ValueError(f"{fn}: task must be a {type(default).__name__} pytree") from err
     if t_def != d_def:
+        fields = lambda p: list(getattr(type(p), "__dataclass_fields__", {}))  # noqa: E731
         raise ValueError(
-            f"{fn}: task must be a {type(default).__name__} pytree like env.default_params, "
-            f"got {type(task).__name__}"
+            f"{fn}: task must be {env.name}'s {type(default).__name__} pytree like "
+            f"env.default_params (fields {fields(default)}), got {type(task).__name__} with "
+            f"fields {fields(task)} (tasks of another environment? sample them with "
+            f"envs.EnvTasks({env.name!r}))"
         )
     names = [f.name for f in getattr(type(default), "__dataclass_fields__", {}).values()]
     for i, (t, d) in enumerate(zip(t_leaves, d_leaves)):

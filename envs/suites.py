@@ -39,11 +39,12 @@ JAX or gymnax (the command line lists and checks suite names without them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from envs.observation import check_obs_mode
-from envs.tasks import SPLITS, CartPoleTasks, check_intervals, intervals, span
+from envs.tasks import SPLITS, TASK_ENV_NAMES, CartPoleTasks, EnvTasks, check_intervals, intervals, span
 from ssm_jax.validation import check_choice, check_int
 
 #: The environment every suite varies.
@@ -61,7 +62,8 @@ class Suite:
     Attributes:
       name: the suite's name (`--suite NAME`).
       description: one line saying what it tests.
-      tasks: the physics distribution and its splits (`envs.CartPoleTasks`; its
+      tasks: the physics distribution and its splits (`envs.CartPoleTasks`, or an
+        `envs.EnvTasks` of any `TASK_ENVS` environment for an unwrapped suite; its
         `max_steps_in_episode` is the episode limit).
       obs_mode: `"full"` or `"partial"` (velocities hidden; `envs.observation`).
       switch_steps: `(low, high)`, ints with `1 <= low <= high < episode limit`: each episode
@@ -74,7 +76,7 @@ class Suite:
 
     Raises:
       ValueError (on construction) naming the field: an empty name, `tasks` that is not a
-      `CartPoleTasks`, an unknown observation mode, switch steps out of order or outside the
+      `CartPoleTasks` or `EnvTasks` (a wrapped suite needs CartPole tasks), an unknown observation mode, switch steps out of order or outside the
       episode, a goal range without its test range (or the reverse), off the track, or a test
       goal range inside the train one.
     """
@@ -92,9 +94,10 @@ class Suite:
             raise ValueError(f"name must be a non-empty identifier, got {self.name!r}")
         if not isinstance(self.description, str):
             raise ValueError(f"description must be a str, got {type(self.description).__name__}")
-        if not isinstance(self.tasks, CartPoleTasks):
-            raise ValueError(f"tasks must be an envs.CartPoleTasks, got {type(self.tasks).__name__}")
-        check_obs_mode(self.obs_mode, BASE_ENV)
+        if not isinstance(self.tasks, (CartPoleTasks, EnvTasks)):
+            raise ValueError(f"tasks must be an envs.CartPoleTasks or envs.EnvTasks, got "
+                             f"{type(self.tasks).__name__}")
+        check_obs_mode(self.obs_mode, self.env_name)
         if self.switch_steps is not None:
             self._check_switch_steps()
         if (self.goal_x is None) != (self.goal_x_test is None):
@@ -102,6 +105,9 @@ class Suite:
                              f"goal_x={self.goal_x!r}, goal_x_test={self.goal_x_test!r}")
         if self.goal_x is not None:
             self._check_goal()
+        if self.wrapped and self.env_name != BASE_ENV:
+            raise ValueError(f"a suite with a partial observation, a switch or a goal runs on "
+                             f"{BASE_ENV} tasks only, got {self.env_name} tasks")
 
     def _check_switch_steps(self):
         value = self.switch_steps
@@ -133,6 +139,17 @@ class Suite:
 
     # ---- what the suite is -----------------------------------------------------------------
     @property
+    def env_name(self) -> str:
+        """The gymnax environment of the suite's tasks (`tasks.env_name`)."""
+        return self.tasks.env_name
+
+    @property
+    def task_fields(self) -> tuple:
+        """The `EnvParams` fields the task distribution varies (its train ranges' keys, in
+        sampling order): the physics columns reported per test task."""
+        return tuple(self.tasks.split_ranges("train"))
+
+    @property
     def episode_limit(self) -> int:
         """Steps after which an episode is truncated (`tasks.max_steps_in_episode`)."""
         return self.tasks.max_steps_in_episode
@@ -157,24 +174,26 @@ class Suite:
         return self.goal_x if split == "train" else self.goal_x_test
 
     def to_dict(self) -> dict:
-        """The JSON form (results.json): every field, the task ranges of both splits."""
+        """The JSON form (results.json): every field, the task ranges of both splits (and the
+        environment, for a suite on other tasks than CartPole's)."""
         t = self.tasks
-        return {"name": self.name, "description": self.description, "obs_mode": self.obs_mode,
+        env = {} if self.env_name == BASE_ENV else {"env_name": self.env_name}
+        return {**env, "name": self.name, "description": self.description, "obs_mode": self.obs_mode,
                 "episode_limit": self.episode_limit,
                 "switch_steps": None if self.switch_steps is None else list(self.switch_steps),
                 "goal_x": {s: _json_range(self.goal_range(s)) for s in SPLITS} if self.has_goal else None,
                 "tasks": {"inverted_fraction": t.inverted_fraction,
-                          **{s: {f: _json_range(v) for f, v in t.ranges(s).items()} for s in SPLITS}}}
+                          **{s: {f: _json_range(v) for f, v in t.split_ranges(s).items()} for s in SPLITS}}}
 
     # ---- the environment and its tasks -----------------------------------------------------
     def env(self):
         """The gymnax environment of the suite's tasks (cached: the same object every call):
-        `envs.make("CartPole-v1")[0]`, or `envs.suite_env.make_suite_env(obs_mode)` for a
+        `envs.make(env_name)[0]`, or `envs.suite_env.make_suite_env(obs_mode)` for a
         wrapped suite."""
         if not self.wrapped:
             from envs.registry import make  # noqa: PLC0415
 
-            return make(BASE_ENV)[0]
+            return make(self.env_name)[0]
         from envs.suite_env import make_suite_env  # noqa: PLC0415
 
         return make_suite_env(self.obs_mode)
@@ -243,7 +262,29 @@ SUITE_NAMES: tuple = tuple(SUITES)
 DEFAULT_SUITE = "standard"
 
 
-def get_suite(name: str) -> Suite:
-    """The registered suite `name` (ValueError listing `SUITE_NAMES` otherwise)."""
-    check_choice("suite", name, SUITE_NAMES)
-    return SUITES[name]
+#: The suites each task environment runs: every registered suite on CartPole-v1; the standard
+#: suite (full observation, survival or the env's own reward, no switch) on the others.
+ENV_SUITES: Mapping[str, tuple] = MappingProxyType(
+    {name: SUITE_NAMES if name == BASE_ENV else (DEFAULT_SUITE,) for name in TASK_ENV_NAMES})
+
+
+def get_suite(name: str, env_name: str = BASE_ENV) -> Suite:
+    """The suite `name` on the tasks of `env_name` (one of `envs.TASK_ENV_NAMES`).
+
+    On CartPole-v1 the registered suite (`SUITES[name]`); on another environment only the
+    standard suite, whose tasks are `envs.EnvTasks(env_name)` (its default ranges and episode
+    limit) in the plain gymnax environment (the same object every call). ValueError listing
+    the supported environments, or the suites of `env_name` (`ENV_SUITES`), otherwise.
+    """
+    check_choice("env_name", env_name, TASK_ENV_NAMES)
+    check_choice("suite", name, ENV_SUITES[env_name])
+    if env_name == BASE_ENV:
+        return SUITES[name]
+    return _env_suite(env_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _env_suite(env_name: str) -> Suite:
+    return Suite(DEFAULT_SUITE, f"varied {env_name} physics, half the tasks with inverted "
+                 f"control; held-out test ranges (envs.TASK_ENVS[{env_name!r}])",
+                 tasks=EnvTasks(env_name))

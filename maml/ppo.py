@@ -59,9 +59,10 @@ class PPO:
         (``envs.check_policy``, checked here, before anything compiles).
       config: a ``PPOConfig`` (default ``PPOConfig()``).
       env: a gymnax environment (default CartPole-v1), e.g. an ``envs.context.ContextWrapper``.
-      task_dist: the task distribution (default ``envs.CartPoleTasks()``; an ``envs.Suite``
-        too), anything with ``sample(key, num_tasks, split)`` returning tasks of ``env``;
-        iterations sample its ``"train"`` split.
+      task_dist: the task distribution (default ``envs.CartPoleTasks()``; an ``envs.EnvTasks``
+        of ``env``'s name, e.g. ``envs.EnvTasks("Pendulum-v1")``, or an ``envs.Suite``),
+        anything with ``sample(key, num_tasks, split)`` returning tasks of ``env``; iterations
+        sample its ``"train"`` split.
       mesh: None (one device) or a ``jax.sharding.Mesh`` with a ``"batch"`` axis
         (``ssm_jax.sharding.make_mesh``): each iteration's rollout is split over its devices
         along the task axis (``config.num_tasks`` must be divisible by them, checked here) and
@@ -75,7 +76,7 @@ class PPO:
     """
 
     def __init__(self, policy, config: Optional[PPOConfig] = None, env=None,
-                 task_dist: Optional[envs.CartPoleTasks] = None, mesh=None):
+                 task_dist: Optional[envs.CartPoleTasks | envs.EnvTasks] = None, mesh=None):
         self.config = PPOConfig() if config is None else config
         if not isinstance(self.config, PPOConfig):
             raise ValueError(f"config must be a PPOConfig, got {type(self.config).__name__}")

@@ -1,4 +1,4 @@
-"""MAML for reinforcement learning on gymnax tasks (CartPole task distributions).
+"""MAML for reinforcement learning on gymnax tasks (`envs.EnvTasks`: CartPole, Acrobot, Pendulum).
 
 One meta-update, entirely inside one ``jax.jit`` (sampling included)::
 

@@ -81,7 +81,7 @@ def _error_of(argv, capsys):
     (["--outer_lr", "nan"], "--outer_lr must be finite"),
     (["--num_inner_steps", "0"], "--num_inner_steps must be a positive int"),
     (["--num_seeds", "-2"], "--num_seeds must be a positive int"),
-    (["--env_name", "Pendulum-v1"], "--env_name must be one of"),
+    (["--env_name", "MountainCar-v0"], "--env_name must be one of"),  # Pendulum-v1 is supported now
     (["--mode", "supervised"], "invalid choice"),
     (["--tasks_per_epoch", "two"], "invalid int value"),
     (["--methods", "maml_adapted,magic"], "--methods must be a non-empty subset"),
