@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 
 import chex
 import jax
@@ -311,6 +312,9 @@ class _CountingCartPole(type(envs.make("CartPole-v1")[0])):
     """CartPole that counts the environment steps it runs (a host callback in every step)."""
 
     steps = [0]
+    # XLA may run the callbacks of one program on several threads at once: `+=` on the shared
+    # counter is a read-modify-write, so it is done under a lock (or counts get lost)
+    lock = threading.Lock()
 
     def step_env(self, key, state, action, params):
         jax.debug.callback(_CountingCartPole._count, state.time)
@@ -318,7 +322,8 @@ class _CountingCartPole(type(envs.make("CartPole-v1")[0])):
 
     @staticmethod
     def _count(time):
-        _CountingCartPole.steps[0] += int(np.size(time))  # one per env (a batch under vmap)
+        with _CountingCartPole.lock:
+            _CountingCartPole.steps[0] += int(np.size(time))  # one per env (a batch under vmap)
 
 
 @pytest.mark.slow
