@@ -1,26 +1,7 @@
-"""Shared test setup.
+"""Shared test setup."""
 
-Tests compile with XLA's backend optimisation level 1 (`TEST_XLA_FLAGS`, appended to `XLA_FLAGS`
-here, before JAX starts its backend, so the subprocesses the tests start inherit it too).
-Compilation dominates the test run, and level 1 compiles faster than XLA's default level 3 (a
-`--quick` run: about 125 s of CPU instead of 185 s) while the programs run a little slower.
-Level 0 compiles faster still, but its floating-point code rounds differently from the separately
-compiled pieces of a Python-loop reference, and a chaotic episode (tests/test_evaluation.py's
-within-episode adaptation against its loop) then stops matching; at level 1 it matches, as at 3. What the tests check (equalities between two ways of computing a thing, tolerances
-against references, bit-identical resumes) does not depend on the level as long as both sides
-are compiled alike. Benchmarks and the README's figures use XLA's default level. A level already
-in `XLA_FLAGS` is kept, so `XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest` runs
-the tests as users' programs compile.
-"""
-
-import os
-
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
-
-import chex  # noqa: E402  (after XLA_FLAGS: chex imports JAX)
-import pytest  # noqa: E402
+import chex
+import pytest
 
 
 @pytest.fixture(autouse=True)
