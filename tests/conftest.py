@@ -4,6 +4,26 @@ import chex
 import pytest
 
 
+@pytest.fixture
+def fresh_python():
+    """`run(code, timeout=60) -> list of stdout lines`: `code` run by a new Python interpreter
+    from the repository root (so what it imports starts from an empty `sys.modules`), asserting
+    it exits 0 (its stderr shown otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(code: str, timeout: float = 60) -> list:
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                             timeout=timeout)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _fresh_trace_counter():
     """``chex.assert_max_traces`` counts per function code object across the whole session;

@@ -3,8 +3,6 @@ through gradio_client against a server on 127.0.0.1 (slow, the shared `app_serve
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +10,6 @@ import pytest
 from benchmarks import app_core as core
 from benchmarks.config import BenchmarkConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _make_run(path, results=None):
@@ -34,15 +31,13 @@ RESULTS = {"suite": "standard", "command": "python -m benchmarks.cartpole --quic
 
 
 # ------------------------------------------------------------------------------------ fast
-def test_importing_the_library_imports_no_gradio_and_the_page_module_no_jax():
+def test_importing_the_library_imports_no_gradio_and_the_page_module_no_jax(fresh_python):
     code = ("import sys\n"
             "import benchmarks.app, benchmarks.app_core\n"
             "print(sorted(m for m in ('jax', 'gradio') if m in sys.modules))\n"
             "import ssm_jax, maml, adapt, envs, benchmarks, benchmarks.cli, benchmarks.cartpole\n"
             "print(sorted(m for m in sys.modules if m == 'gradio' or m.startswith('gradio.')))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["[]", "[]"]
+    assert fresh_python(code, timeout=120) == ["[]", "[]"]
 
 
 def test_flags_defaults_and_bad_values(tmp_path, capsys):

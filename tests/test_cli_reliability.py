@@ -77,7 +77,7 @@ def test_resume_of_a_file_and_a_missing_dir(capsys, tmp_path):
     assert "is not a directory" in _usage_error(["--eval_only", "--checkpoint", str(f)], capsys)
 
 
-def test_usage_errors_import_no_jax_and_exit_2():
+def test_usage_errors_import_no_jax_and_exit_2(fresh_python):
     """In a fresh interpreter: --help and usage errors (flag values, config checks, directories)
     are answered without importing JAX, flax or gymnax; a usage error is one line after usage."""
     code = r"""
@@ -98,9 +98,7 @@ for argv in cases:
     print(argv[0], code, len(lines))
 print("heavy", sorted(m for m in ("jax", "flax", "gymnax", "optax", "orbax", "scipy") if m in sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = fresh_python(code)
     assert lines[0] == "--help 0 0"
     assert all(l.endswith(" 2 1") for l in lines[1:-1]), lines
     assert lines[-1] == "heavy []"

@@ -7,9 +7,6 @@ Everything runs under `jit` and `vmap` over tasks.
 """
 
 import functools
-import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -23,7 +20,6 @@ from envs.suite_env import NO_SWITCH, PHYSICS_FIELDS
 from envs.suites import EXTREME_TASKS, SUITES, Suite
 from envs.tasks import VARIED_FIELDS, intervals
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 2000  # tasks per split in the distribution checks (one jitted draw each)
 
 
@@ -324,7 +320,7 @@ def test_partial_hides_exactly_the_velocities_under_jit_and_vmap():
 # ------------------------------------------------------------------------------ import cost
 
 
-def test_suites_and_the_suite_flag_import_no_jax():
+def test_suites_and_the_suite_flag_import_no_jax(fresh_python):
     """The registry and `--suite` checks (a bad name is exit 2 naming the flag) run without
     JAX, flax or gymnax, so they answer before anything is compiled."""
     code = ("import contextlib, io, sys, envs\nfrom envs.suites import SUITES\n"
@@ -335,9 +331,7 @@ def test_suites_and_the_suite_flag_import_no_jax():
             "print(err.getvalue().strip().splitlines()[-1])\n"
             "print(parse_args(['--suite', 'goal', '--quick'])[0].suite)\n"
             "print(sorted(m for m in ('jax', 'gymnax', 'flax') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    assert fresh_python(code) == [
         "[[1.0, 5.0], [15.0, 20.0]] standard", "2",
         "python -m benchmarks.cartpole: error: --suite must be one of ['standard', 'partial', "
         "'extreme', 'switching', 'goal', 'all'], got 'hard'", "goal", "[]"]
