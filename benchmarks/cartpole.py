@@ -70,11 +70,15 @@ def load_trained(trainer: Trainer, directory: str, num_seeds: int) -> tuple:
     """`(states, history)` of the last checkpoint of `trainer` in `directory` (CheckpointError if
     it is missing, unreadable or another trainer's)."""
     import jax
+    import numpy as np
 
     from benchmarks.checkpointing import Checkpointer, CheckpointError
 
     ckpt = Checkpointer(directory, create=False)
-    target = jax.jit(jax.vmap(trainer.init))(jax.random.split(jax.random.key(0), num_seeds))
+    # the restore target needs only the state's structure, shapes and dtypes: traced, not
+    # compiled (compiling the trainers' init took seconds of a first load)
+    shapes = jax.eval_shape(lambda k: jax.vmap(trainer.init)(jax.random.split(k, num_seeds)), jax.random.key(0))
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     states, meta, step = ckpt.restore(target)
     stored = meta.get("run", {}).get("model")
     if stored != trainer.name:
