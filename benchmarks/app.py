@@ -24,6 +24,7 @@ Importing this module imports neither Gradio nor JAX (`build_app` and `main` do)
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 import tempfile
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
     `~/.cache/ssm-metarl-jax/jax`)."""
     options = core.parse_flags(argv)
     try:
-        import gradio  # noqa: F401,PLC0415
+        importlib.import_module("gradio")  # present? (imported for real by `launch`)
     except ImportError:
         print(f"{core.PROG}: error: the page needs Gradio: pip install -e '.[app]'", file=sys.stderr)
         return 1

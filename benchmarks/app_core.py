@@ -42,7 +42,6 @@ import time
 from typing import Optional
 
 from benchmarks import rundir
-from benchmarks.methods import METHODS
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 PROG = "python -m benchmarks.app"
