@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -332,6 +333,48 @@ def _gif(episode, title: str, path: str) -> str:
     return path
 
 
+def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, steps: int, seed_index: int,
+             key: int) -> tuple:
+    """`try_task`'s computation on checked controls: `(before, after, returns)` (two
+    `benchmarks.runs.Episode`s and the `(label, return)` list). Behind the cache's lock; the
+    episode before adaptation is rolled out in a second thread while the method adapts, so on
+    two cores their programs compile (and run) side by side."""
+    import jax  # noqa: PLC0415
+
+    from benchmarks import runs  # noqa: PLC0415
+
+    adaptation = runs.ADAPTATION[method]
+    with cache.lock:
+        policy = cache.policy(run_dir, method)
+        k_task, k_adapt, k_before, k_after = jax.random.split(jax.random.key(key), 4)
+        task = make_task(config.suite, physics, k_task)
+        params0 = policy.params(seed_index)
+        if adaptation == "context":
+            eps = runs.rollout_episodes(policy, params0, task, k_after, steps + 1)
+            returns = [(f"episode {i + 1}" + (" (no context)" if i == 0 else f" (after {i} context)"), e.total)
+                       for i, e in enumerate(eps)]
+            return eps[0], eps[-1], returns
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            before_job = pool.submit(lambda: runs.rollout_episodes(policy, params0, task, k_before)[0])
+            if adaptation == "within_episode":
+                after = runs.rollout_episode(policy, seed_index, task, k_after)
+                before = before_job.result()
+                return before, after, [("episode without updates", before.total), ("episode updating every "
+                                       f"{config.evaluation.within_episode_chunk} steps", after.total)]
+            if adaptation != "none":
+                params, measured = policy.adapt(seed_index, task, k_adapt, steps)
+            before = before_job.result()  # its rollout compiled: the "after" episode reuses it
+        if adaptation == "none":
+            return before, before, [("episode", before.total)]
+        after = runs.rollout_episodes(policy, params, task, k_after)[0]
+    if adaptation == "inner_steps":
+        returns = [(f"support batch after {i} inner steps", float(r)) for i, r in enumerate(measured)]
+    else:
+        returns = [(f"round {i + 1} (after {i} updates)", float(r)) for i, r in enumerate(measured)]
+    returns.append((f"episode after {steps} {UNITS[adaptation]}s", after.total))
+    return before, after, returns
+
+
 def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, steps, seed_index=0, key=0,
              out_dir: Optional[str] = None) -> dict:
     """Adapt `method` of the run (training seed `seed_index`) to the task the controls describe
@@ -355,40 +398,8 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     adaptation = ADAPTATION[method]
     method, steps, seed_index, key = check_try_inputs(method, config.methods, adaptation, steps, seed_index,
                                                       config.num_seeds, key)
-    import jax  # noqa: PLC0415
-
-    from benchmarks import runs  # noqa: PLC0415
-
     out_dir = out_dir or tempfile.mkdtemp(prefix="ssm-metarl-app-")
-    with cache.lock:
-        policy = cache.policy(run_dir, method)
-        k_task, k_adapt, k_before, k_after = jax.random.split(jax.random.key(key), 4)
-        task = make_task(config.suite, physics, k_task)
-        params0 = policy.params(seed_index)
-        returns = []
-        if adaptation == "context":
-            eps = runs.rollout_episodes(policy, params0, task, k_after, steps + 1)
-            before, after = eps[0], eps[-1]
-            returns = [(f"episode {i + 1}" + (" (no context)" if i == 0 else f" (after {i} context)"), e.total)
-                       for i, e in enumerate(eps)]
-        elif adaptation == "within_episode":
-            before = runs.rollout_episodes(policy, params0, task, k_before)[0]
-            after = runs.rollout_episode(policy, seed_index, task, k_after)
-            returns = [("episode without updates", before.total), ("episode updating every "
-                        f"{config.evaluation.within_episode_chunk} steps", after.total)]
-        else:
-            before = runs.rollout_episodes(policy, params0, task, k_before)[0]
-            if adaptation == "none":
-                after = before
-                returns = [("episode", before.total)]
-            else:
-                params, measured = policy.adapt(seed_index, task, k_adapt, steps)
-                after = runs.rollout_episodes(policy, params, task, k_after)[0]
-                if adaptation == "inner_steps":
-                    returns = [(f"support batch after {i} inner steps", float(r)) for i, r in enumerate(measured)]
-                else:
-                    returns = [(f"round {i + 1} (after {i} updates)", float(r)) for i, r in enumerate(measured)]
-                returns.append((f"episode after {steps} {UNITS[adaptation]}s", after.total))
+    before, after, returns = episodes(cache, run_dir, config, method, physics, steps, seed_index, key)
     title = f"{method}, seed index {seed_index}"
     stamp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
     gif_before = _gif(before, f"{title}: before adaptation", os.path.join(out_dir, f"before-{stamp}.gif"))
