@@ -17,7 +17,9 @@ Tabs (the logic, and every check of what a control feeds in, is `benchmarks.app_
 
 Only directories under `--runs_root` can be opened. A bad value shows a one-line message on the
 page (`gr.Error`), never a traceback. Each browser tab has its own state (`gr.State`); the
-loaded runs and their compiled functions are shared behind a lock (`app_core.RunCache`).
+loaded runs and their compiled functions are shared behind a lock (`app_core.RunCache`). A run
+is warmed up in the background (`RunCache.warm_up`: the newest run when the page is built, any
+other when it is chosen), so the first Run finds its default method loaded and compiled.
 Importing this module imports neither Gradio nor JAX (`build_app` and `main` do).
 """
 
@@ -97,7 +99,8 @@ def build_app(options: core.AppOptions):
 
         suite = get_suite(config.suite)
         methods = list(config.methods)
-        default = "maml_adapted" if "maml_adapted" in methods else methods[0]
+        default = core.default_method(methods)
+        cache.warm_up(run_dir)
         info = (f"Suite **{suite.name}** ({suite.obs_mode} observations): {suite.description} "
                 f"{config.num_seeds} training seed(s).")
         summary = core.run_summary(run_dir)
@@ -153,7 +156,7 @@ def build_app(options: core.AppOptions):
             suite_info = gr.Markdown(elem_id="suite_info")
             with gr.Row():
                 method_dd = gr.Dropdown(choices=[], label="method", elem_id="method", allow_custom_value=True)
-                steps = gr.Slider(0, core.MAX_ADAPT_STEPS, value=3, step=1, elem_id="steps",
+                steps = gr.Slider(0, core.MAX_ADAPT_STEPS, value=core.DEFAULT_ADAPT_STEPS, step=1, elem_id="steps",
                                   label="adaptation steps (MAML inner steps, test-time updates or context episodes)")
                 seed_index = gr.Number(0, precision=0, label="training seed index", elem_id="seed_index")
                 key = gr.Number(0, precision=0, label="episode seed", elem_id="key")
@@ -214,6 +217,9 @@ def build_app(options: core.AppOptions):
         cancel_btn.click(train_cancel, [job_ids], [progress, train_status, train_log], api_name="train_cancel")
         timer.tick(train_poll, [job_ids], [progress, train_status, train_log], api_name=False,
                    concurrency_limit=None, show_progress="hidden")
+    runs = core.list_runs(root)
+    if runs:  # the newest run (the page's default) is warmed up while the server starts
+        cache.warm_up(core.resolve_run(root, runs[0]))
     demo.jobs = jobs  # the server's training jobs (ended with the server: `main`)
     demo.out_dir = out_dir  # where the page writes its animations and plots
     return demo

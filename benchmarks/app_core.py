@@ -23,6 +23,9 @@ nor Gradio: the checks run before anything compiles, and the computations import
 `RunCache` keeps the loaded runs (one per run directory and method, with their jitted
 functions), so later Runs of a method reuse its compiled programs: the task's physics is data,
 never a static argument. It is shared by all sessions behind a lock; nothing else is shared.
+`RunCache.warm_up(run_dir)` does a run's first Run of its default method with the page's
+initial controls in a background thread (loading the checkpoint, compiling the programs), so
+the page's first Run reuses them; a Run that arrives meanwhile waits for it on the lock.
 """
 
 from __future__ import annotations
@@ -49,8 +52,10 @@ PROG = "python -m benchmarks.app"
 DEFAULT_RUNS_ROOT = "results"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-#: Adaptation steps the page offers (MAML inner steps, test-time updates, context episodes).
+#: Adaptation steps the page offers (MAML inner steps, test-time updates, context episodes),
+#: and the slider's initial value.
 MAX_ADAPT_STEPS = 5
+DEFAULT_ADAPT_STEPS = 3
 #: The physics controls: name -> (label, minimum, maximum, default); gymnax's CartPole-v1 defaults.
 PHYSICS = {
     "length": ("half pole length (m)", 0.05, 2.0, 0.5),
@@ -248,6 +253,11 @@ def check_method(method, available) -> str:
     return check_choice("method", method, tuple(available))
 
 
+def default_method(methods) -> str:
+    """The method the page chooses first for a run: maml_adapted if the run has it."""
+    return "maml_adapted" if "maml_adapted" in methods else list(methods)[0]
+
+
 def check_try_inputs(method, available, adaptation: str, steps, seed_index, num_seeds: int, key) -> tuple:
     """`(method, steps, seed_index, key)` checked: steps in [0, MAX_ADAPT_STEPS] and 0 for a
     method that does not adapt before the episode; seed_index < num_seeds; key in [0, 2^31)."""
@@ -274,6 +284,7 @@ class RunCache:
     def __init__(self):
         self.lock = threading.RLock()
         self._runs = {}
+        self._warmed, self._warmed_lock = set(), threading.Lock()
 
     def _stamp(self, run_dir: str):
         try:
@@ -302,6 +313,34 @@ class RunCache:
 
     def policies(self, run_dir: str, methods) -> dict:
         return {m: self.policy(run_dir, m) for m in methods}
+
+    def warm_up(self, run_dir: str) -> Optional[threading.Thread]:
+        """Start the run's first Run in a daemon thread (once per run directory): its default
+        method (`default_method`) on the default physics with the page's initial controls
+        (`DEFAULT_ADAPT_STEPS`, seed index 0, episode seed 0; `episodes`, without drawing), so
+        its checkpoint is loaded and its programs compiled before a person presses Run; that
+        Run waits on the lock if it comes first, and then reuses them. Errors are left to the
+        Run to report. Returns the thread (None if this run was already warmed up)."""
+        with self._warmed_lock:  # not `lock`: choosing a run must not wait for a computation
+            if run_dir in self._warmed:
+                return None
+            self._warmed.add(run_dir)
+
+        def work():
+            try:
+                from benchmarks.runs import ADAPTATION  # noqa: PLC0415
+
+                config = rundir.load_run_config(run_dir)
+                method = default_method(config.methods)
+                steps = DEFAULT_ADAPT_STEPS if ADAPTATION[method] not in ("none", "within_episode") else 0
+                physics = {name: default for name, (_, _, _, default) in PHYSICS.items()}
+                episodes(self, run_dir, config, method, {**physics, "inverted": False}, steps, 0, 0)
+            except Exception:  # noqa: BLE001 - a Run of this run reports the error
+                pass
+
+        thread = threading.Thread(target=work, name=f"warm-up {run_dir}", daemon=True)
+        thread.start()
+        return thread
 
 
 def make_task(suite_name: str, physics: dict, key):
