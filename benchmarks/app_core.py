@@ -319,8 +319,9 @@ class RunCache:
         method (`default_method`) on the default physics with the page's initial controls
         (`DEFAULT_ADAPT_STEPS`, seed index 0, episode seed 0; `episodes`, without drawing), so
         its checkpoint is loaded and its programs compiled before a person presses Run; that
-        Run waits on the lock if it comes first, and then reuses them. Errors are left to the
-        Run to report. Returns the thread (None if this run was already warmed up)."""
+        Run waits on the lock if it comes first, and then reuses them. Prints one line with its
+        seconds when done; errors are left to the Run to report. Returns the thread (None if
+        this run was already warmed up)."""
         with self._warmed_lock:  # not `lock`: choosing a run must not wait for a computation
             if run_dir in self._warmed:
                 return None
@@ -334,7 +335,10 @@ class RunCache:
                 method = default_method(config.methods)
                 steps = DEFAULT_ADAPT_STEPS if ADAPTATION[method] not in ("none", "within_episode") else 0
                 physics = {name: default for name, (_, _, _, default) in PHYSICS.items()}
+                t0 = time.perf_counter()
                 episodes(self, run_dir, config, method, {**physics, "inverted": False}, steps, 0, 0)
+                print(f"{PROG}: warmed up {method} ({steps} steps) of {run_dir} in "
+                      f"{time.perf_counter() - t0:.1f} s", flush=True)
             except Exception:  # noqa: BLE001 - a Run of this run reports the error
                 pass
 

@@ -88,11 +88,12 @@ def app_server(quick_run, compile_cache, tmp_path_factory):
     """The web page (`benchmarks.app`) served in this process on 127.0.0.1 and a free port
     (slow tests only), its `--runs_root` a temporary directory holding a copy of `quick_run`'s
     run as `quick` (the shared run itself is only read) and `broken`, a copy whose checkpoint
-    files are truncated. Returns a namespace with `url`, `root` and `demo`; the server is closed
-    at the end of the session."""
+    files are truncated. Returns a namespace with `url`, `root`, `demo` and `started` (the
+    `time.perf_counter()` when the page was built); the server is closed at the end of the session."""
     import os
     import shutil
     import socket
+    import time
     import types
 
     from benchmarks import app, app_core, compile_time
@@ -111,7 +112,8 @@ def app_server(quick_run, compile_cache, tmp_path_factory):
     # the session's persistent compilation cache, as `python -m benchmarks.app` uses the
     # benchmark's: Compare on the run's own task count reads quick_run's programs back
     with compile_time.persistent_cache(compile_cache, log=print):
+        started = time.perf_counter()  # the page warms up its newest run from here on
         demo = app.launch(app_core.AppOptions(str(root), "127.0.0.1", port), block=False, quiet=True)
-        yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo)
+        yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo, started=started)
         demo.jobs.cancel_all()
         demo.close()

@@ -235,7 +235,8 @@ def test_endpoints_return_numbers_in_range(client, app_server):
     active.clear()
     # the first Run traced whatever the session had not traced yet; other physics is only data
     assert traced[1] == traced[0], f"a second Run with other physics traced again: {traced}"
-    print(f"try_task via gradio_client: first {timings[0]:.1f} s, second {timings[1]:.1f} s (shared, loaded CPU)")
+    print(f"try_task via gradio_client: first {timings[0]:.1f} s, second {timings[1]:.1f} s (2 inner steps; "
+          f"load average {os.getloadavg()[0]:.1f})")
 
     # in-context adaptation: one context episode, then the measured one
     ret, returns, *_ = client.predict("quick", "in_context", *PHYS_ARGS, False, 1, 0, 0, api_name="/try_task")
