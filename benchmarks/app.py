@@ -74,6 +74,9 @@ def build_app(options: core.AppOptions):
 
     root = options.runs_root
     cache, jobs = core.RunCache(), core.Jobs()
+    runs = core.list_runs(root)
+    if runs:  # the newest run (the page's default) warms up while the page is built and served
+        cache.warm_up(core.resolve_run(root, runs[0]))
     out_dir = tempfile.mkdtemp(prefix="ssm-metarl-app-")
 
     def no_runs_notice(runs):
@@ -217,9 +220,6 @@ def build_app(options: core.AppOptions):
         cancel_btn.click(train_cancel, [job_ids], [progress, train_status, train_log], api_name="train_cancel")
         timer.tick(train_poll, [job_ids], [progress, train_status, train_log], api_name=False,
                    concurrency_limit=None, show_progress="hidden")
-    runs = core.list_runs(root)
-    if runs:  # the newest run (the page's default) is warmed up while the server starts
-        cache.warm_up(core.resolve_run(root, runs[0]))
     demo.jobs = jobs  # the server's training jobs (ended with the server: `main`)
     demo.out_dir = out_dir  # where the page writes its animations and plots
     return demo
