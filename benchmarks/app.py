@@ -70,13 +70,12 @@ def _progress_html(fraction: float) -> str:
 
 def build_app(options: core.AppOptions):
     """The page as a `gr.Blocks` (not launched)."""
-    import gradio as gr  # noqa: PLC0415
-
     root = options.runs_root
     cache, jobs = core.RunCache(), core.Jobs()
     runs = core.list_runs(root)
-    if runs:  # the newest run (the page's default) warms up while the page is built and served
+    if runs:  # the newest run (the page's default) warms up while Gradio loads and serves the page
         cache.warm_up(core.resolve_run(root, runs[0]))
+    import gradio as gr  # noqa: PLC0415
     out_dir = tempfile.mkdtemp(prefix="ssm-metarl-app-")
 
     def no_runs_notice(runs):
