@@ -2,7 +2,8 @@
 chromedriver, against the shared `app_server` (a `--quick` run under a temporary runs root).
 
 Run locally (slow test): `apt-get install chromium chromium-driver` (Debian/Ubuntu), then
-`python -m pytest -m slow tests/test_app_browser.py -s` (`-s` shows the Run times).
+`python -m pytest -n 0 -m slow tests/test_app_browser.py -s` (`-s` shows the Run times; `-n 0`
+runs it in this process, whose output `-s` shows, instead of an xdist worker).
 """
 
 import os
