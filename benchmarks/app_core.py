@@ -320,7 +320,7 @@ class RunCache:
         (`DEFAULT_ADAPT_STEPS`, seed index 0, episode seed 0; `episodes`, without drawing), so
         its checkpoint is loaded and its programs compiled before a person presses Run; that
         Run waits on the lock if it comes first, and then reuses them. Prints one line with its
-        seconds when done; errors are left to the Run to report. Returns the thread (None if
+        seconds when done, or with the error (which a Run of this run shows on the page). Returns the thread (None if
         this run was already warmed up)."""
         with self._warmed_lock:  # not `lock`: choosing a run must not wait for a computation
             if run_dir in self._warmed:
@@ -339,8 +339,8 @@ class RunCache:
                 episodes(self, run_dir, config, method, {**physics, "inverted": False}, steps, 0, 0)
                 print(f"{PROG}: warmed up {method} ({steps} steps) of {run_dir} in "
                       f"{time.perf_counter() - t0:.1f} s", flush=True)
-            except Exception:  # noqa: BLE001 - a Run of this run reports the error
-                pass
+            except Exception as err:  # noqa: BLE001 - a Run of this run shows the error on the page
+                print(f"{PROG}: no warm-up for {run_dir}: {one_line(err)}", flush=True)
 
         thread = threading.Thread(target=work, name=f"warm-up {run_dir}", daemon=True)
         thread.start()
