@@ -258,12 +258,19 @@ def default_method(methods) -> str:
     return "maml_adapted" if "maml_adapted" in methods else list(methods)[0]
 
 
+def steps_before_episode(adaptation: str) -> bool:
+    """Whether a method of this `benchmarks.runs.ADAPTATION` kind adapts before the episode it is
+    shown on (so takes the page's adaptation steps): not one that never adapts ("none") nor one
+    that adapts during the episode itself ("within_episode")."""
+    return adaptation not in ("none", "within_episode")
+
+
 def check_try_inputs(method, available, adaptation: str, steps, seed_index, num_seeds: int, key) -> tuple:
     """`(method, steps, seed_index, key)` checked: steps in [0, MAX_ADAPT_STEPS] and 0 for a
     method that does not adapt before the episode; seed_index < num_seeds; key in [0, 2^31)."""
     method = check_method(method, available)
     steps = whole("adaptation steps", steps, 0, MAX_ADAPT_STEPS)
-    if adaptation in ("none", "within_episode") and steps:
+    if not steps_before_episode(adaptation) and steps:
         how = "it does not adapt" if adaptation == "none" else "it adapts during the episode itself"
         raise AppError(f"adaptation steps must be 0 for {method} ({how}), got {steps}")
     seed_index = whole("training seed", seed_index, 0, num_seeds - 1)
@@ -333,7 +340,7 @@ class RunCache:
 
                 config = rundir.load_run_config(run_dir)
                 method = default_method(config.methods)
-                steps = DEFAULT_ADAPT_STEPS if ADAPTATION[method] not in ("none", "within_episode") else 0
+                steps = DEFAULT_ADAPT_STEPS if steps_before_episode(ADAPTATION[method]) else 0
                 physics = {name: default for name, (_, _, _, default) in PHYSICS.items()}
                 t0 = time.perf_counter()
                 episodes(self, run_dir, config, method, {**physics, "inverted": False}, steps, 0, 0)
@@ -447,7 +454,7 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     stamp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
     gif_before = _gif(before, f"{title}: before adaptation", os.path.join(out_dir, f"before-{stamp}.gif"))
     gif_after = _gif(after, f"{title}: after {steps} {UNITS[adaptation] or 'step'}(s)"
-                     if adaptation not in ("none", "within_episode") else
+                     if steps_before_episode(adaptation) else
                      (f"{title}: updating during the episode" if adaptation == "within_episode" else title),
                      os.path.join(out_dir, f"after-{stamp}.gif"))
     seconds = time.perf_counter() - t0
