@@ -502,8 +502,20 @@ PRESETS = ("quick", "default")
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
+def interruptible_command(module: str, args: list, python: str = sys.executable, prelude: str = "") -> list:
+    """The argv of `python -m module *args` for a child that must stop on SIGINT (the page's
+    Cancel, a test's Ctrl-C). A child inherits an ignored SIGINT: a shell starts background
+    jobs (`cmd &`) with SIGINT ignored, and Python then keeps it ignored. This child puts
+    Python's default handler back first (`signal.default_int_handler`: KeyboardInterrupt), then
+    runs `prelude` (Python code, e.g. a test's patch) and the module as `__main__`."""
+    code = (f"import runpy, signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n{prelude}\n"
+            f"sys.argv[0] = {module!r}\nrunpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    return [python, "-c", code, *args]
+
+
 class TrainJob:
-    """`python -m benchmarks.cartpole [--quick] --out RUNS_ROOT/NAME` in a subprocess.
+    """`python -m benchmarks.cartpole [--quick] --out RUNS_ROOT/NAME` in a subprocess
+    (`interruptible_command`, so that Cancel works whatever this process's SIGINT disposition).
 
     `progress()` is `(fraction in [0, 1], status line, last log lines)`: the fraction counts
     trained trainers (stdout's "trained" lines) plus the current tqdm bar's percentage, with the
@@ -530,7 +542,8 @@ class TrainJob:
         self.stages = len(trainer_names(config.methods)) + 1
         os.makedirs(root, exist_ok=True)
         self.name, self.out = name, out
-        self.argv = [python, "-m", "benchmarks.cartpole", "--out", out] + (["--quick"] if preset == "quick" else [])
+        self.argv = interruptible_command("benchmarks.cartpole", ["--out", out] + (["--quick"] if preset == "quick" else []),
+                                          python)
         self.lines = collections.deque(maxlen=40)
         self.trained = 0
         self.percent = 0

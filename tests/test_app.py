@@ -178,6 +178,38 @@ def test_train_job_refuses_bad_names_and_existing_runs(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["taken"]
 
 
+def test_a_cancellable_child_stops_on_sigint_even_when_its_parent_ignores_sigint():
+    """A shell's background job (`pytest &`, `python -m benchmarks.app &`) starts with SIGINT
+    ignored and its children inherit that: a plain `python` child ignores the page's Cancel,
+    `interruptible_command`'s child raises KeyboardInterrupt."""
+    import signal
+    import subprocess
+    import sys
+
+    ready = "print('ready', flush=True)"
+    sleep = "import time; time.sleep(60)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # both children inherit the ignored SIGINT
+        plain = subprocess.Popen([sys.executable, "-c", f"{ready}\n{sleep}"], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(core.interruptible_command("timeit", ["-n", "1", "-r", "1", sleep], prelude=ready),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert plain.stdout.readline() == "ready\n" and child.stdout.readline() == "ready\n"
+        plain.send_signal(signal.SIGINT)
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=30)
+        # an uncaught KeyboardInterrupt ends Python by SIGINT, or with status 1 where it cannot
+        assert child.returncode in (-signal.SIGINT, 1) and "KeyboardInterrupt" in child.stderr.read()
+        time.sleep(0.5)
+        assert plain.poll() is None  # the inherited disposition is real: the plain child slept on
+    finally:
+        for p in (plain, child):
+            p.kill()
+            p.wait()
+
+
 # ------------------------------------------------------------------------------------ slow
 @pytest.fixture(scope="module")
 def client(app_server):
@@ -273,7 +305,10 @@ def test_endpoints_refuse_bad_input_with_a_readable_message(client, app_server):
 
 
 @pytest.mark.slow
-def test_train_starts_and_cancels_without_a_results_file(client, app_server):
+def test_train_starts_and_cancels_without_a_results_file(client, app_server, tmp_path, monkeypatch):
+    # its own empty compilation cache: with the session's, this --quick job reads quick_run's
+    # programs back and can finish (about 36 s) before the Cancel below arrives
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cold_cache"))
     progress, status, _log = client.predict("cancelled", "quick", api_name="/train_start")
     assert "running" in status and "%" in progress
     out = os.path.join(app_server.root, "cancelled")

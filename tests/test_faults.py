@@ -22,7 +22,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Optional
@@ -30,6 +29,7 @@ from typing import Optional
 import pytest
 
 from benchmarks import rundir
+from benchmarks.app_core import interruptible_command
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import trainer_names
 from benchmarks.trainers import TRAINERS
@@ -122,9 +122,8 @@ class Watched:
     """A benchmark process whose progress lines and checkpoint directories are watched."""
 
     def __init__(self, argv: list, env: dict, run_dir: str, patch: str = ""):
-        cmd = [sys.executable, "-m", "benchmarks.cartpole", *argv] if not patch else [
-            sys.executable, "-c", patch + "\nimport runpy, sys\nsys.argv = ['benchmarks.cartpole'] + sys.argv[1:]\n"
-            "runpy.run_module('benchmarks.cartpole', run_name='__main__', alter_sys=True)", *argv]
+        # SIGINT handled as Ctrl-C even when pytest was started with it ignored (`pytest &`)
+        cmd = interruptible_command("benchmarks.cartpole", argv, prelude=patch)
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
