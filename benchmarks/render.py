@@ -8,7 +8,9 @@ writes them as an animated GIF through a temporary file and a rename (never half
 Geometry: the track spans CartPole-v1's `x_threshold` (2.4 m) each side of the centre, the pole
 is drawn at its full length (`2 * length`, the task's `length` is the half length) and angle
 `theta` (0 = upright, positive clockwise as in gymnax), so longer poles of the test split look
-longer. The arrow under the cart is the force the action applied (its direction flips on an
+longer. One scale (pixels per metre) for both axes and the whole episode: the track's width,
+or smaller when the task's upright pole on the cart would not fit under the caption
+(`frame_scale`). The arrow under the cart is the force the action applied (its direction flips on an
 inverted-force task). No JAX here: the functions take numpy arrays and plain floats.
 """
 
@@ -31,6 +33,20 @@ _BG, _INK, _CART, _POLE, _AXLE = (255, 255, 255), (40, 40, 40), (70, 110, 170), 
 _PUSH = (30, 150, 60)
 
 
+#: Pixels at the top kept for the caption (three lines), and the track's height in the frame.
+CAPTION_PX = 50
+TRACK_Y = 0.78
+CART_W, CART_H = 0.5, 0.3
+
+
+def frame_scale(length: float, size: tuple = (WIDTH, HEIGHT)) -> float:
+    """Pixels per metre of a frame of `size` for a pole of half length `length`: the track
+    (with a 10% margin) across the width, shrunk if the upright cart and pole (`CART_H + 2 *
+    length` metres) would reach into the caption."""
+    width, height = size
+    return min(width / (2 * X_THRESHOLD * 1.1), (int(height * TRACK_Y) - CAPTION_PX) / (CART_H + 2 * float(length)))
+
+
 def draw_frame(state: Sequence[float], task: dict, *, action: Optional[int] = None, step: int = 0,
                total: Optional[float] = None, title: str = "", size: tuple = (WIDTH, HEIGHT)) -> Image.Image:
     """One RGB frame of a CartPole state.
@@ -48,15 +64,15 @@ def draw_frame(state: Sequence[float], task: dict, *, action: Optional[int] = No
     x, theta = float(state[0]), float(state[2])
     img = Image.new("RGB", (width, height), _BG)
     d = ImageDraw.Draw(img)
-    scale = width / (2 * X_THRESHOLD * 1.1)  # px per m
-    track_y = int(height * 0.78)
+    scale = frame_scale(task["length"], (width, height))  # px per m
+    track_y = int(height * TRACK_Y)
     cx = width / 2 + x * scale
     d.line([(width / 2 - X_THRESHOLD * scale, track_y), (width / 2 + X_THRESHOLD * scale, track_y)],
            fill=_INK, width=2)
     for edge in (-X_THRESHOLD, X_THRESHOLD):
         ex = width / 2 + edge * scale
         d.line([(ex, track_y - 6), (ex, track_y + 6)], fill=_INK, width=2)
-    cart_w, cart_h = 0.5 * scale, 0.3 * scale
+    cart_w, cart_h = CART_W * scale, CART_H * scale
     top = track_y - cart_h
     d.rectangle([cx - cart_w / 2, top, cx + cart_w / 2, track_y], fill=_CART)
     pole = 2 * float(task["length"]) * scale
