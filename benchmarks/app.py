@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -53,6 +54,28 @@ def _guard(fn):
             raise gr.Error(core.one_line(err), print_exception=False) from None
 
     return wrapper
+
+
+def _named_slider(gr):
+    """`gr.Slider(...)` whose range check names the control: Gradio checks a slider's value
+    before the handler (and `app_core`'s checks) runs, and its own message does not say which
+    slider. The instance's `preprocess` is wrapped (a subclass of a Gradio component would make
+    Gradio write a .pyi stub next to this module)."""
+
+    def slider(*args, **kwargs):
+        component = gr.Slider(*args, **kwargs)
+        check = component.preprocess
+
+        def preprocess(payload):
+            try:
+                return check(payload)
+            except gr.Error as err:
+                raise gr.Error(f"{component.label}: {err.message}", print_exception=False) from None
+
+        component.preprocess = preprocess
+        return component
+
+    return slider
 
 
 def _table(headers, rows):
@@ -82,7 +105,7 @@ def build_app(options: core.AppOptions):
         if runs:
             return f"Runs under `{root}`: {len(runs)} finished."
         return (f"**No finished run under `{root}`.** Start one in the **Train** tab "
-                f"(`--quick` takes a few minutes), then press *Refresh runs*.")
+                f"(`--quick` takes a few minutes); it is listed here when it finishes.")
 
     @_guard
     def refresh(current=None):
@@ -131,12 +154,18 @@ def build_app(options: core.AppOptions):
         fraction, status, log = job.progress()
         return list(job_ids or []) + [job_id], _progress_html(fraction), status, log
 
-    def train_poll(job_ids):
+    def train_poll(job_ids, current=None):
+        """The tab's newest job's progress, status and log; the run list and notice are
+        refreshed once, by the first poll after that job has finished."""
         job = jobs.get(job_ids[-1]) if job_ids else None
         if job is None:
-            return _progress_html(0.0), "no run started from this page in this tab", ""
+            return _progress_html(0.0), "no run started from this page in this tab", "", gr.update(), gr.update()
         fraction, status, log = job.progress()
-        return _progress_html(fraction), status, log
+        listed = (gr.update(), gr.update())
+        if job.returncode == 0 and not job.listed:
+            job.listed = True
+            listed = refresh(current)
+        return (_progress_html(fraction), status, log, *listed)
 
     @_guard
     def train_cancel(job_ids):
@@ -144,10 +173,12 @@ def build_app(options: core.AppOptions):
         if job is None:
             raise core.AppError("no run of this tab to cancel")
         job.cancel()
-        return train_poll(job_ids)
+        return train_poll(job_ids)[:3]
 
     phys = core.PHYSICS
-    with gr.Blocks(title="ssm-metarl-jax") as demo:
+    slider = _named_slider(gr)
+    # Gradio's served copies of the page's outputs are deleted after the same hour as the outputs
+    with gr.Blocks(title="ssm-metarl-jax", delete_cache=(core.OUTPUT_MAX_AGE_S, core.OUTPUT_MAX_AGE_S)) as demo:
         gr.Markdown("# ssm-metarl-jax: adapt an SSM policy to a CartPole task by hand\n"
                     f"Runs of `python -m benchmarks.cartpole` under `{root}`.")
         with gr.Row():
@@ -158,12 +189,12 @@ def build_app(options: core.AppOptions):
             suite_info = gr.Markdown(elem_id="suite_info")
             with gr.Row():
                 method_dd = gr.Dropdown(choices=[], label="method", elem_id="method", allow_custom_value=True)
-                steps = gr.Slider(0, core.MAX_ADAPT_STEPS, value=core.DEFAULT_ADAPT_STEPS, step=1, elem_id="steps",
+                steps = slider(0, core.MAX_ADAPT_STEPS, value=core.DEFAULT_ADAPT_STEPS, step=1, elem_id="steps",
                                   label="adaptation steps (MAML inner steps, test-time updates or context episodes)")
                 seed_index = gr.Number(0, precision=0, label="training seed index", elem_id="seed_index")
                 key = gr.Number(0, precision=0, label="episode seed", elem_id="key")
             with gr.Row():
-                sliders = [gr.Slider(lo, hi, value=default, label=label, elem_id=name)
+                sliders = [slider(lo, hi, value=default, label=label, elem_id=name)
                            for name, (label, lo, hi, default) in phys.items()]
                 inverted = gr.Checkbox(False, label="inverted force", elem_id="inverted")
             run_btn = gr.Button("Run", variant="primary", elem_id="run_button")
@@ -217,7 +248,7 @@ def build_app(options: core.AppOptions):
         start_btn.click(train_start, [train_name, preset, job_ids], [job_ids, progress, train_status, train_log],
                         api_name="train_start")
         cancel_btn.click(train_cancel, [job_ids], [progress, train_status, train_log], api_name="train_cancel")
-        timer.tick(train_poll, [job_ids], [progress, train_status, train_log], api_name=False,
+        timer.tick(train_poll, [job_ids, run_dd], [progress, train_status, train_log, run_dd, notice], api_name="train_poll",
                    concurrency_limit=None, show_progress="hidden")
     demo.jobs = jobs  # the server's training jobs (ended with the server: `main`)
     demo.out_dir = out_dir  # where the page writes its animations and plots
@@ -263,6 +294,7 @@ def main(argv=None) -> int:
     finally:
         if demo is not None:
             demo.jobs.cancel_all()
+            shutil.rmtree(demo.out_dir, ignore_errors=True)  # the page's animations and plots
     return 0
 
 

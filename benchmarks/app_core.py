@@ -374,6 +374,33 @@ def make_task(suite_name: str, physics: dict, key):
     return drawn.replace(**{f: getattr(task, f) for f in type(task).__dataclass_fields__})
 
 
+#: Seconds the page keeps the animations and plots it wrote (and Gradio its served copies).
+OUTPUT_MAX_AGE_S = 3600
+_OUTPUT_PREFIXES = ("before-", "after-", "compare-")
+
+
+def prune_outputs(out_dir: str, max_age_s: float = OUTPUT_MAX_AGE_S, now: Optional[float] = None) -> int:
+    """Delete the page's animations and plots (`before-*`, `after-*`, `compare-*`) in `out_dir`
+    last modified more than `max_age_s` seconds ago, so a long-running page does not fill the
+    disk; other files are left alone. Returns how many were deleted."""
+    now = time.time() if now is None else now
+    deleted = 0
+    try:
+        entries = list(os.scandir(out_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(_OUTPUT_PREFIXES) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
+                os.remove(entry.path)
+                deleted += 1
+        except FileNotFoundError:  # another session pruned it first
+            pass
+    return deleted
+
+
 def _gif(episode, title: str, path: str) -> str:
     from benchmarks import render  # noqa: PLC0415
 
@@ -449,6 +476,7 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     method, steps, seed_index, key = check_try_inputs(method, config.methods, adaptation, steps, seed_index,
                                                       config.num_seeds, key)
     out_dir = out_dir or tempfile.mkdtemp(prefix="ssm-metarl-app-")
+    prune_outputs(out_dir)
     before, after, returns = episodes(cache, run_dir, config, method, physics, steps, seed_index, key)
     title = f"{method}, seed index {seed_index}"
     stamp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
@@ -481,6 +509,7 @@ def compare(cache: RunCache, run_dir: str, num_tasks, seed, out_dir: Optional[st
     t0 = time.perf_counter()
     cfg = config.with_values({"seed": seed, "evaluation.num_tasks": num_tasks, "methods": list(config.methods)})
     out_dir = out_dir or tempfile.mkdtemp(prefix="ssm-metarl-app-")
+    prune_outputs(out_dir)
     with cache.lock:
         policies = cache.policies(run_dir, config.methods)
         trainers = {p.method.trainer: p.trainer for p in policies.values()}
@@ -549,6 +578,7 @@ class TrainJob:
         self.percent = 0
         self.evaluating = False
         self.cancelled = False
+        self.listed = False  # the page has refreshed its run list since the job finished
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(self.argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -598,7 +628,7 @@ class TrainJob:
             status = (f"{self.name}: running ({elapsed:.0f} s; "
                       + ("evaluating" if self.evaluating else f"training {self.trained + 1}/{self.stages - 1}") + ")")
         elif rc == 0:
-            fraction, status = 1.0, f"{self.name}: finished in {elapsed:.0f} s; press Refresh runs to list it"
+            fraction, status = 1.0, f"{self.name}: finished in {elapsed:.0f} s; it is in the run list"
         elif self.cancelled or rc in (130, -signal.SIGINT, -signal.SIGKILL):
             status = (f"{self.name}: cancelled; its checkpoints are kept (continue it with "
                       f"python -m benchmarks.cartpole --resume {self.out})")

@@ -178,6 +178,21 @@ def test_train_job_refuses_bad_names_and_existing_runs(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["taken"]
 
 
+def test_prune_outputs_deletes_only_the_pages_old_outputs(tmp_path):
+    now = 1_000_000.0
+    files = {"before-1.gif": 4000, "after-1.gif": 10, "compare-1.png": 3601, "after-2.gif": 3599,
+             "notes.txt": 9000, "before-new.gif": 0}
+    for name, age in files.items():
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (now - age, now - age))
+    (tmp_path / "before-dir").mkdir()
+    os.utime(tmp_path / "before-dir", (now - 9000, now - 9000))
+    assert core.prune_outputs(str(tmp_path), max_age_s=3600, now=now) == 2
+    assert sorted(os.listdir(tmp_path)) == ["after-1.gif", "after-2.gif", "before-dir", "before-new.gif",
+                                            "notes.txt"]
+    assert core.prune_outputs(str(tmp_path / "gone"), now=now) == 0
+
+
 def test_a_cancellable_child_stops_on_sigint_even_when_its_parent_ignores_sigint():
     """A shell's background job (`pytest &`, `python -m benchmarks.app &`) starts with SIGINT
     ignored and its children inherit that: a plain `python` child ignores the page's Cancel,
@@ -285,10 +300,13 @@ def test_endpoints_return_numbers_in_range(client, app_server):
 
 @pytest.mark.slow
 def test_endpoints_refuse_bad_input_with_a_readable_message(client, app_server):
-    # Gradio checks a slider's range itself (before app_core's checks, which name the control)
-    bad = [(("quick", "maml_adapted", 0.9, 0.2, -1.0, 9.8, 10.0, False, 2, 0, 0), "less than minimum value 0.1"),
+    # the page's sliders check their range before the handler and name themselves
+    bad = [(("quick", "maml_adapted", 0.9, 0.2, -1.0, 9.8, 10.0, False, 2, 0, 0),
+            "cart mass (kg): Value -1.0 is less than minimum value 0.1"),
            (("../..", "maml_adapted", *PHYS_ARGS, False, 2, 0, 0), "not a directory under the runs root"),
-           (("quick", "maml_adapted", *PHYS_ARGS, False, 9, 0, 0), "greater than maximum value 5"),
+           (("quick", "maml_adapted", *PHYS_ARGS, False, 9, 0, 0),
+            "adaptation steps (MAML inner steps, test-time updates or context episodes): Value 9 is greater than "
+            "maximum value 5"),
            (("quick", "maml_adapted", *PHYS_ARGS, False, 2, 5, 0), "training seed must be <= 1, got 5"),
            (("/etc", "maml_adapted", *PHYS_ARGS, False, 2, 0, 0), "not a directory under the runs root"),
            (("quick", "non_adaptive", *PHYS_ARGS, False, 1, 0, 0), "adaptation steps must be 0 for non_adaptive"),
@@ -326,3 +344,29 @@ def test_train_starts_and_cancels_without_a_results_file(client, app_server, tmp
     assert not os.path.exists(os.path.join(out, "results.json"))
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     assert "cancelled" not in core.list_runs(app_server.root)
+
+
+@pytest.mark.slow
+def test_a_finished_train_job_is_added_to_the_run_list_by_the_tabs_poll_once(client, app_server):
+    """The Train tab's timer poll: progress while the job runs, then, on the first poll after it
+    finished, the run list with the new run (and the selected run kept); later polls leave the
+    list alone. The --quick job reads quick_run's programs from the session's cache."""
+    import shutil
+
+    client.predict("listed", "quick", api_name="/train_start")
+    out = os.path.join(app_server.root, "listed")
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            progress, status, _log, runs, _notice = client.predict("quick", api_name="/train_poll")
+            if "running" not in status:
+                break
+            assert "choices" not in runs  # no refresh while it runs
+            time.sleep(1.0)
+        assert "finished" in status and "in the run list" in status, status
+        assert runs["value"] == "quick" and "listed" in {c[0] for c in runs["choices"]}
+        assert os.path.isfile(os.path.join(out, "results.json"))
+        _, status, _log, runs, _notice = client.predict("quick", api_name="/train_poll")
+        assert "finished" in status and "choices" not in runs
+    finally:  # the browser test expects quick_run's copy to stay the newest run
+        shutil.rmtree(out, ignore_errors=True)
