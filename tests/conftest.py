@@ -24,6 +24,43 @@ def fresh_python():
     return run
 
 
+#: JAX's switch (read at every compilation, and from this environment variable by the test
+#: subprocesses) for XLA backend optimisation level 0 without LLVM's expensive passes.
+FAST_COMPILE = "jax_disable_most_optimizations"
+
+
+def pytest_configure(config):
+    """The quick default run (`-m 'not slow'`, pyproject's addopts) compiles with most of XLA's
+    optimisations off (`FAST_COMPILE`), because compilation dominates it (README, Development).
+    A run that selects slow tests (CI's slow pass, `-m slow`) compiles as users' programs do,
+    and a value set in `JAX_DISABLE_MOST_OPTIMIZATIONS` is kept."""
+    import os
+
+    import jax
+
+    if "JAX_DISABLE_MOST_OPTIMIZATIONS" in os.environ or config.getoption("markexpr", "").strip() != "not slow":
+        return
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # inherited by the tests' subprocesses
+    jax.config.update(FAST_COMPILE, True)
+
+
+@pytest.fixture(scope="module")
+def default_optimizations():
+    """XLA's default optimisations for a module's tests, whatever `pytest_configure` chose: for
+    comparisons of chaotic episodes between two programs (a fused evaluator against a Python
+    loop of separately compiled pieces), which at optimisation level 0 round differently
+    enough for an episode to diverge. JAX's compiled functions are cleared on entry and exit,
+    so no program compiled the other way is reused."""
+    import jax
+
+    before = jax.config.values[FAST_COMPILE]
+    jax.config.update(FAST_COMPILE, False)
+    jax.clear_caches()
+    yield
+    jax.config.update(FAST_COMPILE, before)
+    jax.clear_caches()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_trace_counter():
     """``chex.assert_max_traces`` counts per function code object across the whole session;
@@ -117,3 +154,4 @@ def app_server(quick_run, compile_cache, tmp_path_factory):
         yield types.SimpleNamespace(url=f"http://127.0.0.1:{port}/", root=str(root), demo=demo, started=started)
         demo.jobs.cancel_all()
         demo.close()
+        shutil.rmtree(demo.out_dir, ignore_errors=True)

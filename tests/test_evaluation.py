@@ -117,7 +117,9 @@ def _sgd(params, lrs, grads):
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(default_optimizations):
+    """The tiny benchmark and its references, compiled at XLA's default level: its within-episode
+    episodes are chaotic (tests/conftest.py `default_optimizations`)."""
     config = BenchmarkConfig.quick_preset().with_values(TINY)
     assert config.reported_inner_steps == 2 and config.maml.rl.obs_mode == "full"
     trainers = {t: build_trainer(t, config) for t in trainer_names(config.methods)}
