@@ -154,18 +154,23 @@ def build_app(options: core.AppOptions):
         fraction, status, log = job.progress()
         return list(job_ids or []) + [job_id], _progress_html(fraction), status, log
 
-    def train_poll(job_ids, current=None):
-        """The tab's newest job's progress, status and log; the run list and notice are
-        refreshed once, by the first poll after that job has finished."""
+    def job_view(job_ids):
+        """`(job, (progress bar, status, log))` of the tab's newest job (None if it has none)."""
         job = jobs.get(job_ids[-1]) if job_ids else None
         if job is None:
-            return _progress_html(0.0), "no run started from this page in this tab", "", gr.update(), gr.update()
+            return None, (_progress_html(0.0), "no run started from this page in this tab", "")
         fraction, status, log = job.progress()
+        return job, (_progress_html(fraction), status, log)
+
+    def train_poll(job_ids, current=None):
+        """`job_view`, and the run list and notice, refreshed once: by the first poll after the
+        tab's newest job has finished."""
+        job, view = job_view(job_ids)
         listed = (gr.update(), gr.update())
-        if job.returncode == 0 and not job.listed:
+        if job is not None and job.returncode == 0 and not job.listed:
             job.listed = True
             listed = refresh(current)
-        return (_progress_html(fraction), status, log, *listed)
+        return (*view, *listed)
 
     @_guard
     def train_cancel(job_ids):
@@ -173,7 +178,7 @@ def build_app(options: core.AppOptions):
         if job is None:
             raise core.AppError("no run of this tab to cancel")
         job.cancel()
-        return train_poll(job_ids)[:3]
+        return job_view(job_ids)[1]  # a job that had finished is listed by the next poll
 
     phys = core.PHYSICS
     slider = _named_slider(gr)
@@ -248,8 +253,8 @@ def build_app(options: core.AppOptions):
         start_btn.click(train_start, [train_name, preset, job_ids], [job_ids, progress, train_status, train_log],
                         api_name="train_start")
         cancel_btn.click(train_cancel, [job_ids], [progress, train_status, train_log], api_name="train_cancel")
-        timer.tick(train_poll, [job_ids, run_dd], [progress, train_status, train_log, run_dd, notice], api_name="train_poll",
-                   concurrency_limit=None, show_progress="hidden")
+        timer.tick(train_poll, [job_ids, run_dd], [progress, train_status, train_log, run_dd, notice],
+                   api_name="train_poll", concurrency_limit=None, show_progress="hidden")
     demo.jobs = jobs  # the server's training jobs (ended with the server: `main`)
     demo.out_dir = out_dir  # where the page writes its animations and plots
     return demo

@@ -327,8 +327,8 @@ class RunCache:
         (`DEFAULT_ADAPT_STEPS`, seed index 0, episode seed 0; `episodes`, without drawing), so
         its checkpoint is loaded and its programs compiled before a person presses Run; that
         Run waits on the lock if it comes first, and then reuses them. Prints one line with its
-        seconds when done, or with the error (which a Run of this run shows on the page). Returns the thread (None if
-        this run was already warmed up)."""
+        seconds when done, or with the error (which a Run of this run shows on the page).
+        Returns the thread (None if this run was already warmed up)."""
         with self._warmed_lock:  # not `lock`: choosing a run must not wait for a computation
             if run_dir in self._warmed:
                 return None
@@ -376,7 +376,15 @@ def make_task(suite_name: str, physics: dict, key):
 
 #: Seconds the page keeps the animations and plots it wrote (and Gradio its served copies).
 OUTPUT_MAX_AGE_S = 3600
-_OUTPUT_PREFIXES = ("before-", "after-", "compare-")
+#: The kinds of file the page writes (`output_path`), the prefixes `prune_outputs` deletes.
+OUTPUT_KINDS = ("before", "after", "compare")
+
+
+def output_path(out_dir: str, kind: str, suffix: str) -> str:
+    """A new file name in `out_dir` for one of the page's outputs: `<kind>-<pid>-<thread>-<ns><suffix>`,
+    unique across sessions and processes."""
+    assert kind in OUTPUT_KINDS, kind
+    return os.path.join(out_dir, f"{kind}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}{suffix}")
 
 
 def prune_outputs(out_dir: str, max_age_s: float = OUTPUT_MAX_AGE_S, now: Optional[float] = None) -> int:
@@ -390,7 +398,7 @@ def prune_outputs(out_dir: str, max_age_s: float = OUTPUT_MAX_AGE_S, now: Option
     except FileNotFoundError:
         return 0
     for entry in entries:
-        if not entry.name.startswith(_OUTPUT_PREFIXES) or not entry.is_file(follow_symlinks=False):
+        if not entry.name.startswith(tuple(f"{k}-" for k in OUTPUT_KINDS)) or not entry.is_file(follow_symlinks=False):
             continue
         try:
             if now - entry.stat(follow_symlinks=False).st_mtime > max_age_s:
@@ -479,12 +487,11 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     prune_outputs(out_dir)
     before, after, returns = episodes(cache, run_dir, config, method, physics, steps, seed_index, key)
     title = f"{method}, seed index {seed_index}"
-    stamp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
-    gif_before = _gif(before, f"{title}: before adaptation", os.path.join(out_dir, f"before-{stamp}.gif"))
+    gif_before = _gif(before, f"{title}: before adaptation", output_path(out_dir, "before", ".gif"))
     gif_after = _gif(after, f"{title}: after {steps} {UNITS[adaptation] or 'step'}(s)"
                      if steps_before_episode(adaptation) else
                      (f"{title}: updating during the episode" if adaptation == "within_episode" else title),
-                     os.path.join(out_dir, f"after-{stamp}.gif"))
+                     output_path(out_dir, "after", ".gif"))
     seconds = time.perf_counter() - t0
     text = (f"{method} on {'inverted' if physics['inverted'] else 'normal'}-force task: return "
             f"{before.total:.0f} before, {after.total:.0f} after adaptation ({seconds:.1f} s)")
@@ -517,7 +524,7 @@ def compare(cache: RunCache, run_dir: str, num_tasks, seed, out_dir: Optional[st
         measurement = measure(cfg, trainers, states)
         methods = json_safe(method_results(cfg, trainers, measurement))
     rows = [{k: str(v) for k, v in r.items()} for r in per_task_rows(cfg, measurement)]
-    plot = os.path.join(out_dir, f"compare-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.png")
+    plot = output_path(out_dir, "compare", ".png")
     plotting.plot_returns(methods, rows, plot)
     headers, table = results_table(methods)
     seconds = time.perf_counter() - t0
@@ -571,8 +578,8 @@ class TrainJob:
         self.stages = len(trainer_names(config.methods)) + 1
         os.makedirs(root, exist_ok=True)
         self.name, self.out = name, out
-        self.argv = interruptible_command("benchmarks.cartpole", ["--out", out] + (["--quick"] if preset == "quick" else []),
-                                          python)
+        args = ["--out", out] + (["--quick"] if preset == "quick" else [])
+        self.argv = interruptible_command("benchmarks.cartpole", args, python)
         self.lines = collections.deque(maxlen=40)
         self.trained = 0
         self.percent = 0
