@@ -203,8 +203,9 @@ def test_partial_mode_drops_velocities_of_the_same_trajectory():
     full = envs.rollout(key, policy, params, _task(12), obs_mode="full", **kw)
     part = envs.rollout(key, policy, params, _task(12), obs_mode="partial", **kw)
     np.testing.assert_array_equal(part.actions, full.actions)
-    np.testing.assert_array_equal(part.obs, full.obs[..., jnp.array([0, 2])])
-    np.testing.assert_array_equal(part.last_obs, full.last_obs[..., jnp.array([0, 2])])
+    # the velocities dropped; the two programs may round the physics apart in the last bits
+    np.testing.assert_allclose(part.obs, full.obs[..., jnp.array([0, 2])], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(part.last_obs, full.last_obs[..., jnp.array([0, 2])], rtol=1e-6, atol=1e-8)
     np.testing.assert_array_equal(part.episode_returns, full.episode_returns)
 
 

@@ -32,8 +32,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def forced_env(devices: int) -> dict:
     """The environment of a subprocess with `devices` forced CPU devices (the session's other
-    XLA flags kept, so its programs compile as the in-process and `quick_run` ones do)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_COMPILATION_CACHE_DIR"}
+    XLA flags and its optimisation switch kept, so its programs compile as the in-process and
+    `quick_run` ones do; JAX's other settings dropped)."""
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_DISABLE_MOST_OPTIMIZATIONS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in keep}
     flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
     env.update(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
