@@ -1,5 +1,7 @@
 """Shared test setup."""
 
+import contextlib
+
 import chex
 import pytest
 
@@ -58,21 +60,29 @@ def pytest_configure(config):
         os.environ["XLA_FLAGS"] = f"{flags} {FUSION_EMITTERS_OFF}".strip()
 
 
-@pytest.fixture(scope="module")
-def default_optimizations():
-    """XLA's default optimisations for a module's tests, whatever `pytest_configure` chose: for
-    comparisons of chaotic episodes between two programs (a fused evaluator against a Python
-    loop of separately compiled pieces), which at optimisation level 0 round differently
-    enough for an episode to diverge. JAX's compiled functions are cleared on entry and exit,
-    so no program compiled the other way is reused."""
+@contextlib.contextmanager
+def _default_optimizations():
     import jax
 
     before = jax.config.values[FAST_COMPILE]
     jax.config.update(FAST_COMPILE, False)
     jax.clear_caches()
-    yield
-    jax.config.update(FAST_COMPILE, before)
-    jax.clear_caches()
+    try:
+        yield
+    finally:
+        jax.config.update(FAST_COMPILE, before)
+        jax.clear_caches()
+
+
+@pytest.fixture(scope="session")
+def default_optimizations():
+    """A context manager: the computations compiled inside it get XLA's default optimisations,
+    whatever `pytest_configure` chose. For comparisons of chaotic episodes between two
+    programs (a fused evaluator against a Python loop of separately compiled pieces), which at
+    optimisation level 0 round differently enough for an episode to diverge. JAX's compiled
+    functions are cleared on entry and exit, so no program compiled the other way is reused.
+    (The CPU fusion emitters stay as the process started: XLA reads its flags once.)"""
+    return _default_optimizations
 
 
 @pytest.fixture(autouse=True)

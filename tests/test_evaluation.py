@@ -1,8 +1,9 @@
 """The numbers of the benchmark table against references computed another way.
 
 One tiny benchmark (untrained policies, 2 seeds x 3 held-out tasks x 2 envs, every method but
-maml_adapted_mlp) is measured once by `benchmarks.methods.measure` and summarised by
-`benchmarks.results`. Each evaluator's per-task series is then rebuilt outside the evaluator:
+maml_adapted_mlp) is measured by `benchmarks.methods.measure` and summarised by
+`benchmarks.results` (test_time_within_episode measured apart, at XLA's default level, and merged
+in). Each evaluator's per-task series is then rebuilt outside the evaluator:
 plain `envs.rollout` calls with the keys `benchmarks.evaluation` documents, inner steps and
 test-time steps written out as `p - lr * grad` (test_time_hybrid's with its replayed rows drawn
 by hand), test_time_within_episode by the Python loop of test_within_episode.py, and episode
@@ -116,23 +117,54 @@ def _sgd(params, lrs, grads):
     return jax.tree.map(lambda p, l, g: p - l * g, params, lrs, grads)
 
 
+WITHIN = "test_time_within_episode"
+
+
 @pytest.fixture(scope="module")
 def bench(default_optimizations):
-    """The tiny benchmark and its references, compiled at XLA's default level: its within-episode
-    episodes are chaotic (tests/conftest.py `default_optimizations`)."""
+    """The tiny benchmark and its references. test_time_within_episode is measured and rebuilt
+    apart, at XLA's default level (tests/conftest.py `default_optimizations`): its episodes are
+    chaotic. The other methods compile as the run's other tests do, and the two measurements
+    are merged as one `measure` of every method returns them."""
     config = BenchmarkConfig.quick_preset().with_values(TINY)
     assert config.reported_inner_steps == 2 and config.maml.rl.obs_mode == "full"
     trainers = {t: build_trainer(t, config) for t in trainer_names(config.methods)}
     states = {t: jax.jit(jax.vmap(tr.init))(jax.random.split(jax.random.key(20 + i), config.num_seeds))
               for i, (t, tr) in enumerate(trainers.items())}
-    m = measure(config, trainers, states)
+    m = measure(config.with_values({"methods": tuple(n for n in METHODS if n != WITHIN)}), trainers, states)
+    ref = _references(config, trainers, states)
+    with default_optimizations():
+        m_within = measure(config.with_values({"methods": (WITHIN,)}), trainers, states)
+        ref_within = _within_references(config, trainers, states)
+    m = _merged(m, m_within)
+    ref.update(ref_within, env_steps=ref["env_steps"] + ref_within["env_steps"])
     return types.SimpleNamespace(config=config, trainers=trainers, states=states, m=m,
-                                 results=method_results(config, trainers, m),
-                                 ref=_references(config, trainers, states))
+                                 results=method_results(config, trainers, m), ref=ref)
+
+
+def _merged(a: Measurement, b: Measurement) -> Measurement:
+    """One Measurement of the methods of `a` and of `b`, measured on the same tasks."""
+    np.testing.assert_array_equal(a.kinds, b.kinds)
+    for field in a.tasks:
+        np.testing.assert_array_equal(a.tasks[field], b.tasks[field])
+    return Measurement(series={**a.series, **b.series}, returns={**a.returns, **b.returns}, kinds=a.kinds,
+                       env_steps=a.env_steps + b.env_steps, tasks=a.tasks)
+
+
+def _seed_tasks(config, states):
+    """Per seed: `(s, key, tasks, state)`, the seed's evaluation key, its test tasks and every
+    trainer's state of that seed, as `benchmarks.evaluation` documents them."""
+    for s in range(config.num_seeds):
+        key = ev.eval_key(config.seed, s)
+        assert np.array_equal(jax.random.key_data(key),
+                              jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed + s), 2)))
+        tasks = envs.CartPoleTasks().sample(jax.random.fold_in(key, 0), config.evaluation.num_tasks, "test")
+        yield s, key, tasks, {t: jax.tree.map(lambda x: x[s], st) for t, st in states.items()}
 
 
 def _references(config, trainers, states):
-    """Every series of every evaluator, rebuilt per seed and task (see the module docstring)."""
+    """Every series of every evaluator but test_time_within_episode's, rebuilt per seed and task
+    (see the module docstring)."""
     rebuilt = Rebuilt()
     e, n = config.evaluation.num_envs, config.evaluation.num_tasks
     K, R = config.reported_inner_steps, config.evaluation.test_time_rounds
@@ -143,19 +175,11 @@ def _references(config, trainers, states):
     online_grad = jax.jit(jax.grad(lambda p, traj: adapt.policy_gradient_loss(
         p, traj, policy=maml.policy, value_coef=0.0, baseline=algo.config.baseline)))
     out = {name: [] for name in ("non_adaptive", "non_adaptive_ssm", "after_context", "first_episode", "maml",
-                                 "by_round", "hybrid_by_round", "within", "within_updates", "within_rollbacks",
-                                 "inverted")}
+                                 "by_round", "hybrid_by_round", "inverted")}
     w = config.evaluation.hybrid_replay_ratio
-    rules = {}
     ssm_trajectory = None
-    for s in range(config.num_seeds):
-        key = ev.eval_key(config.seed, s)
-        assert np.array_equal(jax.random.key_data(key),
-                              jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed + s), 2)))
-        tasks = envs.CartPoleTasks().sample(jax.random.fold_in(key, 0), n, "test")
+    for s, key, tasks, state in _seed_tasks(config, states):
         out["inverted"].append(np.asarray(tasks.force_mag) < 0)
-        state = {t: jax.tree.map(lambda x: x[s], st) for t, st in states.items()}
-        rules[s] = ev.within_episode_rule(maml.algo, state["maml_ssm"])
         rows = {name: [] for name in out if name != "inverted"}
         for i, k in enumerate(_task_keys(key, n)):
             task = _task(tasks, i)
@@ -217,23 +241,37 @@ def _references(config, trainers, states):
                 theta = _sgd(theta, state["maml_ssm"].inner_lr, g)
                 stored += [jax.tree.map(lambda x: x[i], traj) for i in range(e)]
             rows["hybrid_by_round"].append(by_round)
-            # test_time_within_episode: the Python loop of test_within_episode.py with the
-            # benchmark's rule (the MAML inner loss on the episode so far, Meta-SGD rates)
-            objective, _, make_batch = rules[s]
-            returns, _, accepted, rejected, _ = within_episode_loop(
-                k, maml.policy, state["maml_ssm"].params, task, objective=objective, make_batch=make_batch,
-                lrs=state["maml_ssm"].inner_lr, num_envs=e, num_steps=500,
-                chunk_steps=config.evaluation.within_episode_chunk, env=maml.env,
-                threshold=ev.TEST_TIME_DIVERGENCE, stop_early=True)
-            rebuilt.env_steps += e * 500  # the evaluator's window, which runs to its end
-            rows["within"].append(float(np.mean(returns)))
-            rows["within_updates"].append(float(np.mean(accepted)))
-            rows["within_rollbacks"].append(float(np.mean(rejected)))
         for name, values in rows.items():
             out[name].append(values)
     ref = {name: np.asarray(v, bool if name == "inverted" else np.float64) for name, v in out.items()}
     ref["env_steps"] = rebuilt.env_steps
     ref["ssm_trajectory"] = ssm_trajectory
+    return ref
+
+
+def _within_references(config, trainers, states):
+    """test_time_within_episode's series per seed and task: the Python loop of
+    test_within_episode.py with the benchmark's rule (the MAML inner loss on the episode so far,
+    Meta-SGD rates), and the env steps of the evaluator's windows, which run to their end."""
+    e, n = config.evaluation.num_envs, config.evaluation.num_tasks
+    maml = trainers["maml_ssm"]
+    out = {"within": [], "within_updates": [], "within_rollbacks": []}
+    for s, key, tasks, state in _seed_tasks(config, states):
+        objective, _, make_batch = ev.within_episode_rule(maml.algo, state["maml_ssm"])
+        rows = {name: [] for name in out}
+        for i, k in enumerate(_task_keys(key, n)):
+            returns, _, accepted, rejected, _ = within_episode_loop(
+                k, maml.policy, state["maml_ssm"].params, _task(tasks, i), objective=objective,
+                make_batch=make_batch, lrs=state["maml_ssm"].inner_lr, num_envs=e, num_steps=500,
+                chunk_steps=config.evaluation.within_episode_chunk, env=maml.env,
+                threshold=ev.TEST_TIME_DIVERGENCE, stop_early=True)
+            rows["within"].append(float(np.mean(returns)))
+            rows["within_updates"].append(float(np.mean(accepted)))
+            rows["within_rollbacks"].append(float(np.mean(rejected)))
+        for name, values in rows.items():
+            out[name].append(values)
+    ref = {name: np.asarray(v, np.float64) for name, v in out.items()}
+    ref["env_steps"] = config.num_seeds * n * e * 500
     return ref
 
 
