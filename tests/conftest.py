@@ -31,9 +31,8 @@ def fresh_python():
 FAST_COMPILE = "jax_disable_most_optimizations"
 
 #: XLA's CPU fusion emitters off (read once, when JAX starts its CPU backend, from `XLA_FLAGS`):
-#: fused computations are then emitted by XLA's older elemental emitter. Compiling a second-order
-#: MAML-RL meta-update took 2.8 s instead of 5.1 s at level 0, and the default run 340 s
-#: instead of 495-510 s (README, Development).
+#: fused computations are then emitted by XLA's older elemental emitter, which compiles faster
+#: (README, Development).
 FUSION_EMITTERS_OFF = "--xla_cpu_use_fusion_emitters=false"
 
 
