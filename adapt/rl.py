@@ -167,6 +167,7 @@ def evaluate_with_adaptation(
     replay_capacity: int = 0,
     replay_ratio: float = 0.5,
     rollout_fn: Optional[Callable] = None,
+    num_active_rounds=None,
     **rollout_kwargs,
 ):
     """Evaluate ``policy`` on ONE task while it adapts between rounds.
@@ -192,6 +193,15 @@ def evaluate_with_adaptation(
     ``vmap`` it over tasks/keys. ``policy``, ``objective``, ``optimizer``,
     ``policy_params_fn``, the counts and ``rollout_kwargs`` (e.g. ``env``,
     ``obs_mode``, ``deterministic``) are static.
+
+    ``num_active_rounds`` (None, or an int or int32 scalar in
+    ``[0, num_rounds]``, which may be traced): only the first
+    ``num_active_rounds`` rounds count. The later ones run but are discarded
+    (a select, so they cost as much): their returns are NaN, their infos zero,
+    and they leave the params, optimiser state and replay buffer unchanged. A
+    program compiled for ``num_rounds`` then serves every count up to it with
+    the results of a ``num_rounds=num_active_rounds`` call (the round keys are
+    ``split(key, num_rounds)``, whose first keys do not depend on the count).
 
     Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
     is each round's mean first-episode return (see above), measured BEFORE
@@ -237,7 +247,19 @@ def evaluate_with_adaptation(
             buf = tree_select(tree_all_finite(traj), rb.buffer_add(buf, traj), buf)
         return (p, opt_state, buf), (ret, info)
 
-    (params, _, _), (returns, infos) = jax.lax.scan(
-        one_round, (params, optimizer.init(params), buffer), jax.random.split(key, num_rounds))
+    keys = jax.random.split(key, num_rounds)
+    init = (params, optimizer.init(params), buffer)
+    if num_active_rounds is None:
+        (params, _, _), (returns, infos) = jax.lax.scan(one_round, init, keys)
+        return params, returns, infos
+
+    def counted_round(carry, xs):
+        r, k = xs
+        active = r < num_active_rounds
+        new, (ret, info) = one_round(carry, k)
+        skipped = (jnp.full_like(ret, jnp.nan), jax.tree.map(jnp.zeros_like, info))
+        return tree_select(active, new, carry), tree_select(active, (ret, info), skipped)
+
+    (params, _, _), (returns, infos) = jax.lax.scan(counted_round, init, (jnp.arange(num_rounds), keys))
     return params, returns, infos
 

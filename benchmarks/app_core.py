@@ -434,8 +434,8 @@ def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, 
         k_task, k_adapt, k_before, k_after = jax.random.split(jax.random.key(key), 4)
         task = make_task(config.suite, physics, k_task)
         params0 = policy.params(seed_index)
-        if adaptation == "context":
-            eps = runs.rollout_episodes(policy, params0, task, k_after, steps + 1)
+        if adaptation == "context":  # one window of MAX_ADAPT_STEPS + 1 episodes serves every count
+            eps = runs.rollout_episodes(policy, params0, task, k_after, MAX_ADAPT_STEPS + 1)[:steps + 1]
             returns = [(f"episode {i + 1}" + (" (no context)" if i == 0 else f" (after {i} context)"), e.total)
                        for i, e in enumerate(eps)]
             return eps[0], eps[-1], returns
@@ -447,7 +447,7 @@ def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, 
                 return before, after, [("episode without updates", before.total), ("episode updating every "
                                        f"{config.evaluation.within_episode_chunk} steps", after.total)]
             if adaptation != "none":
-                params, measured = policy.adapt(seed_index, task, k_adapt, steps)
+                params, measured = policy.adapt(seed_index, task, k_adapt, steps, max_steps=MAX_ADAPT_STEPS)
             before = before_job.result()  # its rollout compiled: the "after" episode reuses it
         if adaptation == "none":
             return before, before, [("episode", before.total)]

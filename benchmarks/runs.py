@@ -127,9 +127,17 @@ class MethodPolicy:
         """The trained policy params of training seed `config.seed + seed_index`."""
         return self.state(seed_index).params
 
-    def adapt(self, seed_index: int, task, key, num_steps: Optional[int] = None):
+    def adapt(self, seed_index: int, task, key, num_steps: Optional[int] = None,
+              max_steps: Optional[int] = None):
         """`(params, returns)`: the params of seed `seed_index` after `num_steps` adaptation
         steps on ONE task (default `default_adapt_steps`), and the returns measured on the way.
+
+        `max_steps` (an int >= `num_steps`, or None): run one program compiled for up to
+        `max_steps` steps, with `num_steps` as data, so that every step count up to it reuses
+        it (the web page's slider); the results are those of the `num_steps` program (same
+        keys and data, up to the last bits in which two programs may round apart; `MAMLRL.adapt_and_evaluate`'s `max_inner_steps`,
+        `adapt.evaluate_with_adaptation`'s `num_active_rounds`), computed at the cost of
+        `max_steps` steps. None: the program of `num_steps` steps.
 
         inner_steps methods: `num_steps` MAML inner steps (`MAMLRL.adapt_and_evaluate`, support
         batches of `maml.rl.support_envs x support_steps`); returns `(num_steps + 1,)`: the
@@ -143,6 +151,8 @@ class MethodPolicy:
         """
         kind = self.adaptation
         k = self.default_adapt_steps if num_steps is None else check_int("num_steps", num_steps, 0)
+        if max_steps is not None:
+            max_steps = check_int("max_steps", max_steps, k)
         state = self.state(seed_index)
         if kind in ("none", "context", "within_episode"):
             if k:
@@ -155,14 +165,16 @@ class MethodPolicy:
             c = self.trainer.algo.config
             out = self.trainer.algo.adapt_and_evaluate(
                 state, jax.tree.map(lambda x: jnp.asarray(x)[None], task), key, num_inner_steps=k,
-                num_envs=c.support_envs, num_steps=c.support_steps)
-            return jax.tree.map(lambda x: x[0], out["params"]), np.asarray(out["completed_return"][0])
+                num_envs=c.support_envs, num_steps=c.support_steps, max_inner_steps=max_steps)
+            return jax.tree.map(lambda x: x[0], out["params"]), np.asarray(out["completed_return"])[0, :k + 1]
         e = self.config.evaluation
         replay = (e.hybrid_replay_capacity, e.hybrid_replay_ratio) if self.name in REPLAY_METHODS else (0, 0.0)
-        params, returns = _adapt_online(key, self.policy, state, task, k + 1, e.num_envs, self.env,
+        rounds = k if max_steps is None else max_steps
+        active = None if max_steps is None else jnp.int32(k)
+        params, returns = _adapt_online(key, self.policy, state, task, rounds, e.num_envs, self.env,
                                         self.trainer.algo.config.baseline, *replay,
-                                        self.config.episode_steps)
-        return params, np.asarray(returns)
+                                        self.config.episode_steps, active)
+        return params, np.asarray(returns)[:k]
 
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
         """The method's registered evaluator on seed `seed_index`'s tasks: by default the run's
@@ -177,19 +189,20 @@ class MethodPolicy:
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))
 def _adapt_online(key, policy, state, task, num_rounds, num_envs, env, baseline, replay_capacity,
-                  replay_ratio, episode_steps):
-    """`(params after num_rounds - 1 updates, (num_rounds,) round returns)` of test_time_adapted's
-    online rule on one task (the last round's update is not applied), or of test_time_hybrid's
-    rule with `replay_capacity > 0` (`benchmarks.evaluation.evaluate_test_time`)."""
+                  replay_ratio, episode_steps, num_active_rounds=None):
+    """`(params after num_rounds updates, (num_rounds,) returns of the rounds before them)` of
+    test_time_adapted's online rule on one task, or of test_time_hybrid's rule with
+    `replay_capacity > 0` (`benchmarks.evaluation.evaluate_test_time`); with
+    `num_active_rounds` (an int32 scalar <= num_rounds) only that many count
+    (`adapt.evaluate_with_adaptation`)."""
     objective, optimizer = ev.test_time_rule(policy, state, baseline=baseline)
-    params = state.params
-    returns = jnp.zeros((0,), jnp.float32)
-    if num_rounds > 1:
-        params, returns, _ = adapt.evaluate_with_adaptation(
-            key, policy, params, task, objective=objective, optimizer=optimizer,
-            num_rounds=num_rounds - 1, steps_per_round=episode_steps, num_envs=num_envs,
-            divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
-            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
+    if num_rounds == 0:
+        return state.params, jnp.zeros((0,), jnp.float32)
+    params, returns, _ = adapt.evaluate_with_adaptation(
+        key, policy, state.params, task, objective=objective, optimizer=optimizer,
+        num_rounds=num_rounds, steps_per_round=episode_steps, num_envs=num_envs,
+        divergence_threshold=ev.TEST_TIME_DIVERGENCE, env=env,
+        replay_capacity=replay_capacity, replay_ratio=replay_ratio, num_active_rounds=num_active_rounds)
     return params, returns
 
 

@@ -161,6 +161,9 @@ class MAMLRL:
         self._adapt_and_evaluate_jit = jax.jit(
             self._adapt_and_evaluate,
             static_argnames=("num_inner_steps", "num_envs", "num_steps", "deterministic"))
+        self._adapt_and_evaluate_upto_jit = jax.jit(
+            self._adapt_and_evaluate_upto,
+            static_argnames=("max_inner_steps", "num_envs", "num_steps", "deterministic"))
 
     def _meta_update_on_mesh(self, state: core.MetaState, tasks, key):
         """``meta_update`` with a mesh: one jitted meta-update (``_meta_update``), returning
@@ -178,14 +181,28 @@ class MAMLRL:
         return self._meta_update_jit(state, tasks, key)
 
     def adapt_and_evaluate(self, state: core.MetaState, tasks, key, num_inner_steps: int,
-                           num_envs: int, num_steps: int = 500, deterministic: bool = False):
+                           num_envs: int, num_steps: int = 500, deterministic: bool = False,
+                           max_inner_steps: Optional[int] = None):
         """Jitted ``_adapt_and_evaluate`` (see there) after validating the static counts:
-        ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1."""
+        ``num_inner_steps`` an int >= 0, ``num_envs`` and ``num_steps`` ints >= 1.
+
+        ``max_inner_steps`` (an int >= ``num_inner_steps``): compile one program for up to that
+        many steps in which ``num_inner_steps`` is data (``_adapt_and_evaluate_upto``), so every
+        step count up to it reuses the program; the returns have ``max_inner_steps + 1`` columns,
+        NaN after column ``num_inner_steps``. The adapted params and the returns up to that
+        column are the ``num_inner_steps`` program's (same keys and data; the two programs may
+        round apart in the last bits).
+        """
         num_inner_steps = check_int("num_inner_steps", num_inner_steps, minimum=0)
         num_envs = check_int("num_envs", num_envs, minimum=1)
         num_steps = check_int("num_steps", num_steps, minimum=1)
         if self.mesh is not None:
             sharding.check_divisible("num_tasks", self._check_tasks(tasks), self.mesh)
+        if max_inner_steps is not None:
+            max_inner_steps = check_int("max_inner_steps", max_inner_steps, minimum=num_inner_steps)
+            return self._adapt_and_evaluate_upto_jit(state, tasks, key, jnp.int32(num_inner_steps),
+                                                     max_inner_steps=max_inner_steps, num_envs=num_envs,
+                                                     num_steps=num_steps, deterministic=bool(deterministic))
         return self._adapt_and_evaluate_jit(state, tasks, key, num_inner_steps=num_inner_steps,
                                             num_envs=num_envs, num_steps=num_steps,
                                             deterministic=bool(deterministic))
@@ -401,3 +418,40 @@ class MAMLRL:
         return {"params": adapted,
                 "segment_return": cat(support.episode_return, query.episode_return),
                 "completed_return": cat(support.completed_return, query.completed_return)}
+
+    def _adapt_and_evaluate_upto(self, state: core.MetaState, tasks, key, num_inner_steps,
+                                 max_inner_steps: int, num_envs: int, num_steps: int = 500,
+                                 deterministic: bool = False):
+        """``_adapt_and_evaluate`` with ``num_inner_steps`` as data (an int32 scalar in
+        ``[0, max_inner_steps]``): one ``lax.scan`` over ``max_inner_steps + 1`` slots; slot ``i``
+        rolls out ``theta_i`` with key ``i`` of the task's ``split(k, max_inner_steps + 1)`` (the
+        key ``collect_task`` gives it: ``split``'s first keys do not depend on the count) and takes
+        the inner step, which is kept for ``i < num_inner_steps`` only (a select, not a
+        ``lax.cond``: the slot is then the same computation as ``collect_task``'s step, so the
+        results are the ``num_inner_steps`` program's, up to the last bits in which two
+        separately compiled programs may round apart). Every slot runs, so the program costs ``max_inner_steps`` steps whatever ``num_inner_steps`` is.
+        Returns the dict
+        of ``_adapt_and_evaluate`` with ``(N, max_inner_steps + 1)`` returns, NaN after column
+        ``num_inner_steps``, and the params after ``num_inner_steps`` steps.
+        """
+        n = self._check_tasks(tasks)
+        size = (num_envs, num_steps)
+        params = jax.lax.stop_gradient(state.params)
+        inner_lr = jax.lax.stop_gradient(state.inner_lr)
+        tasks, keys = sharding.constrain((tasks, jax.random.split(key, n)), self.mesh)
+        nan = jnp.full((), jnp.nan, jnp.float32)
+
+        def one_task(task, k):
+            def slot(theta, xs):
+                i, k_i = xs
+                batch = self.collect(theta, k_i, task, *size, deterministic)
+                stepped, _ = self.inner_step(theta, inner_lr, batch, first_order=True)
+                theta = jax.tree.map(lambda a, b: jnp.where(i < num_inner_steps, a, b), stepped, theta)
+                kept = lambda r: jnp.where(i <= num_inner_steps, r, nan)  # noqa: E731
+                return theta, (kept(batch.episode_return), kept(batch.completed_return))
+
+            slots = (jnp.arange(max_inner_steps + 1), jax.random.split(k, max_inner_steps + 1))
+            return jax.lax.scan(slot, params, slots)
+
+        adapted, (segment, completed) = jax.vmap(one_task)(tasks, keys)
+        return {"params": adapted, "segment_return": segment, "completed_return": completed}

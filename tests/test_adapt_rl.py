@@ -239,6 +239,37 @@ def test_policy_gradient_adaptation_raises_the_return_side_by_side():
     assert late_adapted > 1.25 * late_frozen, (adapted, frozen)
 
 
+@pytest.mark.parametrize("replay", [0, 8], ids=["online", "hybrid"])
+def test_num_active_rounds_gives_the_shorter_call_from_one_program(replay):
+    """A program of `num_rounds` rounds with a traced `num_active_rounds` k equals the call with
+    `num_rounds=k` (params, returns and infos first, up to the last bits in which two programs
+    may round apart), NaN returns and zero infos after them; compiled once for every k."""
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=16)
+    params = jax.jit(policy.init)(jax.random.PRNGKey(1), jnp.zeros((1, 1, 4)))
+    task = envs.CartPoleTasks().sample(jax.random.PRNGKey(0), 1, split="test")
+    task = jax.tree.map(lambda x: x[0], task)
+    run = functools.partial(
+        rl.evaluate_with_adaptation, policy=policy, task=task, optimizer=optax.sgd(0.05),
+        objective=functools.partial(rl.policy_gradient_loss, policy=policy, gamma=0.99),
+        steps_per_round=60, num_envs=3, env=ENV, replay_capacity=replay, replay_ratio=0.5)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def upto(key, k):
+        return run(key, params=params, num_rounds=4, num_active_rounds=k)
+
+    for k in (0, 1, 3, 4):
+        own = jax.jit(lambda key: run(key, params=params, num_rounds=k))(jax.random.PRNGKey(2)) if k else (
+            params, jnp.zeros((0,)), None)
+        final, returns, infos = upto(jax.random.PRNGKey(2), jnp.int32(k))
+        chex.assert_trees_all_close(final, own[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(returns[:k], own[1], rtol=1e-6)
+        assert np.all(np.isnan(np.asarray(returns[k:])))
+        if k:
+            chex.assert_trees_all_close(jax.tree.map(lambda x: x[:k], infos), own[2], rtol=1e-5, atol=1e-7)
+        assert all(np.all(np.asarray(x[k:]) == 0) for x in jax.tree.leaves(infos))
+
+
 def test_hybrid_self_supervised_adaptation_jits_without_retracing():
     """Adapting a joint {policy, model} pytree with the next-observation loss of an
     SSM predictor and replay of earlier rounds: runs under jit, losses fall, no retrace."""

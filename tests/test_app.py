@@ -265,29 +265,33 @@ def test_endpoints_return_numbers_in_range(client, app_server):
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     timings, traced = [], []
-    for physics, inverted, key in ((PHYS_ARGS, False, 0), ((0.3, 0.05, 0.8, 12.0, 15.0), True, 1)):
+    for physics, inverted, key, steps in ((PHYS_ARGS, False, 0, 2), ((0.3, 0.05, 0.8, 12.0, 15.0), True, 1, 4)):
         t0 = time.perf_counter()
         ret, returns, gif_before, gif_after, status = client.predict(
-            "quick", "maml_adapted", *physics, inverted, 2, 0, key, api_name="/try_task")
+            "quick", "maml_adapted", *physics, inverted, steps, 0, key, api_name="/try_task")
         timings.append(time.perf_counter() - t0)
         traced.append(len(traces))
         assert 0 <= float(ret) <= 500
-        assert [r[0] for r in returns["data"]] == ["support batch after 0 inner steps", "support batch after 1 inner steps",
-                                                    "support batch after 2 inner steps", "episode after 2 MAML inner steps"]
+        assert [r[0] for r in returns["data"]] == [f"support batch after {i} inner steps" for i in range(steps + 1)] + [
+            f"episode after {steps} MAML inner steps"]
         assert all(0 <= float(r[1]) <= 500 for r in returns["data"])
         assert float(returns["data"][-1][1]) == float(ret)
         for gif in (gif_before, gif_after):
             with Image.open(gif) as im:
                 assert im.format == "GIF" and im.n_frames >= 2
+    # test-time updates (1, then 3) and context episodes (one context episode, then the measured
+    # one; then 3): one program for each method
+    for method, steps in (("test_time_adapted", 1), ("test_time_adapted", 3), ("in_context", 1), ("in_context", 3)):
+        ret, returns, *_ = client.predict("quick", method, *PHYS_ARGS, False, steps, 0, 0, api_name="/try_task")
+        traced.append(len(traces))
+        assert len(returns["data"]) == steps + 1 and 0 <= float(ret) <= 500
     active.clear()
-    # the first Run traced whatever the session had not traced yet; other physics is only data
-    assert traced[1] == traced[0], f"a second Run with other physics traced again: {traced}"
-    print(f"try_task via gradio_client: first {timings[0]:.1f} s, second {timings[1]:.1f} s (2 inner steps; "
-          f"load average {os.getloadavg()[0]:.1f})")
-
-    # in-context adaptation: one context episode, then the measured one
-    ret, returns, *_ = client.predict("quick", "in_context", *PHYS_ARGS, False, 1, 0, 0, api_name="/try_task")
-    assert len(returns["data"]) == 2 and 0 <= float(ret) <= 500
+    # the first Run of a method traced whatever the session had not traced yet; other physics and
+    # other step counts are data (one program up to MAX_ADAPT_STEPS steps)
+    assert traced[1] == traced[0], f"a second Run with other physics and steps traced again: {traced}"
+    assert traced[3] == traced[2] and traced[5] == traced[4], f"a Run with other steps traced again: {traced}"
+    print(f"try_task via gradio_client: first {timings[0]:.1f} s (2 inner steps), second {timings[1]:.1f} s "
+          f"(4 inner steps; load average {os.getloadavg()[0]:.1f})")
 
     num_tasks = json.loads(config)["evaluation"]["num_tasks"]  # the run's own: its programs are cached
     t0 = time.perf_counter()

@@ -289,6 +289,32 @@ def test_adapt_and_evaluate_equals_rollouts_and_manual_inner_steps(mlp_data):
                    zip(jax.tree.leaves(theta), jax.tree.leaves(state.params))) > 1e-4
 
 
+def test_one_program_up_to_max_inner_steps_equals_each_step_counts_own(mlp_data):
+    """`max_inner_steps`: one compiled program (traced once) serves every step count up to it,
+    with the adapted params and returns of that count's own program (the same keys, data and
+    per-slot computation; two programs may round apart in the last bits) and NaN after them; a
+    count above it is refused."""
+    algo, state, _, _ = mlp_data
+    tasks = envs.CartPoleTasks().sample(jax.random.key(4), 2, split="test")
+    traces = []
+    jitted = algo._adapt_and_evaluate_upto_jit
+    algo._adapt_and_evaluate_upto_jit = lambda *a, **kw: (traces.append(kw), jitted(*a, **kw))[1]
+    try:
+        for k in (0, 2, 3):
+            own = algo.adapt_and_evaluate(state, tasks, jax.random.key(5), k, 2, 30)
+            upto = algo.adapt_and_evaluate(state, tasks, jax.random.key(5), k, 2, 30, max_inner_steps=3)
+            chex.assert_trees_all_close(upto["params"], own["params"], rtol=1e-5, atol=1e-7)
+            for name in ("segment_return", "completed_return"):
+                chex.assert_shape(upto[name], (2, 4))
+                np.testing.assert_allclose(upto[name][:, :k + 1], own[name], rtol=1e-6)
+                assert np.all(np.isnan(np.asarray(upto[name][:, k + 1:])))
+        assert jitted._cache_size() == 1 and len(traces) == 3
+    finally:
+        algo._adapt_and_evaluate_upto_jit = jitted
+    with pytest.raises(ValueError, match="max_inner_steps"):
+        algo.adapt_and_evaluate(state, tasks, jax.random.key(5), 4, 2, 30, max_inner_steps=3)
+
+
 @pytest.mark.parametrize("kwargs, field", [
     (dict(inner_lr=-1.0), "inner_lr"), (dict(num_inner_steps=-1), "num_inner_steps"),
     (dict(gamma=1.5), "gamma"), (dict(support_envs=0), "support_envs"),
