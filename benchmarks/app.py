@@ -117,7 +117,7 @@ def build_app(options: core.AppOptions):
     def on_run(run):
         if not run:
             empty = _table(*core.results_table({}))
-            return (gr.update(choices=[], value=None), "", "", empty, [], "")
+            return (gr.update(choices=[], value=None), gr.update(choices=[], value=None), "", "", empty, [], "")
         run_dir = core.resolve_run(root, run)
         config = rundir.load_run_config(run_dir)
         from envs.suites import get_suite  # noqa: PLC0415 - no JAX
@@ -126,18 +126,23 @@ def build_app(options: core.AppOptions):
         methods = list(config.methods)
         default = core.default_method(methods)
         cache.warm_up(run_dir)
-        info = (f"Suite **{suite.name}** ({suite.obs_mode} observations): {suite.description} "
-                f"{config.num_seeds} training seed(s).")
+        info = (f"Trained on suite **{suite.name}** ({suite.obs_mode} observations, the policies' "
+                f"observation mode): {suite.description} {config.num_seeds} training seed(s). "
+                f"Tasks can be drawn from the suites with the same observation mode.")
         summary = core.run_summary(run_dir)
-        return (gr.update(choices=methods, value=default), info, summary["text"],
+        suites = core.task_suites(config.suite)
+        return (gr.update(choices=methods, value=default), gr.update(choices=suites, value=suites[0]), info,
+                summary["text"],
                 _table(summary["headers"], summary["rows"]), summary["plots"], summary["config"])
 
     @_guard
-    def try_task(run, method, length, masspole, masscart, gravity, force_mag, inverted, steps, seed_index, key):
+    def try_task(run, method, length, masspole, masscart, gravity, force_mag, inverted, steps, seed_index, key,
+                 suite=None):
         run_dir = core.resolve_run(root, run)
         physics = {"length": length, "masspole": masspole, "masscart": masscart, "gravity": gravity,
                    "force_mag": force_mag}
-        out = core.try_task(cache, run_dir, method, physics, inverted, steps, seed_index, key, out_dir=out_dir)
+        out = core.try_task(cache, run_dir, method, physics, inverted, steps, seed_index, key, out_dir=out_dir,
+                            suite=suite)
         returns = _table(["measured", "return"], [[label, round(r, 1)] for label, r in out["returns"]])
         return f"{out['after']:.1f}", returns, out["gif_before"], out["gif_after"], out["text"]
 
@@ -194,6 +199,8 @@ def build_app(options: core.AppOptions):
             suite_info = gr.Markdown(elem_id="suite_info")
             with gr.Row():
                 method_dd = gr.Dropdown(choices=[], label="method", elem_id="method", allow_custom_value=True)
+                suite_dd = gr.Dropdown(choices=[], label="task suite (switch, goal; the run's observation mode)",
+                                       elem_id="suite", allow_custom_value=True)
                 steps = slider(0, core.MAX_ADAPT_STEPS, value=core.DEFAULT_ADAPT_STEPS, step=1, elem_id="steps",
                                   label="adaptation steps (MAML inner steps, test-time updates or context episodes)")
                 seed_index = gr.Number(0, precision=0, label="training seed index", elem_id="seed_index")
@@ -244,9 +251,9 @@ def build_app(options: core.AppOptions):
 
         demo.load(refresh, [run_dd], [run_dd, notice], api_name="list_runs")
         refresh_btn.click(refresh, [run_dd], [run_dd, notice], api_name=False)
-        run_dd.change(on_run, [run_dd], [method_dd, suite_info, run_text, run_df, run_plots, run_config],
+        run_dd.change(on_run, [run_dd], [method_dd, suite_dd, suite_info, run_text, run_df, run_plots, run_config],
                       api_name="run_summary")
-        run_btn.click(try_task, [run_dd, method_dd, *sliders, inverted, steps, seed_index, key],
+        run_btn.click(try_task, [run_dd, method_dd, *sliders, inverted, steps, seed_index, key, suite_dd],
                       [ret_box, returns_df, gif_before, gif_after, try_status], api_name="try_task")
         compare_btn.click(compare, [run_dd, n_tasks, task_seed], [compare_df, compare_plot, compare_status],
                           api_name="compare")

@@ -248,6 +248,22 @@ def check_physics(values: dict, inverted) -> dict:
     return out
 
 
+def task_suites(run_suite: str) -> list:
+    """The suites whose tasks a run of CartPole suite `run_suite` can be tried on: those with the
+    same observation mode (a policy reads observations of one size), the run's own first."""
+    from envs.suites import SUITES  # noqa: PLC0415 - no JAX
+
+    mode = SUITES[run_suite].obs_mode
+    return [run_suite] + [name for name, suite in SUITES.items() if name != run_suite and suite.obs_mode == mode]
+
+
+def check_suite(suite, run_suite: str) -> str:
+    """`suite` if the run's policies can act in it (`task_suites`); None: the run's own."""
+    if suite is None or suite == "":
+        return run_suite
+    return check_choice("suite", suite, tuple(task_suites(run_suite)))
+
+
 def check_method(method, available) -> str:
     """`method` if it is one of the run's methods."""
     return check_choice("method", method, tuple(available))
@@ -299,8 +315,10 @@ class RunCache:
         except OSError:
             return None
 
-    def policy(self, run_dir: str, method: str):
-        """The `MethodPolicy` of `method` in the run (loading its checkpoint on first use)."""
+    def policy(self, run_dir: str, method: str, suite: Optional[str] = None):
+        """The `MethodPolicy` of `method` in the run (loading its checkpoint on first use); with
+        `suite` (one of `task_suites` of the run's), the same trained states acting in that
+        suite's environment (its trainer built for a config with that suite)."""
         from benchmarks.checkpointing import CheckpointError  # noqa: PLC0415
         from benchmarks.runs import load_run  # noqa: PLC0415
 
@@ -316,7 +334,16 @@ class RunCache:
                     raise AppError(f"cannot load {method} from {run_dir!r}: {one_line(err)}") from None
                 except (ValueError, OSError) as err:
                     raise AppError(one_line(err)) from None
-            return entry[1][method]
+            policy = entry[1][method]
+            if suite is None or suite == policy.config.suite:
+                return policy
+            if (method, suite) not in entry[1]:
+                from benchmarks.trainers import build_trainer  # noqa: PLC0415
+
+                config = policy.config.with_values({"suite": suite})
+                entry[1][(method, suite)] = dataclasses.replace(
+                    policy, trainer=build_trainer(policy.method.trainer, config), config=config)
+            return entry[1][(method, suite)]
 
     def policies(self, run_dir: str, methods) -> dict:
         return {m: self.policy(run_dir, m) for m in methods}
@@ -365,9 +392,6 @@ def make_task(suite_name: str, physics: dict, key):
 
     task = runs.make_task(**physics)
     suite = envs.get_suite(suite_name)
-    if suite.obs_mode != "full":
-        raise AppError(f"the run's suite {suite_name!r} observes {suite.obs_mode} observations; the page "
-                       f"draws episodes from full observations, so it shows runs of full-observation suites")
     if not suite.wrapped:
         return task
     drawn = jax.tree.map(lambda x: x[0], suite.sample(key, 1, "test"))
@@ -419,9 +443,10 @@ def _gif(episode, title: str, path: str) -> str:
 
 
 def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, steps: int, seed_index: int,
-             key: int) -> tuple:
+             key: int, suite: Optional[str] = None) -> tuple:
     """`try_task`'s computation on checked controls: `(before, after, returns)` (two
-    `benchmarks.runs.Episode`s and the `(label, return)` list). Behind the cache's lock; the
+    `benchmarks.runs.Episode`s and the `(label, return)` list) on a task of `suite` (default:
+    the run's; `check_suite`). Behind the cache's lock; the
     episode before adaptation is rolled out in a second thread while the method adapts, so on
     two cores their programs compile (and run) side by side."""
     import jax  # noqa: PLC0415
@@ -430,9 +455,10 @@ def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, 
 
     adaptation = runs.ADAPTATION[method]
     with cache.lock:
-        policy = cache.policy(run_dir, method)
+        suite = config.suite if suite is None else suite
+        policy = cache.policy(run_dir, method, suite)
         k_task, k_adapt, k_before, k_after = jax.random.split(jax.random.key(key), 4)
-        task = make_task(config.suite, physics, k_task)
+        task = make_task(suite, physics, k_task)
         params0 = policy.params(seed_index)
         if adaptation == "context":  # one window of MAX_ADAPT_STEPS + 1 episodes serves every count
             eps = runs.rollout_episodes(policy, params0, task, k_after, MAX_ADAPT_STEPS + 1)[:steps + 1]
@@ -461,7 +487,7 @@ def episodes(cache: RunCache, run_dir: str, config, method: str, physics: dict, 
 
 
 def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, steps, seed_index=0, key=0,
-             out_dir: Optional[str] = None) -> dict:
+             out_dir: Optional[str] = None, suite=None) -> dict:
     """Adapt `method` of the run (training seed `seed_index`) to the task the controls describe
     and roll it out, before and after adaptation.
 
@@ -469,6 +495,9 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     (`MethodPolicy.adapt`), or context episodes (in_context: the carry kept through `steps`
     episodes, then the measured one); test_time_within_episode takes 0 (its "after" episode
     updates the weights during the episode, its "before" one does not); non-adaptive methods 0.
+    `suite` (None: the run's) chooses the task's suite among `task_suites`: the controls' physics
+    with that suite's switch, goal and observation mode (its other parts drawn from its test
+    split with the episode seed).
 
     Returns a dict: `returns` (list of `(label, return)`: the return measured after each
     adaptation step, then the final episode), `before` / `after` (episode returns),
@@ -483,17 +512,18 @@ def try_task(cache: RunCache, run_dir: str, method, physics: dict, inverted, ste
     adaptation = ADAPTATION[method]
     method, steps, seed_index, key = check_try_inputs(method, config.methods, adaptation, steps, seed_index,
                                                       config.num_seeds, key)
+    suite = check_suite(suite, config.suite)
     out_dir = out_dir or tempfile.mkdtemp(prefix="ssm-metarl-app-")
     prune_outputs(out_dir)
-    before, after, returns = episodes(cache, run_dir, config, method, physics, steps, seed_index, key)
-    title = f"{method}, seed index {seed_index}"
+    before, after, returns = episodes(cache, run_dir, config, method, physics, steps, seed_index, key, suite)
+    title = f"{method}, seed index {seed_index}" + ("" if suite == config.suite else f", {suite} task")
     gif_before = _gif(before, f"{title}: before adaptation", output_path(out_dir, "before", ".gif"))
     gif_after = _gif(after, f"{title}: after {steps} {UNITS[adaptation] or 'step'}(s)"
                      if steps_before_episode(adaptation) else
                      (f"{title}: updating during the episode" if adaptation == "within_episode" else title),
                      output_path(out_dir, "after", ".gif"))
     seconds = time.perf_counter() - t0
-    text = (f"{method} on {'inverted' if physics['inverted'] else 'normal'}-force task: return "
+    text = (f"{method} on {'inverted' if physics['inverted'] else 'normal'}-force {suite} task: return "
             f"{before.total:.0f} before, {after.total:.0f} after adaptation ({seconds:.1f} s)")
     return {"returns": [(label, float(r)) for label, r in returns], "before": float(before.total),
             "after": float(after.total), "gif_before": gif_before, "gif_after": gif_after,

@@ -37,6 +37,7 @@ from benchmarks import rundir
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import METHODS_BY_NAME, TASK_FIELDS, Evaluation, Method
 from benchmarks.trainers import Trainer, build_trainer
+from envs.observation import PARTIAL_OBS_INDICES
 from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 
 #: How each method adapts: "inner_steps" (MAML inner steps), "rounds" (test-time updates
@@ -98,6 +99,11 @@ class MethodPolicy:
     def adaptation(self) -> str:
         """"none", "inner_steps", "rounds", "context" or "within_episode" (see `ADAPTATION`)."""
         return ADAPTATION[self.method.name]
+
+    @property
+    def obs_mode(self) -> str:
+        """The observation mode of the run's suite (`"full"`, or `"partial"`: `[x, theta]`)."""
+        return envs.get_suite(self.config.suite, self.config.env_name).obs_mode
 
     @property
     def carry_across_episodes(self) -> bool:
@@ -293,7 +299,8 @@ def task_values(task) -> dict:
 class Episode:
     """One episode of a policy on a task (`T` = its length in steps).
 
-    states: `(T, 4)` CartPole state [x, x_dot, theta, theta_dot] the policy saw at each step;
+    states: `(T, 4)` CartPole state [x, x_dot, theta, theta_dot] at each step, read from what the
+      policy saw (a run with partial observations sees `[x, theta]`: its velocities are NaN);
     actions: `(T,)` int (1 pushes along +x for a normal task, along -x for an inverted one);
     rewards: `(T,)`; total: the episode's return; task: `task_values` of the task;
     pre_returns: returns measured while adapting (`MethodPolicy.adapt`), may be empty.
@@ -322,16 +329,12 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     during it as its evaluation does (`benchmarks.evaluation.within_episode_window`). Actions
     are sampled (`deterministic=True`: the most likely action; refused for
     test_time_within_episode, whose updates are policy gradients of sampled actions). The task must be one of the run's suite (`Run.test_task` always is;
-    `make_task` / `sample_task` give standard-suite tasks); a run whose suite hides part of the
-    state (partial observations) is refused, since the episode's states are read from the
-    observations.
+    `make_task` / `sample_task` give standard-suite tasks). The episode's states are read from
+    the observations: a run whose suite observes `[x, theta]` (partial) has NaN velocities.
     """
     suite = envs.get_suite(policy.config.suite, policy.config.env_name)
     if suite.env_name != "CartPole-v1":
         raise ValueError(f"rollout_episode reads CartPole states; the run is on {suite.env_name}")
-    if suite.obs_mode != "full":
-        raise ValueError(f"rollout_episode reads the CartPole state from the observations, but the run's "
-                         f"suite {suite.name!r} observes {suite.obs_mode} observations ([x, theta])")
     deterministic = check_bool("deterministic", deterministic)
     if deterministic and policy.adaptation == "within_episode":
         raise ValueError(f"deterministic must be False for {policy.name!r}: its updates during the "
@@ -341,7 +344,7 @@ def rollout_episode(policy: MethodPolicy, seed_index: int, task, key, adapt_step
     if policy.adaptation == "within_episode":
         traj = _within_episode_traj(k_roll, policy.trainer.algo, policy.state(seed_index), task,
                                     policy.config.evaluation.within_episode_chunk)
-        return episodes_of(traj, task, 1, pre)[0]
+        return episodes_of(traj, task, 1, pre, policy.obs_mode)[0]
     episode_index = 1 if policy.carry_across_episodes else 0
     return rollout_episodes(policy, params, task, k_roll, episode_index + 1, deterministic, pre)[-1]
 
@@ -357,15 +360,19 @@ def rollout_episodes(policy: MethodPolicy, params, task, key, num_episodes: int 
     traj = envs.rollout(key, policy.policy, params, task, num_envs=1, num_steps=n * ev.EPISODE_STEPS,
                         env=policy.env, carry_across_episodes=policy.carry_across_episodes,
                         deterministic=check_bool("deterministic", deterministic))
-    return episodes_of(traj, task, n, pre_returns)
+    return episodes_of(traj, task, n, pre_returns, policy.obs_mode)
 
 
-def episodes_of(traj, task, num_episodes: int, pre_returns=()) -> list:
+def episodes_of(traj, task, num_episodes: int, pre_returns=(), obs_mode: str = "full") -> list:
     """The first `num_episodes` episodes of env 0 of a rollout `traj` (`envs.rollout`'s
     trajectory of ONE task, time axis second) as `Episode`s; an episode the window cuts off
-    ends at the window's end."""
+    ends at the window's end. `obs_mode`: what `traj.obs` starts with, CartPole's full state or
+    (`"partial"`) `[x, theta]`, whose states get NaN velocities."""
     # numpy from here: slicing the device arrays by episode length would compile a slice per length
-    dones, obs, actions, all_rewards = (np.asarray(x)[0] for x in (traj.dones, traj.obs, traj.actions, traj.rewards))
+    dones, seen, actions, all_rewards = (np.asarray(x)[0] for x in (traj.dones, traj.obs, traj.actions, traj.rewards))
+    kept = list(PARTIAL_OBS_INDICES["CartPole-v1"]) if obs_mode == "partial" else list(range(4))
+    obs = np.full(seen.shape[:-1] + (4,), np.nan)
+    obs[:, kept] = seen[:, :len(kept)]  # in_context's observations append its context after them
     steps = dones.shape[0]
     ends = [int(e) + 1 for e in np.flatnonzero(dones)]
     values = task_values(task)

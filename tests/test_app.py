@@ -162,6 +162,8 @@ def test_try_task_checks_its_controls_before_loading_anything(tmp_path):
         core.try_task(cache, run, "maml_adapted_mlp_x", GOOD_PHYSICS, False, 1)
     with pytest.raises(ValueError, match="adaptation steps must be 0 for in_context|<= 5"):
         core.try_task(cache, run, "maml_adapted", GOOD_PHYSICS, False, 9)
+    with pytest.raises(ValueError, match=r"suite must be one of \['standard', 'extreme', 'switching', 'goal'\]"):
+        core.try_task(cache, run, "maml_adapted", GOOD_PHYSICS, False, 1, suite="partial")
     with pytest.raises(ValueError, match="number of tasks"):
         core.compare(cache, run, 0, 0)
 
@@ -252,8 +254,11 @@ def test_endpoints_return_numbers_in_range(client, app_server):
 
     runs, _notice = client.predict(None, api_name="/list_runs")
     assert runs["value"] == "quick" and {c[0] for c in runs["choices"]} == {"quick", "broken"}
-    method, _info, text, table, plots, config = client.predict("quick", api_name="/run_summary")
+    method, suites, _info, text, table, plots, config = client.predict("quick", api_name="/run_summary")
     assert method["value"] == "maml_adapted" and "suite standard" in text
+    # tasks of the suites whose observations the run's policies read (not partial's [x, theta])
+    assert suites["value"] == "standard"
+    assert [c[0] for c in suites["choices"]] == ["standard", "extreme", "switching", "goal"]
     assert [r[0] for r in table["data"]] == list(json.loads(config)["methods"])
     assert all(0 <= float(r[1]) <= 500 for r in table["data"]) and len(plots) >= 2
 
@@ -268,7 +273,7 @@ def test_endpoints_return_numbers_in_range(client, app_server):
     for physics, inverted, key, steps in ((PHYS_ARGS, False, 0, 2), ((0.3, 0.05, 0.8, 12.0, 15.0), True, 1, 4)):
         t0 = time.perf_counter()
         ret, returns, gif_before, gif_after, status = client.predict(
-            "quick", "maml_adapted", *physics, inverted, steps, 0, key, api_name="/try_task")
+            "quick", "maml_adapted", *physics, inverted, steps, 0, key, "standard", api_name="/try_task")
         timings.append(time.perf_counter() - t0)
         traced.append(len(traces))
         assert 0 <= float(ret) <= 500
@@ -282,10 +287,15 @@ def test_endpoints_return_numbers_in_range(client, app_server):
     # test-time updates (1, then 3) and context episodes (one context episode, then the measured
     # one; then 3): one program for each method
     for method, steps in (("test_time_adapted", 1), ("test_time_adapted", 3), ("in_context", 1), ("in_context", 3)):
-        ret, returns, *_ = client.predict("quick", method, *PHYS_ARGS, False, steps, 0, 0, api_name="/try_task")
+        ret, returns, *_ = client.predict("quick", method, *PHYS_ARGS, False, steps, 0, 0, "standard",
+                                          api_name="/try_task")
         traced.append(len(traces))
         assert len(returns["data"]) == steps + 1 and 0 <= float(ret) <= 500
     active.clear()
+    # the run's policy on a task of another suite: the goal's distance-shaped reward, in [0, 500]
+    ret, returns, _, _, status = client.predict("quick", "maml_adapted", *PHYS_ARGS, False, 1, 0, 0, "goal",
+                                                api_name="/try_task")
+    assert 0 <= float(ret) <= 500 and "goal task" in status and len(returns["data"]) == 3
     # the first Run of a method traced whatever the session had not traced yet; other physics and
     # other step counts are data (one program up to MAX_ADAPT_STEPS steps)
     assert traced[1] == traced[0], f"a second Run with other physics and steps traced again: {traced}"
@@ -317,12 +327,14 @@ def test_endpoints_refuse_bad_input_with_a_readable_message(client, app_server):
            (("quick", "nonsense", *PHYS_ARGS, False, 1, 0, 0), "method must be one of"),
            (("broken", "maml_adapted", *PHYS_ARGS, False, 1, 0, 0), "cannot load maml_adapted")]
     for args, message in bad:
-        assert message in _error(lambda: client.predict(*args, api_name="/try_task")), message
+        assert message in _error(lambda: client.predict(*args, "standard", api_name="/try_task")), message
+    assert "suite must be one of ['standard', 'extreme', 'switching', 'goal']" in _error(
+        lambda: client.predict("quick", "maml_adapted", *PHYS_ARGS, False, 1, 0, 0, "partial", api_name="/try_task"))
     assert "number of tasks" in _error(lambda: client.predict("quick", 1, 0, api_name="/compare"))
     assert "run name must be" in _error(lambda: client.predict("../evil", "quick", api_name="/train_start"))
     assert "no run of this tab" in _error(lambda: client.predict(api_name="/train_cancel"))
     # the page still works after the errors
-    ret, *_ = client.predict("quick", "non_adaptive", *PHYS_ARGS, False, 0, 0, 0, api_name="/try_task")
+    ret, *_ = client.predict("quick", "non_adaptive", *PHYS_ARGS, False, 0, 0, 0, "standard", api_name="/try_task")
     assert 0 <= float(ret) <= 500
 
 

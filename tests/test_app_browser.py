@@ -101,12 +101,16 @@ def test_page_runs_a_task_in_a_real_browser(app_server, browser, tmp_path):
     gif = browser.find_element(By.CSS_SELECTOR, "#gif_after img").get_attribute("src")
     assert gif and ".gif" in gif
     browser.save_screenshot(str(tmp_path / "page.png"))
-    # a second Run of the same method on other physics reuses the compiled functions
+    # a second Run of the same method on other physics, with 5 steps, reuses the compiled functions
     _set_number(browser, "masscart", 2.0)
-    wait.until(lambda d: _number(_value(d, "masscart")) == 2.0)
+    _set_number(browser, "steps", 5)
+    wait.until(lambda d: _number(_value(d, "masscart")) == 2.0 and _number(_value(d, "steps")) == 5)
     second = _click_run_and_wait(browser, wait)
     assert 0 <= float(_value(browser, "try_return")) <= 500
     browser.save_screenshot(str(tmp_path / "page2.png"))
     assert os.path.getsize(tmp_path / "page.png") > 10_000
+    assert "after 5 MAML inner steps" in _value(browser, "try_status") or len(browser.find_elements(
+        By.XPATH, "//*[@id='try_returns']//*[contains(text(), 'after 5 MAML inner steps')]")) > 0
     print(f"\nbrowser: first Run {first:.1f} s (clicked {clicked:.1f} s after the page was built), second Run "
-          f"{second:.1f} s (click to GIF shown; load average {os.getloadavg()[0]:.1f}); screenshots in {tmp_path}")
+          f"{second:.1f} s (other physics, 5 steps instead of 3; click to GIF shown; load average "
+          f"{os.getloadavg()[0]:.1f}); screenshots in {tmp_path}")

@@ -185,11 +185,24 @@ def test_suite_summary_keeps_missing_values_readable(capsys):
     assert "nan" in capsys.readouterr().out
 
 
-def test_rollout_episode_refuses_a_run_that_observes_part_of_the_state():
+def test_a_partial_run_episode_holds_the_positions_it_saw_and_nan_velocities():
+    """A `partial` run's episode (untrained non_adaptive_ssm params): its states are the
+    `[x, theta]` the policy saw in the rollout, in CartPole's state layout with NaN
+    velocities; the same rollout of a full-observation run keeps all four."""
     config = BenchmarkConfig.quick_preset().with_values({"suite": "partial"})
-    policy = runs.MethodPolicy(METHODS_BY_NAME["in_context"], build_trainer("in_context", config), None, config)
-    with pytest.raises(ValueError, match=r"suite 'partial' observes partial observations \(\[x, theta\]\)"):
-        runs.rollout_episode(policy, 0, None, jax.random.key(0))
+    trainer = build_trainer("non_adaptive_ssm", config)
+    states = jax.tree.map(lambda x: x[None], trainer.init(jax.random.key(0)))
+    policy = runs.MethodPolicy(METHODS_BY_NAME["non_adaptive_ssm"], trainer, states, config)
+    assert policy.obs_mode == "partial"
+    task = jax.tree.map(lambda x: x[0], envs.SUITES["partial"].sample(jax.random.key(1), 1, "test"))
+    episode = runs.rollout_episode(policy, 0, task, jax.random.key(2))
+    traj = envs.rollout(jax.random.split(jax.random.key(2))[1], policy.policy, policy.params(0), task,
+                        num_envs=1, num_steps=500, env=policy.env)
+    seen = np.asarray(traj.obs)[0, :episode.length]
+    assert seen.shape[-1] == 2 and episode.states.shape == (episode.length, 4)
+    np.testing.assert_array_equal(episode.states[:, [0, 2]], seen)
+    assert np.all(np.isnan(episode.states[:, [1, 3]]))
+    assert episode.total == float(np.sum(np.asarray(traj.rewards)[0, :episode.length]))
 
 
 # ------------------------------------------------------------------------------ end to end
