@@ -27,8 +27,8 @@ import typing
 from typing import Any, Mapping, Optional
 
 import ssm_jax
-from benchmarks.methods import METHODS, STANDARD_METHODS
-from envs.suites import DEFAULT_SUITE, ENV_SUITES, SUITE_NAMES
+from benchmarks.methods import GOAL_METHODS, METHODS, STANDARD_METHODS
+from envs.suites import DEFAULT_SUITE, ENV_SUITES, SUITE_NAMES, SUITES
 from envs.tasks import TASK_ENV_NAMES, TASK_ENVS
 from maml.config import MAMLRLConfig, PPOConfig
 from ssm_jax import CORE_NAMES
@@ -42,13 +42,16 @@ MODE_METHODS = {"meta_rl": METHODS, "policy_gradient": ("non_adaptive",)}
 def default_methods(mode: str, suite: str) -> tuple:
     """The methods a run of `mode` on `suite` runs unless its methods are given: in meta_rl
     mode, on the standard suite the six it has always run (`STANDARD_METHODS`, so its numbers
-    and run time are unchanged) and on every other suite every method (`METHODS`); in
-    policy_gradient mode non_adaptive."""
+    and run time are unchanged) and on every other suite every method (`METHODS`) that exists
+    there (`GOAL_METHODS` on a suite with a hidden goal only); in policy_gradient mode
+    non_adaptive."""
     check_choice("mode", mode, MODES)
     check_choice("suite", suite, SUITE_NAMES)
     if mode != "meta_rl":
         return MODE_METHODS[mode]
-    return STANDARD_METHODS if suite == DEFAULT_SUITE else METHODS
+    if suite == DEFAULT_SUITE:
+        return STANDARD_METHODS
+    return tuple(m for m in METHODS if m not in GOAL_METHODS or SUITES[suite].has_goal)
 #: The largest training seed. A seed is a uint32 (the PRNG seed width): seed `s` is the key
 #: `jax.random.key(uint32(s))` (`benchmarks.training.seed_keys`, `benchmarks.evaluation.eval_key`),
 #: so a run's seeds `seed .. seed + num_seeds - 1` must all lie in `[0, MAX_SEED]` (a larger int
@@ -307,6 +310,10 @@ class BenchmarkConfig:
         allowed = MODE_METHODS[self.mode]
         _check_subset("methods", methods, allowed,
                       f"mode {self.mode} runs only {list(allowed)}, got methods {list(methods)}")
+        told = [m for m in methods if m in GOAL_METHODS]
+        if told and not SUITES[self.suite].has_goal:
+            raise ValueError(f"methods {told} are told the hidden goal: they run on a suite with one "
+                             f"({[n for n, s in SUITES.items() if s.has_goal]}), not on suite {self.suite}")
         object.__setattr__(self, "methods", methods)
         for name in ("num_seeds", "chunk_size", "checkpoint_every"):
             check_int(name, getattr(self, name), 1)

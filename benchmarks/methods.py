@@ -261,7 +261,8 @@ def _in_context_by_episode(series) -> np.ndarray:
 
 
 #: The series holding the returns of the methods without an `adaptation` series.
-_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return", "test_time_within_episode": "return"}
+_ONLY_SERIES = {"non_adaptive": "return", "non_adaptive_ssm": "return", "test_time_within_episode": "return",
+                "goal_oracle": "return"}
 
 
 REGISTRY = (
@@ -308,10 +309,16 @@ REGISTRY = (
            evaluate_maml_inner_steps, lambda s, c: s["by_inner_step"][..., _adapted_steps(c)],
            report=_maml_report(_adapted_steps), lines=_inner_step_lines,
            adaptation=_by_inner_step, adaptation_unit="inner step"),
+    Method("goal_oracle", "goal_oracle",
+           "goal suite only: non_adaptive_ssm's policy and training, told the hidden goal x* (appended to "
+           "its observation): the oracle the adaptive methods are measured against",
+           evaluate_fixed_policy, lambda s, c: s["return"]),
 )
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}
 #: Every method's name, in registry order.
 METHODS = tuple(METHODS_BY_NAME)
+#: The methods that exist only on a suite with a hidden goal (they are told it).
+GOAL_METHODS = ("goal_oracle",)
 #: The six methods the standard suite has always run (its default: numbers and run time unchanged).
 STANDARD_METHODS = ("non_adaptive", "in_context", "maml_zero_shot", "maml_adapted", "test_time_adapted",
                     "maml_adapted_mlp")

@@ -46,7 +46,7 @@ from ssm_jax.validation import check_bool, check_choice, check_float, check_int
 ADAPTATION = {"non_adaptive": "none", "non_adaptive_ssm": "none", "in_context": "context",
               "maml_zero_shot": "inner_steps", "maml_adapted": "inner_steps", "test_time_adapted": "rounds",
               "test_time_hybrid": "rounds", "test_time_within_episode": "within_episode",
-              "maml_adapted_mlp": "inner_steps"}
+              "maml_adapted_mlp": "inner_steps", "goal_oracle": "none"}
 #: The "rounds" methods whose rule replays earlier rounds (`evaluation.hybrid_replay_*`).
 REPLAY_METHODS = ("test_time_hybrid",)
 

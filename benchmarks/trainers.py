@@ -153,6 +153,16 @@ def _non_adaptive_ssm(name, config, env, task_dist, mesh=None) -> Trainer:
     return PPOTrainer(name, policy, env, algo, ppo.total_iterations)
 
 
+def _goal_oracle(name, config, env, task_dist, mesh=None) -> Trainer:
+    """non_adaptive_ssm's policy and PPO training (`config.non_adaptive_ssm`) in the goal suite
+    with the hidden goal appended to its observation (`envs.GoalVisible`): the oracle the goal
+    suite's adaptive methods are measured against."""
+    if not getattr(task_dist, "has_goal", False):
+        raise ValueError(f"goal_oracle is told the hidden goal, so it needs a suite with one (goal), got "
+                         f"suite {getattr(task_dist, 'name', task_dist)!r}")
+    return _non_adaptive_ssm(name, config, envs.GoalVisible(env), task_dist, mesh)
+
+
 def _in_context(name, config, env, task_dist, mesh=None) -> Trainer:
     import jax
 
@@ -189,6 +199,7 @@ class TrainerSpec:
 TRAINERS = {
     "non_adaptive": TrainerSpec(("non_adaptive", "policy"), _non_adaptive),
     "non_adaptive_ssm": TrainerSpec(("non_adaptive_ssm", "policy"), _non_adaptive_ssm),
+    "goal_oracle": TrainerSpec(("non_adaptive_ssm", "policy"), _goal_oracle),
     "in_context": TrainerSpec(("in_context", "in_context_policy"), _in_context),
     "maml_ssm": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.ssm(**dims))),
     "maml_mlp": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.mlp(**dims))),

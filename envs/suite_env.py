@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import spaces
+from gymnax.environments.environment import Environment
 from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, EnvState
 
 from envs.observation import PARTIAL_OBS_INDICES, check_obs_mode, observe
@@ -157,3 +158,77 @@ def make_suite_params(physics: EnvParams, *, after: EnvParams | None = None,
         switch_low=full(low, jnp.int32), switch_high=full(high, jnp.int32),
         goal_x=full(0.0 if goal_x is None else goal_x, jnp.float32),
         goal_reward=full(goal_x is not None, jnp.bool_))
+
+
+class GoalVisible(Environment):
+    """A `SuiteCartPole` whose observation ends with the task's goal `params.goal_x`: the
+    oracle's view of the `goal` suite (the hidden target told to the policy).
+
+    Observation `[inner observation | goal_x]`, `(D + 1,)` float32 (`D` the inner env's
+    observation size in its own mode); states, params, tasks, rewards and dones are the inner
+    environment's, so rollouts take the same `SuiteParams` tasks. Wrappers of the same inner
+    environment compare and hash equal (jitted functions taking it as a static argument do not
+    recompile).
+
+    Args:
+      env: a `SuiteCartPole` (`make_suite_env(obs_mode)`); ValueError otherwise.
+    """
+
+    def __init__(self, env):
+        if not isinstance(env, SuiteCartPole):
+            raise ValueError(f"env must be a SuiteCartPole (envs.make_suite_env()), whose tasks carry a goal, "
+                             f"got {type(env).__name__}")
+        self._env = env
+
+    def _key(self):
+        return (type(self), id(self._env))
+
+    def __eq__(self, other):
+        return isinstance(other, GoalVisible) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    @property
+    def inner(self) -> SuiteCartPole:
+        return self._env
+
+    @property
+    def name(self) -> str:
+        return f"{self._env.name}+goal"
+
+    @property
+    def default_params(self) -> SuiteParams:
+        return self._env.default_params
+
+    @property
+    def num_actions(self) -> int:
+        return self._env.num_actions
+
+    def action_space(self, params=None):
+        return self._env.action_space(params)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        inner = self._env.observation_space(params)
+        return spaces.Box(-jnp.inf, jnp.inf, (inner.shape[0] + 1,), jnp.float32)
+
+    @staticmethod
+    def _with_goal(obs, params) -> jax.Array:
+        goal = jnp.reshape(jnp.asarray(params.goal_x, jnp.float32), (1,))
+        return jnp.concatenate([jnp.asarray(obs, jnp.float32), goal], axis=-1)
+
+    def reset(self, key, params=None):
+        params = self.default_params if params is None else params
+        obs, state = self._env.reset(key, params)
+        return self._with_goal(obs, params), state
+
+    def step(self, key, state, action, params=None):
+        params = self.default_params if params is None else params
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        return self._with_goal(obs, params), state, reward, terminated, truncated, info
+
+    def reset_env(self, key, params):
+        return self.reset(key, params)
+
+    def step_env(self, key, state, action, params):  # pragma: no cover - step is overridden
+        raise NotImplementedError("GoalVisible overrides step(); call step, not step_env")

@@ -19,7 +19,7 @@ from benchmarks import cartpole, runs
 from benchmarks import evaluation as ev
 from benchmarks.cli import RunOptions, build_parser, parse_args
 from benchmarks.config import METHODS, STANDARD_METHODS, BenchmarkConfig, default_methods
-from benchmarks.methods import METHODS_BY_NAME
+from benchmarks.methods import GOAL_METHODS, METHODS_BY_NAME
 from benchmarks.results import print_suite_summary, suite_summary
 from benchmarks.trainers import TRAINERS, build_trainer
 from envs.suites import SUITE_NAMES, SUITES
@@ -52,6 +52,10 @@ def test_standard_suite_is_todays_run_config_trainers_and_test_tasks():
     cartpole_env = envs.make("CartPole-v1")[0]
     key = jax.random.key(11)
     for name in TRAINERS:
+        if name == "goal_oracle":
+            with pytest.raises(ValueError, match="goal_oracle is told the hidden goal, so it needs a suite with one"):
+                build_trainer(name, config)
+            continue
         trainer = build_trainer(name, config)
         inner = trainer.env.inner if name == "in_context" else trainer.env
         assert inner is cartpole_env
@@ -67,10 +71,16 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
     assert config.suite == name and config == BenchmarkConfig.quick_preset().with_values({"suite": name})
     suite = SUITES[name]
     for trainer_name in TRAINERS:
+        if trainer_name == "goal_oracle" and not suite.has_goal:
+            with pytest.raises(ValueError, match="needs a suite with one"):
+                build_trainer(trainer_name, config)
+            continue
         trainer = build_trainer(trainer_name, config)
         if trainer_name == "in_context":
             assert trainer.env == envs.ContextWrapper(suite.env())
             assert trainer.policy.obs_dim == envs.obs_dim(suite.env()) + 4
+        elif trainer_name == "goal_oracle":
+            assert trainer.env == envs.GoalVisible(suite.env()) and trainer.policy.obs_dim == 5
         else:
             assert trainer.env is suite.env()
             assert trainer.policy.obs_dim == (2 if name == "partial" else 4)
@@ -79,12 +89,13 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
 
 
 def test_each_suite_runs_its_default_methods_unless_methods_are_given(tmp_path, monkeypatch, capsys):
-    """standard keeps today's six methods; every other suite runs every method; --methods (or a
-    config file's methods) overrides that for one suite and for --suite all, and a bad one is
-    refused at parse time."""
+    """standard keeps today's six methods; every other suite runs every method that exists there
+    (goal_oracle on goal only); --methods (or a config file's methods) overrides that for one
+    suite and for --suite all, and a bad one is refused at parse time."""
     assert default_methods("meta_rl", "standard") == STANDARD_METHODS and len(STANDARD_METHODS) == 6
+    everywhere = tuple(m for m in METHODS if m not in GOAL_METHODS)
     for name in SUITE_NAMES:
-        expected = STANDARD_METHODS if name == "standard" else METHODS
+        expected = STANDARD_METHODS if name == "standard" else (METHODS if name == "goal" else everywhere)
         assert parse_args(["--suite", name])[0].methods == expected
         assert parse_args(["--suite", name, "--quick"])[0].methods == expected
         assert BenchmarkConfig(suite=name).methods == expected == default_methods("meta_rl", name)
@@ -92,14 +103,16 @@ def test_each_suite_runs_its_default_methods_unless_methods_are_given(tmp_path, 
             "non_adaptive", "test_time_hybrid")
         assert parse_args(["--suite", name, "--mode", "policy_gradient"])[0].methods == ("non_adaptive",)
     assert set(METHODS) - set(STANDARD_METHODS) == {"non_adaptive_ssm", "test_time_hybrid",
-                                                    "test_time_within_episode"}
+                                                    "test_time_within_episode", "goal_oracle"}
+    err = _error_of(["--suite", "switching", "--methods", "maml_adapted,goal_oracle"], capsys)
+    assert "methods ['goal_oracle'] are told the hidden goal: they run on a suite with one (['goal'])" in err
     # a config follows its suite while its methods are defaulted, never once they are given
     assert BenchmarkConfig().with_values({"suite": "goal"}).methods == METHODS
     given = BenchmarkConfig().with_values({"methods": STANDARD_METHODS})
     assert given.with_values({"suite": "goal"}).methods == STANDARD_METHODS
     path = tmp_path / "run.toml"
     path.write_text('suite = "partial"\n')
-    assert parse_args(["--config", str(path)])[0].methods == METHODS
+    assert parse_args(["--config", str(path)])[0].methods == everywhere
     path.write_text('suite = "partial"\nmethods = ["maml_adapted"]\n')
     assert parse_args(["--config", str(path)])[0].methods == ("maml_adapted",)
     err = _error_of(["--suite", "goal", "--methods", "non_adaptive,test_time_magic"], capsys)
@@ -238,6 +251,11 @@ SUITE_TEST_METHODS = ("non_adaptive", "non_adaptive_ssm", "maml_adapted", "test_
                       "test_time_within_episode")
 
 
+def _suite_test_methods(name: str) -> tuple:
+    """SUITE_TEST_METHODS, and on the goal suite its oracle too."""
+    return SUITE_TEST_METHODS + (GOAL_METHODS if SUITES[name].has_goal else ())
+
+
 @pytest.mark.slow
 def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
     """`--suite NAME --quick --methods ...` for every suite but standard: results.json's schema,
@@ -246,10 +264,10 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
     names = [n for n in SUITE_NAMES if n != "standard"]
     out = str(tmp_path / "suites")
     for name in names:
-        argv = ["--suite", name, "--quick", "--methods", ",".join(SUITE_TEST_METHODS),
+        argv = ["--suite", name, "--quick", "--methods", ",".join(_suite_test_methods(name)),
                 "--out", os.path.join(out, name)]
         assert cartpole.main(argv) == 0
-        res = _check_results(os.path.join(out, name), SUITE_TEST_METHODS)
+        res = _check_results(os.path.join(out, name), _suite_test_methods(name))
         assert res["suite"] == name and BenchmarkConfig.from_dict(res["config"]).suite == name
         for m in res["methods"].values():
             assert np.all((np.asarray(m["per_seed_mean"]) >= 0) & (np.asarray(m["per_seed_mean"]) <= 500))
@@ -258,6 +276,6 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
         assert res["methods"]["test_time_hybrid"]["replay_ratio"] == 0.5
         for png in ("adaptation.png", "per_task_physics.png"):
             assert os.path.getsize(os.path.join(out, name, png)) > 0
-    summary = suite_summary({n: _check_results(os.path.join(out, n), SUITE_TEST_METHODS) for n in names})
+    summary = suite_summary({n: _check_results(os.path.join(out, n), _suite_test_methods(n)) for n in names})
     print_suite_summary(summary)
     assert "summary over suites" in capsys.readouterr().out

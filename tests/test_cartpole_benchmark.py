@@ -229,8 +229,9 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
     """measure() calls each (evaluator, trainer) once per seed with that seed's test tasks and
     key, shares one computation between methods (maml_zero_shot / maml_adapted), counts its env
     steps once, and each method's returns are its entry's view of the shared series."""
+    # the goal suite: the one where every method, goal_oracle included, exists
     config = BenchmarkConfig.quick_preset().with_values({"evaluation.num_tasks": 5, "num_seeds": 3, "seed": 7,
-                                                         "methods": METHODS})
+                                                         "methods": METHODS, "suite": "goal"})
     calls = []
     rng = np.random.default_rng(0)
 
@@ -247,19 +248,19 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
     spies = {m.evaluator: spy(m.evaluator) for m in registry.REGISTRY}
     entries = {m.name: dataclasses.replace(m, evaluator=spies[m.evaluator]) for m in registry.REGISTRY}
     names = registry.trainer_names(config.methods)
-    assert names == ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_ssm", "maml_mlp")
+    assert names == ("non_adaptive", "non_adaptive_ssm", "in_context", "maml_ssm", "maml_mlp", "goal_oracle")
     trainers = {t: build_trainer(t, config) for t in names}
     states = {t: {"w": np.arange(3) + 10 * i} for i, t in enumerate(names)}
     m = registry.measure(config, trainers, states, registry=entries)
 
     computations = {(e.evaluator, e.trainer) for e in registry.REGISTRY}
     per_seed = len(computations)
-    assert per_seed == 8 and len(calls) == per_seed * 3
+    assert per_seed == 9 and len(calls) == per_seed * 3
     for s in range(3):
         seed_calls = calls[per_seed * s: per_seed * (s + 1)]
         assert {(c["evaluator"], c["trainer"].name) for c in seed_calls} == computations
         key = ev.eval_key(config.seed, s)
-        tasks = ev.test_tasks(key, 5)
+        tasks = ev.test_tasks(key, 5, envs.SUITES["goal"])
         for c in seed_calls:
             chex.assert_trees_all_equal(c["tasks"], tasks)
             np.testing.assert_array_equal(jax.random.key_data(c["key"]), jax.random.key_data(key))
@@ -294,6 +295,8 @@ def test_the_registry_evaluates_every_method_once_per_seed_on_the_same_tasks(cap
         registry.evaluate_fixed_policy, "non_adaptive", "return"))
     np.testing.assert_array_equal(m.returns["non_adaptive_ssm"], stacked(
         registry.evaluate_fixed_policy, "non_adaptive_ssm", "return"))
+    np.testing.assert_array_equal(m.returns["goal_oracle"], stacked(
+        registry.evaluate_fixed_policy, "goal_oracle", "return"))
     results = method_results(config, trainers, m, registry=entries)
     assert list(results) == list(config.methods)
     assert results["maml_adapted"]["num_inner_steps"] == k and results["maml_zero_shot"]["num_inner_steps"] == 0

@@ -290,6 +290,39 @@ def test_returns_of_wrapped_suites_stay_in_range_through_rollout_tasks():
         assert (rewards < 1).any() == (name == "goal"), name
 
 
+def test_the_oracles_view_is_the_goal_suites_env_with_the_goal_appended():
+    """envs.GoalVisible: reset and the auto-resetting step of the goal suite's environment
+    (same keys: same states, rewards, dones), each observation followed by the task's x*, under
+    jit and vmap over tasks; a rollout through it runs; equal wrappers hash equal; it wraps only
+    a SuiteCartPole."""
+    from ssm_jax import MLPPolicy
+
+    inner = SUITES["goal"].env()
+    env = envs.GoalVisible(inner)
+    assert env == envs.GoalVisible(inner) and hash(env) == hash(envs.GoalVisible(inner))
+    assert envs.obs_dim(env) == 5 and env.num_actions == 2
+    tasks = _draw("goal", "test", n=8)
+    keys = jax.random.split(jax.random.key(3), 8)
+
+    def both(k, task):
+        (obs, state), (ref_obs, ref_state) = env.reset(k, task), inner.reset(k, task)
+        steps = [env.step(k, state, 1, task), inner.step(k, ref_state, 1, task)]
+        return obs, ref_obs, steps
+
+    obs, ref_obs, (step, ref_step) = jax.jit(jax.vmap(both))(keys, tasks)
+    goal = np.asarray(tasks.goal_x)[:, None]
+    np.testing.assert_array_equal(np.asarray(obs), np.concatenate([np.asarray(ref_obs), goal], -1))
+    np.testing.assert_array_equal(np.asarray(step[0]), np.concatenate([np.asarray(ref_step[0]), goal], -1))
+    chex.assert_trees_all_equal(step[1:], ref_step[1:])
+    policy = MLPPolicy(obs_dim=5, action_dim=2, hidden_dim=8)
+    params = policy.init(jax.random.key(0), jnp.zeros((1, 1, 5)))
+    traj = envs.rollout_tasks(jax.random.key(1), policy, params, tasks, num_envs=2, num_steps=60, env=env)
+    np.testing.assert_array_equal(np.asarray(traj.obs)[..., 4], np.broadcast_to(goal[:, :, None], (8, 2, 60)))
+    assert np.all((np.asarray(traj.rewards) >= 0) & (np.asarray(traj.rewards) <= 1))
+    with pytest.raises(ValueError, match="env must be a SuiteCartPole"):
+        envs.GoalVisible(CartPole())
+
+
 # ------------------------------------------------------------------------------ partial
 
 
