@@ -69,7 +69,9 @@ def test_tasks(key, num_tasks: int, task_dist=None):
     return task_dist.sample(jax.random.fold_in(key, 0), num_tasks, "test")
 
 
-def _rollout_key(key):
+def rollout_key(key):
+    """The key every evaluator derives its rollouts from, given the seed's evaluation key
+    (`eval_key`); task `i` gets key `i` of `split(rollout_key(key), N)`."""
     return jax.random.fold_in(key, 1)
 
 
@@ -80,14 +82,21 @@ def _per_task_return(traj) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
+def policy_rollouts(key, policy, params, tasks, *, num_envs: int, env=None,
+                    episode_steps: int = EPISODE_STEPS):
+    """The rollouts `evaluate_policy` measures: an `episode_steps`-step window of `num_envs`
+    envs per task (carry reset per episode), an `envs.Trajectory` `(N, num_envs, episode_steps)`."""
+    return envs.rollout_tasks(rollout_key(key), policy, params, tasks, num_envs=num_envs,
+                              num_steps=episode_steps, env=env)
+
+
 @functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps"))
 def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None,
                     episode_steps: int = EPISODE_STEPS) -> jax.Array:
-    """Per-task return `(N,)` of a fixed policy in `episode_steps`-step windows (carry reset
-    per episode)."""
-    traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
-                              num_steps=episode_steps, env=env)
-    return _per_task_return(traj)
+    """Per-task return `(N,)` of a fixed policy: the mean completed-episode return of
+    `policy_rollouts`."""
+    return _per_task_return(policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
+                                            episode_steps=episode_steps))
 
 
 def policy_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
@@ -118,7 +127,7 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
     """
     steps = in_context_window(context_episodes, episode_steps)
-    traj = envs.rollout_tasks(_rollout_key(key), policy, params, tasks, num_envs=num_envs,
+    traj = envs.rollout_tasks(rollout_key(key), policy, params, tasks, num_envs=num_envs,
                               num_steps=steps, env=env, carry_across_episodes=True)
     dones = traj.dones
     index = jnp.cumsum(dones, axis=-1) - dones  # episode index of the episode ending at t
@@ -162,7 +171,7 @@ def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs, episode_s
         return jnp.concatenate([returns, last[None]])
 
     n = jax.tree.leaves(tasks)[0].shape[0]
-    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+    return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))
 
 
 def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
@@ -213,7 +222,7 @@ def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scal
         return returns
 
     n = jax.tree.leaves(tasks)[0].shape[0]
-    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+    return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))
 
 
 def within_episode_rule(algo, state) -> tuple:
@@ -276,7 +285,7 @@ def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, epi
                 "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
 
     n = jax.tree.leaves(tasks)[0].shape[0]
-    return jax.vmap(one_task)(tasks, jax.random.split(_rollout_key(key), n))
+    return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))
 
 
 def within_episode_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
