@@ -340,7 +340,7 @@ class RunCache:
             if (method, suite) not in entry[1]:
                 from benchmarks.trainers import build_trainer  # noqa: PLC0415
 
-                config = policy.config.with_values({"suite": suite})
+                config = policy.config.with_values({"suite": suite, "methods": (method,)})
                 entry[1][(method, suite)] = dataclasses.replace(
                     policy, trainer=build_trainer(policy.method.trainer, config), config=config)
             return entry[1][(method, suite)]
