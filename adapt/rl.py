@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from adapt import buffer as rb
@@ -47,7 +48,7 @@ from adapt.losses import hybrid_objective, predictions_of
 from maml import baseline as baseline_fit
 from maml import onpolicy
 from maml.onpolicy import discounted_returns  # re-exported as adapt.discounted_returns
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_float, check_int, check_prefix_keys
 
 PyTree = Any
 
@@ -201,7 +202,9 @@ def evaluate_with_adaptation(
     and they leave the params, optimiser state and replay buffer unchanged. A
     program compiled for ``num_rounds`` then serves every count up to it with
     the results of a ``num_rounds=num_active_rounds`` call (the round keys are
-    ``split(key, num_rounds)``, whose first keys do not depend on the count).
+    ``split(key, num_rounds)``, whose first keys do not depend on the count
+    with ``jax_threefry_partitionable``, JAX's default: ValueError without
+    it). A concrete count outside ``[0, num_rounds]`` is a ValueError.
 
     Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
     is each round's mean first-episode return (see above), measured BEFORE
@@ -220,6 +223,12 @@ def evaluate_with_adaptation(
         return rollout_fn(k, policy, policy_params_fn(p), task, num_envs=num_envs,
                           num_steps=steps_per_round, **rollout_kwargs)
 
+    if num_active_rounds is not None:
+        check_prefix_keys("num_active_rounds")
+        if isinstance(num_active_rounds, (int, np.integer)):
+            num_active_rounds = check_int("num_active_rounds", num_active_rounds, minimum=0)
+            if num_active_rounds > num_rounds:
+                raise ValueError(f"num_active_rounds must be <= num_rounds ({num_rounds}), got {num_active_rounds}")
     use_replay = replay_capacity > 0 and replay_ratio > 0.0
     if use_replay:
         example = jax.eval_shape(run, params, key)

@@ -131,6 +131,27 @@ def push_statistics(obs, actions, inverted) -> dict:
     return out
 
 
+def _rollouts(key, policy, params, tasks, num_envs, env, episode_steps):
+    """`evaluation.policy_rollouts`, jitted (the trajectories the push statistics read)."""
+    import jax  # noqa: PLC0415
+
+    from benchmarks import evaluation as ev  # noqa: PLC0415
+
+    return jax.jit(ev.policy_rollouts, static_argnames=("policy", "num_envs", "env", "episode_steps"))(
+        key, policy, params, tasks, num_envs=num_envs, env=env, episode_steps=episode_steps)
+
+
+def check_method(method: str) -> str:
+    """`method` if it acts without adapting (`benchmarks.runs.ADAPTATION` "none"), else
+    ValueError (checked before a run is loaded)."""
+    from benchmarks.runs import ADAPTATION  # noqa: PLC0415
+
+    fixed = [m for m, kind in ADAPTATION.items() if kind == "none"]
+    if method not in fixed:
+        raise ValueError(f"method must act without adapting (one of {fixed}), got {method!r}")
+    return method
+
+
 def measure(run, method: str) -> dict:
     """The ablations and push statistics of `method` (a fixed-policy method of the finished
     `benchmarks.runs.Run` `run`) on the run's test tasks of every seed (see the module
@@ -140,13 +161,10 @@ def measure(run, method: str) -> dict:
     import numpy as np  # noqa: PLC0415
 
     from benchmarks import evaluation as ev  # noqa: PLC0415
-    from benchmarks.runs import ADAPTATION  # noqa: PLC0415
     from benchmarks.stats import summarize  # noqa: PLC0415
 
     config = run.config
-    if ADAPTATION[method] != "none":
-        fixed = [m for m in config.methods if ADAPTATION[m] == "none"]
-        raise ValueError(f"method must act without adapting (one of {fixed} in this run), got {method!r}")
+    check_method(method)
     if config.env_name != "CartPole-v1" or envs.get_suite(config.suite).obs_mode != "full":
         raise ValueError(f"the ablation reads CartPole's full observations {list(OBS_NAMES)}; the run is "
                          f"{config.env_name}, suite {config.suite!r}")
@@ -156,7 +174,7 @@ def measure(run, method: str) -> dict:
                          f"{p.policy.obs_dim} components")
     e, t = config.evaluation.num_envs, config.episode_steps
     returns = {a: [] for a in ABLATIONS}
-    kinds, seen, acts = [], [], []
+    kinds, seen, acts, differ = [], [], [], 0
     for s in range(config.num_seeds):
         key = ev.eval_key(config.seed, s)
         tasks = run.test_tasks(s)
@@ -165,7 +183,10 @@ def measure(run, method: str) -> dict:
         for a in ABLATIONS:
             returns[a].append(np.asarray(ev.evaluate_policy(key, ablated(p.policy, a), p.params(s), tasks,
                                                             num_envs=e, env=p.env, episode_steps=t)))
-        traj = ev.policy_rollouts(key, p.policy, p.params(s), tasks, num_envs=e, env=p.env, episode_steps=t)
+        traj = _rollouts(key, p.policy, p.params(s), tasks, e, p.env, t)
+        # the statistics' rollouts are compiled apart from evaluate_policy's: count the tasks whose
+        # returns differ (float rounding in chaotic episodes), reported with them
+        differ += int(np.sum(np.asarray(ev.per_task_return(traj)) != returns["none"][-1]))
         seen.append(np.asarray(traj.obs))
         acts.append(np.asarray(traj.actions))
     kinds = np.stack(kinds)
@@ -182,6 +203,7 @@ def measure(run, method: str) -> dict:
             "tasks_per_seed": config.evaluation.num_tasks, "envs_per_task": e, "episode_steps": t,
             "ablated_value": 0.0, "ablations": table,
             "pushes": push_statistics(np.stack(seen), np.stack(acts), inverted_steps),
+            "pushes_tasks_differing_from_evaluation": differ,
             "_states": (np.stack(seen), np.stack(acts), inverted_steps)}
 
 
@@ -229,8 +251,10 @@ def print_report(result: dict) -> None:
         cells = [f"{row[k]['return'] if k != 'all' else row['return']:.1f} +- "
                  f"{row[k]['return_ci95'] if k != 'all' else row['return_ci95']:.1f}" for k in ("all", "normal", "inverted")]
         print(f"{a:<22}" + "".join(f"{c:>18}" for c in cells))
-    print("pushes of the unablated policy (every step of its evaluation rollouts): the fraction of steps whose "
-          "chosen direction (action) / actual push (force) has the sign of each component, and its mean |.|")
+    print("pushes of the unablated policy (every step of its evaluation rollouts; "
+          f"{result['pushes_tasks_differing_from_evaluation']} task(s) whose return differs from the evaluation's, "
+          "compiled apart): the fraction of steps whose chosen direction (action) / actual push (force) has the "
+          "sign of each component, and its mean |.|")
     print(f"{'':<24}" + "".join(f"{n:>12}" for n in OBS_NAMES))
     for kind, row in result["pushes"].items():
         for label, key in (("action agrees", "action_agrees"), ("force agrees", "force_agrees"), ("mean |.|", "mean_abs")):
@@ -256,6 +280,7 @@ def main(argv=None) -> int:
     from benchmarks.checkpointing import CheckpointError  # noqa: PLC0415
 
     try:
+        check_method(args.method)  # before loading anything
         run = runs.load_run(args.run, methods=[args.method])
         result = measure(run, args.method)
     except ValueError as err:  # RunDirError included: bad input, named

@@ -75,7 +75,7 @@ def rollout_key(key):
     return jax.random.fold_in(key, 1)
 
 
-def _per_task_return(traj) -> jax.Array:
+def per_task_return(traj) -> jax.Array:
     """Mean completed-episode return per task of a `(N, E, T)` trajectory, `(N,)`."""
     total, count = envs.episode_returns_per_row(traj)
     total, count = jnp.sum(total, axis=-1), jnp.sum(count, axis=-1)
@@ -95,7 +95,7 @@ def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None,
                     episode_steps: int = EPISODE_STEPS) -> jax.Array:
     """Per-task return `(N,)` of a fixed policy: the mean completed-episode return of
     `policy_rollouts`."""
-    return _per_task_return(policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
+    return per_task_return(policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
                                             episode_steps=episode_steps))
 
 

@@ -71,7 +71,7 @@ import envs
 from maml import baseline, core, onpolicy
 from maml.config import BASELINES, MAMLRLConfig
 from ssm_jax import sharding
-from ssm_jax.validation import check_int, check_params
+from ssm_jax.validation import check_int, check_params, check_prefix_keys
 
 
 # --------------------------------------------------------------------------
@@ -200,6 +200,7 @@ class MAMLRL:
             sharding.check_divisible("num_tasks", self._check_tasks(tasks), self.mesh)
         if max_inner_steps is not None:
             max_inner_steps = check_int("max_inner_steps", max_inner_steps, minimum=num_inner_steps)
+            check_prefix_keys("max_inner_steps")
             return self._adapt_and_evaluate_upto_jit(state, tasks, key, jnp.int32(num_inner_steps),
                                                      max_inner_steps=max_inner_steps, num_envs=num_envs,
                                                      num_steps=num_steps, deterministic=bool(deterministic))
@@ -425,7 +426,8 @@ class MAMLRL:
         """``_adapt_and_evaluate`` with ``num_inner_steps`` as data (an int32 scalar in
         ``[0, max_inner_steps]``): one ``lax.scan`` over ``max_inner_steps + 1`` slots; slot ``i``
         rolls out ``theta_i`` with key ``i`` of the task's ``split(k, max_inner_steps + 1)`` (the
-        key ``collect_task`` gives it: ``split``'s first keys do not depend on the count) and takes
+        key ``collect_task`` gives it: with ``jax_threefry_partitionable``, JAX's default and
+        checked by ``adapt_and_evaluate``, ``split``'s first keys do not depend on the count) and takes
         the inner step, which is kept for ``i < num_inner_steps`` only (a select, not a
         ``lax.cond``: the slot is then the same computation as ``collect_task``'s step, so the
         results are the ``num_inner_steps`` program's, up to the last bits in which two

@@ -38,6 +38,18 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
+def check_prefix_keys(name: str) -> None:
+    """ValueError naming `name` unless JAX's `jax_threefry_partitionable` is on (its default):
+    a program run for fewer steps than it was compiled for (`name`) relies on
+    `jax.random.split(key, n)[i]` not depending on `n`, which holds only then."""
+    import jax  # noqa: PLC0415
+
+    if not jax.config.jax_threefry_partitionable:
+        raise ValueError(f"{name} needs jax_threefry_partitionable (JAX's default) on: with it off, "
+                         f"jax.random.split's keys depend on the count, so a shorter run would not "
+                         f"reproduce its own program's keys")
+
+
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """``value`` as a Python int ``>= minimum``, else ``ValueError``.
 

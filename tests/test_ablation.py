@@ -79,6 +79,7 @@ def test_the_command_reproduces_the_runs_return_and_writes_its_files(quick_run, 
     assert set(result["ablations"]) == set(ablation.ABLATIONS)
     assert all(0 <= row["return"] <= 500 for row in result["ablations"].values())
     assert (out / "states.png").stat().st_size > 10_000
+    assert result["pushes_tasks_differing_from_evaluation"] == 0  # the statistics read the scored rollouts
     assert "observation set to 0" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         ablation.main(["--run", str(quick_run.out), "--method", "maml_adapted", "--out", str(out)])

@@ -268,6 +268,11 @@ def test_num_active_rounds_gives_the_shorter_call_from_one_program(replay):
         if k:
             chex.assert_trees_all_close(jax.tree.map(lambda x: x[:k], infos), own[2], rtol=1e-5, atol=1e-7)
         assert all(np.all(np.asarray(x[k:]) == 0) for x in jax.tree.leaves(infos))
+    for bad, needle in ((5, "num_active_rounds must be <= num_rounds"), (-1, "num_active_rounds must be")):
+        with pytest.raises(ValueError, match=needle):
+            run(jax.random.PRNGKey(2), params=params, num_rounds=4, num_active_rounds=bad)
+    with jax.threefry_partitionable(False), pytest.raises(ValueError, match="jax_threefry_partitionable"):
+        run(jax.random.PRNGKey(2), params=params, num_rounds=4, num_active_rounds=1)
 
 
 def test_hybrid_self_supervised_adaptation_jits_without_retracing():

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -193,8 +194,21 @@ def test_every_method_loads_adapts_and_rolls_out(quick_run, tmp_path):
                                                   config.maml.rl.support_envs, config.maml.rl.support_steps)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference["params"])):
         np.testing.assert_array_equal(a, b[0])
-    _, rounds = run.policies["test_time_adapted"].adapt(0, task, jax.random.key(2))
+    # the page's one program for up to 5 steps gives each step count's own results
+    for k in (1, config.maml.rl.num_inner_steps):
+        own, own_returns = p.adapt(1, task, jax.random.key(1), k)
+        upto, upto_returns = p.adapt(1, task, jax.random.key(1), k, max_steps=5)
+        chex.assert_trees_all_close(upto, own, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(upto_returns, own_returns, rtol=1e-6)
+    with pytest.raises(ValueError, match="max_steps must be"):
+        p.adapt(1, task, jax.random.key(1), 3, max_steps=2)
+    tt = run.policies["test_time_adapted"]
+    _, rounds = tt.adapt(0, task, jax.random.key(2))
     assert rounds.shape == (config.evaluation.test_time_rounds - 1,)
+    own, own_rounds = tt.adapt(0, task, jax.random.key(2), 2)
+    upto, upto_rounds = tt.adapt(0, task, jax.random.key(2), 2, max_steps=5)
+    chex.assert_trees_all_close(upto, own, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(upto_rounds, own_rounds, rtol=1e-6)
     for method in ("maml_adapted", "in_context", "test_time_adapted"):
         _check_gif(out, method, tmp_path, extra=("--sample_task", "5"))
 

@@ -291,10 +291,10 @@ def test_returns_of_wrapped_suites_stay_in_range_through_rollout_tasks():
 
 
 def test_the_oracles_view_is_the_goal_suites_env_with_the_goal_appended():
-    """envs.GoalVisible: reset and the auto-resetting step of the goal suite's environment
-    (same keys: same states, rewards, dones), each observation followed by the task's x*, under
-    jit and vmap over tasks; a rollout through it runs; equal wrappers hash equal; it wraps only
-    a SuiteCartPole."""
+    """envs.GoalVisible: reset and one step of the goal suite's environment (same keys: same
+    states, rewards, dones), each observation followed by the task's x*, under jit and vmap over
+    tasks; a rollout through it (auto-resets included) carries x* in every observation; equal
+    wrappers hash equal; it wraps only a SuiteCartPole."""
     from ssm_jax import MLPPolicy
 
     inner = SUITES["goal"].env()
