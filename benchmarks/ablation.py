@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any
@@ -131,14 +132,19 @@ def push_statistics(obs, actions, inverted) -> dict:
     return out
 
 
-def _rollouts(key, policy, params, tasks, num_envs, env, episode_steps):
-    """`evaluation.policy_rollouts`, jitted (the trajectories the push statistics read)."""
+@functools.lru_cache(maxsize=None)
+def _jitted_rollouts():
+    """`evaluation.policy_rollouts`, jitted once per process (JAX is imported on first use)."""
     import jax  # noqa: PLC0415
 
     from benchmarks import evaluation as ev  # noqa: PLC0415
 
-    return jax.jit(ev.policy_rollouts, static_argnames=("policy", "num_envs", "env", "episode_steps"))(
-        key, policy, params, tasks, num_envs=num_envs, env=env, episode_steps=episode_steps)
+    return jax.jit(ev.policy_rollouts, static_argnames=("policy", "num_envs", "env", "episode_steps"))
+
+
+def _rollouts(key, policy, params, tasks, num_envs, env, episode_steps):
+    """The trajectories the push statistics read: `evaluation.policy_rollouts`, jitted."""
+    return _jitted_rollouts()(key, policy, params, tasks, num_envs=num_envs, env=env, episode_steps=episode_steps)
 
 
 def check_method(method: str) -> str:
