@@ -4,7 +4,9 @@ Two workloads, each sharded with `ssm_jax.sharding` over meshes of 1, 2, 4, ... 
 `--max_devices`), each timed in one run:
 
 - `MAMLRL.meta_update` (MLP policy, 1 inner step, `--envs`-env x `--steps`-step support and query
-  rollouts per task): the task axis split over the devices;
+  rollouts per task): the task axis split over the devices; timed as a training loop runs it,
+  each call taking the previous call's state (already replicated) and tasks sharded once up
+  front, so the time is the step's, not that of copying inputs from the host;
 - `envs.rollout` of an SSM policy: the env axis split over the devices.
 
 Strong scaling keeps the total work fixed (`--tasks` tasks, `--rollout_envs` envs) and splits it;
@@ -44,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rollout_envs", type=int, default=512, help="strong scaling: envs per rollout [512]")
     p.add_argument("--envs_per_device", type=int, default=128, help="weak scaling: rollout envs per device [128]")
     p.add_argument("--rollout_steps", type=int, default=200, help="rollout length [200]")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per row (median) [5]")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per row (median) [15]")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     args = p.parse_args(argv)
     try:
@@ -90,6 +92,19 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+class TrainingSteps:
+    """A call that runs one `algo.meta_update` as a training loop does: each call takes the
+    previous call's state (`.state`; on a mesh, already replicated, so nothing moves) and
+    returns the metrics; `state` and `tasks` are placed on the mesh by the caller, once."""
+
+    def __init__(self, algo, state, tasks, key):
+        self.algo, self.state, self.tasks, self.key = algo, state, tasks, key
+
+    def __call__(self):
+        self.state, metrics = self.algo.meta_update(self.state, self.tasks, self.key)
+        return metrics
+
+
 def measure(args) -> list:
     import jax
     import jax.numpy as jnp
@@ -109,10 +124,11 @@ def measure(args) -> list:
     for n in device_counts(args.max_devices):
         mesh = sharding.make_mesh(n) if n > 1 else None
         algo = MAMLRL(mlp, config, mesh=mesh)
-        state = algo.init(jax.random.key(2))
+        state = sharding.replicate(algo.init(jax.random.key(2)), mesh)
         for kind, num_tasks in (("strong", args.tasks), ("weak", args.tasks_per_device * n)):
-            tasks = dist.sample(jax.random.key(3), num_tasks)
-            t = _median_time(lambda: algo.meta_update(state, tasks, jax.random.key(4)), args.repeats)
+            tasks = sharding.shard_batch(dist.sample(jax.random.key(3), num_tasks), mesh, name="num_tasks")
+            t = _median_time(TrainingSteps(algo, state, tasks, sharding.replicate(jax.random.key(4), mesh)),
+                             args.repeats)
             rows.append({"workload": "maml_rl meta_update", "scaling": kind, "devices": n, "batch": num_tasks,
                          "seconds": t, "per_s": 1.0 / t, "unit": "meta-updates/s",
                          "env_steps_per_s": algo.env_steps_per_update(num_tasks) / t})

@@ -154,51 +154,64 @@ def is_concrete(tree) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
-def _put(x, sharding):
-    """`x` as a global array with `sharding`: `jax.device_put` in one process; with several
-    processes, built from the slices this process's devices hold (`x` is the same global value
-    in every process, e.g. sampled from the same key)."""
+def _place(tree, sharding_of):
+    """Every leaf `x` of `tree` as a global array with `sharding_of(x)`. Inside a trace: a
+    sharding constraint. Leaves already laid out so (e.g. the previous step's outputs) are kept
+    as they are; in one process the rest move in one batched `jax.device_put`; with several
+    processes each is built from the slices this process's devices hold (`x` is the same
+    global value in every process, e.g. sampled from the same key)."""
     import jax
     import numpy as np
 
-    if isinstance(x, jax.core.Tracer):
-        return jax.lax.with_sharding_constraint(x, sharding)
-    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
-        return jax.device_put(x, sharding)
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    leaves, treedef = jax.tree.flatten(tree)
+    shardings = [sharding_of(x) for x in leaves]
+    out = list(leaves)
+    pending = []
+    for i, (x, s) in enumerate(zip(leaves, shardings)):
+        if isinstance(x, jax.core.Tracer):
+            out[i] = jax.lax.with_sharding_constraint(x, s)
+        elif not (isinstance(x, jax.Array) and x.sharding == s):
+            pending.append(i)
+    local = [i for i in pending if jax.process_count() == 1
+             or (isinstance(leaves[i], jax.Array) and not leaves[i].is_fully_addressable)]
+    if local:
+        for i, y in zip(local, jax.device_put([leaves[i] for i in local], [shardings[i] for i in local])):
+            out[i] = y
+    for i in sorted(set(pending) - set(local)):
+        host = np.asarray(leaves[i])
+        out[i] = jax.make_array_from_callback(host.shape, shardings[i], lambda index, h=host: h[index])
+    return jax.tree.unflatten(treedef, out)
 
 
 def shard_batch(tree, mesh, axis: int = 0, name: str = "batch"):
     """Every leaf of `tree` split along `axis` over `mesh`'s batch axis (`NamedSharding` with
     `P(..., "batch", ...)`). ValueError (naming `name` and the sizes) if a leaf has no such axis
-    or its size is not divisible by the mesh's devices. `mesh` None: `tree` unchanged."""
-    import jax
+    or its size is not divisible by the mesh's devices. `mesh` None: `tree` unchanged. Leaves
+    already split so are returned as they are (no copy)."""
     import numpy as np
 
     if mesh is None:
         return tree
     check_mesh("mesh", mesh)
 
-    def put(x):
+    def sharding_of(x):
         ndim = np.ndim(x)
         if ndim <= axis:
             raise ValueError(f"{name} needs an axis {axis} to shard, got a leaf of shape {np.shape(x)}")
         check_divisible(name if axis == 0 else f"{name} (axis {axis})", np.shape(x)[axis], mesh)
-        return _put(x, batch_sharding(mesh, ndim, axis))
+        return batch_sharding(mesh, ndim, axis)
 
-    return jax.tree.map(put, tree)
+    return _place(tree, sharding_of)
 
 
 def replicate(tree, mesh):
-    """Every leaf of `tree` copied to every device of `mesh` (`mesh` None: `tree` unchanged)."""
-    import jax
-
+    """Every leaf of `tree` copied to every device of `mesh` (`mesh` None: `tree` unchanged).
+    Leaves already replicated on `mesh` are returned as they are (no copy)."""
     if mesh is None:
         return tree
     check_mesh("mesh", mesh)
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: _put(x, sharding), tree)
+    return _place(tree, lambda x: sharding)
 
 
 def constrain(tree, mesh, axis: int = 0):

@@ -93,6 +93,18 @@ def check_meta_maml(out: dict) -> None:
         lambda: algo.meta_update(algo.init(params), sample_sinusoid_tasks(jax.random.key(2), 6)))
     placed = sharding.shard_batch(tasks, mesh)
     out["shard_batch_sharded"] = all_sharded(placed, mesh)
+    # placing again keeps every leaf (the same objects: no copy); a tree mixing placed and
+    # host leaves gets the host ones placed, values unchanged
+    again = sharding.shard_batch(placed, mesh)
+    out["shard_batch_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
+    rep = sharding.replicate(params, mesh)
+    rep_again = sharding.replicate(rep, mesh)
+    out["replicate_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(rep_again), jax.tree.leaves(rep)))
+    mixed = sharding.replicate({"placed": rep, "host": params}, mesh)
+    out["replicate_mixed"] = {"replicated": all_replicated(mixed, mesh),
+                              "kept": all(a is b for a, b in zip(jax.tree.leaves(mixed["placed"]), jax.tree.leaves(rep))),
+                              "equal": all(bool(np.array_equal(a, b)) for a, b in
+                                           zip(jax.tree.leaves(mixed["host"]), jax.tree.leaves(params)))}
 
 
 def check_maml_rl(out: dict) -> None:

@@ -106,6 +106,15 @@ def test_batch_placement_is_sharded(checks):
     assert checks["shard_batch_sharded"]
 
 
+def test_placing_placed_leaves_keeps_them(checks):
+    """`shard_batch` / `replicate` of leaves already laid out so return the same arrays (a
+    training loop feeding a step's outputs back copies nothing); host leaves next to them are
+    placed, values unchanged."""
+    assert checks["shard_batch_again_same"]
+    assert checks["replicate_again_same"]
+    assert checks["replicate_mixed"] == {"replicated": True, "kept": True, "equal": True}
+
+
 @pytest.mark.parametrize("name,arg,size", [("meta_maml_indivisible", "num_tasks", 6),
                                            ("rollout_indivisible", "num_envs", 6)])
 def test_indivisible_batch_is_a_clear_error(checks, name, arg, size):
