@@ -16,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
                 "mean_episode_return", "num_episodes", "rollout", "rollout_tasks"),
     "suite_env": ("GoalVisible", "SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
                   "make_suite_params"),
+    "wrapper": ("ObservationWrapper",),
     "suites": ("SUITES", "SUITE_NAMES", "Suite", "get_suite"),
     "tasks": ("DEFAULT_TEST_RANGES", "VARIED_FIELDS", "CartPoleTasks", "EnvTasks", "TASK_ENVS",
               "TASK_ENV_NAMES", "TaskEnv", "force_sign", "get_task_env", "is_inverted",

@@ -36,9 +36,10 @@ from gymnax.environments import spaces
 from gymnax.environments.environment import Environment
 
 from envs.observation import check_obs_mode, obs_dim, observe
+from envs.wrapper import ObservationWrapper
 
 
-class ContextWrapper(Environment):
+class ContextWrapper(ObservationWrapper):
     """A gymnax `Environment` whose observations end with `[one_hot(a), r, done]` of the last step.
 
     Args:
@@ -50,53 +51,25 @@ class ContextWrapper(Environment):
     """
 
     def __init__(self, env: Environment, obs_mode: str = "full"):
-        if not isinstance(env, Environment):
-            raise ValueError(
-                f"env must be a gymnax Environment (e.g. envs.make('CartPole-v1')[0]), "
-                f"got {type(env).__name__}"
-            )
+        super().__init__(env)
         check_obs_mode(obs_mode, env)
-        self._env = env
         self.obs_mode = obs_mode
         space = env.action_space(env.default_params)
         self.discrete = isinstance(space, spaces.Discrete)
         self.action_size = int(space.n) if self.discrete else int(jnp.prod(jnp.array(space.shape)))
         self.inner_obs_dim = obs_dim(env, obs_mode)
 
-    # ---- identity: equal wrappers share jit caches -------------------------------------------
-    def _key(self):
-        return (type(self), id(self._env), self.obs_mode)
-
-    def __eq__(self, other):
-        return isinstance(other, ContextWrapper) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    # ---- the environment ---------------------------------------------------------------------
-    @property
-    def inner(self) -> Environment:
-        return self._env
+    def identity(self) -> tuple:
+        return (self.obs_mode,)
 
     @property
     def name(self) -> str:
         return f"{self._env.name}+context"
 
     @property
-    def default_params(self):
-        return self._env.default_params
-
-    @property
-    def num_actions(self) -> int:
-        return self._env.num_actions
-
-    @property
     def context_dim(self) -> int:
         """Number of appended components: action size + reward + done."""
         return self.action_size + 2
-
-    def action_space(self, params=None):
-        return self._env.action_space(params)
 
     def observation_space(self, params=None):
         dim = self.inner_obs_dim + self.context_dim
@@ -123,9 +96,3 @@ class ContextWrapper(Environment):
         done = jnp.logical_or(terminated, truncated)
         wrapped = self._wrap(obs, self._encode_action(action), reward, done)
         return wrapped, state, reward, terminated, truncated, info
-
-    def reset_env(self, key, params):
-        return self.reset(key, params)
-
-    def step_env(self, key, state, action, params):  # pragma: no cover - step is overridden
-        raise NotImplementedError("ContextWrapper overrides step(); call step, not step_env")

@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import spaces
-from gymnax.environments.environment import Environment
 from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, EnvState
 
 from envs.observation import PARTIAL_OBS_INDICES, check_obs_mode, observe
+from envs.wrapper import ObservationWrapper
 
 #: The switch bounds of an episode that never switches (beyond any episode limit).
 NO_SWITCH = 2**30
@@ -160,7 +160,7 @@ def make_suite_params(physics: EnvParams, *, after: EnvParams | None = None,
         goal_reward=full(goal_x is not None, jnp.bool_))
 
 
-class GoalVisible(Environment):
+class GoalVisible(ObservationWrapper):
     """A `SuiteCartPole` whose observation ends with the task's goal `params.goal_x`: the
     oracle's view of the `goal` suite (the hidden target told to the policy).
 
@@ -178,35 +178,11 @@ class GoalVisible(Environment):
         if not isinstance(env, SuiteCartPole):
             raise ValueError(f"env must be a SuiteCartPole (envs.make_suite_env()), whose tasks carry a goal, "
                              f"got {type(env).__name__}")
-        self._env = env
-
-    def _key(self):
-        return (type(self), id(self._env))
-
-    def __eq__(self, other):
-        return isinstance(other, GoalVisible) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    @property
-    def inner(self) -> SuiteCartPole:
-        return self._env
+        super().__init__(env)
 
     @property
     def name(self) -> str:
         return f"{self._env.name}+goal"
-
-    @property
-    def default_params(self) -> SuiteParams:
-        return self._env.default_params
-
-    @property
-    def num_actions(self) -> int:
-        return self._env.num_actions
-
-    def action_space(self, params=None):
-        return self._env.action_space(params)
 
     def observation_space(self, params=None) -> spaces.Box:
         inner = self._env.observation_space(params)
@@ -226,9 +202,3 @@ class GoalVisible(Environment):
         params = self.default_params if params is None else params
         obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
         return self._with_goal(obs, params), state, reward, terminated, truncated, info
-
-    def reset_env(self, key, params):
-        return self.reset(key, params)
-
-    def step_env(self, key, state, action, params):  # pragma: no cover - step is overridden
-        raise NotImplementedError("GoalVisible overrides step(); call step, not step_env")

@@ -97,3 +97,21 @@ def test_partial_obs_mode_on_wrapper_is_rejected_and_equal_wrappers_hash_equal(b
     assert env != ContextWrapper(base, obs_mode="partial")
     with pytest.raises(ValueError, match="gymnax Environment"):
         ContextWrapper("CartPole-v1")
+
+
+def test_observation_wrappers_share_identity_rules(base):
+    """`envs.wrapper.ObservationWrapper`, the base of ContextWrapper and GoalVisible: equal
+    when the class, the inner environment object and the options match; delegation of the
+    action space, params and actions to the inner environment."""
+    suite_env = envs.make_suite_env("full")
+    goal = envs.GoalVisible(suite_env)
+    assert goal == envs.GoalVisible(suite_env) and hash(goal) == hash(envs.GoalVisible(suite_env))
+    assert goal != ContextWrapper(suite_env)  # same inner env, another wrapper class
+    assert ContextWrapper(suite_env) != ContextWrapper(base)  # same class, another inner env
+    for w in (goal, ContextWrapper(base)):
+        assert w.num_actions == w.inner.num_actions == 2
+        assert w.action_space().n == w.inner.action_space().n
+        assert type(w.default_params) is type(w.inner.default_params)
+    with pytest.raises(ValueError, match="SuiteCartPole"):
+        envs.GoalVisible(base)
+
