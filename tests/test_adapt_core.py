@@ -177,3 +177,46 @@ def test_tree_all_finite():
     assert bool(tree_all_finite({"a": jnp.ones(2), "n": jnp.arange(3)}))
     assert not bool(tree_all_finite({"a": jnp.array([1.0, math.inf])}))
     assert not bool(tree_all_finite([jnp.ones(1), jnp.array(jnp.nan)]))
+
+
+def _log_objective(params, batch):
+    """Finite for positive targets, NaN on an empty buffer's zero placeholders."""
+    x, y = batch
+    return jnp.mean((x @ params["w"] + params["b"] - jnp.log(y)) ** 2)
+
+
+@pytest.mark.parametrize("vmapped", [False, True])
+def test_hybrid_objective_with_same_shaped_batches(vmapped):
+    """`adapt.hybrid_objective` on a replayed batch shaped like the current one (the RL rule's
+    case): two objective evaluations per trace, no branch; with an empty buffer of zero
+    placeholders (NaN under this objective) the loss and gradient are exactly the plain
+    objective's, also under `vmap`; with a full one they are the pooled mean's."""
+    from adapt import hybrid_objective
+
+    params, (x, y) = _lstsq_problem(seed=3)
+    current = (x, jnp.exp(y))
+    replay = (x[::-1] + 0.5, jnp.exp(y[::-1]))
+    placeholders = jax.tree.map(jnp.zeros_like, replay)
+    calls = []
+
+    def counted(p, b):
+        calls.append(1)
+        return _log_objective(p, b)
+
+    hybrid = hybrid_objective(counted, 0.25)
+    value_and_grad = jax.value_and_grad(hybrid)
+    plain = jax.value_and_grad(_log_objective)
+    pooled = jax.value_and_grad(lambda p: 0.75 * _log_objective(p, current) + 0.25 * _log_objective(p, replay))
+    empty = (current, placeholders, jnp.zeros(3, bool))
+    full = (current, replay, jnp.ones(3, bool))
+    if vmapped:  # two tasks: one with an empty buffer, one with a full one
+        both = jax.tree.map(lambda a, b: jnp.stack([a, b]), empty, full)
+        (loss, grad) = jax.jit(jax.vmap(value_and_grad, in_axes=(None, 0)))(params, both)
+        got_empty = (loss[0], jax.tree.map(lambda g: g[0], grad))
+        got_full = (loss[1], jax.tree.map(lambda g: g[1], grad))
+    else:
+        got_empty, got_full = jax.jit(value_and_grad)(params, empty), jax.jit(value_and_grad)(params, full)
+    assert len(calls) == 2  # one trace (the same shapes either way), two evaluations in it
+    chex.assert_trees_all_equal(got_empty, plain(params, current))
+    chex.assert_tree_all_finite(got_empty)
+    chex.assert_trees_all_close(got_full, pooled(params), rtol=1e-6)
