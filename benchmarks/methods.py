@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The method every other one is compared with, paired by task (results.json `vs_<REFERENCE>`).
 REFERENCE = "non_adaptive"
+#: The non-adaptive baselines every other method of a run is paired with, by task (results.json
+#: `vs_<name>` for each one the run holds): the memoryless MLP policy and the SSM policy whose
+#: carry is reset at every episode start (memory within an episode, no adaptation).
+REFERENCES = (REFERENCE, "non_adaptive_ssm")
 
 
 @dataclasses.dataclass(frozen=True)

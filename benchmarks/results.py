@@ -2,8 +2,9 @@
 
 `method_results(config, trainers, measurement)`: one entry per configured method, in order:
 `benchmarks.stats.summarize` of its per-task returns, `episodes` (how they were measured),
-`trained_model` (its trainer), its registry entry's extra fields, and (every method but the
-reference) `vs_<reference>`, the paired per-task difference to the reference method.
+`trained_model` (its trainer), its registry entry's extra fields, and `vs_<reference>`, the
+paired per-task difference to each non-adaptive baseline of `REFERENCES` the run holds (but
+the baseline itself): non_adaptive, and non_adaptive_ssm.
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
 `per_task_rows(config, measurement)` / `write_csv(path, rows)`: per_task.csv, one row per
 (method, seed, test task) with the task's physics and the returns after each adaptation step.
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 
 from benchmarks import evaluation as ev
-from benchmarks.methods import METHODS_BY_NAME, REFERENCE, TASK_FIELDS, Measurement
+from benchmarks.methods import METHODS_BY_NAME, REFERENCE, REFERENCES, TASK_FIELDS, Measurement
 from benchmarks.rundir import atomic_write
 from benchmarks.stats import paired_difference, summarize
 
@@ -42,15 +43,16 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
                              "envs_per_task": config.evaluation.num_envs, "episode_limit": config.episode_steps}
         entry["trained_model"] = method.trainer
         entry.update(method.report(m.series[name], m.kinds, config, trainers[method.trainer]))
-        if name != REFERENCE and REFERENCE in m.returns:
-            entry[f"vs_{REFERENCE}"] = paired_difference(returns, m.returns[REFERENCE], m.kinds)
+        for reference in REFERENCES:
+            if name != reference and reference in m.returns:
+                entry[f"vs_{reference}"] = paired_difference(returns, m.returns[reference], m.kinds)
         out[name] = entry
     return out
 
 
 def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
     """The results table: one row per method, then its per-seed means, its registry entry's
-    lines and its paired difference to the reference method."""
+    lines and its paired differences to the non-adaptive baselines."""
     log("\nmean return over seeds x held-out tasks; +- is the half-width of a 95% interval from a "
         "Student-t over the training seeds' means (benchmarks.stats)")
     head = f"{'method':20s} {'return (95% CI)':>20s} {'normal force':>18s} {'inverted force':>18s}"
@@ -65,11 +67,12 @@ def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
         log(indent + "per training seed: " + ", ".join(f"{x:.1f}" for x in m["per_seed_mean"]))
         for line in registry[name].lines(m):
             log(indent + line)
-        versus = m.get(f"vs_{REFERENCE}")
-        if versus is not None:
-            span = lambda d: f"{d['mean']:+.1f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"  # noqa: E731
-            log(f"{indent}minus {REFERENCE}, paired by task (95% CI): {span(versus['all'])}; "
-                f"inverted force {span(versus['inverted'])}")
+        for reference in REFERENCES:
+            versus = m.get(f"vs_{reference}")
+            if versus is not None:
+                span = lambda d: f"{d['mean']:+.1f} [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"  # noqa: E731
+                log(f"{indent}minus {reference}, paired by task (95% CI): {span(versus['all'])}; "
+                    f"inverted force {span(versus['inverted'])}")
 
 
 def json_safe(x):

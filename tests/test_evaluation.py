@@ -428,11 +428,14 @@ def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsy
             assert close(got["mean"], float(np.mean(values[mask])))
             assert close((got["ci95_low"] + got["ci95_high"]) / 2, k_mean) and close(got["ci95"], k_half)
             assert got["n"] == int(mask.sum())
-        if name != "non_adaptive":
-            diff = values - ref["non_adaptive"]
+        for reference in ("non_adaptive", "non_adaptive_ssm"):  # paired with both baselines
+            assert (f"vs_{reference}" in entry) == (name != reference)
+            if name == reference:
+                continue
+            diff = values - ref[reference]
             for kind, mask in (("all", np.ones_like(inv)), ("inverted", inv), ("normal", ~inv)):
                 d_mean, d_half = _seed_interval(_kind_rows(diff, mask))
-                got = entry["vs_non_adaptive"][kind]
+                got = entry[f"vs_{reference}"][kind]
                 assert close(got["mean"], float(np.mean(diff[mask])))
                 assert close(got["ci95_low"], d_mean - d_half) and close(got["ci95_high"], d_mean + d_half)
     for name in ("maml_adapted", "maml_zero_shot"):
@@ -454,6 +457,9 @@ def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsy
     steps = ", ".join(f"{x:.1f}" for x in bench.ref["maml"].mean(axis=(0, 1)))
     assert f"after 0,1,..,K inner steps: {steps}" in printed
     assert f"first (context) episode: {bench.ref['first_episode'].mean():.1f}" in printed
+    versus = bench.results["maml_adapted"]["vs_non_adaptive_ssm"]["all"]
+    assert (f"minus non_adaptive_ssm, paired by task (95% CI): {versus['mean']:+.1f} "
+            f"[{versus['ci95_low']:+.1f}, {versus['ci95_high']:+.1f}]") in printed
 
 
 def test_non_finite_statistics_are_null_in_results_json(bench, tmp_path):
