@@ -29,7 +29,8 @@ def hybrid_objective(objective, replay_weight: float):
     * ``replay`` shaped like ``current`` (e.g. ``adapt.evaluate_with_adaptation``,
       the same number of rows each): with an empty buffer the replayed term reads
       the current batch and gets weight 0, so the loss and gradient are exactly
-      the plain ones. Two objective evaluations, whatever ``valid`` is, and no
+      the plain ones where those are finite (``0 * inf`` would be NaN). Two
+      objective evaluations, whatever ``valid`` is, and no
       branch: under ``vmap`` a ``lax.cond`` becomes a select that evaluates both
       branches, three evaluations in all.
     * otherwise: a ``lax.cond`` between the pooled loss and the plain one (one

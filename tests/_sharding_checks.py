@@ -93,14 +93,27 @@ def check_meta_maml(out: dict) -> None:
         lambda: algo.meta_update(algo.init(params), sample_sinusoid_tasks(jax.random.key(2), 6)))
     placed = sharding.shard_batch(tasks, mesh)
     out["shard_batch_sharded"] = all_sharded(placed, mesh)
-    # placing again keeps every leaf (the same objects: no copy); a tree mixing placed and
-    # host leaves gets the host ones placed, values unchanged
-    again = sharding.shard_batch(placed, mesh)
-    out["shard_batch_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
+    # placing again keeps every leaf (the same objects) without calling jax.device_put; a tree
+    # mixing placed and host leaves gets the host ones placed in ONE device_put, values unchanged
+    calls = []
+    device_put = jax.device_put
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return device_put(*args, **kwargs)
+
     rep = sharding.replicate(params, mesh)
-    rep_again = sharding.replicate(rep, mesh)
+    jax.device_put = counted
+    try:
+        again = sharding.shard_batch(placed, mesh)
+        rep_again = sharding.replicate(rep, mesh)
+        out["placed_device_puts"] = len(calls)
+        mixed = sharding.replicate({"placed": rep, "host": params}, mesh)
+        out["mixed_device_puts"] = len(calls) - out["placed_device_puts"]
+    finally:
+        jax.device_put = device_put
+    out["shard_batch_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
     out["replicate_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(rep_again), jax.tree.leaves(rep)))
-    mixed = sharding.replicate({"placed": rep, "host": params}, mesh)
     out["replicate_mixed"] = {"replicated": all_replicated(mixed, mesh),
                               "kept": all(a is b for a, b in zip(jax.tree.leaves(mixed["placed"]), jax.tree.leaves(rep))),
                               "equal": all(bool(np.array_equal(a, b)) for a, b in

@@ -410,7 +410,7 @@ def _reference_returns(bench):
 def test_table_numbers_equal_statistics_of_the_hand_counted_returns(bench, capsys):
     """Every number of a table row (return +- CI, normal/inverted +- CI, per-seed means) and of
     the lines under it (return after k inner steps, by round, first context episode, paired
-    difference with non_adaptive), from the hand-counted returns."""
+    differences with non_adaptive and non_adaptive_ssm), from the hand-counted returns."""
     assert scipy.stats.t.ppf(0.975, 1) == pytest.approx(T95_ONE_DOF)
     inv = bench.ref["inverted"]
     ref = _reference_returns(bench)
