@@ -163,23 +163,25 @@ def _place(tree, sharding_of):
     import jax
     import numpy as np
 
+    one_process = jax.process_count() == 1
     leaves, treedef = jax.tree.flatten(tree)
-    shardings = [sharding_of(x) for x in leaves]
     out = list(leaves)
-    pending = []
-    for i, (x, s) in enumerate(zip(leaves, shardings)):
+    moved, targets = [], []  # the leaves for the one batched device_put, and their shardings
+    for i, x in enumerate(leaves):
+        s = sharding_of(x)
         if isinstance(x, jax.core.Tracer):
             out[i] = jax.lax.with_sharding_constraint(x, s)
-        elif not (isinstance(x, jax.Array) and x.sharding == s):
-            pending.append(i)
-    local = [i for i in pending if jax.process_count() == 1
-             or (isinstance(leaves[i], jax.Array) and not leaves[i].is_fully_addressable)]
-    if local:
-        for i, y in zip(local, jax.device_put([leaves[i] for i in local], [shardings[i] for i in local])):
+        elif isinstance(x, jax.Array) and x.sharding == s:
+            continue  # already placed
+        elif one_process or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            moved.append(i)
+            targets.append(s)
+        else:
+            host = np.asarray(x)
+            out[i] = jax.make_array_from_callback(host.shape, s, lambda index, h=host: h[index])
+    if moved:
+        for i, y in zip(moved, jax.device_put([leaves[i] for i in moved], targets)):
             out[i] = y
-    for i in sorted(set(pending) - set(local)):
-        host = np.asarray(leaves[i])
-        out[i] = jax.make_array_from_callback(host.shape, shardings[i], lambda index, h=host: h[index])
     return jax.tree.unflatten(treedef, out)
 
 
