@@ -169,6 +169,7 @@ def evaluate_with_adaptation(
     replay_ratio: float = 0.5,
     rollout_fn: Optional[Callable] = None,
     num_active_rounds=None,
+    measure: Optional[Callable] = None,
     **rollout_kwargs,
 ):
     """Evaluate ``policy`` on ONE task while it adapts between rounds.
@@ -206,8 +207,13 @@ def evaluate_with_adaptation(
     with ``jax_threefry_partitionable``, JAX's default: ValueError without
     it). A concrete count outside ``[0, num_rounds]`` is a ValueError.
 
+    ``measure`` (static; None: the mean first-episode return above) maps a
+    round's trajectory (``envs.Trajectory`` ``(num_envs, steps_per_round)``) to
+    what the round reports: a pytree of float arrays, stacked over rounds.
+
     Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
-    is each round's mean first-episode return (see above), measured BEFORE
+    is each round's mean first-episode return (see above; ``measure``'s
+    pytree with a leading ``(num_rounds,)`` axis if given), measured BEFORE
     that round's adaptation; ``infos`` is an ``AdaptInfo`` with a leading
     ``(num_rounds,)`` axis.
     """
@@ -239,11 +245,15 @@ def evaluate_with_adaptation(
         buffer = None
         step_objective = objective
 
+    if measure is None:
+        def measure(traj):
+            return jnp.mean(envs.first_episode_return(traj))
+
     def one_round(carry, k):
         p, opt_state, buf = carry
         k_roll, k_replay = jax.random.split(k)
         traj = run(p, k_roll)
-        ret = jnp.mean(envs.first_episode_return(traj))
+        ret = measure(traj)
         if use_replay:
             replay, valid = rb.buffer_sample(buf, k_replay, num_envs)
             batch = (traj, replay, valid)
@@ -266,7 +276,7 @@ def evaluate_with_adaptation(
         r, k = xs
         active = r < num_active_rounds
         new, (ret, info) = one_round(carry, k)
-        skipped = (jnp.full_like(ret, jnp.nan), jax.tree.map(jnp.zeros_like, info))
+        skipped = (jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), ret), jax.tree.map(jnp.zeros_like, info))
         return tree_select(active, new, carry), tree_select(active, (ret, info), skipped)
 
     (params, _, _), (returns, infos) = jax.lax.scan(counted_round, init, (jnp.arange(num_rounds), keys))

@@ -116,7 +116,7 @@ def evaluate_within_episode(
     """
     import envs  # noqa: PLC0415 - `adapt` needs `envs` only for RL evaluation
     from envs.observation import check_obs_mode, observe  # noqa: PLC0415
-    from envs.rollout import Trajectory  # noqa: PLC0415
+    from envs.rollout import Trajectory, recorded_info  # noqa: PLC0415
 
     num_envs = check_int("num_envs", num_envs)
     num_steps = check_int("num_steps", num_steps)
@@ -151,7 +151,7 @@ def evaluate_within_episode(
         key_policy, key_env = jax.random.split(key_t)
         out, carry = act(weights, obs, carry, reset)
         action = jax.lax.stop_gradient(out.dist.sample(key_policy))
-        full_next, env_state, reward, terminated, truncated, _ = vstep(
+        full_next, env_state, reward, terminated, truncated, info = vstep(
             jax.random.split(key_env, E), env_state, action, task)
         reward = reward.astype(jnp.float32)
         terminated, truncated = terminated.astype(bool), truncated.astype(bool)
@@ -161,7 +161,7 @@ def evaluate_within_episode(
                   "terminated": terminated, "truncated": truncated,
                   "log_probs": out.dist.log_prob(action).astype(jnp.float32),
                   "values": out.value.astype(jnp.float32), "resets": reset,
-                  "episode_returns": jnp.where(done, running, 0.0)}
+                  "episode_returns": jnp.where(done, running, 0.0), "info": recorded_info(info)}
         running = jnp.where(done, 0.0, running)
         next_obs = observe(full_next, obs_mode, env).astype(jnp.float32)
         return (env_state, next_obs, done, carry, running), record

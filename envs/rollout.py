@@ -35,6 +35,15 @@ from ssm_jax import sharding
 from ssm_jax.validation import check_bool, check_finite, check_int
 
 
+#: The environment info fields a trajectory keeps (`Trajectory.info`, `recorded_info`).
+TRAJECTORY_INFO = ("since_switch",)
+
+
+def recorded_info(info: dict) -> dict:
+    """The fields of one step's environment `info` that a `Trajectory` keeps (`TRAJECTORY_INFO`)."""
+    return {k: info[k] for k in TRAJECTORY_INFO if k in info}
+
+
 @flax.struct.dataclass
 class Trajectory:
     """A batch of rollouts of one task. `E` = num_envs, `T` = num_steps, `D` = obs_dim.
@@ -68,6 +77,9 @@ class Trajectory:
         where `last_reset`, unless the rollout kept carries across episodes).
       final_carry: the policy carry after consuming `obs[:, T - 1]` (leading axis `E` on
         every leaf); feeding it `last_obs` continues the recurrence.
+      info: the fields of the environment's per-step info named in `TRAJECTORY_INFO` that its
+        `step` returns (`since_switch` of `envs.SuiteCartPole`), leaves `(E, T)`; empty for
+        other environments and for a trajectory built by hand.
     """
 
     obs: jax.Array
@@ -84,6 +96,7 @@ class Trajectory:
     last_reset: jax.Array
     last_value: jax.Array
     final_carry: Any
+    info: dict = flax.struct.field(default_factory=dict)
 
 
 def num_episodes(traj: Trajectory) -> jax.Array:
@@ -311,7 +324,7 @@ def _rollout(
         action = dist.mode() if deterministic else dist.sample(key_policy)
         action = jax.lax.stop_gradient(action)
         log_prob = dist.log_prob(action)
-        full_next, env_state, reward, terminated, truncated, _ = vstep(
+        full_next, env_state, reward, terminated, truncated, info = vstep(
             jax.random.split(key_env, num_envs), env_state, action, task
         )
         reward = reward.astype(jnp.float32)
@@ -333,6 +346,7 @@ def _rollout(
             out.value.astype(jnp.float32),
             reset,
             ep_return,
+            recorded_info(info),
         )
         return (env_state, next_obs, done, carry, running), per_step
 
@@ -358,6 +372,7 @@ def _rollout(
         last_reset=last_reset,
         last_value=last_out.value.astype(jnp.float32),
         final_carry=carry,
+        info=ys[10],
     ), mesh)
 
 

@@ -15,7 +15,10 @@ negative `force_mag` inverts the force direction as in `envs.tasks`) plus
 * `switch_low`, `switch_high` (int32): each episode draws its switch step `s` uniformly from
   `[switch_low, switch_high]` at reset (kept in `SuiteState.switch_step`). The first `s` steps
   of the episode (state time `0 .. s - 1` before the step) use the task's physics, every later
-  step the `after` physics. `NO_SWITCH` (both bounds) means the episode never switches;
+  step the `after` physics. `NO_SWITCH` (both bounds) means the episode never switches.
+  Every step's info holds `since_switch` (int32), `time - s` of the state the step started
+  from: negative before the switch, 0 at the first step with the `after` physics
+  (`rewards_around_switch` aligns a trajectory's rewards on it);
 * `goal_x` (float32) and `goal_reward` (bool): with `goal_reward`, the reward of a step is
   `max(0, 1 - |x' - goal_x| / x_threshold)` where `x'` is the cart position after the step,
   times gymnax's `1 - prev_terminal` (so every reward lies in [0, 1] and a 500-step return in
@@ -114,6 +117,7 @@ class SuiteCartPole(CartPole):
         physics = params.replace(**{f: jnp.where(switched, getattr(params.after, f), getattr(params, f))
                                     for f in PHYSICS_FIELDS})
         obs, inner, reward, done, info = super().step_env(key, state, action, physics)
+        info = {**info, "since_switch": (state.time - state.switch_step).astype(jnp.int32)}
         shaped = jnp.maximum(0.0, 1.0 - jnp.abs(inner.x - params.goal_x) / params.x_threshold)
         reward = jnp.where(params.goal_reward, reward * shaped, reward).astype(jnp.float32)
         return obs, _with_switch(inner, state.switch_step), reward, done, info
@@ -122,6 +126,33 @@ class SuiteCartPole(CartPole):
 def _with_switch(state: EnvState, switch_step) -> SuiteState:
     return SuiteState(x=state.x, x_dot=state.x_dot, theta=state.theta, theta_dot=state.theta_dot,
                       time=state.time, switch_step=jnp.asarray(switch_step, jnp.int32))
+
+
+def rewards_around_switch(traj, window: int, episode=0) -> jax.Array:
+    """Each row's rewards of its episode number `episode` aligned on that episode's switch step.
+
+    `traj`: an `envs.Trajectory` of a `SuiteCartPole` (its `info["since_switch"]`), leaves with
+    leading axes `(..., T)`; `episode`: the episode's index in the window (0: the first; an int
+    or an int array broadcasting against the rows). Returns `(..., 2 * window)` float32: entry
+    `window + d` is the reward of the step `d` steps after the switch (`d` in
+    `[-window, window)`, `d = 0` the first step with the new physics), and 0 where that
+    episode had ended before (or the window ended before) that step. With the survival reward,
+    entry `window + d` averaged over rows is the fraction of episodes still running `d` steps
+    from the switch. Jittable; ValueError if `traj` has no `since_switch`.
+    """
+    if "since_switch" not in traj.info:
+        raise ValueError("rewards_around_switch: traj.info has no since_switch; roll out a SuiteCartPole "
+                         "(envs.make_suite_env) whose tasks switch")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    dones = traj.dones
+    index = jnp.cumsum(dones, axis=-1) - dones  # the episode each step belongs to
+    offset = traj.info["since_switch"] + window
+    keep = (index == jnp.asarray(episode)[..., None]) & (offset >= 0) & (offset < 2 * window)
+    bins = jnp.where(keep, offset, 2 * window).reshape((-1, dones.shape[-1]))
+    rewards = traj.rewards.reshape(bins.shape).astype(jnp.float32)
+    per_row = jax.vmap(lambda r, b: jax.ops.segment_sum(r, b, num_segments=2 * window + 1))(rewards, bins)
+    return per_row[:, :-1].reshape(dones.shape[:-1] + (2 * window,))
 
 
 @functools.lru_cache(maxsize=None)

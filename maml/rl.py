@@ -228,14 +228,18 @@ class MAMLRL:
         return num_tasks * (c.num_inner_steps * c.support_envs * c.support_steps + c.query_envs * c.query_steps)
 
     # ------------------------------------------------------------ pieces
-    def collect(self, params, key, task, num_envs, num_steps, deterministic=False) -> Batch:
-        """Roll out ``params`` on one task and turn it into a (gradient-free) Batch."""
+    def rollout(self, params, key, task, num_envs, num_steps, deterministic=False):
+        """The ``envs.Trajectory`` ``(num_envs, num_steps)`` of ``params`` (gradient stopped) on
+        one task, in the configured environment, observation mode and carry rule."""
         c = self.config
-        traj = envs.rollout(key, self.policy, jax.lax.stop_gradient(params), task, num_envs=num_envs,
+        return envs.rollout(key, self.policy, jax.lax.stop_gradient(params), task, num_envs=num_envs,
                             num_steps=num_steps, obs_mode=c.obs_mode,
                             carry_across_episodes=c.carry_across_episodes, env=self.env,
                             deterministic=deterministic)
-        return self.batch_of(traj)
+
+    def collect(self, params, key, task, num_envs, num_steps, deterministic=False) -> Batch:
+        """Roll out ``params`` on one task (``rollout``) and turn it into a (gradient-free) Batch."""
+        return self.batch_of(self.rollout(params, key, task, num_envs, num_steps, deterministic))
 
     def batch_of(self, traj, mask: Optional[chex.Array] = None) -> Batch:
         """The (gradient-free) Batch of a trajectory ``traj`` (``envs.Trajectory``, ``(E, T)``)

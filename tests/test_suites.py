@@ -244,6 +244,55 @@ def test_switch_steps_are_drawn_per_episode_uniformly():
     assert bool(terminated) and int(s1.time) == 0 and 100 <= int(s1.switch_step) <= 400
 
 
+def _around_switch_loop(rewards, dones, since, window, episode):
+    """Reference for `envs.rewards_around_switch`: each row walked step by step, its episode
+    counted, the rewards of episode `episode` binned by steps since its switch."""
+    out = np.zeros(rewards.shape[:-1] + (2 * window,))
+    for row in np.ndindex(rewards.shape[:-1]):
+        index = 0
+        for t in range(rewards.shape[-1]):
+            d = int(since[row + (t,)])
+            if index == episode and -window <= d < window:
+                out[row + (window + d,)] += rewards[row + (t,)]
+            index += int(dones[row + (t,)])
+    return out
+
+
+def test_rollouts_record_steps_since_the_switch_and_rewards_align_on_it():
+    """A switching rollout's info["since_switch"] counts from -s (s the episode's drawn switch
+    step) at each episode's first step, one per step; `rewards_around_switch` equals a Python
+    loop over the steps for the first and second episode (random rewards, under jit and vmap over
+    tasks), and a rollout of an environment without a switch is refused."""
+    from ssm_jax import MLPPolicy
+
+    env = SUITES["switching"].env()
+    policy = MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=8)
+    params = policy.init(jax.random.key(0), jnp.zeros((1, 1, 4)))
+    traj = jax.jit(lambda k, t: envs.rollout_tasks(k, policy, params, t, num_envs=3, num_steps=300, env=env))(
+        jax.random.key(1), _draw("switching", "test", n=4))
+    since, dones = np.asarray(traj.info["since_switch"]), np.asarray(traj.dones)
+    starts = np.asarray(traj.resets)
+    assert since.shape == dones.shape == (4, 3, 300) and dones.sum() > 12  # several episodes per row
+    assert np.all((-since[starts] >= 100) & (-since[starts] <= 400))
+    np.testing.assert_array_equal(since[..., 1:][~starts[..., 1:]], since[..., :-1][~starts[..., 1:]] + 1)
+
+    rewards = np.asarray(jax.random.uniform(jax.random.key(2), dones.shape))
+    random_traj = traj.replace(rewards=jnp.asarray(rewards))
+    for window, episode in ((100, 0), (7, 1)):
+        got = jax.jit(lambda t, w=window, e=episode: envs.rewards_around_switch(t, w, e))(random_traj)
+        np.testing.assert_allclose(np.asarray(got), _around_switch_loop(rewards, dones, since, window, episode),
+                                   rtol=1e-5, atol=1e-6)
+    # every step of episode 0 within 100 steps of its switch lands in a bin (none is lost or doubled)
+    near = (np.cumsum(dones, -1) - dones == 0) & (np.abs(since + 0.5) < 100)
+    np.testing.assert_allclose(np.asarray(envs.rewards_around_switch(random_traj, 100)).sum(-1),
+                               np.where(near, rewards, 0).sum(-1), rtol=1e-5)
+
+    plain = envs.rollout(jax.random.key(3), policy, params, num_envs=2, num_steps=10)
+    assert plain.info == {}
+    with pytest.raises(ValueError, match="no since_switch"):
+        envs.rewards_around_switch(plain, 5)
+
+
 # ------------------------------------------------------------------------------ goal reward
 
 
