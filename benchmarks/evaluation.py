@@ -31,6 +31,14 @@ per (seed, task). What differs is what each method may do before/while it is mea
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
 
+On a suite whose tasks switch within an episode (`switch_window`), every evaluator also
+returns, for each of its return series `X`, "around_switch.X" (`AROUND_SWITCH`): the rewards of
+each env's measured episode (the first of the window; RL^2's first after its context) aligned
+on that episode's switch step, `SWITCH_WINDOW` steps either side, averaged over envs
+(`around_switch`). With CartPole's survival reward an entry is the fraction of episodes still
+running that many steps from the switch, and a method's sum after the switch against its sum
+before is its recovery (`benchmarks.results.switch_report`).
+
 All functions are pure and jitted; they map over tasks with `vmap` and are called per seed.
 `policy_env_steps`, `in_context_env_steps`, `maml_env_steps` and `test_time_env_steps` count
 the environment steps each evaluator runs.
@@ -53,6 +61,11 @@ from maml.core import scale_by_inner_lr
 EVAL_STREAM = 2
 #: The test-time methods' divergence threshold: a step whose loss exceeds it is rolled back.
 TEST_TIME_DIVERGENCE = 1e6
+#: Steps on each side of the switch the evaluators keep (the recovery window; `switch_window`).
+SWITCH_WINDOW = 100
+#: Prefix of an evaluator's series that holds, for its return series `X` `(N, ...)`, the
+#: rewards around the switch `(N, 2 * SWITCH_WINDOW, ...)` (`around_switch`) of the same episodes.
+AROUND_SWITCH = "around_switch."
 
 
 def eval_key(seed: int, s: int) -> jax.Array:
@@ -75,6 +88,24 @@ def rollout_key(key):
     return jax.random.fold_in(key, 1)
 
 
+def around_switch(traj, window: int, episode=0) -> jax.Array:
+    """Mean over envs of each env's rewards around the switch of its episode `episode`
+    (`envs.rewards_around_switch`): `(2 * window,)` for a `(E, T)` trajectory of one task; entry
+    `window + d` is the fraction of episodes (with CartPole's survival reward) still running
+    `d` steps after the switch."""
+    return jnp.mean(envs.rewards_around_switch(traj, window, episode), axis=-2)
+
+
+def switch_window(suite, episode_steps: int = EPISODE_STEPS) -> int:
+    """Steps on each side of the switch the evaluators keep for `suite` (an `envs.Suite`): 0 if
+    its tasks do not switch, else `SWITCH_WINDOW` cut to what every episode holds (the
+    earliest switch step, and the steps from the latest one to `episode_steps`)."""
+    if not getattr(suite, "switches", False):
+        return 0
+    low, high = suite.switch_steps
+    return min(SWITCH_WINDOW, low, episode_steps - high)
+
+
 def per_task_return(traj) -> jax.Array:
     """Mean completed-episode return per task of a `(N, E, T)` trajectory, `(N,)`."""
     total, count = envs.episode_returns_per_row(traj)
@@ -90,13 +121,26 @@ def policy_rollouts(key, policy, params, tasks, *, num_envs: int, env=None,
                               num_steps=episode_steps, env=env)
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps"))
 def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None,
                     episode_steps: int = EPISODE_STEPS) -> jax.Array:
     """Per-task return `(N,)` of a fixed policy: the mean completed-episode return of
     `policy_rollouts`."""
-    return per_task_return(policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
-                                            episode_steps=episode_steps))
+    return policy_series(key, policy, params, tasks, num_envs=num_envs, env=env,
+                         episode_steps=episode_steps)["return"]
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps", "switch_window"))
+def policy_series(key, policy, params, tasks, *, num_envs: int, env=None,
+                  episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
+    """`evaluate_policy`'s "return" `(N,)`, and with `switch_window > 0` (a suite whose tasks
+    switch) "around_switch.return" `(N, 2 * switch_window)`: `around_switch` of each env's
+    first episode."""
+    traj = policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
+                           episode_steps=episode_steps)
+    out = {"return": per_task_return(traj)}
+    if switch_window:
+        out[AROUND_SWITCH + "return"] = jax.vmap(lambda t: around_switch(t, switch_window))(traj)
+    return out
 
 
 def policy_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
@@ -116,15 +160,19 @@ def in_context_env_steps(num_tasks: int, num_envs: int, context_episodes: int = 
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes",
-                                             "episode_steps"))
+                                             "episode_steps", "switch_window"))
 def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
-                        context_episodes: int = 1, episode_steps: int = EPISODE_STEPS) -> dict:
+                        context_episodes: int = 1, episode_steps: int = EPISODE_STEPS,
+                        switch_window: int = 0) -> dict:
     """RL^2 evaluation: `(N,)` returns after the context and of the first episode.
 
     A window of `(context_episodes + 1) * episode_steps` steps with the carry kept across
     episodes: the first `context_episodes` episodes are the context (at most `episode_steps`
     steps each, the episode limit, so at least one evaluation episode completes in every env). `after_context` averages the completed
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
+    With `switch_window > 0`, "around_switch.after_context" and "around_switch.first_episode"
+    `(N, 2 * switch_window)`: `around_switch` of episode `context_episodes` (the first measured
+    one, which the window always holds whole) and of episode 0.
     """
     steps = in_context_window(context_episodes, episode_steps)
     traj = envs.rollout_tasks(rollout_key(key), policy, params, tasks, num_envs=num_envs,
@@ -139,7 +187,11 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
         count = jnp.sum(mask, axis=(-2, -1))
         return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
-    return {"after_context": mean_over(later), "first_episode": mean_over(first)}
+    out = {"after_context": mean_over(later), "first_episode": mean_over(first)}
+    if switch_window:
+        for name, episode in (("after_context", context_episodes), ("first_episode", 0)):
+            out[AROUND_SWITCH + name] = jax.vmap(lambda t, e=episode: around_switch(t, switch_window, e))(traj)
+    return out
 
 
 def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,
@@ -150,25 +202,41 @@ def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: in
     support batch of the training size with `theta_k` and take one inner step with the trained
     step sizes (`algo.inner_step`).
     """
-    return _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps)
+    return maml_series(key, algo, state, tasks, num_inner_steps=num_inner_steps, num_envs=num_envs,
+                       episode_steps=episode_steps)["by_inner_step"]
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6))
-def _evaluate_maml(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps):
+def maml_series(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,
+                episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
+    """`evaluate_maml`'s "by_inner_step" `(N, K + 1)`, and with `switch_window > 0`
+    "around_switch.by_inner_step" `(N, 2 * switch_window, K + 1)`: `around_switch` of the first
+    episodes of each measurement window."""
+    return _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, switch_window)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
+def _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, switch_window):
     c = algo.config
 
     def one_task(task, k):
+        def measured(theta, kk):
+            traj = algo.rollout(theta, kk, task, num_envs, episode_steps)
+            out = {"by_inner_step": envs.mean_episode_return(traj)}
+            if switch_window:
+                out[AROUND_SWITCH + "by_inner_step"] = around_switch(traj, switch_window)
+            return out
+
         def step(theta, kk):
             k_eval, k_support = jax.random.split(kk)
-            measured = algo.collect(theta, k_eval, task, num_envs, episode_steps).completed_return
+            out = measured(theta, k_eval)
             support = algo.collect(theta, k_support, task, c.support_envs, c.support_steps)
             theta, _ = algo.inner_step(theta, state.inner_lr, support, first_order=True)
-            return theta, measured
+            return theta, out
 
-        theta, returns = jax.lax.scan(step, state.params, jax.random.split(k, num_inner_steps))
-        k_last = jax.random.fold_in(k, num_inner_steps)
-        last = algo.collect(theta, k_last, task, num_envs, episode_steps).completed_return
-        return jnp.concatenate([returns, last[None]])
+        theta, outs = jax.lax.scan(step, state.params, jax.random.split(k, num_inner_steps))
+        last = measured(theta, jax.random.fold_in(k, num_inner_steps))
+        # (K + 1, ...) -> the step axis last: (K + 1,) and (2 * window, K + 1)
+        return jax.tree.map(lambda a, b: jnp.moveaxis(jnp.concatenate([a, b[None]]), 0, -1), outs, last)
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))
@@ -194,8 +262,20 @@ def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: 
     empty (the first step). Rollout keys are the online rule's, so with the same arguments the
     two are paired round by round (equal up to the first step that replays).
     """
-    return _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env,
-                               baseline, replay_capacity, replay_ratio, episode_steps)
+    return test_time_series(key, policy, state, tasks, num_rounds=num_rounds, num_envs=num_envs,
+                            lr_scale=lr_scale, env=env, baseline=baseline, replay_capacity=replay_capacity,
+                            replay_ratio=replay_ratio, episode_steps=episode_steps)["by_round"]
+
+
+def test_time_series(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
+                     lr_scale: float = 1.0, env=None, baseline: str = "value", replay_capacity: int = 0,
+                     replay_ratio: float = 0.0, episode_steps: int = EPISODE_STEPS,
+                     switch_window: int = 0) -> dict:
+    """`evaluate_test_time`'s "by_round" `(N, num_rounds)`, and with `switch_window > 0`
+    "around_switch.by_round" `(N, 2 * switch_window, num_rounds)`: `around_switch` of the first
+    episodes of each round."""
+    return _test_time_series(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
+                             replay_capacity, replay_ratio, episode_steps, switch_window)
 
 
 def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
@@ -208,18 +288,24 @@ def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "val
     return objective, optimizer
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10, 11))
-def _evaluate_test_time(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
-                        replay_capacity, replay_ratio, episode_steps):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+def _test_time_series(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
+                      replay_capacity, replay_ratio, episode_steps, switch_window):
     objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
+
+    def measure(traj):
+        out = {"by_round": jnp.mean(envs.first_episode_return(traj))}
+        if switch_window:
+            out[AROUND_SWITCH + "by_round"] = around_switch(traj, switch_window)
+        return out
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
             k, policy, state.params, task, objective=objective, optimizer=optimizer,
             num_rounds=num_rounds, steps_per_round=episode_steps, num_envs=num_envs,
             divergence_threshold=TEST_TIME_DIVERGENCE, env=env,
-            replay_capacity=replay_capacity, replay_ratio=replay_ratio)
-        return returns
+            replay_capacity=replay_capacity, replay_ratio=replay_ratio, measure=measure)
+        return jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), returns)  # the round axis last
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))
@@ -267,22 +353,27 @@ def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps:
 
 
 def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int,
-                            episode_steps: int = EPISODE_STEPS) -> dict:
+                            episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
     """test_time_within_episode: per-task `(N,)` series of `within_episode_window` (task `i` with
     key `i` of `split(fold_in(key, 1), N)`): "return", the mean over envs of the first episode's
     return; "updates" and "rollbacks", the mean over envs of the accepted and rolled-back
-    updates during it."""
-    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps)
+    updates during it; with `switch_window > 0`, "around_switch.return" `(N, 2 * switch_window)`,
+    `around_switch` of that episode."""
+    return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps,
+                                    switch_window)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6))
-def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps):
+@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
+def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps, switch_window):
     def one_task(task, k):
         r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps,
                                   episode_steps=episode_steps)
-        return {"return": jnp.mean(r.returns),
-                "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
-                "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
+        out = {"return": jnp.mean(r.returns),
+               "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
+               "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
+        if switch_window:
+            out[AROUND_SWITCH + "return"] = around_switch(r.traj, switch_window)
+        return out
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))

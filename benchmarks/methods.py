@@ -56,16 +56,29 @@ def _num_tasks(tasks) -> int:
     return int(jax.tree.leaves(tasks)[0].shape[0])
 
 
+def switch_window(config) -> int:
+    """Steps on each side of the switch every evaluator keeps for the run's suite
+    (`evaluation.switch_window`; 0 for a suite whose tasks do not switch)."""
+    import envs
+    from benchmarks import evaluation as ev
+
+    return ev.switch_window(envs.get_suite(config.suite, config.env_name), config.episode_steps)
+
+
+def _arrays(out: dict) -> dict:
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
     """The trained policy as is, a recurrent policy's carry reset at every episode start: series
-    "return" `(N,)` (`evaluation.evaluate_policy`)."""
+    "return" `(N,)` (`evaluation.policy_series`)."""
     from benchmarks import evaluation as ev
 
     e = config.evaluation.num_envs
     t = config.episode_steps
-    r = ev.evaluate_policy(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
-                           episode_steps=t)
-    return Evaluation({"return": np.asarray(r)}, ev.policy_env_steps(_num_tasks(tasks), e, t))
+    out = ev.policy_series(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
+                           episode_steps=t, switch_window=switch_window(config))
+    return Evaluation(_arrays(out), ev.policy_env_steps(_num_tasks(tasks), e, t))
 
 
 def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
@@ -75,28 +88,29 @@ def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
 
     e = config.evaluation.num_envs
     out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
-                                 context_episodes=1, episode_steps=config.episode_steps)
-    return Evaluation({k: np.asarray(v) for k, v in out.items()},
+                                 context_episodes=1, episode_steps=config.episode_steps,
+                                 switch_window=switch_window(config))
+    return Evaluation(_arrays(out),
                       ev.in_context_env_steps(_num_tasks(tasks), e, context_episodes=1,
                                               episode_steps=config.episode_steps))
 
 
 def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy after 0..K inner steps, K = `config.reported_inner_steps`: series
-    "by_inner_step" `(N, K + 1)` (`evaluation.evaluate_maml`)."""
+    "by_inner_step" `(N, K + 1)` (`evaluation.maml_series`)."""
     from benchmarks import evaluation as ev
 
     e, k = config.evaluation.num_envs, config.reported_inner_steps
     t = config.episode_steps
-    by_step = ev.evaluate_maml(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e,
-                               episode_steps=t)
-    return Evaluation({"by_inner_step": np.asarray(by_step)},
+    out = ev.maml_series(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e,
+                         episode_steps=t, switch_window=switch_window(config))
+    return Evaluation(_arrays(out),
                       ev.maml_env_steps(trainer.algo, _num_tasks(tasks), k, e, t))
 
 
 def evaluate_test_time(key, tasks, trainer, state, config) -> Evaluation:
     """The MAML policy adapted online by `adapt` between evaluation rounds: series "by_round"
-    `(N, rounds)` (`evaluation.evaluate_test_time`)."""
+    `(N, rounds)` (`evaluation.test_time_series`)."""
     return _test_time(key, tasks, trainer, state, config, replay=False)
 
 
@@ -115,8 +129,8 @@ def evaluate_within_episode(key, tasks, trainer, state, config) -> Evaluation:
     c = config.evaluation
     out = ev.evaluate_within_episode(key, trainer.algo, state, tasks, num_envs=c.num_envs,
                                      chunk_steps=c.within_episode_chunk,
-                                     episode_steps=config.episode_steps)
-    return Evaluation({k: np.asarray(v) for k, v in out.items()},
+                                     episode_steps=config.episode_steps, switch_window=switch_window(config))
+    return Evaluation(_arrays(out),
                       ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs, config.episode_steps))
 
 
@@ -125,12 +139,12 @@ def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
 
     c = config.evaluation
     e, rounds = c.num_envs, c.test_time_rounds
-    r = ev.evaluate_test_time(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
+    out = ev.test_time_series(key, trainer.policy, state, tasks, num_rounds=rounds, num_envs=e,
                               env=trainer.env, baseline=trainer.algo.config.baseline,
                               replay_capacity=c.hybrid_replay_capacity if replay else 0,
                               replay_ratio=c.hybrid_replay_ratio if replay else 0.0,
-                              episode_steps=config.episode_steps)
-    return Evaluation({"by_round": np.asarray(r)},
+                              episode_steps=config.episode_steps, switch_window=switch_window(config))
+    return Evaluation(_arrays(out),
                       ev.test_time_env_steps(_num_tasks(tasks), rounds, e, config.episode_steps))
 
 
@@ -247,6 +261,16 @@ class Method:
     lines: Callable[[dict], list] = _no_lines
     adaptation: Optional[Callable[[dict], np.ndarray]] = None
     adaptation_unit: str = ""
+
+    def around_switch(self, series: dict, config) -> Optional[np.ndarray]:
+        """`(S, N, 2 * W)` rewards around the switch of the episodes the method's return
+        measures (`evaluation.around_switch`), from the series stacked over seeds: its `returns`
+        rule applied to its evaluator's "around_switch." series; None when there are none (a
+        suite whose tasks do not switch)."""
+        from benchmarks.evaluation import AROUND_SWITCH
+
+        around = {k[len(AROUND_SWITCH):]: v for k, v in series.items() if k.startswith(AROUND_SWITCH)}
+        return np.asarray(self.returns(around, config)) if around else None
 
     def by_adaptation(self, series: dict) -> np.ndarray:
         """`(S, N, K + 1)` returns after 0..K adaptation units (`(S, N, 1)`: the method's

@@ -72,6 +72,9 @@ def plot_run(run_dir: str, out: Optional[str] = None, histories: Optional[dict] 
     path = os.path.join(out, rundir.RETURNS_FILE)
     plotting.plot_returns(results["methods"], rows, path, returns=returns)
     written.append(path)
+    path = os.path.join(out, rundir.SWITCH_FILE)
+    if plotting.plot_switch_recovery(results["methods"], path):
+        written.append(path)
     for fn, name in ((plotting.plot_adaptation, rundir.ADAPTATION_FILE),
                      (plotting.plot_per_task, rundir.PER_TASK_PLOT_FILE)):
         path = os.path.join(out, name)

@@ -13,6 +13,9 @@ Every figure is drawn from the files a run stores (`python -m benchmarks.plot DI
                             mass and push magnitude (per_task.csv; on another environment its
                             varied fields, the per_task.csv columns between task_index and
                             inverted), normal and inverted tasks marked apart, with binned means.
+  switch_recovery.png       on a suite whose tasks switch within an episode: reward against
+                            steps since the switch per method (results.json "around_switch"),
+                            mean over seeds x tasks with a 95% seed-level t band.
   returns_by_task_kind.png  held-out return per method and task kind (results.json and
                             per_task.csv): bar = mean over seeds x tasks, error bar = 95%
                             seed-level t interval, dots = each seed's mean; the y axis spans every
@@ -223,6 +226,36 @@ def plot_per_task(rows: list, path: str, returns: tuple = (0, MAX_RETURN)) -> bo
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.03))
     fig.suptitle("Held-out return per test task against its physics (each point one seed x task)", fontsize=10)
     fig.tight_layout(rect=(0, 0.02, 1, 0.98))
+    _save(fig, path)
+    return True
+
+
+def plot_switch_recovery(methods: dict, path: str) -> bool:
+    """Reward against steps since the switch, one curve per method (`methods`: results.json
+    entries with "around_switch", `benchmarks.results.switch_report`): the mean over seeds x
+    tasks, a band for the 95% seed-level t interval at each step, the recovery (after / before)
+    in the legend. Returns whether anything was drawn (False on a suite without a switch)."""
+    curves = {n: m["around_switch"] for n, m in methods.items() if m.get("around_switch")}
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for j, (name, sw) in enumerate(curves.items()):
+        per_seed = np.asarray(sw["reward_by_offset_per_seed"], np.float64)  # (S, 2W)
+        offsets = sw["first_offset"] + np.arange(per_seed.shape[1])
+        mean = per_seed.mean(axis=0)
+        color = f"C{j % 10}"
+        ax.plot(offsets, mean, color=color, lw=1.4, label=f"{name} (recovery {sw['recovery']:.0%})")
+        if per_seed.shape[0] > 1:
+            band = np.array([seed_t_interval(per_seed[:, [i]]) for i in range(per_seed.shape[1])])
+            ax.fill_between(offsets, band[:, 0], band[:, 1], color=color, alpha=0.15, lw=0)
+    ax.axvline(0, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("steps since the switch (0: the first step with the new physics)")
+    ax.set_ylabel("reward per step (fraction of episodes running)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("Around the within-episode switch: each env's measured episode, mean over seeds x "
+                 "tasks, 95% seed-level t band", fontsize=9)
     _save(fig, path)
     return True
 

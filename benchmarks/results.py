@@ -2,7 +2,8 @@
 
 `method_results(config, trainers, measurement)`: one entry per configured method, in order:
 `benchmarks.stats.summarize` of its per-task returns, `episodes` (how they were measured),
-`trained_model` (its trainer), its registry entry's extra fields, and `vs_<reference>`, the
+`trained_model` (its trainer), its registry entry's extra fields, on a suite whose tasks switch
+`around_switch` (`switch_report`: the return before and after the switch), and `vs_<reference>`, the
 paired per-task difference to each non-adaptive baseline of `REFERENCES` the run holds (but
 the baseline itself): non_adaptive, and non_adaptive_ssm.
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
@@ -43,11 +44,33 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
                              "envs_per_task": config.evaluation.num_envs, "episode_limit": config.episode_steps}
         entry["trained_model"] = method.trainer
         entry.update(method.report(m.series[name], m.kinds, config, trainers[method.trainer]))
+        around = method.around_switch(m.series[name], config)
+        if around is not None:
+            entry["around_switch"] = switch_report(around, m.kinds)
         for reference in REFERENCES:
             if name != reference and reference in m.returns:
                 entry[f"vs_{reference}"] = paired_difference(returns, m.returns[reference], m.kinds)
         out[name] = entry
     return out
+
+
+def switch_report(around, kinds) -> dict:
+    """results.json's "around_switch" of a method: `around` `(S, N, 2 * W)` rewards around the
+    switch (`Method.around_switch`; entry `W + d` is the reward `d` steps after it, `d` in
+    `[-W, W)`). "before" / "after": `summarize` of each task's reward sum over the `W` steps
+    before / from the switch; "after_minus_before": their paired difference; "recovery":
+    mean after / mean before (the fraction of the pre-switch return kept after it);
+    "reward_by_offset": the mean over seeds x tasks at each offset, and per seed."""
+    around = np.asarray(around, np.float64)
+    w = around.shape[-1] // 2
+    before, after = around[..., :w].sum(-1), around[..., w:].sum(-1)
+    b, a = summarize(before, kinds), summarize(after, kinds)
+    return {"window": w, "first_offset": -w,
+            "before": b, "after": a,
+            "after_minus_before": paired_difference(after, before, kinds)["all"],
+            "recovery": a["return_mean"] / b["return_mean"] if b["return_mean"] > 0 else float("nan"),
+            "reward_by_offset": around.mean(axis=(0, 1)).tolist(),
+            "reward_by_offset_per_seed": around.mean(axis=1).tolist()}
 
 
 def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
@@ -67,6 +90,11 @@ def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
         log(indent + "per training seed: " + ", ".join(f"{x:.1f}" for x in m["per_seed_mean"]))
         for line in registry[name].lines(m):
             log(indent + line)
+        sw = m.get("around_switch")
+        if sw is not None:
+            log(f"{indent}return over the {sw['window']} steps before / after the switch: "
+                f"{sw['before']['return_mean']:.1f} / {sw['after']['return_mean']:.1f} "
+                f"(recovery {sw['recovery']:.0%})")
         for reference in REFERENCES:
             versus = m.get(f"vs_{reference}")
             if versus is not None:

@@ -39,6 +39,7 @@ RETURNS_FILE = "returns_by_task_kind.png"
 CURVES_WALL_FILE = "training_curves_wall.png"
 ADAPTATION_FILE = "adaptation.png"
 PER_TASK_PLOT_FILE = "per_task_physics.png"
+SWITCH_FILE = "switch_recovery.png"
 #: One row per (method, seed, test task): `benchmarks.results.per_task_rows`.
 PER_TASK_FILE = "per_task.csv"
 #: Trainer name -> its training history (`benchmarks.training`), as the run ended.
@@ -52,7 +53,7 @@ PROGRESS_FILE = "progress.json"
 RUN_FILES = (CONFIG_FILE, RESULTS_FILE, CHECKPOINTS_DIR)
 #: Files a run writes at its top level (besides config.json and the per-trainer entries).
 OUTPUT_FILES = (RESULTS_FILE, CURVES_FILE, RETURNS_FILE, PER_TASK_FILE, HISTORY_FILE, CURVES_WALL_FILE,
-                ADAPTATION_FILE, PER_TASK_PLOT_FILE, PROGRESS_FILE)
+                ADAPTATION_FILE, PER_TASK_PLOT_FILE, SWITCH_FILE, PROGRESS_FILE)
 #: Where `set_aside` keeps the run an `--overwrite` replaces until the new run has a checkpoint.
 PREVIOUS_DIR = ".previous-run"
 

@@ -239,6 +239,10 @@ def test_tiny_run_of_a_wrapped_suite_and_its_eval_only(tmp_path):
     again = _check_results(os.path.join(out, "eval"), ["non_adaptive"])
     assert again["suite"] == "switching"
     assert again["methods"]["non_adaptive"]["per_seed_mean"] == res["methods"]["non_adaptive"]["per_seed_mean"]
+    around = res["methods"]["non_adaptive"]["around_switch"]
+    assert around == again["methods"]["non_adaptive"]["around_switch"]
+    assert around["window"] == 100 and len(around["reward_by_offset"]) == 200
+    assert os.path.getsize(os.path.join(out, "switch_recovery.png")) > 0
     with open(os.path.join(out, "per_task.csv")) as a, open(os.path.join(out, "eval", "per_task.csv")) as b:
         assert a.read() == b.read()
 
@@ -276,6 +280,15 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
         assert res["methods"]["test_time_hybrid"]["replay_ratio"] == 0.5
         for png in ("adaptation.png", "per_task_physics.png"):
             assert os.path.getsize(os.path.join(out, name, png)) > 0
+        switches = SUITES[name].switches
+        assert os.path.exists(os.path.join(out, name, "switch_recovery.png")) == switches
+        for m in res["methods"].values():
+            assert ("around_switch" in m) == switches
+            if switches:  # survival reward: the fraction of episodes running only falls with time
+                curve = np.asarray(m["around_switch"]["reward_by_offset_per_seed"])
+                assert curve.shape == (2, 200) and np.all((curve >= 0) & (curve <= 1))
+                assert np.all(np.diff(curve, axis=-1) <= 1e-6)
+                assert m["around_switch"]["after"]["return_mean"] <= m["around_switch"]["before"]["return_mean"]
     summary = suite_summary({n: _check_results(os.path.join(out, n), _suite_test_methods(n)) for n in names})
     print_suite_summary(summary)
     assert "summary over suites" in capsys.readouterr().out
