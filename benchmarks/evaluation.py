@@ -31,13 +31,18 @@ per (seed, task). What differs is what each method may do before/while it is mea
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
 
-On a suite whose tasks switch within an episode (`switch_window`), every evaluator also
-returns, for each of its return series `X`, "around_switch.X" (`AROUND_SWITCH`): the rewards of
-each env's measured episode (the first of the window; RL^2's first after its context) aligned
-on that episode's switch step, `SWITCH_WINDOW` steps either side, averaged over envs
-(`around_switch`). With CartPole's survival reward an entry is the fraction of episodes still
-running that many steps from the switch, and a method's sum after the switch against its sum
-before is its recovery (`benchmarks.results.switch_report`).
+Besides returns, the evaluators measure the episodes they measure in the ways the suite asks
+(`EpisodeMeasures`, `episode_measures(suite)`): for each return series `X` they also return
+`<measure>.X`, of the same episodes (each env's first episode of the window; RL^2's first after
+its context), averaged over envs:
+
+* "around_switch." (a suite whose tasks switch within an episode; `SWITCH_WINDOW`): the rewards
+  aligned on the episode's switch step, `(N, 2 * window, ...)` (`around_switch`). With
+  CartPole's survival reward an entry is the fraction of episodes still running that many steps
+  from the switch; the sum after the switch against the sum before is the method's recovery
+  (`benchmarks.results.switch_report`).
+* "goal_distance." (a suite with a hidden goal): `|x - x*|` after the episode's last step,
+  `(N, ...)` (`envs.final_goal_distance`).
 
 All functions are pure and jitted; they map over tasks with `vmap` and are called per seed.
 `policy_env_steps`, `in_context_env_steps`, `maml_env_steps` and `test_time_env_steps` count
@@ -46,6 +51,7 @@ the environment steps each evaluator runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -61,11 +67,14 @@ from maml.core import scale_by_inner_lr
 EVAL_STREAM = 2
 #: The test-time methods' divergence threshold: a step whose loss exceeds it is rolled back.
 TEST_TIME_DIVERGENCE = 1e6
-#: Steps on each side of the switch the evaluators keep (the recovery window; `switch_window`).
+#: Steps on each side of the switch the evaluators keep (the recovery window; `episode_measures`).
 SWITCH_WINDOW = 100
 #: Prefix of an evaluator's series that holds, for its return series `X` `(N, ...)`, the
 #: rewards around the switch `(N, 2 * SWITCH_WINDOW, ...)` (`around_switch`) of the same episodes.
 AROUND_SWITCH = "around_switch."
+#: Prefix of an evaluator's series that holds, for its return series `X`, the final `|x - x*|`
+#: of the same episodes on a suite with a hidden goal (`envs.final_goal_distance`).
+GOAL_DISTANCE = "goal_distance."
 
 
 def eval_key(seed: int, s: int) -> jax.Array:
@@ -96,14 +105,42 @@ def around_switch(traj, window: int, episode=0) -> jax.Array:
     return jnp.mean(envs.rewards_around_switch(traj, window, episode), axis=-2)
 
 
-def switch_window(suite, episode_steps: int = EPISODE_STEPS) -> int:
-    """Steps on each side of the switch the evaluators keep for `suite` (an `envs.Suite`): 0 if
-    its tasks do not switch, else `SWITCH_WINDOW` cut to what every episode holds (the
-    earliest switch step, and the steps from the latest one to `episode_steps`)."""
-    if not getattr(suite, "switches", False):
-        return 0
-    low, high = suite.switch_steps
-    return min(SWITCH_WINDOW, low, episode_steps - high)
+@dataclasses.dataclass(frozen=True)
+class EpisodeMeasures:
+    """What the evaluators measure of each measured episode besides its return (a static,
+    hashable argument): `switch_window > 0` the rewards around the switch ("around_switch.",
+    `around_switch`), `goal_distance` the final `|x - x*|` ("goal_distance."). The default
+    measures nothing."""
+
+    switch_window: int = 0
+    goal_distance: bool = False
+
+    def __call__(self, traj, episode=0) -> dict:
+        """prefix -> the measure of episode `episode` of a `(E, T)` trajectory of one task, over envs."""
+        out = {}
+        if self.switch_window:
+            out[AROUND_SWITCH] = around_switch(traj, self.switch_window, episode)
+        if self.goal_distance:
+            out[GOAL_DISTANCE] = jnp.nanmean(envs.final_goal_distance(traj, episode))
+        return out
+
+    def add(self, out: dict, name: str, traj, episode=0, over_tasks: bool = False) -> dict:
+        """`out` with `<prefix>name` for each measure of `traj`'s episode `episode` (`over_tasks`:
+        `traj` has a leading task axis to map over)."""
+        fn = jax.vmap(lambda t: self(t, episode)) if over_tasks else (lambda t: self(t, episode))
+        return {**out, **{prefix + name: v for prefix, v in fn(traj).items()}}
+
+
+def episode_measures(suite, episode_steps: int = EPISODE_STEPS) -> EpisodeMeasures:
+    """The `EpisodeMeasures` of `suite` (an `envs.Suite`): the rewards around the switch if its
+    tasks switch (`SWITCH_WINDOW` steps either side, cut to what every episode holds: the
+    earliest switch step, and the steps from the latest one to `episode_steps`), the final goal
+    distance if it has a hidden goal."""
+    window = 0
+    if getattr(suite, "switches", False):
+        low, high = suite.switch_steps
+        window = min(SWITCH_WINDOW, low, episode_steps - high)
+    return EpisodeMeasures(switch_window=window, goal_distance=bool(getattr(suite, "has_goal", False)))
 
 
 def per_task_return(traj) -> jax.Array:
@@ -129,18 +166,14 @@ def evaluate_policy(key, policy, params, tasks, *, num_envs: int, env=None,
                          episode_steps=episode_steps)["return"]
 
 
-@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps", "switch_window"))
+@functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "episode_steps", "measures"))
 def policy_series(key, policy, params, tasks, *, num_envs: int, env=None,
-                  episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
-    """`evaluate_policy`'s "return" `(N,)`, and with `switch_window > 0` (a suite whose tasks
-    switch) "around_switch.return" `(N, 2 * switch_window)`: `around_switch` of each env's
-    first episode."""
+                  episode_steps: int = EPISODE_STEPS, measures: EpisodeMeasures = EpisodeMeasures()) -> dict:
+    """`evaluate_policy`'s "return" `(N,)` and `measures` of each env's first episode
+    ("<prefix>return", see `EpisodeMeasures`)."""
     traj = policy_rollouts(key, policy, params, tasks, num_envs=num_envs, env=env,
                            episode_steps=episode_steps)
-    out = {"return": per_task_return(traj)}
-    if switch_window:
-        out[AROUND_SWITCH + "return"] = jax.vmap(lambda t: around_switch(t, switch_window))(traj)
-    return out
+    return measures.add({"return": per_task_return(traj)}, "return", traj, over_tasks=True)
 
 
 def policy_env_steps(num_tasks: int, num_envs: int, episode_steps: int = EPISODE_STEPS) -> int:
@@ -160,19 +193,19 @@ def in_context_env_steps(num_tasks: int, num_envs: int, context_episodes: int = 
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "num_envs", "env", "context_episodes",
-                                             "episode_steps", "switch_window"))
+                                             "episode_steps", "measures"))
 def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
                         context_episodes: int = 1, episode_steps: int = EPISODE_STEPS,
-                        switch_window: int = 0) -> dict:
+                        measures: EpisodeMeasures = EpisodeMeasures()) -> dict:
     """RL^2 evaluation: `(N,)` returns after the context and of the first episode.
 
     A window of `(context_episodes + 1) * episode_steps` steps with the carry kept across
     episodes: the first `context_episodes` episodes are the context (at most `episode_steps`
     steps each, the episode limit, so at least one evaluation episode completes in every env). `after_context` averages the completed
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
-    With `switch_window > 0`, "around_switch.after_context" and "around_switch.first_episode"
-    `(N, 2 * switch_window)`: `around_switch` of episode `context_episodes` (the first measured
-    one, which the window always holds whole) and of episode 0.
+    `measures` ("<prefix>after_context", "<prefix>first_episode", `EpisodeMeasures`) are of
+    episode `context_episodes` (the first measured one, which the window always holds whole)
+    and of episode 0.
     """
     steps = in_context_window(context_episodes, episode_steps)
     traj = envs.rollout_tasks(rollout_key(key), policy, params, tasks, num_envs=num_envs,
@@ -188,10 +221,8 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
         return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
     out = {"after_context": mean_over(later), "first_episode": mean_over(first)}
-    if switch_window:
-        for name, episode in (("after_context", context_episodes), ("first_episode", 0)):
-            out[AROUND_SWITCH + name] = jax.vmap(lambda t, e=episode: around_switch(t, switch_window, e))(traj)
-    return out
+    out = measures.add(out, "after_context", traj, context_episodes, over_tasks=True)
+    return measures.add(out, "first_episode", traj, 0, over_tasks=True)
 
 
 def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,
@@ -207,24 +238,20 @@ def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: in
 
 
 def maml_series(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,
-                episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
-    """`evaluate_maml`'s "by_inner_step" `(N, K + 1)`, and with `switch_window > 0`
-    "around_switch.by_inner_step" `(N, 2 * switch_window, K + 1)`: `around_switch` of the first
-    episodes of each measurement window."""
-    return _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, switch_window)
+                episode_steps: int = EPISODE_STEPS, measures: EpisodeMeasures = EpisodeMeasures()) -> dict:
+    """`evaluate_maml`'s "by_inner_step" `(N, K + 1)` and `measures` of the first episodes of
+    each measurement window ("<prefix>by_inner_step", the step axis last, `EpisodeMeasures`)."""
+    return _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, measures)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
-def _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, switch_window):
+def _maml_series(key, algo, state, tasks, num_inner_steps, num_envs, episode_steps, measures):
     c = algo.config
 
     def one_task(task, k):
         def measured(theta, kk):
             traj = algo.rollout(theta, kk, task, num_envs, episode_steps)
-            out = {"by_inner_step": envs.mean_episode_return(traj)}
-            if switch_window:
-                out[AROUND_SWITCH + "by_inner_step"] = around_switch(traj, switch_window)
-            return out
+            return measures.add({"by_inner_step": envs.mean_episode_return(traj)}, "by_inner_step", traj)
 
         def step(theta, kk):
             k_eval, k_support = jax.random.split(kk)
@@ -270,12 +297,11 @@ def evaluate_test_time(key, policy, state, tasks, *, num_rounds: int, num_envs: 
 def test_time_series(key, policy, state, tasks, *, num_rounds: int, num_envs: int,
                      lr_scale: float = 1.0, env=None, baseline: str = "value", replay_capacity: int = 0,
                      replay_ratio: float = 0.0, episode_steps: int = EPISODE_STEPS,
-                     switch_window: int = 0) -> dict:
-    """`evaluate_test_time`'s "by_round" `(N, num_rounds)`, and with `switch_window > 0`
-    "around_switch.by_round" `(N, 2 * switch_window, num_rounds)`: `around_switch` of the first
-    episodes of each round."""
+                     measures: EpisodeMeasures = EpisodeMeasures()) -> dict:
+    """`evaluate_test_time`'s "by_round" `(N, num_rounds)` and `measures` of the first
+    episodes of each round ("<prefix>by_round", the round axis last, `EpisodeMeasures`)."""
     return _test_time_series(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
-                             replay_capacity, replay_ratio, episode_steps, switch_window)
+                             replay_capacity, replay_ratio, episode_steps, measures)
 
 
 def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "value") -> tuple:
@@ -290,14 +316,11 @@ def test_time_rule(policy, state, *, lr_scale: float = 1.0, baseline: str = "val
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
 def _test_time_series(key, policy, state, tasks, num_rounds, num_envs, lr_scale, env, baseline,
-                      replay_capacity, replay_ratio, episode_steps, switch_window):
+                      replay_capacity, replay_ratio, episode_steps, measures):
     objective, optimizer = test_time_rule(policy, state, lr_scale=lr_scale, baseline=baseline)
 
     def measure(traj):
-        out = {"by_round": jnp.mean(envs.first_episode_return(traj))}
-        if switch_window:
-            out[AROUND_SWITCH + "by_round"] = around_switch(traj, switch_window)
-        return out
+        return measures.add({"by_round": jnp.mean(envs.first_episode_return(traj))}, "by_round", traj)
 
     def one_task(task, k):
         _, returns, _ = adapt.evaluate_with_adaptation(
@@ -353,27 +376,25 @@ def within_episode_window(key, algo, state, task, *, num_envs: int, chunk_steps:
 
 
 def evaluate_within_episode(key, algo, state, tasks, *, num_envs: int, chunk_steps: int,
-                            episode_steps: int = EPISODE_STEPS, switch_window: int = 0) -> dict:
+                            episode_steps: int = EPISODE_STEPS,
+                            measures: EpisodeMeasures = EpisodeMeasures()) -> dict:
     """test_time_within_episode: per-task `(N,)` series of `within_episode_window` (task `i` with
     key `i` of `split(fold_in(key, 1), N)`): "return", the mean over envs of the first episode's
     return; "updates" and "rollbacks", the mean over envs of the accepted and rolled-back
-    updates during it; with `switch_window > 0`, "around_switch.return" `(N, 2 * switch_window)`,
-    `around_switch` of that episode."""
+    updates during it; `measures` of that episode ("<prefix>return", `EpisodeMeasures`)."""
     return _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps,
-                                    switch_window)
+                                    measures)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7))
-def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps, switch_window):
+def _evaluate_within_episode(key, algo, state, tasks, num_envs, chunk_steps, episode_steps, measures):
     def one_task(task, k):
         r = within_episode_window(k, algo, state, task, num_envs=num_envs, chunk_steps=chunk_steps,
                                   episode_steps=episode_steps)
         out = {"return": jnp.mean(r.returns),
                "updates": jnp.mean(jnp.sum(r.infos.steps, axis=0).astype(jnp.float32)),
                "rollbacks": jnp.mean(jnp.sum(r.infos.rollbacks, axis=0).astype(jnp.float32))}
-        if switch_window:
-            out[AROUND_SWITCH + "return"] = around_switch(r.traj, switch_window)
-        return out
+        return measures.add(out, "return", r.traj)
 
     n = jax.tree.leaves(tasks)[0].shape[0]
     return jax.vmap(one_task)(tasks, jax.random.split(rollout_key(key), n))

@@ -56,13 +56,13 @@ def _num_tasks(tasks) -> int:
     return int(jax.tree.leaves(tasks)[0].shape[0])
 
 
-def switch_window(config) -> int:
-    """Steps on each side of the switch every evaluator keeps for the run's suite
-    (`evaluation.switch_window`; 0 for a suite whose tasks do not switch)."""
+def episode_measures(config):
+    """What every evaluator measures of its episodes besides returns on the run's suite
+    (`evaluation.episode_measures`)."""
     import envs
     from benchmarks import evaluation as ev
 
-    return ev.switch_window(envs.get_suite(config.suite, config.env_name), config.episode_steps)
+    return ev.episode_measures(envs.get_suite(config.suite, config.env_name), config.episode_steps)
 
 
 def _arrays(out: dict) -> dict:
@@ -77,7 +77,7 @@ def evaluate_fixed_policy(key, tasks, trainer, state, config) -> Evaluation:
     e = config.evaluation.num_envs
     t = config.episode_steps
     out = ev.policy_series(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
-                           episode_steps=t, switch_window=switch_window(config))
+                           episode_steps=t, measures=episode_measures(config))
     return Evaluation(_arrays(out), ev.policy_env_steps(_num_tasks(tasks), e, t))
 
 
@@ -89,7 +89,7 @@ def evaluate_in_context(key, tasks, trainer, state, config) -> Evaluation:
     e = config.evaluation.num_envs
     out = ev.evaluate_in_context(key, trainer.policy, state.params, tasks, num_envs=e, env=trainer.env,
                                  context_episodes=1, episode_steps=config.episode_steps,
-                                 switch_window=switch_window(config))
+                                 measures=episode_measures(config))
     return Evaluation(_arrays(out),
                       ev.in_context_env_steps(_num_tasks(tasks), e, context_episodes=1,
                                               episode_steps=config.episode_steps))
@@ -103,7 +103,7 @@ def evaluate_maml_inner_steps(key, tasks, trainer, state, config) -> Evaluation:
     e, k = config.evaluation.num_envs, config.reported_inner_steps
     t = config.episode_steps
     out = ev.maml_series(key, trainer.algo, state, tasks, num_inner_steps=k, num_envs=e,
-                         episode_steps=t, switch_window=switch_window(config))
+                         episode_steps=t, measures=episode_measures(config))
     return Evaluation(_arrays(out),
                       ev.maml_env_steps(trainer.algo, _num_tasks(tasks), k, e, t))
 
@@ -129,7 +129,7 @@ def evaluate_within_episode(key, tasks, trainer, state, config) -> Evaluation:
     c = config.evaluation
     out = ev.evaluate_within_episode(key, trainer.algo, state, tasks, num_envs=c.num_envs,
                                      chunk_steps=c.within_episode_chunk,
-                                     episode_steps=config.episode_steps, switch_window=switch_window(config))
+                                     episode_steps=config.episode_steps, measures=episode_measures(config))
     return Evaluation(_arrays(out),
                       ev.within_episode_env_steps(_num_tasks(tasks), c.num_envs, config.episode_steps))
 
@@ -143,7 +143,7 @@ def _test_time(key, tasks, trainer, state, config, replay: bool) -> Evaluation:
                               env=trainer.env, baseline=trainer.algo.config.baseline,
                               replay_capacity=c.hybrid_replay_capacity if replay else 0,
                               replay_ratio=c.hybrid_replay_ratio if replay else 0.0,
-                              episode_steps=config.episode_steps, switch_window=switch_window(config))
+                              episode_steps=config.episode_steps, measures=episode_measures(config))
     return Evaluation(_arrays(out),
                       ev.test_time_env_steps(_num_tasks(tasks), rounds, e, config.episode_steps))
 
@@ -262,15 +262,13 @@ class Method:
     adaptation: Optional[Callable[[dict], np.ndarray]] = None
     adaptation_unit: str = ""
 
-    def around_switch(self, series: dict, config) -> Optional[np.ndarray]:
-        """`(S, N, 2 * W)` rewards around the switch of the episodes the method's return
-        measures (`evaluation.around_switch`), from the series stacked over seeds: its `returns`
-        rule applied to its evaluator's "around_switch." series; None when there are none (a
-        suite whose tasks do not switch)."""
-        from benchmarks.evaluation import AROUND_SWITCH
-
-        around = {k[len(AROUND_SWITCH):]: v for k, v in series.items() if k.startswith(AROUND_SWITCH)}
-        return np.asarray(self.returns(around, config)) if around else None
+    def measured(self, prefix: str, series: dict, config) -> Optional[np.ndarray]:
+        """The measure `prefix` (`evaluation.EpisodeMeasures`: "around_switch." `(S, N, 2 * W)`,
+        "goal_distance." `(S, N)`) of the episodes the method's return measures, from the series
+        stacked over seeds: its `returns` rule applied to its evaluator's `prefix` series; None
+        when there are none (the suite does not ask for that measure)."""
+        sub = {k[len(prefix):]: v for k, v in series.items() if k.startswith(prefix)}
+        return np.asarray(self.returns(sub, config)) if sub else None
 
     def by_adaptation(self, series: dict) -> np.ndarray:
         """`(S, N, K + 1)` returns after 0..K adaptation units (`(S, N, 1)`: the method's

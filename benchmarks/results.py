@@ -3,7 +3,9 @@
 `method_results(config, trainers, measurement)`: one entry per configured method, in order:
 `benchmarks.stats.summarize` of its per-task returns, `episodes` (how they were measured),
 `trained_model` (its trainer), its registry entry's extra fields, on a suite whose tasks switch
-`around_switch` (`switch_report`: the return before and after the switch), and `vs_<reference>`, the
+`around_switch` (`switch_report`: the return before and after the switch), on a suite with a
+hidden goal `final_goal_distance` (`summarize` of the final |x - x*| per task, in m, its keys
+without "return_"), and `vs_<reference>`, the
 paired per-task difference to each non-adaptive baseline of `REFERENCES` the run holds (but
 the baseline itself): non_adaptive, and non_adaptive_ssm.
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
@@ -44,9 +46,13 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
                              "envs_per_task": config.evaluation.num_envs, "episode_limit": config.episode_steps}
         entry["trained_model"] = method.trainer
         entry.update(method.report(m.series[name], m.kinds, config, trainers[method.trainer]))
-        around = method.around_switch(m.series[name], config)
+        around = method.measured(ev.AROUND_SWITCH, m.series[name], config)
         if around is not None:
             entry["around_switch"] = switch_report(around, m.kinds)
+        distance = method.measured(ev.GOAL_DISTANCE, m.series[name], config)
+        if distance is not None:
+            entry["final_goal_distance"] = {k.removeprefix("return_"): v
+                                            for k, v in summarize(distance, m.kinds).items()}
         for reference in REFERENCES:
             if name != reference and reference in m.returns:
                 entry[f"vs_{reference}"] = paired_difference(returns, m.returns[reference], m.kinds)
@@ -95,6 +101,10 @@ def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
             log(f"{indent}return over the {sw['window']} steps before / after the switch: "
                 f"{sw['before']['return_mean']:.1f} / {sw['after']['return_mean']:.1f} "
                 f"(recovery {sw['recovery']:.0%})")
+        distance = m.get("final_goal_distance")
+        if distance is not None:
+            log(f"{indent}final |x - x*| of the measured episode: {distance['mean']:.2f} m "
+                f"+- {distance['ci95']:.2f}")
         for reference in REFERENCES:
             versus = m.get(f"vs_{reference}")
             if versus is not None:

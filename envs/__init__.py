@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "rollout": ("TRAJECTORY_INFO", "Trajectory", "check_policy", "episode_returns_per_row",
                 "first_episode_return", "mean_episode_return", "num_episodes", "rollout", "rollout_tasks"),
     "suite_env": ("GoalVisible", "SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
-                  "make_suite_params", "rewards_around_switch"),
+                  "make_suite_params", "rewards_around_switch", "final_goal_distance"),
     "wrapper": ("ObservationWrapper",),
     "suites": ("SUITES", "SUITE_NAMES", "Suite", "get_suite"),
     "tasks": ("DEFAULT_TEST_RANGES", "VARIED_FIELDS", "CartPoleTasks", "EnvTasks", "TASK_ENVS",

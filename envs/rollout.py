@@ -36,7 +36,7 @@ from ssm_jax.validation import check_bool, check_finite, check_int
 
 
 #: The environment info fields a trajectory keeps (`Trajectory.info`, `recorded_info`).
-TRAJECTORY_INFO = ("since_switch",)
+TRAJECTORY_INFO = ("since_switch", "goal_distance")
 
 
 def recorded_info(info: dict) -> dict:
@@ -78,8 +78,8 @@ class Trajectory:
       final_carry: the policy carry after consuming `obs[:, T - 1]` (leading axis `E` on
         every leaf); feeding it `last_obs` continues the recurrence.
       info: the fields of the environment's per-step info named in `TRAJECTORY_INFO` that its
-        `step` returns (`since_switch` of `envs.SuiteCartPole`), leaves `(E, T)`; empty for
-        other environments and for a trajectory built by hand.
+        `step` returns (`since_switch` and `goal_distance` of `envs.SuiteCartPole`), leaves
+        `(E, T)`; empty for other environments and for a trajectory built by hand.
     """
 
     obs: jax.Array

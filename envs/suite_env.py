@@ -22,7 +22,8 @@ negative `force_mag` inverts the force direction as in `envs.tasks`) plus
 * `goal_x` (float32) and `goal_reward` (bool): with `goal_reward`, the reward of a step is
   `max(0, 1 - |x' - goal_x| / x_threshold)` where `x'` is the cart position after the step,
   times gymnax's `1 - prev_terminal` (so every reward lies in [0, 1] and a 500-step return in
-  [0, 500]); without it, gymnax's survival reward. `goal_x` is not in the observation.
+  [0, 500]); without it, gymnax's survival reward. `goal_x` is not in the observation. Every
+  step's info holds `goal_distance`, `|x' - goal_x|` (`final_goal_distance` reads it).
 
 Observation mode (static, one cached environment per mode, `make_suite_env`): `"full"`
 `[x, x_dot, theta, theta_dot]` or `"partial"` `[x, theta]` (`envs.observation`). Roll it out
@@ -117,8 +118,10 @@ class SuiteCartPole(CartPole):
         physics = params.replace(**{f: jnp.where(switched, getattr(params.after, f), getattr(params, f))
                                     for f in PHYSICS_FIELDS})
         obs, inner, reward, done, info = super().step_env(key, state, action, physics)
-        info = {**info, "since_switch": (state.time - state.switch_step).astype(jnp.int32)}
-        shaped = jnp.maximum(0.0, 1.0 - jnp.abs(inner.x - params.goal_x) / params.x_threshold)
+        distance = jnp.abs(inner.x - params.goal_x).astype(jnp.float32)
+        info = {**info, "since_switch": (state.time - state.switch_step).astype(jnp.int32),
+                "goal_distance": distance}
+        shaped = jnp.maximum(0.0, 1.0 - distance / params.x_threshold)
         reward = jnp.where(params.goal_reward, reward * shaped, reward).astype(jnp.float32)
         return obs, _with_switch(inner, state.switch_step), reward, done, info
 
@@ -153,6 +156,23 @@ def rewards_around_switch(traj, window: int, episode=0) -> jax.Array:
     rewards = traj.rewards.reshape(bins.shape).astype(jnp.float32)
     per_row = jax.vmap(lambda r, b: jax.ops.segment_sum(r, b, num_segments=2 * window + 1))(rewards, bins)
     return per_row[:, :-1].reshape(dones.shape[:-1] + (2 * window,))
+
+
+def final_goal_distance(traj, episode=0) -> jax.Array:
+    """Each row's `|x - goal_x|` after the last step of its episode number `episode` (its done
+    step, or the window's last step if it is still running), `traj.rewards.shape[:-1]` float32;
+    NaN where the row has no such episode. `traj`: an `envs.Trajectory` of a `SuiteCartPole`
+    (its `info["goal_distance"]`); `episode` as in `rewards_around_switch`. Jittable;
+    ValueError if `traj` has no `goal_distance`."""
+    if "goal_distance" not in traj.info:
+        raise ValueError("final_goal_distance: traj.info has no goal_distance; roll out a SuiteCartPole "
+                         "(envs.make_suite_env)")
+    dones = traj.dones
+    index = jnp.cumsum(dones, axis=-1) - dones
+    mine = index == jnp.asarray(episode)[..., None]
+    last = dones.shape[-1] - 1 - jnp.argmax(jnp.flip(mine, axis=-1), axis=-1)
+    distance = jnp.take_along_axis(traj.info["goal_distance"], last[..., None], axis=-1)[..., 0]
+    return jnp.where(jnp.any(mine, axis=-1), distance, jnp.nan).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)

@@ -284,6 +284,9 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
         assert os.path.exists(os.path.join(out, name, "switch_recovery.png")) == switches
         for m in res["methods"].values():
             assert ("around_switch" in m) == switches
+            assert ("final_goal_distance" in m) == SUITES[name].has_goal
+            if SUITES[name].has_goal:  # the track is 4.8 m long and |x*| <= 1.5
+                assert all(0 <= d <= 4.0 for d in m["final_goal_distance"]["per_seed_mean"])
             if switches:  # survival reward: the fraction of episodes running only falls with time
                 curve = np.asarray(m["around_switch"]["reward_by_offset_per_seed"])
                 assert curve.shape == (2, 200) and np.all((curve >= 0) & (curve <= 1))

@@ -486,16 +486,18 @@ def test_non_finite_statistics_are_null_in_results_json(bench, tmp_path):
     assert stored["numbers"] == [None, 3]
 
 
-def test_around_switch_series_measure_the_episodes_each_return_measures():
+def test_episode_measures_of_every_evaluator_are_of_the_episodes_its_return_measures():
     """On switching tasks whose switch comes early (steps 5-15, so the untrained policies'
     episodes reach it), every evaluator's "around_switch." series equals the Python loop of
-    test_suites.py over a trajectory rebuilt with the documented keys: each env's first episode
+    test_suites.py, and its "goal_distance." series `envs.final_goal_distance`, over a
+    trajectory rebuilt with the documented keys: each env's first episode
     for the fixed policy, the MAML policy before its first inner step, the first test-time round
     and the within-episode window; the first episode after the context for RL^2. Asking for
     the series leaves the returns unchanged."""
     from test_suites import _around_switch_loop
 
     window, steps = 5, 40
+    measures = ev.EpisodeMeasures(switch_window=window, goal_distance=True)
     config = BenchmarkConfig.quick_preset().with_values({**TINY, "suite": "switching"})
     suite = envs.get_suite("switching")
     key = ev.eval_key(config.seed, 0)
@@ -509,37 +511,43 @@ def test_around_switch_series_measure_the_episodes_each_return_measures():
         assert loop.sum() > 0  # episodes do reach the switch: the comparison is not of zeros
         return loop.mean(axis=-2)
 
+    def distance(traj, episode=0):  # final |x - x*| (test_suites.py checks it against a loop)
+        return np.asarray(envs.final_goal_distance(traj, episode)).mean(axis=-1)
+
     ppo = build_trainer("non_adaptive_ssm", config)
     params = ppo.init(jax.random.key(0)).params
     got = ev.policy_series(key, ppo.policy, params, tasks, num_envs=3, env=ppo.env, episode_steps=steps,
-                           switch_window=window)
+                           measures=measures)
     plain = ev.policy_series(key, ppo.policy, params, tasks, num_envs=3, env=ppo.env, episode_steps=steps)
     assert set(plain) == {"return"}
     np.testing.assert_array_equal(got["return"], plain["return"])
     traj = ev.policy_rollouts(key, ppo.policy, params, tasks, num_envs=3, env=ppo.env, episode_steps=steps)
     np.testing.assert_allclose(got["around_switch.return"], reference(traj), rtol=1e-6)
+    np.testing.assert_allclose(got["goal_distance.return"], distance(traj), rtol=1e-6)
 
     rl2 = build_trainer("in_context", config)
     rl2_params = rl2.init(jax.random.key(1)).params
     got = ev.evaluate_in_context(key, rl2.policy, rl2_params, tasks, num_envs=3, env=rl2.env,
-                                 episode_steps=steps, switch_window=window)
+                                 episode_steps=steps, measures=measures)
     traj = envs.rollout_tasks(ev.rollout_key(key), rl2.policy, rl2_params, tasks, num_envs=3, num_steps=2 * steps,
                               env=rl2.env, carry_across_episodes=True)
     np.testing.assert_allclose(got["around_switch.after_context"], reference(traj, 1), rtol=1e-6)
     np.testing.assert_allclose(got["around_switch.first_episode"], reference(traj, 0), rtol=1e-6)
+    np.testing.assert_allclose(got["goal_distance.after_context"], distance(traj, 1), rtol=1e-6)
 
     maml = build_trainer("maml_ssm", config)
     state = maml.init(jax.random.key(2))
     got = ev.maml_series(key, maml.algo, state, tasks, num_inner_steps=1, num_envs=3, episode_steps=steps,
-                         switch_window=window)
+                         measures=measures)
     assert got["around_switch.by_inner_step"].shape == (2, 2 * window, 2)
     first = [maml.algo.rollout(state.params, jax.random.split(jax.random.split(k, 1)[0])[0], _task(tasks, i), 3, steps)
              for i, k in enumerate(task_keys)]
     np.testing.assert_allclose(got["around_switch.by_inner_step"][..., 0],
                                np.stack([reference(t) for t in first]), rtol=1e-6)
+    np.testing.assert_allclose(got["goal_distance.by_inner_step"][..., 0], [distance(t) for t in first], rtol=1e-6)
 
     got = ev.test_time_series(key, maml.policy, state, tasks, num_rounds=2, num_envs=3, env=maml.env,
-                              baseline=maml.algo.config.baseline, episode_steps=steps, switch_window=window)
+                              baseline=maml.algo.config.baseline, episode_steps=steps, measures=measures)
     by_round = ev.evaluate_test_time(key, maml.policy, state, tasks, num_rounds=2, num_envs=3, env=maml.env,
                                      baseline=maml.algo.config.baseline, episode_steps=steps)
     np.testing.assert_array_equal(got["by_round"], by_round)
@@ -548,11 +556,13 @@ def test_around_switch_series_measure_the_episodes_each_return_measures():
                           num_envs=3, num_steps=steps, env=maml.env) for i, k in enumerate(task_keys)]
     np.testing.assert_allclose(got["around_switch.by_round"][..., 0], np.stack([reference(t) for t in first]),
                                rtol=1e-6)
+    np.testing.assert_allclose(got["goal_distance.by_round"][..., 0], [distance(t) for t in first], rtol=1e-6)
 
     got = ev.evaluate_within_episode(key, maml.algo, state, tasks, num_envs=3, chunk_steps=10, episode_steps=steps,
-                                     switch_window=window)
+                                     measures=measures)
     windows = [ev.within_episode_window(k, maml.algo, state, _task(tasks, i), num_envs=3, chunk_steps=10,
                                         episode_steps=steps) for i, k in enumerate(task_keys)]
     np.testing.assert_allclose(got["return"], [float(np.mean(w.returns)) for w in windows], rtol=1e-6)
     np.testing.assert_allclose(got["around_switch.return"], np.stack([reference(w.traj) for w in windows]),
                                rtol=1e-6)
+    np.testing.assert_allclose(got["goal_distance.return"], [distance(w.traj) for w in windows], rtol=1e-6)

@@ -262,7 +262,8 @@ def test_rollouts_record_steps_since_the_switch_and_rewards_align_on_it():
     """A switching rollout's info["since_switch"] counts from -s (s the episode's drawn switch
     step) at each episode's first step, one per step; `rewards_around_switch` equals a Python
     loop over the steps for the first and second episode (random rewards, under jit and vmap over
-    tasks), and a rollout of an environment without a switch is refused."""
+    tasks); `final_goal_distance` reads the distance at each episode's last step; a rollout of
+    an environment without these infos is refused."""
     from ssm_jax import MLPPolicy
 
     env = SUITES["switching"].env()
@@ -287,10 +288,25 @@ def test_rollouts_record_steps_since_the_switch_and_rewards_align_on_it():
     np.testing.assert_allclose(np.asarray(envs.rewards_around_switch(random_traj, 100)).sum(-1),
                                np.where(near, rewards, 0).sum(-1), rtol=1e-5)
 
+    # the final goal distance is the info's at the last step of the episode (its done step)
+    distance = np.asarray(traj.info["goal_distance"])
+    for episode in (0, 1):
+        want = np.full(dones.shape[:-1], np.nan)
+        for row in np.ndindex(dones.shape[:-1]):
+            ends, T = np.flatnonzero(dones[row]), dones.shape[-1]
+            started = episode == 0 or (len(ends) >= episode and ends[episode - 1] < T - 1)
+            if started:  # its done step, or the window's last step while it runs
+                want[row] = distance[row + (ends[episode] if len(ends) > episode else T - 1,)]
+        got = np.asarray(jax.jit(lambda t, e=episode: envs.final_goal_distance(t, e))(traj))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.all(np.isfinite(got))
+
     plain = envs.rollout(jax.random.key(3), policy, params, num_envs=2, num_steps=10)
     assert plain.info == {}
     with pytest.raises(ValueError, match="no since_switch"):
         envs.rewards_around_switch(plain, 5)
+    with pytest.raises(ValueError, match="no goal_distance"):
+        envs.final_goal_distance(plain)
 
 
 # ------------------------------------------------------------------------------ goal reward
@@ -305,9 +321,10 @@ def test_goal_reward_matches_its_formula_under_jit_and_vmap():
     actions = jnp.arange(256) % 2
     step = jax.jit(jax.vmap(env.step_env, in_axes=(None, 0, 0, 0)))
     ref_step = jax.jit(jax.vmap(ref.step_env, in_axes=(None, 0, 0, 0)))
-    _, nxt, reward, _, _ = step(jax.random.key(0), state, actions, tasks)
+    _, nxt, reward, _, info = step(jax.random.key(0), state, actions, tasks)
     _, ref_next, ref_reward, _, _ = ref_step(jax.random.key(0), state, actions, _physics(tasks))
     x_new, goal = np.asarray(ref_next.x, np.float64), np.asarray(tasks.goal_x, np.float64)
+    np.testing.assert_allclose(np.asarray(info["goal_distance"]), np.abs(x_new - goal), rtol=1e-6, atol=1e-6)
     prev_terminal = (np.abs(np.asarray(v[:, 0])) > 2.4) | (np.abs(np.asarray(v[:, 2])) > 12 * 2 * np.pi / 360)
     want = np.maximum(0.0, 1.0 - np.abs(x_new - goal) / 2.4) * (1.0 - prev_terminal)
     np.testing.assert_allclose(np.asarray(reward), want, rtol=1e-5, atol=1e-6)
