@@ -31,10 +31,12 @@ per (seed, task). What differs is what each method may do before/while it is mea
   carry kept across episodes; the return is the mean over the episodes that START after the
   agent's first episode (it has had its context), and the first episode is reported apart.
 
-Besides returns, the evaluators measure the episodes they measure in the ways the suite asks
-(`EpisodeMeasures`, `episode_measures(suite)`): for each return series `X` they also return
-`<measure>.X`, of the same episodes (each env's first episode of the window; RL^2's first after
-its context), averaged over envs:
+Besides returns, the evaluators measure episodes in the ways the suite asks (`EpisodeMeasures`,
+`episode_measures(suite)`): for each return series `X` they also return `<measure>.X`, of ONE
+episode per env in the windows `X` is measured on, averaged over envs: each env's first episode
+of the window (RL^2: its first after the context). That is the episode `X` counts for the
+test-time methods; the fixed policies' and MAML's `X` also count the later episodes a window
+completes, and RL^2's every episode after the context.
 
 * "around_switch." (a suite whose tasks switch within an episode; `SWITCH_WINDOW`): the rewards
   aligned on the episode's switch step, `(N, 2 * window, ...)` (`around_switch`). With
@@ -62,6 +64,7 @@ import numpy as np
 import adapt
 import envs
 from benchmarks.config import EPISODE_STEPS
+from ssm_jax.validation import check_bool, check_int
 from maml.core import scale_by_inner_lr
 
 EVAL_STREAM = 2
@@ -70,10 +73,10 @@ TEST_TIME_DIVERGENCE = 1e6
 #: Steps on each side of the switch the evaluators keep (the recovery window; `episode_measures`).
 SWITCH_WINDOW = 100
 #: Prefix of an evaluator's series that holds, for its return series `X` `(N, ...)`, the
-#: rewards around the switch `(N, 2 * SWITCH_WINDOW, ...)` (`around_switch`) of the same episodes.
+#: rewards around the switch `(N, 2 * SWITCH_WINDOW, ...)` (`around_switch`) of one episode per env.
 AROUND_SWITCH = "around_switch."
 #: Prefix of an evaluator's series that holds, for its return series `X`, the final `|x - x*|`
-#: of the same episodes on a suite with a hidden goal (`envs.final_goal_distance`).
+#: of one episode per env on a suite with a hidden goal (`envs.final_goal_distance`).
 GOAL_DISTANCE = "goal_distance."
 
 
@@ -107,13 +110,17 @@ def around_switch(traj, window: int, episode=0) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeMeasures:
-    """What the evaluators measure of each measured episode besides its return (a static,
+    """What the evaluators measure of one episode per env besides returns (a static,
     hashable argument): `switch_window > 0` the rewards around the switch ("around_switch.",
     `around_switch`), `goal_distance` the final `|x - x*|` ("goal_distance."). The default
     measures nothing."""
 
     switch_window: int = 0
     goal_distance: bool = False
+
+    def __post_init__(self):
+        check_int("switch_window", self.switch_window, 0)
+        check_bool("goal_distance", self.goal_distance)
 
     def __call__(self, traj, episode=0) -> dict:
         """prefix -> the measure of episode `episode` of a `(E, T)` trajectory of one task, over envs."""
@@ -140,6 +147,8 @@ def episode_measures(suite, episode_steps: int = EPISODE_STEPS) -> EpisodeMeasur
     if getattr(suite, "switches", False):
         low, high = suite.switch_steps
         window = min(SWITCH_WINDOW, low, episode_steps - high)
+        if window < 1:
+            raise ValueError(f"episode_steps ({episode_steps}) must exceed the suite's latest switch step {high}")
     return EpisodeMeasures(switch_window=window, goal_distance=bool(getattr(suite, "has_goal", False)))
 
 
@@ -203,15 +212,14 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
     episodes: the first `context_episodes` episodes are the context (at most `episode_steps`
     steps each, the episode limit, so at least one evaluation episode completes in every env). `after_context` averages the completed
     episodes with index >= `context_episodes`; `first_episode` is the return of episode 0.
-    `measures` ("<prefix>after_context", "<prefix>first_episode", `EpisodeMeasures`) are of
-    episode `context_episodes` (the first measured one, which the window always holds whole)
-    and of episode 0.
+    `measures` ("<prefix>after_context", `EpisodeMeasures`) are of each env's episode
+    `context_episodes` (the first measured one, which the window always holds whole).
     """
     steps = in_context_window(context_episodes, episode_steps)
     traj = envs.rollout_tasks(rollout_key(key), policy, params, tasks, num_envs=num_envs,
                               num_steps=steps, env=env, carry_across_episodes=True)
     dones = traj.dones
-    index = jnp.cumsum(dones, axis=-1) - dones  # episode index of the episode ending at t
+    index = envs.episode_index(dones)  # episode index of the episode ending at t
     later = dones & (index >= context_episodes)
     first = dones & (index == 0)
 
@@ -221,8 +229,7 @@ def evaluate_in_context(key, policy, params, tasks, *, num_envs: int, env,
         return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
     out = {"after_context": mean_over(later), "first_episode": mean_over(first)}
-    out = measures.add(out, "after_context", traj, context_episodes, over_tasks=True)
-    return measures.add(out, "first_episode", traj, 0, over_tasks=True)
+    return measures.add(out, "after_context", traj, context_episodes, over_tasks=True)
 
 
 def evaluate_maml(key, algo, state, tasks, *, num_inner_steps: int, num_envs: int,

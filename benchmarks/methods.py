@@ -264,7 +264,8 @@ class Method:
 
     def measured(self, prefix: str, series: dict, config) -> Optional[np.ndarray]:
         """The measure `prefix` (`evaluation.EpisodeMeasures`: "around_switch." `(S, N, 2 * W)`,
-        "goal_distance." `(S, N)`) of the episodes the method's return measures, from the series
+        "goal_distance." `(S, N)`) of the windows the method's return measures (one episode per
+        env, `evaluation.EpisodeMeasures`), from the series
         stacked over seeds: its `returns` rule applied to its evaluator's `prefix` series; None
         when there are none (the suite does not ask for that measure)."""
         sub = {k[len(prefix):]: v for k, v in series.items() if k.startswith(prefix)}

@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.stats import seed_t_interval  # noqa: E402
+from benchmarks.stats import percent, seed_t_interval  # noqa: E402
 
 KINDS = (("normal", False, "tab:blue", "o"), ("inverted", True, "tab:red", "x"))
 #: per_task.csv physics columns plotted, with axis labels.
@@ -244,7 +244,7 @@ def plot_switch_recovery(methods: dict, path: str) -> bool:
         offsets = sw["first_offset"] + np.arange(per_seed.shape[1])
         mean = per_seed.mean(axis=0)
         color = f"C{j % 10}"
-        ax.plot(offsets, mean, color=color, lw=1.4, label=f"{name} (recovery {sw['recovery']:.0%})")
+        ax.plot(offsets, mean, color=color, lw=1.4, label=f"{name} (recovery {percent(sw['recovery'])})")
         if per_seed.shape[0] > 1:
             band = np.array([seed_t_interval(per_seed[:, [i]]) for i in range(per_seed.shape[1])])
             ax.fill_between(offsets, band[:, 0], band[:, 1], color=color, alpha=0.15, lw=0)
@@ -254,7 +254,7 @@ def plot_switch_recovery(methods: dict, path: str) -> bool:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title("Around the within-episode switch: each env's measured episode, mean over seeds x "
+    ax.set_title("Around the within-episode switch: each env's first measured episode, mean over seeds x "
                  "tasks, 95% seed-level t band", fontsize=9)
     _save(fig, path)
     return True

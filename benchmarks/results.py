@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks import evaluation as ev
 from benchmarks.methods import METHODS_BY_NAME, REFERENCE, REFERENCES, TASK_FIELDS, Measurement
 from benchmarks.rundir import atomic_write
-from benchmarks.stats import paired_difference, summarize
+from benchmarks.stats import paired_difference, percent, summarize
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "gymnax", "chex", "orbax-checkpoint", "numpy",
             "matplotlib")
@@ -62,7 +62,7 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
 
 def switch_report(around, kinds) -> dict:
     """results.json's "around_switch" of a method: `around` `(S, N, 2 * W)` rewards around the
-    switch (`Method.around_switch`; entry `W + d` is the reward `d` steps after it, `d` in
+    switch (`Method.measured(evaluation.AROUND_SWITCH, ...)`; entry `W + d` is the reward `d` steps after it, `d` in
     `[-W, W)`). "before" / "after": `summarize` of each task's reward sum over the `W` steps
     before / from the switch; "after_minus_before": their paired difference; "recovery":
     mean after / mean before (the fraction of the pre-switch return kept after it);
@@ -100,11 +100,11 @@ def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
         if sw is not None:
             log(f"{indent}return over the {sw['window']} steps before / after the switch: "
                 f"{sw['before']['return_mean']:.1f} / {sw['after']['return_mean']:.1f} "
-                f"(recovery {sw['recovery']:.0%})")
+                f"(recovery {percent(sw['recovery'])})")
         distance = m.get("final_goal_distance")
         if distance is not None:
-            log(f"{indent}final |x - x*| of the measured episode: {distance['mean']:.2f} m "
-                f"+- {distance['ci95']:.2f}")
+            ci = f" +- {distance['ci95']:.2f}" if np.isfinite(distance["ci95"]) else ""
+            log(f"{indent}final |x - x*| of each env's first episode: {distance['mean']:.2f}{ci} m")
         for reference in REFERENCES:
             versus = m.get(f"vs_{reference}")
             if versus is not None:

@@ -30,6 +30,11 @@ import scipy.stats
 Z95 = 1.959963984540054
 
 
+def percent(x) -> str:
+    """`x` as a whole percentage, "n/a" for None or a non-finite value (results.json's null)."""
+    return f"{x:.0%}" if x is not None and np.isfinite(x) else "n/a"
+
+
 def mean_ci95(values) -> tuple[float, float, int]:
     """`(mean, half-width of the normal-approximation 95% CI, n)` of the finite entries."""
     v = np.asarray(values, dtype=np.float64).ravel()

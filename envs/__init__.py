@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "context": ("ContextWrapper",),
     "observation": ("OBS_MODES", "PARTIAL_OBS_INDICES", "obs_dim", "observe"),
     "registry": ("ENV_NAMES", "make"),
-    "rollout": ("TRAJECTORY_INFO", "Trajectory", "check_policy", "episode_returns_per_row",
+    "rollout": ("TRAJECTORY_INFO", "Trajectory", "check_policy", "episode_index", "episode_returns_per_row",
                 "first_episode_return", "mean_episode_return", "num_episodes", "rollout", "rollout_tasks"),
     "suite_env": ("GoalVisible", "SuiteCartPole", "SuiteParams", "SuiteState", "make_suite_env",
                   "make_suite_params", "rewards_around_switch", "final_goal_distance"),

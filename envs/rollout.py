@@ -126,6 +126,13 @@ def episode_returns_per_row(traj: Trajectory) -> tuple[jax.Array, jax.Array]:
     return total, count
 
 
+def episode_index(dones) -> jax.Array:
+    """The index of the episode each step belongs to, from done flags `(..., T)`: 0 up to and
+    including the first done step, 1 up to the second, and so on (int)."""
+    dones = jnp.asarray(dones)
+    return jnp.cumsum(dones, axis=-1) - dones
+
+
 def first_episode_return(traj: Trajectory) -> jax.Array:
     """Per-row undiscounted return of the FIRST episode of the window (float32).
 

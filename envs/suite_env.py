@@ -41,6 +41,8 @@ from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, EnvState
 
 from envs.observation import PARTIAL_OBS_INDICES, check_obs_mode, observe
+from envs.rollout import episode_index
+from ssm_jax.validation import check_int
 from envs.wrapper import ObservationWrapper
 
 #: The switch bounds of an episode that never switches (beyond any episode limit).
@@ -146,10 +148,9 @@ def rewards_around_switch(traj, window: int, episode=0) -> jax.Array:
     if "since_switch" not in traj.info:
         raise ValueError("rewards_around_switch: traj.info has no since_switch; roll out a SuiteCartPole "
                          "(envs.make_suite_env) whose tasks switch")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
+    window = check_int("window", window, 1)
     dones = traj.dones
-    index = jnp.cumsum(dones, axis=-1) - dones  # the episode each step belongs to
+    index = episode_index(dones)
     offset = traj.info["since_switch"] + window
     keep = (index == jnp.asarray(episode)[..., None]) & (offset >= 0) & (offset < 2 * window)
     bins = jnp.where(keep, offset, 2 * window).reshape((-1, dones.shape[-1]))
@@ -168,7 +169,7 @@ def final_goal_distance(traj, episode=0) -> jax.Array:
         raise ValueError("final_goal_distance: traj.info has no goal_distance; roll out a SuiteCartPole "
                          "(envs.make_suite_env)")
     dones = traj.dones
-    index = jnp.cumsum(dones, axis=-1) - dones
+    index = episode_index(dones)
     mine = index == jnp.asarray(episode)[..., None]
     last = dones.shape[-1] - 1 - jnp.argmax(jnp.flip(mine, axis=-1), axis=-1)
     distance = jnp.take_along_axis(traj.info["goal_distance"], last[..., None], axis=-1)[..., 0]

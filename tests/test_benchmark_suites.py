@@ -291,7 +291,6 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
                 curve = np.asarray(m["around_switch"]["reward_by_offset_per_seed"])
                 assert curve.shape == (2, 200) and np.all((curve >= 0) & (curve <= 1))
                 assert np.all(np.diff(curve, axis=-1) <= 1e-6)
-                assert m["around_switch"]["after"]["return_mean"] <= m["around_switch"]["before"]["return_mean"]
     summary = suite_summary({n: _check_results(os.path.join(out, n), _suite_test_methods(n)) for n in names})
     print_suite_summary(summary)
     assert "summary over suites" in capsys.readouterr().out

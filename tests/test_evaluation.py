@@ -532,7 +532,6 @@ def test_episode_measures_of_every_evaluator_are_of_the_episodes_its_return_meas
     traj = envs.rollout_tasks(ev.rollout_key(key), rl2.policy, rl2_params, tasks, num_envs=3, num_steps=2 * steps,
                               env=rl2.env, carry_across_episodes=True)
     np.testing.assert_allclose(got["around_switch.after_context"], reference(traj, 1), rtol=1e-6)
-    np.testing.assert_allclose(got["around_switch.first_episode"], reference(traj, 0), rtol=1e-6)
     np.testing.assert_allclose(got["goal_distance.after_context"], distance(traj, 1), rtol=1e-6)
 
     maml = build_trainer("maml_ssm", config)
@@ -566,3 +565,29 @@ def test_episode_measures_of_every_evaluator_are_of_the_episodes_its_return_meas
     np.testing.assert_allclose(got["around_switch.return"], np.stack([reference(w.traj) for w in windows]),
                                rtol=1e-6)
     np.testing.assert_allclose(got["goal_distance.return"], [distance(w.traj) for w in windows], rtol=1e-6)
+
+
+def test_switch_report_by_hand_and_a_run_that_never_reaches_the_switch(tmp_path):
+    """`switch_report` against sums written out by hand; a run whose episodes all end before
+    the window (before = 0) stores a null recovery, which the table and the plot print as n/a."""
+    from benchmarks import plotting
+    from benchmarks.results import switch_report
+    from benchmarks.stats import percent
+
+    rng = np.random.default_rng(0)
+    around, kinds = rng.uniform(size=(3, 4, 10)), rng.uniform(size=(3, 4)) < 0.5
+    r = switch_report(around, kinds)
+    before, after = around[..., :5].sum(-1), around[..., 5:].sum(-1)
+    assert r["window"] == 5 and r["first_offset"] == -5
+    np.testing.assert_allclose([r["before"]["return_mean"], r["after"]["return_mean"]], [before.mean(), after.mean()])
+    np.testing.assert_allclose(r["recovery"], after.mean() / before.mean())
+    np.testing.assert_allclose(r["after_minus_before"]["mean"], (after - before).mean())
+    np.testing.assert_allclose(r["reward_by_offset_per_seed"], around.mean(axis=1))
+    np.testing.assert_allclose(r["reward_by_offset"], around.mean(axis=(0, 1)))
+
+    never = json_safe(switch_report(np.zeros((2, 3, 10)), kinds[:2, :3]))
+    assert never["recovery"] is None and percent(never["recovery"]) == "n/a" and percent(0.456) == "46%"
+    path = str(tmp_path / "switch.png")
+    assert plotting.plot_switch_recovery({"a": {"around_switch": never}, "b": {"around_switch": json_safe(r)}}, path)
+    assert os.path.getsize(path) > 0
+    assert not plotting.plot_switch_recovery({"a": {"return_mean": 1.0}}, str(tmp_path / "none.png"))
