@@ -207,9 +207,10 @@ def evaluate_with_adaptation(
     with ``jax_threefry_partitionable``, JAX's default: ValueError without
     it). A concrete count outside ``[0, num_rounds]`` is a ValueError.
 
-    ``measure`` (static; None: the mean first-episode return above) maps a
-    round's trajectory (``envs.Trajectory`` ``(num_envs, steps_per_round)``) to
-    what the round reports: a pytree of float arrays, stacked over rounds.
+    ``measure`` (a Python callable; None: the mean first-episode return above)
+    maps a round's trajectory (``envs.Trajectory`` ``(num_envs,
+    steps_per_round)``) to what the round reports: a pytree of floating-point
+    arrays (a skipped round's are NaN), stacked over rounds.
 
     Returns ``(final_params, returns, infos)``: ``returns`` ``(num_rounds,)``
     is each round's mean first-episode return (see above; ``measure``'s
