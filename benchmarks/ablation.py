@@ -281,14 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from benchmarks import rundir, runs  # noqa: PLC0415 - after the usage checks: --help stays fast
+    from benchmarks import compile_time, rundir, runs  # noqa: PLC0415 - after the usage checks: --help stays fast
     from benchmarks.results import json_safe  # noqa: PLC0415
     from benchmarks.checkpointing import CheckpointError  # noqa: PLC0415
 
     try:
         check_method(args.method)  # before loading anything
         run = runs.load_run(args.run, methods=[args.method])
-        result = measure(run, args.method)
+        with compile_time.quick_compilation(run.config.quick):  # as the run compiled its evaluation
+            result = measure(run, args.method)
     except ValueError as err:  # RunDirError included: bad input, named
         parser.error(str(err))
     except CheckpointError as err:

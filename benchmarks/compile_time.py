@@ -12,6 +12,10 @@ on in `directory` (or off, for None) for the compilations inside it, caching eve
 takes at least `CACHE_MIN_COMPILE_TIME_S` to compile, and restores JAX's previous cache settings
 on exit. The cache stores the executables XLA compiled, so a run reads back exactly what it would
 have compiled: results do not depend on it.
+
+`quick_compilation(on)` is a context manager that compiles the programs inside it with most of
+XLA's optimisations off (`FAST_COMPILE`) when `on`, and restores the setting on exit. `--quick`
+runs use it: their budgets are tiny, so compilation, not running, is most of their time.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ CACHE_MIN_COMPILE_TIME_S = 0.0
 #: The JAX settings `persistent_cache` changes and restores.
 CACHE_SETTINGS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
                   "jax_persistent_cache_min_compile_time_secs")
+
+#: JAX's switch for XLA backend optimisation level 0 without LLVM's expensive passes, read at
+#: every compilation (and part of the persistent cache's key).
+FAST_COMPILE = "jax_disable_most_optimizations"
 
 _seconds = [0.0]
 _counts = {"hits": 0, "writes": 0}
@@ -107,3 +115,25 @@ def persistent_cache(directory: Optional[str], log: Callable[[str], None] = prin
             jax.config.update(name, value)
         compilation_cache.reset_cache()
         _active_cache[0] = previous
+
+
+@contextlib.contextmanager
+def quick_compilation(on: bool) -> Iterator[bool]:
+    """Compile the block's programs with most of XLA's optimisations off (`FAST_COMPILE`) if `on`
+    (else as they are); yields `on`. Programs compile in roughly half the time and run slower,
+    and float results may differ in the last bits from optimised programs (fusion changes the
+    order of operations), so one run (its training, `--resume` and `--eval_only`) compiles one
+    way throughout: `benchmarks.cartpole` turns it on exactly when the run's config is `quick`.
+    On exit the previous setting is back."""
+    before = jax.config.values[FAST_COMPILE]
+    if on:
+        jax.config.update(FAST_COMPILE, True)
+    try:
+        yield on
+    finally:
+        jax.config.update(FAST_COMPILE, before)
+
+
+def quick_compilation_on() -> bool:
+    """Whether programs compiled now get most of XLA's optimisations off (`quick_compilation`)."""
+    return bool(jax.config.values[FAST_COMPILE])

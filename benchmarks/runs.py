@@ -32,6 +32,7 @@ import numpy as np
 
 import adapt
 import envs
+from benchmarks import compile_time
 from benchmarks import evaluation as ev
 from benchmarks import rundir
 from benchmarks.config import BenchmarkConfig
@@ -184,13 +185,15 @@ class MethodPolicy:
 
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
         """The method's registered evaluator on seed `seed_index`'s tasks: by default the run's
-        own test tasks and evaluation key, which reproduces the run's per-task series exactly."""
+        own test tasks and evaluation key, which reproduces the run's per-task series exactly
+        (compiled as the run compiled it: `compile_time.quick_compilation` for a --quick run)."""
         s = _index("seed_index", seed_index, self.num_seeds)
         key = ev.eval_key(self.config.seed, s) if key is None else key
         if tasks is None:
             tasks = ev.test_tasks(key, self.config.evaluation.num_tasks,
                                   envs.get_suite(self.config.suite, self.config.env_name))
-        return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
+        with compile_time.quick_compilation(self.config.quick):
+            return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9, 10))

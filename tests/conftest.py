@@ -5,6 +5,10 @@ import contextlib
 import chex
 import pytest
 
+# JAX's switch for XLA backend optimisation level 0 without LLVM's expensive passes (read at every
+# compilation, and by the test subprocesses from JAX_DISABLE_MOST_OPTIMIZATIONS).
+from benchmarks.compile_time import FAST_COMPILE
+
 
 @pytest.fixture
 def fresh_python():
@@ -25,10 +29,6 @@ def fresh_python():
 
     return run
 
-
-#: JAX's switch (read at every compilation, and from this environment variable by the test
-#: subprocesses) for XLA backend optimisation level 0 without LLVM's expensive passes.
-FAST_COMPILE = "jax_disable_most_optimizations"
 
 #: XLA's CPU fusion emitters off (read once, when JAX starts its CPU backend, from `XLA_FLAGS`):
 #: fused computations are then emitted by XLA's older elemental emitter, which compiles faster

@@ -588,6 +588,7 @@ def _restore_raw(ckdir, step):
 def test_quick_run_end_to_end(quick_run):
     """The shared --quick run (tests/conftest.py; a `python -m benchmarks.cartpole --quick`)."""
     res = _check_results(quick_run.out, STANDARD_METHODS)
+    assert res["timing"]["quick_compilation"] is True  # compile_time.quick_compilation
     assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
     assert "first_episode" in res["methods"]["in_context"]
     assert set(res["methods"]["maml_adapted"]["vs_non_adaptive"]) == {"all", "normal", "inverted"}

@@ -1,7 +1,8 @@
 """JAX's persistent compilation cache for `python -m benchmarks.cartpole`: the `--compile_cache`
 flag (checked without JAX), `benchmarks.compile_time.persistent_cache` (entries written and read
 back, off for None even when JAX has a cache directory, JAX's settings restored) and what a run
-records. A run's own cache use is checked on the shared tiny run of tests/test_after_a_run.py."""
+records. A run's own cache use is checked on the shared tiny run of tests/test_after_a_run.py.
+Also `compile_time.quick_compilation`, with which `--quick` runs compile."""
 
 import os
 
@@ -110,3 +111,52 @@ def test_a_directory_that_cannot_be_created_runs_without_a_cache(tmp_path):
         _program(4.5)(jnp.ones(3)).block_until_ready()
     assert len(notes) == 1 and notes[0].startswith("note: no compilation cache: cannot create")
     assert str(blocker / "cache") in notes[0]
+
+
+def test_quick_compilation_reaches_the_compiler_and_restores_the_setting(tmp_path):
+    """`quick_compilation(True)` compiles with most optimisations off: the same program compiled
+    inside and outside it is two persistent-cache entries (the optimisation level is part of
+    the compile options the key hashes), with equal values; False leaves the setting as it is,
+    and the previous setting is back after the block, also after an error."""
+    before = compile_time.quick_compilation_on()
+    x = jnp.linspace(-3.0, 3.0, 7)
+    cache = str(tmp_path / "cc")
+    with compile_time.persistent_cache(cache):
+        with compile_time.quick_compilation(False) as on:
+            assert on is False and compile_time.quick_compilation_on() == before
+            a = np.asarray(_program(6.5)(x))
+        n = len(_entries(cache))
+        with compile_time.quick_compilation(True) as on:
+            assert on is True and compile_time.quick_compilation_on()
+            b = np.asarray(_program(6.5)(x))
+        if before:  # the suite's default run compiles this way already: one program, one entry
+            assert len(_entries(cache)) == n == 1
+        else:
+            assert len(_entries(cache)) == n + 1 == 2
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert compile_time.quick_compilation_on() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with compile_time.quick_compilation(True):
+            raise RuntimeError("inside")
+    assert compile_time.quick_compilation_on() == before
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_a_run_compiles_quickly_exactly_when_its_config_is_quick(quick, tmp_path, monkeypatch):
+    """`run_command` wraps the run (and `--suite all`) in `quick_compilation(config.quick)`:
+    a --quick run, and the --resume or --eval_only of one (they read its config.json), compile
+    with most optimisations off; any other run compiles as the process does."""
+    from benchmarks import cartpole
+
+    seen = []
+    monkeypatch.setattr(cartpole, "run", lambda config, options: seen.append(compile_time.quick_compilation_on()))
+    monkeypatch.setattr(cartpole, "run_all_suites",
+                        lambda config, options: seen.append(compile_time.quick_compilation_on()))
+    before = compile_time.quick_compilation_on()
+    for extra in ([], ["--suite", "all"]):
+        config, options = parse_args((["--quick"] if quick else []) + extra + ["--out", str(tmp_path / "run"),
+                                                                                 "--compile_cache", "none"])
+        assert config.quick == quick and options.all_suites == bool(extra)
+        cartpole.run_command(config, options)
+    assert seen == [quick or before] * 2
+    assert compile_time.quick_compilation_on() == before
