@@ -234,6 +234,11 @@ class EvaluationConfig:
             "hybrid_replay_ratio", self.hybrid_replay_ratio, minimum=0.0, maximum=1.0, strict_max=True))
 
 
+def _goal_oracle_ppo() -> PPOConfig:
+    """The goal oracle's PPO training: non_adaptive_ssm's settings (`_non_adaptive_ppo`)."""
+    return _non_adaptive_ppo()
+
+
 def _non_adaptive_ppo() -> PPOConfig:
     """The PPO training of both non-adaptive baselines (non_adaptive, non_adaptive_ssm): the
     same budget and settings, so the two differ only in their policy."""
@@ -269,6 +274,8 @@ class BenchmarkConfig:
         the number of iterations).
       non_adaptive_ssm: PPO training of the non_adaptive_ssm SSM policy (`PPOConfig`, carry
         reset at every episode start; defaults equal to non_adaptive's).
+      goal_oracle: PPO training of the goal suite's oracle, non_adaptive_ssm's policy told the
+        hidden goal (`PPOConfig`, carry reset at every episode start; `_goal_oracle_ppo`).
       in_context: PPO training of the RL^2 agent (`PPOConfig`, carry kept across episodes).
       in_context_policy: the RL^2 agent's policy (`InContextPolicyConfig`).
       policy: sizes of the non-adaptive and MAML policies (`PolicyConfig`).
@@ -287,6 +294,7 @@ class BenchmarkConfig:
     maml: MAMLTrainingConfig = dataclasses.field(default_factory=MAMLTrainingConfig)
     non_adaptive: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     non_adaptive_ssm: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
+    goal_oracle: PPOConfig = dataclasses.field(default_factory=_goal_oracle_ppo)
     in_context: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
         num_tasks=16, num_envs=2, num_steps=1000, lr=1e-3, entropy_coef=0.01,
         total_iterations=150, carry_across_episodes=True))
@@ -328,7 +336,7 @@ class BenchmarkConfig:
         if self.maml.anneal_outer_lr:
             _check_step_count("maml.num_meta_updates", self.maml.num_meta_updates,
                               self.maml.rl.num_outer_epochs, "outer epochs")
-        for name in ("non_adaptive", "non_adaptive_ssm", "in_context"):
+        for name in ("non_adaptive", "non_adaptive_ssm", "goal_oracle", "in_context"):
             ppo = getattr(self, name)
             if ppo.anneal_lr:
                 _check_step_count(f"{name}.total_iterations", ppo.total_iterations,
@@ -336,9 +344,10 @@ class BenchmarkConfig:
         if self.episode_steps % self.evaluation.within_episode_chunk:
             raise ValueError(f"evaluation.within_episode_chunk must divide the {self.episode_steps}-step "
                              f"evaluation window of {self.env_name}, got {self.evaluation.within_episode_chunk}")
-        if self.non_adaptive_ssm.carry_across_episodes:
-            raise ValueError("non_adaptive_ssm.carry_across_episodes must be False (its carry is reset at "
-                             "every episode start; in_context is the agent that keeps it), got True")
+        for name in ("non_adaptive_ssm", "goal_oracle"):
+            if getattr(self, name).carry_across_episodes:
+                raise ValueError(f"{name}.carry_across_episodes must be False (its carry is reset at every "
+                                 f"episode start; in_context is the agent that keeps it), got True")
 
     @classmethod
     def quick_preset(cls) -> "BenchmarkConfig":
@@ -396,6 +405,8 @@ class BenchmarkConfig:
             raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
         if is_flat(d):
             d = migrate_flat(d)
+        if "goal_oracle" not in d and isinstance(d.get("non_adaptive_ssm"), Mapping):
+            d = {**d, "goal_oracle": d["non_adaptive_ssm"]}  # runs stored before the oracle had its own
         base = cls.quick_preset() if d.get("quick") is True else cls()
         return base.with_values(_paths(d))
 
@@ -460,6 +471,7 @@ QUICK_VALUES = {
     "maml.rl.support_steps": 100, "maml.rl.query_steps": 100,
     "non_adaptive.total_iterations": 10, "non_adaptive.num_tasks": 4, "non_adaptive.num_envs": 2,
     "non_adaptive_ssm.total_iterations": 10, "non_adaptive_ssm.num_tasks": 4, "non_adaptive_ssm.num_envs": 2,
+    "goal_oracle.total_iterations": 10, "goal_oracle.num_tasks": 4, "goal_oracle.num_envs": 2,
     "in_context.total_iterations": 10, "in_context.num_tasks": 4, "in_context.num_envs": 2,
     "in_context.num_steps": 200,
     "in_context_policy.num_layers": 1, "in_context_policy.hidden_dim": 32,

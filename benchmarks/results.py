@@ -5,7 +5,8 @@
 `trained_model` (its trainer), its registry entry's extra fields, on a suite whose tasks switch
 `around_switch` (`switch_report`: the return before and after the switch), on a suite with a
 hidden goal `final_goal_distance` (`summarize` of the final |x - x*| per task, in m, its keys
-without "return_"), and `vs_<reference>`, the
+without "return_"), on runs that hold the goal oracle `of_goal_oracle` (`oracle_fraction`: the
+method's return as a fraction of the oracle's), and `vs_<reference>`, the
 paired per-task difference to each non-adaptive baseline of `REFERENCES` the run holds (but
 the baseline itself): non_adaptive, and non_adaptive_ssm.
 `print_table(entries)` prints them; `json_safe` and `versions` prepare the rest of results.json.
@@ -26,7 +27,7 @@ import jax
 import numpy as np
 
 from benchmarks import evaluation as ev
-from benchmarks.methods import METHODS_BY_NAME, REFERENCE, REFERENCES, TASK_FIELDS, Measurement
+from benchmarks.methods import GOAL_METHODS, METHODS_BY_NAME, REFERENCE, REFERENCES, TASK_FIELDS, Measurement
 from benchmarks.rundir import atomic_write
 from benchmarks.stats import paired_difference, percent, summarize
 
@@ -53,11 +54,26 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
         if distance is not None:
             entry["final_goal_distance"] = {k.removeprefix("return_"): v
                                             for k, v in summarize(distance, m.kinds).items()}
+        for oracle in GOAL_METHODS:
+            if name != oracle and oracle in m.returns:
+                entry[f"of_{oracle}"] = oracle_fraction(returns, m.returns[oracle])
         for reference in REFERENCES:
             if name != reference and reference in m.returns:
                 entry[f"vs_{reference}"] = paired_difference(returns, m.returns[reference], m.kinds)
         out[name] = entry
     return out
+
+
+def oracle_fraction(returns, oracle) -> dict:
+    """A method's return as a fraction of an oracle's on the same `(S, N)` tasks: "mean" is the
+    ratio of the two means over seeds x tasks, "per_seed" the ratio of each seed's means (NaN
+    where the oracle's mean is not positive: the ratio then means nothing)."""
+    returns, oracle = np.asarray(returns, np.float64), np.asarray(oracle, np.float64)
+    if returns.shape != oracle.shape or returns.ndim != 2:
+        raise ValueError(f"returns and oracle must both be (seeds, tasks), got {returns.shape} and {oracle.shape}")
+    ratio = lambda a, b: float(a / b) if b > 0 else float("nan")  # noqa: E731
+    return {"mean": ratio(returns.mean(), oracle.mean()),
+            "per_seed": [ratio(a, b) for a, b in zip(returns.mean(axis=1), oracle.mean(axis=1))]}
 
 
 def switch_report(around, kinds) -> dict:
@@ -101,6 +117,11 @@ def print_table(entries: dict, log=print, registry=METHODS_BY_NAME) -> None:
             log(f"{indent}return over the {sw['window']} steps before / after the switch: "
                 f"{sw['before']['return_mean']:.1f} / {sw['after']['return_mean']:.1f} "
                 f"(recovery {percent(sw['recovery'])})")
+        for oracle in GOAL_METHODS:
+            fraction = m.get(f"of_{oracle}")
+            if fraction is not None:
+                log(f"{indent}of {oracle}'s return: {percent(fraction['mean'])} (per seed "
+                    + ", ".join(percent(f) for f in fraction["per_seed"]) + ")")
         distance = m.get("final_goal_distance")
         if distance is not None:
             ci = f" +- {distance['ci95']:.2f}" if np.isfinite(distance["ci95"]) else ""

@@ -146,21 +146,28 @@ def _non_adaptive(name, config, env, task_dist, mesh=None) -> Trainer:
     return PPOTrainer(name, policy, env, algo, config.non_adaptive.total_iterations)
 
 
+def _ssm_ppo(ppo, config, env, task_dist, mesh) -> tuple:
+    """`(policy, algo)`: the SSM policy of `config.policy` trained by PPO with `ppo` on `env`."""
+    policy = config.policy.ssm(obs_dim=envs.obs_dim(env), **_action_head(env))
+    return policy, maml.PPO(policy, ppo, env=env, task_dist=task_dist, mesh=mesh)
+
+
 def _non_adaptive_ssm(name, config, env, task_dist, mesh=None) -> Trainer:
     ppo = config.non_adaptive_ssm  # carry_across_episodes is False (BenchmarkConfig checks it)
-    policy = config.policy.ssm(obs_dim=envs.obs_dim(env), **_action_head(env))
-    algo = maml.PPO(policy, ppo, env=env, task_dist=task_dist, mesh=mesh)
+    policy, algo = _ssm_ppo(ppo, config, env, task_dist, mesh)
     return PPOTrainer(name, policy, env, algo, ppo.total_iterations)
 
 
 def _goal_oracle(name, config, env, task_dist, mesh=None) -> Trainer:
-    """non_adaptive_ssm's policy and PPO training (`config.non_adaptive_ssm`) in the goal suite
-    with the hidden goal appended to its observation (`envs.GoalVisible`): the oracle the goal
-    suite's adaptive methods are measured against."""
+    """non_adaptive_ssm's policy trained by PPO with its own budget (`config.goal_oracle`) in
+    the goal suite, with the hidden goal appended to its observation (`envs.GoalVisible`): the
+    oracle the goal suite's adaptive methods are measured against."""
     if not getattr(task_dist, "has_goal", False):
         raise ValueError(f"goal_oracle is told the hidden goal, so it needs a suite with one (goal), got "
                          f"suite {getattr(task_dist, 'name', task_dist)!r}")
-    return _non_adaptive_ssm(name, config, envs.GoalVisible(env), task_dist, mesh)
+    env = envs.GoalVisible(env)
+    policy, algo = _ssm_ppo(config.goal_oracle, config, env, task_dist, mesh)
+    return PPOTrainer(name, policy, env, algo, config.goal_oracle.total_iterations)
 
 
 def _in_context(name, config, env, task_dist, mesh=None) -> Trainer:
@@ -199,7 +206,7 @@ class TrainerSpec:
 TRAINERS = {
     "non_adaptive": TrainerSpec(("non_adaptive", "policy"), _non_adaptive),
     "non_adaptive_ssm": TrainerSpec(("non_adaptive_ssm", "policy"), _non_adaptive_ssm),
-    "goal_oracle": TrainerSpec(("non_adaptive_ssm", "policy"), _goal_oracle),
+    "goal_oracle": TrainerSpec(("goal_oracle", "policy"), _goal_oracle),
     "in_context": TrainerSpec(("in_context", "in_context_policy"), _in_context),
     "maml_ssm": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.ssm(**dims))),
     "maml_mlp": TrainerSpec(("maml", "policy"), _maml(lambda p, **dims: p.mlp(**dims))),

@@ -88,6 +88,27 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
         assert dist is suite
 
 
+def test_goal_oracle_trains_with_its_own_section_and_old_runs_keep_theirs():
+    """goal_oracle's PPO budget and settings are `config.goal_oracle`, whatever non_adaptive_ssm's
+    are; a config stored before that section existed (its oracle trained with non_adaptive_ssm's
+    section) reads back with that section as the oracle's; its carry is reset like
+    non_adaptive_ssm's."""
+    config = BenchmarkConfig(suite="goal").with_values({
+        "goal_oracle.total_iterations": 40, "goal_oracle.lr": 3e-4, "non_adaptive_ssm.total_iterations": 20})
+    oracle, ssm = build_trainer("goal_oracle", config), build_trainer("non_adaptive_ssm", config)
+    assert (oracle.iterations, oracle.algo.config) == (40, config.goal_oracle)
+    assert (ssm.iterations, ssm.algo.config) == (20, config.non_adaptive_ssm)
+    assert oracle.algo.config.lr == 3e-4 != ssm.algo.config.lr
+    assert oracle.policy.obs_dim == ssm.policy.obs_dim + 1 and oracle.env == envs.GoalVisible(ssm.env)
+    stored = config.to_dict()
+    del stored["goal_oracle"]
+    assert BenchmarkConfig.from_dict(stored).goal_oracle == config.non_adaptive_ssm
+    assert BenchmarkConfig.from_dict(config.to_dict()) == config
+    assert BenchmarkConfig().goal_oracle.carry_across_episodes is False
+    with pytest.raises(ValueError, match="goal_oracle.carry_across_episodes must be False"):
+        config.with_values({"goal_oracle.carry_across_episodes": True})
+
+
 def test_each_suite_runs_its_default_methods_unless_methods_are_given(tmp_path, monkeypatch, capsys):
     """standard keeps today's six methods; every other suite runs every method that exists there
     (goal_oracle on goal only); --methods (or a config file's methods) overrides that for one
@@ -285,6 +306,8 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
         for m in res["methods"].values():
             assert ("around_switch" in m) == switches
             assert ("final_goal_distance" in m) == SUITES[name].has_goal
+        for method, m in res["methods"].items():  # the suite test runs the oracle wherever there is a goal
+            assert ("of_goal_oracle" in m) == (SUITES[name].has_goal and method not in GOAL_METHODS)
             if SUITES[name].has_goal:  # the track is 4.8 m long and |x*| <= 1.5
                 assert all(0 <= d <= 4.0 for d in m["final_goal_distance"]["per_seed_mean"])
             if switches:  # survival reward: the fraction of episodes running only falls with time

@@ -591,3 +591,25 @@ def test_switch_report_by_hand_and_a_run_that_never_reaches_the_switch(tmp_path)
     assert plotting.plot_switch_recovery({"a": {"around_switch": never}, "b": {"around_switch": json_safe(r)}}, path)
     assert os.path.getsize(path) > 0
     assert not plotting.plot_switch_recovery({"a": {"return_mean": 1.0}}, str(tmp_path / "none.png"))
+
+
+def test_oracle_fraction_by_hand_and_its_table_line(capsys):
+    """`oracle_fraction`: the ratio of the means over seeds x tasks and of each seed's means,
+    against numbers worked out by hand; NaN (null, printed n/a) where the oracle's mean is not
+    positive; mismatched shapes are refused. The table prints it as percentages."""
+    from benchmarks.results import oracle_fraction
+
+    returns = np.array([[100.0, 200.0], [300.0, 300.0]])
+    oracle = np.array([[200.0, 400.0], [400.0, 400.0]])
+    f = oracle_fraction(returns, oracle)  # means 225 / 350; per seed 150/300, 300/400
+    np.testing.assert_allclose(f["mean"], 225.0 / 350.0)
+    np.testing.assert_allclose(f["per_seed"], [0.5, 0.75])
+    zero = oracle_fraction(returns, np.array([[0.0, 0.0], [400.0, 400.0]]))
+    assert np.isnan(zero["per_seed"][0]) and json_safe(zero)["per_seed"][0] is None
+    with pytest.raises(ValueError, match="returns and oracle must both be"):
+        oracle_fraction(returns, oracle[:1])
+    entry = {"return_mean": 225.0, "return_ci95": 1.0, "per_seed_mean": [150.0, 300.0],
+             "return_by_task_kind": {k: {"mean": 1.0, "ci95": 1.0} for k in ("normal", "inverted")},
+             "of_goal_oracle": f}
+    print_table({"non_adaptive": entry})
+    assert "of goal_oracle's return: 64% (per seed 50%, 75%)" in capsys.readouterr().out
