@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     try:
         check_method(args.method)  # before loading anything
         run = runs.load_run(args.run, methods=[args.method])
-        with compile_time.quick_compilation(run.config.quick):  # as the run compiled its evaluation
+        with compile_time.fast_compile(run.config.fast_compile):  # as the run compiled its evaluation
             result = measure(run, args.method)
     except ValueError as err:  # RunDirError included: bad input, named
         parser.error(str(err))

@@ -539,7 +539,7 @@ def compare(cache: RunCache, run_dir: str, num_tasks, seed, out_dir: Optional[st
     config = rundir.load_run_config(run_dir)
     if seed > 2**32 - config.num_seeds:
         raise AppError(f"task seed must be <= {2**32 - config.num_seeds}, got {seed}")
-    from benchmarks import plotting  # noqa: PLC0415
+    from benchmarks import compile_time, plotting  # noqa: PLC0415
     from benchmarks.methods import measure  # noqa: PLC0415
     from benchmarks.results import json_safe, method_results, per_task_rows  # noqa: PLC0415
 
@@ -551,7 +551,8 @@ def compare(cache: RunCache, run_dir: str, num_tasks, seed, out_dir: Optional[st
         policies = cache.policies(run_dir, config.methods)
         trainers = {p.method.trainer: p.trainer for p in policies.values()}
         states = {p.method.trainer: p.states for p in policies.values()}
-        measurement = measure(cfg, trainers, states)
+        with compile_time.fast_compile(config.fast_compile):  # as the run compiled its evaluation
+            measurement = measure(cfg, trainers, states)
         methods = json_safe(method_results(cfg, trainers, measurement))
     rows = [{k: str(v) for k, v in r.items()} for r in per_task_rows(cfg, measurement)]
     plot = output_path(out_dir, "compare", ".png")

@@ -223,7 +223,7 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
                    "env_steps_per_s": env_steps / run_s if run_s > 0 else None,
                    "per_model": timing_train, "eval_only": options.eval_only,
                    "compile_cache": compile_time.active_cache(),
-                   "quick_compilation": compile_time.quick_compilation_on(),
+                   "fast_compile": compile_time.fast_compile_on(),
                    "devices": 1 if mesh is None else int(mesh.size),
                    "compile_cache_hits": cache_counts["hits"] - cache_before["hits"],
                    "compile_cache_writes": cache_counts["writes"] - cache_before["writes"]},
@@ -275,13 +275,13 @@ def run_command(config: BenchmarkConfig, options: RunOptions) -> dict:
     """`run_all_suites` for `--suite all` (`options.all_suites`), else `run`; with JAX's persistent
     compilation cache in `options.compile_cache` (None: off) for the whole command
     (`benchmarks.compile_time.persistent_cache`; results.json's timing records the directory,
-    null when off, and the cache's hits and writes). A `quick` config (`--quick`, or the run
-    it resumes or evaluates) compiles with most of XLA's optimisations off
-    (`compile_time.quick_compilation`; results.json's timing records `quick_compilation`)."""
+    null when off, and the cache's hits and writes). A config with `fast_compile` (`--quick`'s)
+    compiles with most of XLA's optimisations off (`compile_time.fast_compile`; results.json's
+    timing records whether the run's programs did)."""
     from benchmarks import compile_time
 
     with compile_time.persistent_cache(options.compile_cache, log=log), \
-            compile_time.quick_compilation(config.quick):
+            compile_time.fast_compile(config.fast_compile):
         return run_all_suites(config, options) if options.all_suites else run(config, options)
 
 

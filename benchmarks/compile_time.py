@@ -13,9 +13,10 @@ takes at least `CACHE_MIN_COMPILE_TIME_S` to compile, and restores JAX's previou
 on exit. The cache stores the executables XLA compiled, so a run reads back exactly what it would
 have compiled: results do not depend on it.
 
-`quick_compilation(on)` is a context manager that compiles the programs inside it with most of
-XLA's optimisations off (`FAST_COMPILE`) when `on`, and restores the setting on exit. `--quick`
-runs use it: their budgets are tiny, so compilation, not running, is most of their time.
+`fast_compile(on)` is a context manager that compiles the programs inside it with most of XLA's
+optimisations off (`FAST_COMPILE`) when `on`, and restores the setting on exit. Runs whose config
+says `fast_compile` (`--quick` runs: their budgets are tiny, so compilation, not running, is most
+of their time) use it.
 """
 
 from __future__ import annotations
@@ -118,22 +119,28 @@ def persistent_cache(directory: Optional[str], log: Callable[[str], None] = prin
 
 
 @contextlib.contextmanager
-def quick_compilation(on: bool) -> Iterator[bool]:
+def fast_compile(on: bool) -> Iterator[bool]:
     """Compile the block's programs with most of XLA's optimisations off (`FAST_COMPILE`) if `on`
     (else as they are); yields `on`. Programs compile in roughly half the time and run slower,
-    and float results may differ in the last bits from optimised programs (fusion changes the
-    order of operations), so one run (its training, `--resume` and `--eval_only`) compiles one
-    way throughout: `benchmarks.cartpole` turns it on exactly when the run's config is `quick`.
-    On exit the previous setting is back."""
-    before = jax.config.values[FAST_COMPILE]
-    if on:
+    and float results may differ in the last bits from optimised programs' (fusion changes the
+    order of operations), so one run (its training, `--resume`, `--eval_only` and
+    re-evaluations) compiles one way throughout: `BenchmarkConfig.fast_compile` says which.
+    JAX's in-memory caches do not key on the setting, so where it changes they are cleared on
+    entry and on exit: every program the block runs is compiled the block's way (the
+    persistent cache keys on it, and still serves both). On exit the previous setting is back."""
+    before = fast_compile_on()
+    changes = bool(on) and not before
+    if changes:
+        jax.clear_caches()
         jax.config.update(FAST_COMPILE, True)
     try:
-        yield on
+        yield bool(on)
     finally:
-        jax.config.update(FAST_COMPILE, before)
+        if changes:
+            jax.config.update(FAST_COMPILE, before)
+            jax.clear_caches()
 
 
-def quick_compilation_on() -> bool:
-    """Whether programs compiled now get most of XLA's optimisations off (`quick_compilation`)."""
+def fast_compile_on() -> bool:
+    """Whether programs compiled now get most of XLA's optimisations off (`fast_compile`)."""
     return bool(jax.config.values[FAST_COMPILE])

@@ -269,6 +269,10 @@ class BenchmarkConfig:
       chunk_size: training iterations per jitted chunk; checkpoint_every: iterations between
         checkpoints.
       quick: the run is the `--quick` smoke test.
+      fast_compile: compile with most of XLA's optimisations off
+        (`benchmarks.compile_time.fast_compile`; True in `--quick`, whose time is mostly
+        compilation). A run and its `--resume`, `--eval_only` and re-evaluations compile this
+        one way; a stored config without it (older runs) reads back False.
       maml: MAML-RL training of maml_ssm / maml_mlp (`MAMLTrainingConfig`).
       non_adaptive: PPO training of the non_adaptive MLP (`PPOConfig`; `total_iterations` is
         the number of iterations).
@@ -291,6 +295,7 @@ class BenchmarkConfig:
     chunk_size: int = 10
     checkpoint_every: int = 50
     quick: bool = False
+    fast_compile: bool = False
     maml: MAMLTrainingConfig = dataclasses.field(default_factory=MAMLTrainingConfig)
     non_adaptive: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     non_adaptive_ssm: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
@@ -327,6 +332,7 @@ class BenchmarkConfig:
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
         check_bool("quick", self.quick)
+        check_bool("fast_compile", self.fast_compile)
         for name, cls in _sections(type(self)).items():
             _check_section(name, getattr(self, name), cls)
         _check_counts(self)  # num_seeds <= MAX_COUNT < MAX_SEED first: the seed bound below is then >= 1
@@ -399,7 +405,10 @@ class BenchmarkConfig:
 
         Fields it lacks keep their values in `BenchmarkConfig()`, or in `quick_preset()` for a
         config with `quick` true (a field added since a `--quick` run was stored gets the value
-        a `--quick` run has today); unknown fields are a ValueError.
+        a `--quick` run has today), but for two that record how an older run was made: without
+        `goal_oracle` the oracle's section is its `non_adaptive_ssm` (it trained with that), and
+        without `fast_compile` it is False (it compiled optimised). Unknown fields are a
+        ValueError.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
@@ -407,6 +416,8 @@ class BenchmarkConfig:
             d = migrate_flat(d)
         if "goal_oracle" not in d and isinstance(d.get("non_adaptive_ssm"), Mapping):
             d = {**d, "goal_oracle": d["non_adaptive_ssm"]}  # runs stored before the oracle had its own
+        if "fast_compile" not in d:
+            d = {**d, "fast_compile": False}  # runs stored before it existed compiled optimised
         base = cls.quick_preset() if d.get("quick") is True else cls()
         return base.with_values(_paths(d))
 
@@ -477,7 +488,7 @@ QUICK_VALUES = {
     "in_context_policy.num_layers": 1, "in_context_policy.hidden_dim": 32,
     "policy.hidden_dim": 32,
     "evaluation.test_time_rounds": 2, "evaluation.num_tasks": 32, "evaluation.num_envs": 1,
-    "num_seeds": 2, "chunk_size": 5, "checkpoint_every": 10, "quick": True,
+    "num_seeds": 2, "chunk_size": 5, "checkpoint_every": 10, "quick": True, "fast_compile": True,
 }
 
 

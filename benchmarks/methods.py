@@ -337,8 +337,9 @@ REGISTRY = (
            report=_maml_report(_adapted_steps), lines=_inner_step_lines,
            adaptation=_by_inner_step, adaptation_unit="inner step"),
     Method("goal_oracle", "goal_oracle",
-           "goal suite only: non_adaptive_ssm's policy and training, told the hidden goal x* (appended to "
-           "its observation): the oracle the adaptive methods are measured against",
+           "goal suite only: non_adaptive_ssm's policy trained by PPO with its own budget "
+           "(config.goal_oracle), told the hidden goal x* (appended to its observation): the oracle the "
+           "adaptive methods are measured against",
            evaluate_fixed_policy, lambda s, c: s["return"]),
 )
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}

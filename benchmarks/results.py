@@ -66,14 +66,17 @@ def method_results(config, trainers: dict, measurement: Measurement, registry=ME
 
 def oracle_fraction(returns, oracle) -> dict:
     """A method's return as a fraction of an oracle's on the same `(S, N)` tasks: "mean" is the
-    ratio of the two means over seeds x tasks, "per_seed" the ratio of each seed's means (NaN
-    where the oracle's mean is not positive: the ratio then means nothing)."""
+    ratio of the two `summarize` return means (over seeds x tasks, finite returns only),
+    "per_seed" the ratio of each seed's (`per_seed_mean`); NaN where the oracle's mean is not
+    positive (the ratio then means nothing)."""
     returns, oracle = np.asarray(returns, np.float64), np.asarray(oracle, np.float64)
     if returns.shape != oracle.shape or returns.ndim != 2:
         raise ValueError(f"returns and oracle must both be (seeds, tasks), got {returns.shape} and {oracle.shape}")
-    ratio = lambda a, b: float(a / b) if b > 0 else float("nan")  # noqa: E731
-    return {"mean": ratio(returns.mean(), oracle.mean()),
-            "per_seed": [ratio(a, b) for a, b in zip(returns.mean(axis=1), oracle.mean(axis=1))]}
+    kinds = np.zeros(returns.shape, bool)
+    a, b = summarize(returns, kinds), summarize(oracle, kinds)
+    ratio = lambda x, y: float(x / y) if y > 0 else float("nan")  # noqa: E731
+    return {"mean": ratio(a["return_mean"], b["return_mean"]),
+            "per_seed": [ratio(x, y) for x, y in zip(a["per_seed_mean"], b["per_seed_mean"])]}
 
 
 def switch_report(around, kinds) -> dict:

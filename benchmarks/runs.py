@@ -186,13 +186,13 @@ class MethodPolicy:
     def evaluate(self, seed_index: int, tasks=None, key=None) -> Evaluation:
         """The method's registered evaluator on seed `seed_index`'s tasks: by default the run's
         own test tasks and evaluation key, which reproduces the run's per-task series exactly
-        (compiled as the run compiled it: `compile_time.quick_compilation` for a --quick run)."""
+        (compiled as the run compiled it, `compile_time.fast_compile(config.fast_compile)`)."""
         s = _index("seed_index", seed_index, self.num_seeds)
         key = ev.eval_key(self.config.seed, s) if key is None else key
         if tasks is None:
             tasks = ev.test_tasks(key, self.config.evaluation.num_tasks,
                                   envs.get_suite(self.config.suite, self.config.env_name))
-        with compile_time.quick_compilation(self.config.quick):
+        with compile_time.fast_compile(self.config.fast_compile):
             return self.method.evaluator(key, tasks, self.trainer, self.state(s), self.config)
 
 

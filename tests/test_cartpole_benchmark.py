@@ -163,7 +163,9 @@ def test_cli_builds_validated_configs():
 
 
 @pytest.mark.parametrize("flat, nested", [(OLD_FLAT_DEFAULT, BenchmarkConfig()),
-                                          (OLD_FLAT_QUICK, BenchmarkConfig.quick_preset())])
+                                          # an old --quick run compiled optimised (fast_compile)
+                                          (OLD_FLAT_QUICK, BenchmarkConfig.quick_preset().with_values(
+                                              {"fast_compile": False}))])
 def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, nested):
     config = BenchmarkConfig.from_dict(json.loads(json.dumps(flat)))
     assert config == nested
@@ -363,8 +365,11 @@ def test_histories_and_run_metadata_in_the_flat_form_are_migrated():
     new_maml = {"post_return": [3.0], "pre_return": [1.0], "post_return_per_seed": [[3.0, 3.0]],
                 "return_by_step": [[1.0, 2.0, 3.0]]}
     assert maml.migrate_history(old_maml) == new_maml and maml.migrate_history(new_maml) == new_maml
-    current = {"config": config.to_dict(), "model": "maml_mlp"}
+    # a --quick run stored in the flat form compiled optimised: today's quick config with fast_compile off
+    current = {"config": config.with_values({"fast_compile": False}).to_dict(), "model": "maml_mlp"}
     assert cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"}, current)
+    assert not cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"},
+                                 {"config": config.to_dict(), "model": "maml_mlp"})
     assert cartpole.same_run(json.loads(json.dumps(current)), current)
     assert not cartpole.same_run({"config": {**OLD_FLAT_QUICK, "inner_lr": 0.2}, "model": "maml_mlp"}, current)
     assert not cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_ssm"}, current)
@@ -525,8 +530,9 @@ FLAT_HISTORY_KEYS = {"episode_return": "return", "episode_return_per_seed": "ret
 
 def _rewrite_in_the_flat_form(run_dir):
     """Rewrite a TINY_PG run as the flat form stores it: config.json, and checkpoints whose
-    metadata holds the flat config and the history under the key "return"."""
-    assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0]
+    metadata holds the flat config and the history under the key "return" (the flat form has no
+    `fast_compile`: it reads back False, while the default test run compiles everything fast)."""
+    assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0].with_values({"fast_compile": False})
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(TINY_PG_FLAT, f)
     ckdir = os.path.join(run_dir, "checkpoints", "non_adaptive")
@@ -588,7 +594,7 @@ def _restore_raw(ckdir, step):
 def test_quick_run_end_to_end(quick_run):
     """The shared --quick run (tests/conftest.py; a `python -m benchmarks.cartpole --quick`)."""
     res = _check_results(quick_run.out, STANDARD_METHODS)
-    assert res["timing"]["quick_compilation"] is True  # compile_time.quick_compilation
+    assert res["timing"]["fast_compile"] is True  # compile_time.fast_compile
     assert len(res["methods"]["maml_adapted"]["return_by_inner_step"]) == 4  # 0, 1, 2, 3 steps
     assert "first_episode" in res["methods"]["in_context"]
     assert set(res["methods"]["maml_adapted"]["vs_non_adaptive"]) == {"all", "normal", "inverted"}

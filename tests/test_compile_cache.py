@@ -2,7 +2,7 @@
 flag (checked without JAX), `benchmarks.compile_time.persistent_cache` (entries written and read
 back, off for None even when JAX has a cache directory, JAX's settings restored) and what a run
 records. A run's own cache use is checked on the shared tiny run of tests/test_after_a_run.py.
-Also `compile_time.quick_compilation`, with which `--quick` runs compile."""
+Also `compile_time.fast_compile`, with which `--quick` runs compile."""
 
 import os
 
@@ -113,50 +113,66 @@ def test_a_directory_that_cannot_be_created_runs_without_a_cache(tmp_path):
     assert str(blocker / "cache") in notes[0]
 
 
-def test_quick_compilation_reaches_the_compiler_and_restores_the_setting(tmp_path):
-    """`quick_compilation(True)` compiles with most optimisations off: the same program compiled
-    inside and outside it is two persistent-cache entries (the optimisation level is part of
-    the compile options the key hashes), with equal values; False leaves the setting as it is,
-    and the previous setting is back after the block, also after an error."""
-    before = compile_time.quick_compilation_on()
+def test_fast_compile_reaches_the_compiler_clears_programs_and_restores_the_setting(tmp_path,
+                                                                                    default_optimizations):
+    """From XLA's defaults (the `default_optimizations` fixture; the default test run compiles
+    fast everywhere): `fast_compile(True)` turns most optimisations off for the block, so the
+    same program compiled inside and outside it is two persistent-cache entries (the level is
+    part of the compile options the key hashes) with values equal to rounding; a jitted function
+    compiled before the block is compiled again inside it and after it (in-memory programs are
+    cleared where the setting changes); False changes nothing; the setting is back after the
+    block, also after an error."""
     x = jnp.linspace(-3.0, 3.0, 7)
     cache = str(tmp_path / "cc")
-    with compile_time.persistent_cache(cache):
-        with compile_time.quick_compilation(False) as on:
-            assert on is False and compile_time.quick_compilation_on() == before
-            a = np.asarray(_program(6.5)(x))
-        n = len(_entries(cache))
-        with compile_time.quick_compilation(True) as on:
-            assert on is True and compile_time.quick_compilation_on()
-            b = np.asarray(_program(6.5)(x))
-        if before:  # the suite's default run compiles this way already: one program, one entry
-            assert len(_entries(cache)) == n == 1
-        else:
-            assert len(_entries(cache)) == n + 1 == 2
+    traced = []
+
+    @jax.jit
+    def f(v):
+        traced.append(1)
+        return jnp.sin(v) * 6.5 + jnp.cos(v * 6.5)
+
+    with default_optimizations(), compile_time.persistent_cache(cache):
+        assert compile_time.fast_compile_on() is False
+        with compile_time.fast_compile(False) as on:
+            assert on is False and compile_time.fast_compile_on() is False
+            a = np.asarray(f(x))
+            f(x)
+        assert len(traced) == 1 and len(_entries(cache)) == 1  # nothing cleared without a change
+        with compile_time.fast_compile(True) as on:
+            assert on is True and compile_time.fast_compile_on() is True
+            b = np.asarray(f(x))
+        assert len(traced) == 2 and len(_entries(cache)) == 2  # compiled again, the fast way
+        assert compile_time.fast_compile_on() is False
+        np.asarray(f(x))
+        assert len(traced) == 3 and len(_entries(cache)) == 2  # and again after: read back optimised
+        with pytest.raises(RuntimeError, match="inside"):
+            with compile_time.fast_compile(True):
+                raise RuntimeError("inside")
+        assert compile_time.fast_compile_on() is False
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    assert compile_time.quick_compilation_on() == before
-    with pytest.raises(RuntimeError, match="inside"):
-        with compile_time.quick_compilation(True):
-            raise RuntimeError("inside")
-    assert compile_time.quick_compilation_on() == before
 
 
 @pytest.mark.parametrize("quick", [True, False])
-def test_a_run_compiles_quickly_exactly_when_its_config_is_quick(quick, tmp_path, monkeypatch):
-    """`run_command` wraps the run (and `--suite all`) in `quick_compilation(config.quick)`:
-    a --quick run, and the --resume or --eval_only of one (they read its config.json), compile
-    with most optimisations off; any other run compiles as the process does."""
+def test_a_run_compiles_fast_exactly_when_its_config_says_so(quick, tmp_path, monkeypatch, default_optimizations):
+    """`run_command` wraps the run (and `--suite all`) in `fast_compile(config.fast_compile)`,
+    which `--quick` sets and the default leaves off (from XLA's defaults, so the difference
+    shows); a --quick run's config file keeps it, and a stored config without the field (a run
+    made before it existed) reads back False."""
     from benchmarks import cartpole
+    from benchmarks.config import BenchmarkConfig
 
     seen = []
-    monkeypatch.setattr(cartpole, "run", lambda config, options: seen.append(compile_time.quick_compilation_on()))
-    monkeypatch.setattr(cartpole, "run_all_suites",
-                        lambda config, options: seen.append(compile_time.quick_compilation_on()))
-    before = compile_time.quick_compilation_on()
-    for extra in ([], ["--suite", "all"]):
-        config, options = parse_args((["--quick"] if quick else []) + extra + ["--out", str(tmp_path / "run"),
-                                                                                 "--compile_cache", "none"])
-        assert config.quick == quick and options.all_suites == bool(extra)
-        cartpole.run_command(config, options)
-    assert seen == [quick or before] * 2
-    assert compile_time.quick_compilation_on() == before
+    monkeypatch.setattr(cartpole, "run", lambda config, options: seen.append(compile_time.fast_compile_on()))
+    monkeypatch.setattr(cartpole, "run_all_suites", lambda config, options: seen.append(compile_time.fast_compile_on()))
+    with default_optimizations():
+        for extra in ([], ["--suite", "all"]):
+            config, options = parse_args((["--quick"] if quick else []) + extra + [
+                "--out", str(tmp_path / "run"), "--compile_cache", "none"])
+            assert config.fast_compile == quick and options.all_suites == bool(extra)
+            cartpole.run_command(config, options)
+            assert compile_time.fast_compile_on() is False
+    assert seen == [quick, quick]
+    stored = parse_args(["--quick"])[0].to_dict()
+    assert BenchmarkConfig.from_dict(stored).fast_compile is True
+    del stored["fast_compile"]
+    assert BenchmarkConfig.from_dict(stored).fast_compile is False

@@ -595,8 +595,9 @@ def test_switch_report_by_hand_and_a_run_that_never_reaches_the_switch(tmp_path)
 
 def test_oracle_fraction_by_hand_and_its_table_line(capsys):
     """`oracle_fraction`: the ratio of the means over seeds x tasks and of each seed's means,
-    against numbers worked out by hand; NaN (null, printed n/a) where the oracle's mean is not
-    positive; mismatched shapes are refused. The table prints it as percentages."""
+    against numbers worked out by hand, leaving non-finite returns out as `summarize` does; NaN
+    (null, printed n/a) where the oracle's mean is not positive; mismatched shapes are refused.
+    The table prints it as percentages."""
     from benchmarks.results import oracle_fraction
 
     returns = np.array([[100.0, 200.0], [300.0, 300.0]])
@@ -606,6 +607,9 @@ def test_oracle_fraction_by_hand_and_its_table_line(capsys):
     np.testing.assert_allclose(f["per_seed"], [0.5, 0.75])
     zero = oracle_fraction(returns, np.array([[0.0, 0.0], [400.0, 400.0]]))
     assert np.isnan(zero["per_seed"][0]) and json_safe(zero)["per_seed"][0] is None
+    lost = oracle_fraction(np.array([[100.0, np.nan], [300.0, 300.0]]), oracle)  # as summarize: finite only
+    np.testing.assert_allclose(lost["mean"], (700.0 / 3) / 350.0)
+    np.testing.assert_allclose(lost["per_seed"], [100.0 / 300.0, 0.75])
     with pytest.raises(ValueError, match="returns and oracle must both be"):
         oracle_fraction(returns, oracle[:1])
     entry = {"return_mean": 225.0, "return_ci95": 1.0, "per_seed_mean": [150.0, 300.0],
