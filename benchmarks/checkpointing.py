@@ -12,9 +12,12 @@ Errors are `CheckpointError` with a message naming the directory and what is wro
 empty, a step that cannot be read, a save that failed: "no space left on device" for a full
 disk), never a deep orbax traceback. A failed save waits for orbax's background writes to end
 and removes its partial step. orbax logs every exception of its background threads before
-re-raising it in the caller, and tensorstore reports read callbacks that arrive after a failed
-restore has closed its event loop ("Event loop is closed"); both are noise about an error this
-module already raises, so `Checkpointer` drops exactly those reports (`_quiet_orbax`).
+re-raising it in the caller; tensorstore reports read callbacks that arrive after a failed
+restore has closed its event loop ("Event loop is closed"); and when one of a restore's parallel
+reads fails first, asyncio logs the failures of its sibling reads that nobody awaited any more
+("Future exception was never retrieved", a tensorstore error) when their futures are collected.
+All three are noise about an error this module already raises, so `Checkpointer` drops exactly
+those reports (`_quiet_orbax`).
 
 Sharded state (`ssm_jax.sharding`): a state whose arrays span several processes (a
 `jax.distributed` run) is saved as it is: every process calls `save` and orbax writes each
@@ -61,6 +64,17 @@ class _OrbaxThreadErrors(logging.Filter):
                     and "_SignalingThread.run() raised an exception" in str(record.msg))
 
 
+class _UnretrievedTensorstoreErrors(logging.Filter):
+    """Drops asyncio's log of a never-awaited future that failed with a tensorstore error (the
+    sibling reads of a failed restore, whose first error this module raises)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not str(record.msg).startswith("Future exception was never retrieved"):
+            return True
+        err = record.exc_info[1] if record.exc_info else None
+        return not (err is not None and "tensorstore_spec" in str(err))
+
+
 def _closed_loop_callback(unraisable) -> bool:
     """Whether an unraisable exception is a late tensorstore callback into the closed event
     loop of a failed orbax operation."""
@@ -73,12 +87,13 @@ def _closed_loop_callback(unraisable) -> bool:
 
 
 def _quiet_orbax() -> None:
-    """Install the two filters of the module docstring (again if something replaced them): a
-    logging filter on the "absl" logger, and a `sys.unraisablehook` that passes everything
-    else on to the hook it replaces."""
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxThreadErrors) for f in absl.filters):
-        absl.addFilter(_OrbaxThreadErrors())
+    """Install the three filters of the module docstring (again if something replaced them):
+    logging filters on the "absl" and "asyncio" loggers, and a `sys.unraisablehook` that passes
+    everything else on to the hook it replaces."""
+    for name, kind in (("absl", _OrbaxThreadErrors), ("asyncio", _UnretrievedTensorstoreErrors)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     if getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
         return
     previous = sys.unraisablehook

@@ -331,3 +331,32 @@ def test_failed_orbax_operations_print_nothing_but_their_error(tmp_path):
     assert proc.stdout.count("restore: checkpoint step 1 in") == 4
     assert "save: cannot write checkpoint step 2" in proc.stdout and "no space left on device" in proc.stdout
     assert proc.stderr == "", proc.stderr[-2000:]
+
+
+def test_unawaited_tensorstore_read_failures_are_dropped_and_other_asyncio_errors_kept(caplog):
+    """asyncio logs a collected future whose exception nobody retrieved: a restore's sibling
+    reads after its first failure. `Checkpointer`'s filter drops exactly those whose exception is
+    tensorstore's (it names its `tensorstore_spec`); any other such report still reaches the
+    log. Deterministic, unlike the subprocess test above, whose reads race."""
+    import asyncio
+    import gc
+    import logging
+
+    from benchmarks import checkpointing
+
+    checkpointing._quiet_orbax()
+
+    def collect_unretrieved(err):
+        loop = asyncio.new_event_loop()
+        future = loop.create_future()
+        future.set_exception(err)
+        del future
+        gc.collect()
+        loop.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        collect_unretrieved(ValueError("OUT_OF_RANGE: Error reading \"w13/.zarray\" [tensorstore_spec='{}']"))
+        collect_unretrieved(ValueError("an error of something else"))
+    reports = [r for r in caplog.records if r.name == "asyncio"]
+    assert len(reports) == 1 and reports[0].getMessage().startswith("Future exception was never retrieved")
+    assert str(reports[0].exc_info[1]) == "an error of something else"
