@@ -48,10 +48,22 @@ from envs.suites import SUITE_NAMES, get_suite
 # the command line is parsed and validated (`--help` and usage errors import none of them).
 
 
+#: Whether this process prints progress: a multi-process run's processes other than process 0
+#: are quiet (`run_command` sets it).
+_printing = True
+
+
 def log(msg: str) -> None:
-    """Print a progress line on stdout above any tqdm bar."""
-    tqdm.write(msg, file=sys.stdout)
-    sys.stdout.flush()
+    """Print a progress line on stdout above any tqdm bar (nothing in a quiet process)."""
+    if _printing:
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def is_primary(options: RunOptions) -> bool:
+    """Whether this process writes the run directory and prints: the only process of a
+    single-process run, process 0 of a multi-process one (`options.distributed`)."""
+    return options.distributed is None or options.distributed["process_id"] == 0
 
 
 def same_run(stored, current: dict) -> bool:
@@ -94,16 +106,28 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     Raises RunDirError if `options.out` must not be written (see `benchmarks.rundir`) and
     CheckpointError if a checkpoint to resume or evaluate is missing or does not match; an
     evaluation (`options.eval_only`) loads every checkpoint before it writes anything.
+
+    Several processes (`options.distributed`, after `jax.distributed` is initialised): every
+    process checks the run directory, trains its share and evaluates (on its own device, from
+    the gathered states); only process 0 (`is_primary`) changes the run directory, with
+    barriers between the checks, its changes and the training, so every process sees the
+    same directory.
     """
+    import jax
+
     from benchmarks import compile_time
+    from ssm_jax import sharding
 
     compile_time.install()
     t_start = time.perf_counter()
     cache_before = compile_time.cache_counts()
     out = options.out
+    primary = is_primary(options)
     fresh = not options.eval_only and not options.resume
     source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
-    rundir.recover(source, log=log)
+    if primary:
+        rundir.recover(source, log=log)
+    sharding.barrier("run directory recovered")
     if options.eval_only:
         rundir.check_eval_out(out, source)
     if fresh or options.eval_only:
@@ -111,10 +135,13 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
                          what="run or evaluation" if options.eval_only else "run")
     if options.resume:
         rundir.check_resumable(out, trainer_names(config.methods))
+    sharding.barrier("run directory checked")  # no process changes it before every process checked it
+    if options.resume and primary:
         rundir.remove_stale_temporaries(out)
     from benchmarks.training import training_mesh
 
-    mesh = training_mesh(options.devices or 1, config.num_seeds)
+    devices = options.devices or (jax.device_count() if options.distributed else 1)
+    mesh = training_mesh(devices, config.num_seeds)
     trainers = {name: build_trainer(name, config, mesh=mesh) for name in trainer_names(config.methods)}
     states, histories = {}, {}
     if options.eval_only:  # every checkpoint loads before `out` is touched
@@ -122,7 +149,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
             states[name], histories[name] = load_trained(
                 trainer, rundir.checkpoint_dir(source, name), config.num_seeds)
     replacing = []  # the run an --overwrite replaces is kept aside until this one has a checkpoint
-    if fresh:  # a replaced run's checkpoints and results never mix with this one's
+    if fresh and primary:  # a replaced run's checkpoints and results never mix with this one's
         os.makedirs(out, exist_ok=True)
         rundir.remove_stale_temporaries(out)
         if rundir.set_aside(out):
@@ -132,15 +159,18 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         rundir.remove_stale_temporaries(out)
         if rundir.set_aside(out):  # the replaced evaluation stays until the new one is written
             replacing.append(out)
+    sharding.barrier("run directory ready")
 
     def saved(trainer_name: str, step: int) -> None:
+        if not primary:
+            return
         rundir.record_checkpoint(out, trainer_name, step)
         if replacing:
             rundir.discard_previous(replacing.pop())
 
     try:
         results = _train_and_evaluate(config, options, trainers, states, histories, source, t_start, saved,
-                                      cache_before, mesh)
+                                      cache_before, mesh, primary)
     except BaseException:
         if replacing:  # failed or stopped before its first checkpoint (or, evaluating, before
             rundir.restore_previous(replacing.pop())  # its results): the old run comes back
@@ -152,14 +182,16 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
 def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: dict, states: dict,
                         histories: dict, source: str, t_start: float, saved, cache_before: dict,
-                        mesh=None) -> dict:
+                        mesh=None, primary: bool = True) -> dict:
     """The rest of `run`: train every trainer (`states`/`histories` already hold the loaded
     ones of an evaluation), evaluate, write the results; `saved(trainer, step)` follows each
     complete checkpoint; `cache_before`: `compile_time.cache_counts()` when the run started;
-    `mesh`: the training mesh (`benchmarks.training.training_mesh`, None: one device)."""
+    `mesh`: the training mesh (`benchmarks.training.training_mesh`, None: one device);
+    `primary`: whether this process writes metrics and results (see `run`)."""
     import jax
 
     from benchmarks import compile_time
+    from ssm_jax import sharding
     from benchmarks.checkpointing import Checkpointer
     from benchmarks.methods import measure
     from benchmarks.metrics_log import MetricsLog
@@ -188,7 +220,7 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
             resume=options.resume is not None, per_seed=(trainer.return_metric,),
             same_run=same_run, migrate_history=trainer.migrate_history, log=log,
             label=trainer_label(name, config.methods),
-            metrics_log=MetricsLog(out, name, tensorboard=options.tensorboard), mesh=mesh)
+            metrics_log=MetricsLog(out, name, tensorboard=options.tensorboard) if primary else None, mesh=mesh)
         states[name] = result.states
         histories[name] = result.history
         compile_s += result.compile_s
@@ -202,8 +234,8 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
     t_eval = time.perf_counter()
     log(f"evaluating on {config.evaluation.num_tasks} held-out test tasks x {config.num_seeds} seeds ...")
     compiled_before = compile_time.compile_seconds()
-    if mesh is not None:  # evaluation runs on one device, from host copies of the trained states
-        states = {name: jax.device_get(s) for name, s in states.items()}
+    if mesh is not None:  # evaluation runs on one device (in every process), from host copies of the
+        states = {name: sharding.to_host(s) for name, s in states.items()}  # trained states
     measurement = measure(config, trainers, states, log=log)
     methods = method_results(config, trainers, measurement)
     eval_s = time.perf_counter() - t_eval
@@ -225,12 +257,15 @@ def _train_and_evaluate(config: BenchmarkConfig, options: RunOptions, trainers: 
                    "compile_cache": compile_time.active_cache(),
                    "fast_compile": compile_time.fast_compile_on(),
                    "devices": 1 if mesh is None else int(mesh.size),
+                   "processes": jax.process_count(),
                    "compile_cache_hits": cache_counts["hits"] - cache_before["hits"],
                    "compile_cache_writes": cache_counts["writes"] - cache_before["writes"]},
         "versions": versions(),
         "command": " ".join(["python -m benchmarks.cartpole"] + sys.argv[1:]),
     }
     results = json_safe(results)
+    if not primary:
+        return results
     if options.eval_only:  # an evaluation writes nothing until it has its results
         os.makedirs(out, exist_ok=True)
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
@@ -264,6 +299,8 @@ def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
         results[name] = run(config.with_values({"suite": name}),
                             dataclasses.replace(options, out=os.path.join(options.out, name), all_suites=False))
     summary = suite_summary(results)
+    if not is_primary(options):
+        return results
     os.makedirs(options.out, exist_ok=True)
     rundir.write_json_atomic(os.path.join(options.out, SUMMARY_FILE), summary)
     print_suite_summary(summary, log=log)
@@ -277,9 +314,15 @@ def run_command(config: BenchmarkConfig, options: RunOptions) -> dict:
     (`benchmarks.compile_time.persistent_cache`; results.json's timing records the directory,
     null when off, and the cache's hits and writes). A config with `fast_compile` (`--quick`'s)
     compiles with most of XLA's optimisations off (`compile_time.fast_compile`; results.json's
-    timing records whether the run's programs did)."""
+    timing records whether the run's programs did). A multi-process run (`options.distributed`)
+    joins its processes first (`ssm_jax.sharding.initialize`); only process 0 prints."""
+    global _printing
     from benchmarks import compile_time
+    from ssm_jax import sharding
 
+    if options.distributed is not None:
+        sharding.initialize(**options.distributed)
+        _printing = is_primary(options)
     with compile_time.persistent_cache(options.compile_cache, log=log), \
             compile_time.fast_compile(config.fast_compile):
         return run_all_suites(config, options) if options.all_suites else run(config, options)

@@ -79,7 +79,10 @@ class RunOptions:
     all`): run the config once per suite (`envs.suites.SUITE_NAMES`) into `out/<suite>/`;
     compile_cache: JAX's persistent compilation cache directory (`compile_cache_dir`), None:
     off; devices: how many devices (`--devices`) training spreads over (None: one, the default
-    device)."""
+    device; every device of every process in a multi-process run); distributed: the checked
+    `jax.distributed.initialize` arguments of a multi-process run (`--coordinator_address`,
+    `--num_processes`, `--process_id` or their environment variables,
+    `ssm_jax.sharding.distributed_settings`), None for one process."""
 
     out: str
     resume: Optional[str]
@@ -92,6 +95,7 @@ class RunOptions:
     all_suites: bool = False
     compile_cache: Optional[str] = None
     devices: Optional[int] = None
+    distributed: Optional[dict] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
            "trainer's tasks, split over them; results equal one device's up to float "
            "reassociation. On a CPU, make N host devices first with "
            "XLA_FLAGS=--xla_force_host_platform_device_count=N [default: 1]")
+    a("--coordinator_address", metavar="HOST:PORT", default=None,
+      help="a multi-process run (jax.distributed): the address of process 0; start the same "
+           "command once per process with --num_processes and --process_id (or set "
+           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Training spreads over "
+           "every process's devices; process 0 prints and writes the run directory, which must "
+           "be on a file system every process sees")
+    a("--num_processes", metavar="N", default=None, help="a multi-process run: how many processes")
+    a("--process_id", metavar="I", default=None, help="a multi-process run: this process's id, 0 .. N-1")
     a("--debug", action="store_true",
       help="show the full traceback of a runtime error (default: one line)")
     a("--compile_cache", metavar="DIR|none", default=None,
@@ -250,9 +262,10 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        distributed = _distributed(args)
         config, options = _build(args)
         options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache),
-                                      devices=_devices(args.devices))
+                                      devices=_devices(args.devices), distributed=distributed)
         if args.print_config is not None:
             fmt = args.print_config or (config_file_format(args.config) if args.config else "toml")
             return config, dataclasses.replace(options, print_config=fmt)
@@ -274,6 +287,23 @@ def _devices(value: Optional[str]) -> Optional[int]:
     except ValueError:
         raise ValueError(f"--devices must be a positive int, got {value!r}") from None
     return check_int("--devices", number)
+
+
+def _distributed(args) -> Optional[dict]:
+    """The multi-process settings of `--coordinator_address`/`--num_processes`/`--process_id`
+    (else the environment; None: one process); checked before JAX starts."""
+    from ssm_jax.sharding import distributed_settings  # noqa: PLC0415 (imports no JAX)
+
+    try:
+        settings = distributed_settings(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as err:  # named as the flags are
+        message = str(err)
+        flag = message.startswith(("coordinator_address", "num_processes", "process_id"))
+        raise ValueError(f"--{message}" if flag else message) from None
+    if settings is not None and settings["num_processes"] > 1 and args.eval_only:
+        raise ValueError("--eval_only evaluates on one device: run it as a single process "
+                         "(without --coordinator_address/--num_processes/--process_id)")
+    return settings
 
 
 def _check_tensorboard(options: RunOptions) -> bool:

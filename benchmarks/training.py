@@ -24,6 +24,9 @@ its `"seed"` axis (states, keys and every iteration's work) and whatever the mes
 axis holds splits the trainers' own batch axes (`ssm_jax.sharding`: MAML's tasks, PPO's
 rollout tasks); `jax.vmap(update, spmd_axis_name="seed")` keeps both. Keys are split per seed
 and task exactly as on one device, so the numbers are the same up to float reassociation.
+The mesh may span several processes (`jax.distributed`): each process then holds its share of
+the states, every process takes part in each chunk and checkpoint, and the per-iteration
+metrics are gathered so that every process keeps the same history.
 
 Progress: a tqdm bar per trainer on stderr (iterations, elapsed time, ETA, env steps/s of all
 seeds, the mean return), a line before each compilation saying what compiles, and one line
@@ -44,6 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks.checkpointing import Checkpointer, CheckpointError
+from ssm_jax import sharding
 
 INIT_STREAM = 0
 TRAIN_STREAM = 1
@@ -55,14 +59,17 @@ SEED_AXIS = "seed"
 def training_mesh(num_devices: int, num_seeds: int):
     """The 2-D mesh `("seed", "batch")` of the first `num_devices` devices (`ssm_jax.sharding`):
     the seed axis gets `gcd(num_seeds, num_devices)` devices (so the seeds split evenly), the
-    batch axis the rest (the trainers' task axes must divide it). None for one device."""
+    batch axis the rest (the trainers' task axes must divide it). None for one device of a
+    single-process run. In a multi-process run the mesh holds whole processes (`num_devices` a
+    multiple of the devices per process; ValueError naming --devices otherwise)."""
     import math
 
     import numpy as np
 
-    from ssm_jax import sharding
-
     n = sharding.check_devices("--devices", num_devices)
+    if jax.process_count() > 1 and n % jax.local_device_count():
+        raise ValueError(f"--devices={n} must be a multiple of the {jax.local_device_count()} devices of each "
+                         f"of the {jax.process_count()} processes (every process trains its share)")
     if n == 1:
         return None
     seeds = math.gcd(num_seeds, n)
@@ -70,13 +77,21 @@ def training_mesh(num_devices: int, num_seeds: int):
     return jax.sharding.Mesh(devices, (SEED_AXIS, sharding.BATCH_AXIS))
 
 
-def _seed_sharded(tree, mesh):
-    """`tree` (leading seed axis on every leaf) split over `mesh`'s seed axis (None: as is)."""
-    if mesh is None:
-        return tree
+def _seed_sharding(mesh):
+    """The `NamedSharding` of a leading seed axis split over `mesh`'s seed axis."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    return jax.device_put(tree, NamedSharding(mesh, P(SEED_AXIS)))
+    return NamedSharding(mesh, P(SEED_AXIS))
+
+
+def _seed_sharded(tree, mesh):
+    """`tree` (leading seed axis on every leaf) split over `mesh`'s seed axis (None: as is);
+    with several processes each places its own seeds (`ssm_jax.sharding.place`)."""
+    if mesh is None:
+        return tree
+    from ssm_jax import sharding
+
+    return sharding.place(tree, _seed_sharding(mesh))
 
 
 def _chunk_shardings(mesh) -> dict:
@@ -87,7 +102,7 @@ def _chunk_shardings(mesh) -> dict:
         return {}
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    return {"out_shardings": (NamedSharding(mesh, P(SEED_AXIS)), NamedSharding(mesh, P(None, SEED_AXIS)))}
+    return {"out_shardings": (_seed_sharding(mesh), NamedSharding(mesh, P(None, SEED_AXIS)))}
 
 
 def seed_keys(seed: int, num_seeds: int, stream: int) -> jax.Array:
@@ -150,7 +165,8 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     train_keys = seed_keys(seed, num_seeds, TRAIN_STREAM)
     init_keys, train_keys = _seed_sharded((init_keys, train_keys), mesh)
     spmd = None if mesh is None else SEED_AXIS
-    states = _seed_sharded(jax.jit(jax.vmap(init, spmd_axis_name=spmd))(init_keys), mesh)
+    init_shardings = {} if mesh is None else {"out_shardings": _seed_sharding(mesh)}
+    states = jax.jit(jax.vmap(init, spmd_axis_name=spmd), **init_shardings)(init_keys)
     history: dict = {}
     start = 0
     resumed_from = None
@@ -167,7 +183,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     if start > iterations:
         raise CheckpointError(f"checkpoint at iteration {start} is past this run's {iterations} iterations")
 
-    def run_chunk(states, start_it, length):
+    def run_chunk(states, train_keys, start_it, length):  # keys as an argument: they may span processes
         def body(s, i):
             keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(train_keys)
             return jax.vmap(update, spmd_axis_name=spmd)(s, keys)
@@ -182,7 +198,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     wall = _restored_clock(history, start, env_steps_per_update)
     if metrics_log is not None:
         metrics_log.start(history)
-    bar = tqdm(total=iterations, initial=start, desc=label, unit="it", disable=not progress,
+    bar = tqdm(total=iterations, initial=start, desc=label, unit="it", disable=not (progress and sharding.is_primary()),
                dynamic_ncols=True, leave=True)
     try:
         while it < iterations:
@@ -191,13 +207,13 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
                 log(f"[{label}] compiling a chunk of {length} iterations x {num_seeds} seeds (one jit "
                     f"of the whole update; can take a minute) ...")
                 t0 = time.perf_counter()
-                compiled[length] = (jax.jit(run_chunk, static_argnums=2, **_chunk_shardings(mesh))
-                                    .lower(states, jnp.int32(it), length).compile())
+                compiled[length] = (jax.jit(run_chunk, static_argnums=3, **_chunk_shardings(mesh))
+                                    .lower(states, train_keys, jnp.int32(it), length).compile())
                 compile_s += time.perf_counter() - t0
                 log(f"[{label}] compiled in {time.perf_counter() - t0:.1f}s")
             t0 = time.perf_counter()
-            states, metrics = compiled[length](states, jnp.int32(it))
-            metrics = jax.device_get(_scalar_metrics(metrics))
+            states, metrics = compiled[length](states, train_keys, jnp.int32(it))
+            metrics = sharding.to_host(_scalar_metrics(metrics))  # every process gets every seed's
             dt = time.perf_counter() - t0
             run_s += dt
             steps = length * num_seeds * env_steps_per_update

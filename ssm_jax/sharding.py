@@ -176,6 +176,10 @@ def _place(tree, sharding_of):
         elif one_process or (isinstance(x, jax.Array) and not x.is_fully_addressable):
             moved.append(i)
             targets.append(s)
+        elif jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: placed as their data
+            data = np.asarray(jax.random.key_data(x))
+            placed = jax.make_array_from_callback(data.shape, s, lambda index, h=data: h[index])
+            out[i] = jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x))
         else:
             host = np.asarray(x)
             out[i] = jax.make_array_from_callback(host.shape, s, lambda index, h=host: h[index])
@@ -204,6 +208,14 @@ def shard_batch(tree, mesh, axis: int = 0, name: str = "batch"):
         return batch_sharding(mesh, ndim, axis)
 
     return _place(tree, sharding_of)
+
+
+def place(tree, sharding):
+    """Every leaf of `tree` as a global array laid out by the `jax.sharding.Sharding`
+    `sharding` (any mesh, e.g. a 2-D one). Leaves already laid out so are kept; with several
+    processes each builds the slices its own devices hold, so every process must pass the
+    same global value. Inside a trace: a sharding constraint."""
+    return _place(tree, lambda x: sharding)
 
 
 def replicate(tree, mesh):
@@ -257,6 +269,52 @@ def is_replicated(x, mesh) -> bool:
 
 
 # ---------------------------------------------------------------------------------- processes
+def to_host(tree):
+    """Every array leaf of `tree` as a host `numpy` array holding its whole value, in every
+    process. Leaves this process holds entirely are copied in one `jax.device_get`; global
+    arrays spread over several processes are first replicated by one jitted identity (a
+    collective: with several processes, every process must call `to_host` on the same tree)."""
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(tree)
+    spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    out = list(leaves)
+    local = sorted(set(range(len(leaves))) - set(spread))
+    for i, x in zip(local, jax.device_get([leaves[i] for i in local])):
+        out[i] = x
+    if spread:
+        def full(x):
+            sharding = x.sharding
+            if isinstance(sharding, jax.sharding.NamedSharding):
+                return sharding.update(spec=jax.sharding.PartitionSpec())
+            raise TypeError(f"to_host: a global array with a {type(sharding).__name__} (expected a NamedSharding)")
+
+        gathered = jax.jit(lambda xs: xs, out_shardings=[full(leaves[i]) for i in spread])(
+            [leaves[i] for i in spread])
+        for i, x in zip(spread, gathered):
+            out[i] = np.asarray(x.addressable_data(0))
+    return jax.tree.unflatten(treedef, out)
+
+
+def is_primary() -> bool:
+    """Whether this is process 0 (always, in a single-process run): the one that writes files
+    and prints progress in a multi-process run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (nothing with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def distributed_settings(coordinator_address: Optional[str] = None, num_processes: Any = None,
                          process_id: Any = None, environ=os.environ) -> Optional[dict]:
     """The checked `jax.distributed.initialize` arguments from the given values, else the

@@ -32,20 +32,6 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 from _sharding_checks import diff  # noqa: E402
 
 
-def local(tree):
-    """Host numpy copies of (possibly non-addressable) global arrays: the whole value."""
-    from jax.experimental import multihost_utils
-
-    def one(x):
-        if x.is_fully_addressable:
-            return np.asarray(x)
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
-
-
 def setup():
     from maml import MetaMAML, sample_sinusoid_tasks
 
@@ -76,7 +62,14 @@ def main(mode: str, directory: str) -> None:
         ref = single.meta_update(single.init(params), tasks)
         algo = MetaMAML(mlp, num_inner_steps=1, mesh=mesh)
         got = algo.meta_update(algo.init(params), tasks)
-        out["meta_update"] = diff(local(got), local(ref))
+        out["meta_update"] = diff(sharding.to_host(got), sharding.to_host(ref))
+        # typed PRNG keys placed by each process from the same global value, split over both
+        # processes, then gathered whole again in every process
+        keys = jax.random.split(jax.random.key(5), 4)
+        placed = sharding.place(keys, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
+        out["keys_spread"] = not placed.is_fully_addressable
+        out["keys_round_trip"] = bool(np.array_equal(sharding.to_host(jax.random.key_data(placed)),
+                                                     np.asarray(jax.random.key_data(keys))))
         state = saved_state(mesh)
         out["sharded"] = sharding.is_sharded(state["per_seed"], mesh) and not state["per_seed"].is_fully_addressable
         out["replicated"] = all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"]))
@@ -92,7 +85,7 @@ def main(mode: str, directory: str) -> None:
         state, meta, step = ckpt.restore(target)
         ckpt.close()
         out["restored_step"] = step
-        out["restored"] = diff(local(state), local(expected))
+        out["restored"] = diff(sharding.to_host(state), sharding.to_host(expected))
         out["restored_sharded"] = (sharding.is_sharded(state["per_seed"], mesh)
                                    and all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"])))
     print(json.dumps(out), flush=True)

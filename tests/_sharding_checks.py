@@ -114,6 +114,17 @@ def check_meta_maml(out: dict) -> None:
         jax.device_put = device_put
     out["shard_batch_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
     out["replicate_again_same"] = all(a is b for a, b in zip(jax.tree.leaves(rep_again), jax.tree.leaves(rep)))
+    # `place` with a sharding of any mesh (typed keys included) and `to_host` back: the values
+    keys = jax.random.split(jax.random.key(3), 8)
+    grid = jax.sharding.Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("seed", "batch"))
+    spread = sharding.place(keys, jax.sharding.NamedSharding(grid, jax.sharding.PartitionSpec("seed")))
+    back = sharding.to_host({"tasks": placed, "keys": jax.random.key_data(spread), "n": 3})
+    out["place_to_host"] = {
+        "keys_spread": len(spread.sharding.device_set) == 4 and spread.dtype == keys.dtype,
+        "keys": bool(np.array_equal(back["keys"], np.asarray(jax.random.key_data(keys)))),
+        "tasks": all(isinstance(a, np.ndarray) and np.array_equal(a, np.asarray(b))
+                     for a, b in zip(jax.tree.leaves(back["tasks"]), jax.tree.leaves(tasks))),
+        "scalar_kept": back["n"] == 3}
     out["replicate_mixed"] = {"replicated": all_replicated(mixed, mesh),
                               "kept": all(a is b for a, b in zip(jax.tree.leaves(mixed["placed"]), jax.tree.leaves(rep))),
                               "equal": all(bool(np.array_equal(a, b)) for a, b in

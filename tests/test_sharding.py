@@ -117,6 +117,12 @@ def test_placing_placed_leaves_keeps_them(checks):
     assert checks["replicate_mixed"] == {"replicated": True, "kept": True, "equal": True}
 
 
+def test_place_on_any_mesh_and_to_host_round_trip(checks):
+    """`sharding.place` lays typed PRNG keys out on a 2-D mesh's seed axis (4 devices), and
+    `sharding.to_host` brings sharded leaves back whole as numpy arrays, other leaves as they are."""
+    assert checks["place_to_host"] == {"keys_spread": True, "keys": True, "tasks": True, "scalar_kept": True}
+
+
 @pytest.mark.parametrize("name,arg,size", [("meta_maml_indivisible", "num_tasks", 6),
                                            ("rollout_indivisible", "num_envs", 6)])
 def test_indivisible_batch_is_a_clear_error(checks, name, arg, size):
@@ -165,6 +171,38 @@ def test_devices_flag_checked_before_jax():
         with pytest.raises(SystemExit) as exc:
             parse_args(["--quick", "--devices", bad, "--out", "/nonexistent/x"])
         assert exc.value.code == 2
+
+
+def test_process_flags_checked_before_jax(monkeypatch, capsys):
+    """The multi-process flags (or their environment variables) are checked when parsed, with
+    messages naming the flag, and --eval_only is refused with several processes."""
+    from benchmarks.cli import parse_args
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    _, options = parse_args(["--quick", "--out", "/nonexistent/x"])
+    assert options.distributed is None
+    _, options = parse_args(["--quick", "--out", "/nonexistent/x", "--coordinator_address", "10.0.0.1:99",
+                             "--num_processes", "2", "--process_id", "1"])
+    assert options.distributed == {"coordinator_address": "10.0.0.1:99", "num_processes": 2, "process_id": 1}
+    cases = [(["--num_processes", "2"], "missing coordinator_address ($JAX_COORDINATOR_ADDRESS), process_id"),
+             (["--coordinator_address", "x", "--num_processes", "2", "--process_id", "0"],
+              "--coordinator_address must be host:port"),
+             (["--coordinator_address", "h:1", "--num_processes", "2", "--process_id", "2"],
+              "--process_id must be < num_processes=2"),
+             (["--coordinator_address", "h:1", "--num_processes", "0", "--process_id", "0"],
+              "--num_processes must be a positive int"),
+             (["--eval_only", "--checkpoint", "/nonexistent/run", "--coordinator_address", "h:1",
+               "--num_processes", "2", "--process_id", "0"], "--eval_only evaluates on one device")]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            parse_args(["--out", "/nonexistent/x", *args] + ([] if "--eval_only" in args else ["--quick"]))
+        assert exc.value.code == 2 and message in capsys.readouterr().err, args
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:7")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "3")
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")
+    _, options = parse_args(["--quick", "--out", "/nonexistent/x"])
+    assert options.distributed == {"coordinator_address": "h:7", "num_processes": 3, "process_id": 2}
 
 
 def test_more_devices_than_available_names_both_numbers():
@@ -219,6 +257,7 @@ def test_two_processes_meta_update_and_checkpoint(tmp_path):
         assert out["process_count"] == 2 and out["device_count"] == 4, out
         assert out["meta_update"]["close"], out
         assert out["sharded"] and out["replicated"], out
+        assert out["keys_spread"] and out["keys_round_trip"], out
     second = run_pair("restore", str(tmp_path / "ckpt"))
     for out in second:
         assert out["restored_step"] == 3, out
@@ -237,31 +276,76 @@ def numbers(tree, path="") -> dict:
     return {}
 
 
+#: The methods of the two-process --quick run: one per trainer kind (PPO, RL^2, MAML-RL with the
+#: SSM policy), enough to cover every way a trainer's state is split.
+PAIR_METHODS = ("non_adaptive", "in_context", "maml_adapted")
+
+
+def run_cli_pair(args: list, cache: str) -> list:
+    """`python -m benchmarks.cartpole *args` as two processes (2 forced CPU devices each, 4 in
+    all) joined on 127.0.0.1 by the CLI's own flags; returns their CompletedProcess-like
+    (returncode, stdout, stderr) tuples, process 0 first."""
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        env = forced_env(2)
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.cartpole", *args, "--coordinator_address", f"127.0.0.1:{port}",
+             "--num_processes", "2", "--process_id", str(pid)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    done = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=1800)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        done.append((p.returncode, stdout, stderr))
+    for code, _, stderr in done:
+        assert code == 0, stderr[-4000:]
+    return done
+
+
 @pytest.mark.slow
-def test_cartpole_quick_on_four_devices_equals_one(quick_run, tmp_path):
-    """`--quick --devices 4` on 4 forced CPU devices (2 seeds x 2-way task split) gives the
-    results.json returns of the session's one-device `--quick` run (`quick_run`, same config)."""
-    out = tmp_path / "run4"
-    env = forced_env(4)
-    env["JAX_COMPILATION_CACHE_DIR"] = quick_run.cache
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cartpole", "--quick", "--devices", "4",
-                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_cartpole_quick_on_two_processes_equals_one_and_resumes(quick_run, tmp_path):
+    """`--quick` as two processes x 2 devices (2 seeds, one per process, x a 2-way task split)
+    gives the results.json returns of the session's one-process, one-device `--quick` run
+    (`quick_run`, same config but for the methods); only process 0 prints and writes. Then,
+    with the MAML trainer's last checkpoint lost, `--resume` by a new pair restores the sharded
+    states, trains the rest and gives the uninterrupted pair's numbers exactly."""
+    out = tmp_path / "pair"
+    first = run_cli_pair(["--quick", "--methods", ",".join(PAIR_METHODS), "--out", str(out)], quick_run.cache)
+    # process 1 prints nothing of its own (gloo's C++ connection lines aside)
+    assert "wrote" in first[0][1] and all(line.startswith("[Gloo]") for line in first[1][1].splitlines()), first[1][1]
     with open(out / "results.json") as f:
         results = json.load(f)
-    assert results["timing"]["devices"] == 4
-    assert results["config"] == quick_run.results["config"]
-    one, four = numbers(quick_run.results["methods"]), numbers(results["methods"])
-    assert one.keys() == four.keys()
+    assert results["timing"]["devices"] == 4 and results["timing"]["processes"] == 2
+    one_config = {k: v for k, v in quick_run.results["config"].items() if k != "methods"}
+    assert {k: v for k, v in results["config"].items() if k != "methods"} == one_config
+    one = numbers({m: quick_run.results["methods"][m] for m in PAIR_METHODS})
+    two = numbers(results["methods"])
+    assert one.keys() == two.keys()
     for key in sorted(one):
-        method = key.split("/")[1]
-        if method in LINEAR_BASELINE_SSM_METHODS:
+        if key.split("/")[1] in LINEAR_BASELINE_SSM_METHODS:
             continue
-        assert math.isclose(four[key], one[key], rel_tol=1e-5, abs_tol=1e-6) or (
-            math.isnan(four[key]) and math.isnan(one[key])), (key, one[key], four[key])
-    for method in LINEAR_BASELINE_SSM_METHODS:
+        assert math.isclose(two[key], one[key], rel_tol=1e-5, abs_tol=1e-6) or (
+            math.isnan(two[key]) and math.isnan(one[key])), (key, one[key], two[key])
+    for method in set(PAIR_METHODS) & set(LINEAR_BASELINE_SSM_METHODS):
         a, b = quick_run.results["methods"][method], results["methods"][method]
         assert math.isclose(b["return_mean"], a["return_mean"], rel_tol=SSM_MAML_RTOL), (method, a, b)
+
+    last = out / "checkpoints" / "maml_ssm" / "20"
+    assert last.is_dir()
+    import shutil
+
+    shutil.rmtree(last)  # as if both processes were stopped after the checkpoint at 10
+    run_cli_pair(["--resume", str(out)], quick_run.cache)
+    with open(out / "results.json") as f:
+        resumed = json.load(f)
+    assert resumed["timing"]["per_model"]["maml_ssm"]["resumed_from"] == 10
+    assert resumed["timing"]["per_model"]["non_adaptive"]["resumed_from"] == 10  # its final checkpoint
+    assert numbers(resumed["methods"]) == two  # the same programs on the same layout: exact
 
 
 #: The methods of the MAML-RL trainers (linear baseline): its ridge solve amplifies the
