@@ -119,26 +119,33 @@ def persistent_cache(directory: Optional[str], log: Callable[[str], None] = prin
 
 
 @contextlib.contextmanager
-def fast_compile(on: bool) -> Iterator[bool]:
-    """Compile the block's programs with most of XLA's optimisations off (`FAST_COMPILE`) if `on`
-    (else as they are); yields `on`. Programs compile in roughly half the time and run slower,
-    and float results may differ in the last bits from optimised programs' (fusion changes the
-    order of operations), so one run (its training, `--resume`, `--eval_only` and
-    re-evaluations) compiles one way throughout: `BenchmarkConfig.fast_compile` says which.
-    JAX's in-memory caches do not key on the setting, so where it changes they are cleared on
-    entry and on exit: every program the block runs is compiled the block's way (the
-    persistent cache keys on it, and still serves both). On exit the previous setting is back."""
+def optimizations_off(off: bool) -> Iterator[bool]:
+    """Compile the block's programs with most of XLA's optimisations off (`FAST_COMPILE`) if
+    `off`, with XLA's defaults if not, whatever the setting outside; yields `off`. JAX's
+    in-memory caches do not key on the setting, so where it changes they are cleared on entry
+    and on exit: every program the block runs is compiled the block's way (the persistent cache
+    keys on it, and still serves both). On exit the previous setting is back."""
     before = fast_compile_on()
-    changes = bool(on) and not before
+    changes = bool(off) != before
     if changes:
         jax.clear_caches()
-        jax.config.update(FAST_COMPILE, True)
+        jax.config.update(FAST_COMPILE, bool(off))
     try:
-        yield bool(on)
+        yield bool(off)
     finally:
         if changes:
             jax.config.update(FAST_COMPILE, before)
             jax.clear_caches()
+
+
+def fast_compile(on: bool):
+    """A context manager: the block's programs compile with most of XLA's optimisations off if
+    `on` (`optimizations_off(True)`), else as they are; yields `on`. Programs compile in roughly
+    half the time and run slower, and float results may differ in the last bits from optimised
+    programs' (fusion changes the order of operations), so one run (its training, `--resume`,
+    `--eval_only` and re-evaluations) compiles one way throughout: `BenchmarkConfig.fast_compile`
+    says which."""
+    return optimizations_off(True) if on else contextlib.nullcontext(False)
 
 
 def fast_compile_on() -> bool:

@@ -1,6 +1,5 @@
 """Shared test setup."""
 
-import contextlib
 
 import chex
 import pytest
@@ -59,20 +58,6 @@ def pytest_configure(config):
         os.environ["XLA_FLAGS"] = f"{flags} {FUSION_EMITTERS_OFF}".strip()
 
 
-@contextlib.contextmanager
-def _default_optimizations():
-    import jax
-
-    before = jax.config.values[FAST_COMPILE]
-    jax.config.update(FAST_COMPILE, False)
-    jax.clear_caches()
-    try:
-        yield
-    finally:
-        jax.config.update(FAST_COMPILE, before)
-        jax.clear_caches()
-
-
 @pytest.fixture(scope="session")
 def default_optimizations():
     """A context manager: the computations compiled inside it get XLA's default optimisations,
@@ -81,7 +66,9 @@ def default_optimizations():
     optimisation level 0 round differently enough for an episode to diverge. JAX's compiled
     functions are cleared on entry and exit, so no program compiled the other way is reused.
     (The CPU fusion emitters stay as the process started: XLA reads its flags once.)"""
-    return _default_optimizations
+    from benchmarks.compile_time import optimizations_off
+
+    return lambda: optimizations_off(False)
 
 
 @pytest.fixture(autouse=True)

@@ -149,6 +149,12 @@ def test_fast_compile_reaches_the_compiler_clears_programs_and_restores_the_sett
             with compile_time.fast_compile(True):
                 raise RuntimeError("inside")
         assert compile_time.fast_compile_on() is False
+        with compile_time.fast_compile(True):  # optimizations_off(False) inside a fast block: XLA's
+            with compile_time.optimizations_off(False) as off:  # defaults again, compiled anew
+                assert off is False and compile_time.fast_compile_on() is False
+                np.testing.assert_array_equal(np.asarray(f(x)), a)
+            assert compile_time.fast_compile_on() is True
+        assert len(traced) == 4
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
