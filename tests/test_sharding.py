@@ -309,13 +309,15 @@ def run_cli_pair(args: list, cache: str) -> list:
 
 @pytest.mark.slow
 def test_cartpole_quick_on_two_processes_equals_one_and_resumes(quick_run, tmp_path):
-    """`--quick` as two processes x 2 devices (2 seeds, one per process, x a 2-way task split)
+    """`--quick --devices 4` as two processes x 2 forced CPU devices (2 seeds, one per process,
+    x a 2-way task split; the layout of one process with 4 devices, plus the processes' part)
     gives the results.json returns of the session's one-process, one-device `--quick` run
     (`quick_run`, same config but for the methods); only process 0 prints and writes. Then,
     with the MAML trainer's last checkpoint lost, `--resume` by a new pair restores the sharded
     states, trains the rest and gives the uninterrupted pair's numbers exactly."""
     out = tmp_path / "pair"
-    first = run_cli_pair(["--quick", "--methods", ",".join(PAIR_METHODS), "--out", str(out)], quick_run.cache)
+    first = run_cli_pair(["--quick", "--devices", "4", "--methods", ",".join(PAIR_METHODS), "--out", str(out)],
+                         quick_run.cache)
     # process 1 prints nothing of its own (gloo's C++ connection lines aside)
     assert "wrote" in first[0][1] and all(line.startswith("[Gloo]") for line in first[1][1].splitlines()), first[1][1]
     with open(out / "results.json") as f:
