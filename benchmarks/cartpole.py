@@ -155,7 +155,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
         if rundir.set_aside(out):
             replacing.append(out)
         rundir.write_json_atomic(os.path.join(out, rundir.CONFIG_FILE), config.to_dict())
-    elif options.eval_only and options.overwrite and os.path.isdir(out):
+    elif options.eval_only and options.overwrite and primary and os.path.isdir(out):
         rundir.remove_stale_temporaries(out)
         if rundir.set_aside(out):  # the replaced evaluation stays until the new one is written
             replacing.append(out)
@@ -292,7 +292,14 @@ def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
     Returns suite name -> that run's results dict."""
     from benchmarks.results import print_suite_summary, suite_summary
 
-    check_all_suites_out(options.out, overwrite=options.overwrite)
+    from ssm_jax import sharding
+
+    primary = is_primary(options)
+    if primary:  # recovers and checks; the other processes check once it has
+        check_all_suites_out(options.out, overwrite=options.overwrite)
+    sharding.barrier("suite directories checked")
+    if not primary:
+        check_all_suites_out(options.out, overwrite=options.overwrite, recover=False)
     results = {}
     for name in SUITE_NAMES:
         log(f"\n=== suite {name} ({SUITE_NAMES.index(name) + 1}/{len(SUITE_NAMES)}) ===")

@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="a multi-process run (jax.distributed): the address of process 0; start the same "
            "command once per process with --num_processes and --process_id (or set "
            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Training spreads over "
-           "every process's devices; process 0 prints and writes the run directory, which must "
-           "be on a file system every process sees")
+           "every device of every process; process 0 prints and writes the run directory, which "
+           "must be on a file system every process sees")
     a("--num_processes", metavar="N", default=None, help="a multi-process run: how many processes")
     a("--process_id", metavar="I", default=None, help="a multi-process run: this process's id, 0 .. N-1")
     a("--debug", action="store_true",
@@ -263,7 +263,8 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     args = parser.parse_args(argv)
     try:
         distributed = _distributed(args)
-        config, options = _build(args)
+        # in a multi-process run only process 0 recovers an interrupted run directory
+        config, options = _build(args, recover=distributed is None or distributed["process_id"] == 0)
         options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache),
                                       devices=_devices(args.devices), distributed=distributed)
         if args.print_config is not None:
@@ -300,7 +301,9 @@ def _distributed(args) -> Optional[dict]:
         message = str(err)
         flag = message.startswith(("coordinator_address", "num_processes", "process_id"))
         raise ValueError(f"--{message}" if flag else message) from None
-    if settings is not None and settings["num_processes"] > 1 and args.eval_only:
+    if settings is None or settings["num_processes"] == 1:
+        return None  # one process: nothing to join
+    if args.eval_only:
         raise ValueError("--eval_only evaluates on one device: run it as a single process "
                          "(without --coordinator_address/--num_processes/--process_id)")
     return settings
@@ -317,7 +320,9 @@ def _check_tensorboard(options: RunOptions) -> bool:
     return True
 
 
-def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
+def _build(args, recover: bool = True) -> tuple[BenchmarkConfig, RunOptions]:
+    """The config and options of the parsed `args`, with the run directories checked;
+    `recover`: first bring back a run an interrupted --overwrite set aside (`rundir.recover`)."""
     if args.eval_only and not args.checkpoint:
         raise ValueError("--eval_only needs --checkpoint DIR (a previous run's directory)")
     if args.checkpoint and not args.eval_only:
@@ -342,7 +347,8 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
             raise ValueError(f"{flag} {source!r} is not a directory (give a run directory)")
         if not os.path.isdir(run_dir):
             raise ValueError(f"{flag} directory {run_dir!r} does not exist")
-        rundir.recover(run_dir, log=_note)
+        if recover:
+            rundir.recover(run_dir, log=_note)
         config = rundir.load_run_config(run_dir)
         if args.config:
             raise ValueError(f"--config sets up a new run; {'--resume' if args.resume else '--eval_only'} "
@@ -386,24 +392,25 @@ def _build(args) -> tuple[BenchmarkConfig, RunOptions]:
                          f"the suites {list(ENV_SUITES[config.env_name])}")
     out = args.out or DEFAULT_OUT
     if all_suites:
-        check_all_suites_out(out, overwrite=args.overwrite)
+        check_all_suites_out(out, overwrite=args.overwrite, recover=recover)
     elif args.print_config is None:
-        if os.path.isdir(out):
+        if recover and os.path.isdir(out):
             rundir.recover(out, log=_note)
         rundir.check_out(out, overwrite=args.overwrite, what="run")
     return config, RunOptions(out=out, resume=None, eval_only=False, checkpoint=None,
                               overwrite=args.overwrite, debug=args.debug, all_suites=all_suites)
 
 
-def check_all_suites_out(out: str, overwrite: bool) -> None:
+def check_all_suites_out(out: str, overwrite: bool, recover: bool = True) -> None:
     """`--suite all` writes one run per suite into `out/<suite>/`: `out` must not hold a run
-    itself and every `out/<suite>/` must be free (or replaceable with `overwrite`)."""
+    itself and every `out/<suite>/` must be free (or replaceable with `overwrite`); `recover`:
+    first bring back what an interrupted --overwrite set aside in each."""
     if rundir.holds_run(out):
         raise rundir.RunDirError(f"--suite {ALL_SUITES} writes one run per suite into --out/<suite>/, "
                                  f"but --out {out!r} holds a run itself; choose another --out")
     for name in SUITE_NAMES:
         suite_out = os.path.join(out, name)
-        if os.path.isdir(suite_out):
+        if recover and os.path.isdir(suite_out):
             rundir.recover(suite_out, log=_note)
         rundir.check_out(suite_out, overwrite=overwrite, what="run")
 

@@ -60,16 +60,16 @@ def training_mesh(num_devices: int, num_seeds: int):
     """The 2-D mesh `("seed", "batch")` of the first `num_devices` devices (`ssm_jax.sharding`):
     the seed axis gets `gcd(num_seeds, num_devices)` devices (so the seeds split evenly), the
     batch axis the rest (the trainers' task axes must divide it). None for one device of a
-    single-process run. In a multi-process run the mesh holds whole processes (`num_devices` a
-    multiple of the devices per process; ValueError naming --devices otherwise)."""
+    single-process run. A multi-process run uses every device of every process (ValueError
+    naming --devices otherwise)."""
     import math
 
     import numpy as np
 
     n = sharding.check_devices("--devices", num_devices)
-    if jax.process_count() > 1 and n % jax.local_device_count():
-        raise ValueError(f"--devices={n} must be a multiple of the {jax.local_device_count()} devices of each "
-                         f"of the {jax.process_count()} processes (every process trains its share)")
+    if jax.process_count() > 1 and n != jax.device_count():
+        raise ValueError(f"--devices={n}: a run of {jax.process_count()} processes trains on every device of "
+                         f"every process ({jax.device_count()}); drop --devices or pass {jax.device_count()}")
     if n == 1:
         return None
     seeds = math.gcd(num_seeds, n)
@@ -171,7 +171,7 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
     start = 0
     resumed_from = None
     if resume and checkpointer is not None and checkpointer.latest_step() is not None:
-        states, meta, start = checkpointer.restore(states, fallback=log)
+        states, meta, start = _restore(checkpointer, states, log)
         if not same_run(meta.get("run"), metadata):
             raise CheckpointError(
                 f"checkpoint in {checkpointer.directory!r} was written by a different "
@@ -246,6 +246,28 @@ def train(name: str, *, init: Callable, update: Callable, seed: int, num_seeds: 
             metrics_log.close()
     return TrainResult(states=states, history=history, compile_s=compile_s, run_s=run_s,
                        env_steps=env_steps, resumed_from=resumed_from)
+
+
+def _restore(checkpointer: Checkpointer, states, log):
+    """`checkpointer.restore(states)` of a resumed run. One process: the newest readable
+    checkpoint (`fallback`). Several processes: the last one, read by every process for its
+    shards, and all of them agree whether it could be read (a CheckpointError in every process
+    if any failed), so none runs on alone."""
+    if jax.process_count() == 1:
+        return checkpointer.restore(states, fallback=log)
+    from jax.experimental import multihost_utils
+
+    try:
+        restored, error = checkpointer.restore(states), None
+    except CheckpointError as err:
+        restored, error = None, err
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    if failed.any():
+        who = ", ".join(str(i) for i in np.flatnonzero(failed))
+        raise CheckpointError(f"the last checkpoint in {checkpointer.directory!r} cannot be read by process(es) "
+                              f"{who}" + (f" ({error})" if error else "") + "; several processes do not fall back "
+                              "to an older one: remove that step's directory and --resume again") from error
+    return restored
 
 
 def _restored_clock(history: dict, start: int, env_steps_per_update: int) -> float:

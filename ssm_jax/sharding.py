@@ -269,31 +269,41 @@ def is_replicated(x, mesh) -> bool:
 
 
 # ---------------------------------------------------------------------------------- processes
+def _identity(tree):
+    return tree
+
+
 def to_host(tree):
-    """Every array leaf of `tree` as a host `numpy` array holding its whole value, in every
-    process. Leaves this process holds entirely are copied in one `jax.device_get`; global
-    arrays spread over several processes are first replicated by one jitted identity (a
-    collective: with several processes, every process must call `to_host` on the same tree)."""
+    """Every array leaf of `tree` with its whole value on this host, in every process: numpy
+    arrays (typed PRNG key arrays stay key arrays, on this process's default device); other
+    leaves as they are. Leaves this process holds entirely (or fully replicated ones) are
+    copied from its own devices; global arrays spread over several processes are first
+    replicated by one jitted identity, a collective: with several processes, every process
+    must call `to_host` on the same tree."""
     import jax
     import numpy as np
 
     leaves, treedef = jax.tree.flatten(tree)
-    spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
-    out = list(leaves)
-    local = sorted(set(range(len(leaves))) - set(spread))
-    for i, x in zip(local, jax.device_get([leaves[i] for i in local])):
-        out[i] = x
-    if spread:
-        def full(x):
-            sharding = x.sharding
-            if isinstance(sharding, jax.sharding.NamedSharding):
-                return sharding.update(spec=jax.sharding.PartitionSpec())
-            raise TypeError(f"to_host: a global array with a {type(sharding).__name__} (expected a NamedSharding)")
-
-        gathered = jax.jit(lambda xs: xs, out_shardings=[full(leaves[i]) for i in spread])(
-            [leaves[i] for i in spread])
-        for i, x in zip(spread, gathered):
+    keys = [isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves]
+    data = [jax.random.key_data(x) if k else x for x, k in zip(leaves, keys)]
+    spread = [i for i, x in enumerate(data) if isinstance(x, jax.Array) and not x.is_fully_addressable
+              and not x.is_fully_replicated]
+    out = [np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) and not x.is_fully_addressable
+           and x.is_fully_replicated else x for x in data]
+    named = [i for i in spread if isinstance(data[i].sharding, jax.sharding.NamedSharding)]
+    if named:  # one program for all of them (compiled once per layout)
+        full = [data[i].sharding.update(spec=jax.sharding.PartitionSpec()) for i in named]
+        for i, x in zip(named, jax.jit(_identity, out_shardings=full)([data[i] for i in named])):
             out[i] = np.asarray(x.addressable_data(0))
+    others = [i for i in spread if i not in set(named)]
+    if others:
+        from jax.experimental import multihost_utils
+
+        for i, x in zip(others, multihost_utils.process_allgather([data[i] for i in others], tiled=True)):
+            out[i] = np.asarray(x)
+    out = jax.device_get(out)
+    out = [jax.random.wrap_key_data(x, impl=jax.random.key_impl(leaf)) if k else x
+           for x, k, leaf in zip(out, keys, leaves)]
     return jax.tree.unflatten(treedef, out)
 
 

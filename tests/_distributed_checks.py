@@ -9,7 +9,8 @@
   `MetaState` is saved by both processes into DIR with `benchmarks.checkpointing.Checkpointer`
   (orbax writes each process's shards).
 - restore: a new pair restores DIR's checkpoint onto the same shardings and compares it, bit for
-  bit, with the state recomputed from the same keys.
+  bit, with the state recomputed from the same keys; then a resumed run's restore
+  (`benchmarks.training._restore`) where only process 1 fails to read it: both must stop.
 
 Prints one JSON object per process.
 """
@@ -68,8 +69,9 @@ def main(mode: str, directory: str) -> None:
         keys = jax.random.split(jax.random.key(5), 4)
         placed = sharding.place(keys, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
         out["keys_spread"] = not placed.is_fully_addressable
-        out["keys_round_trip"] = bool(np.array_equal(sharding.to_host(jax.random.key_data(placed)),
-                                                     np.asarray(jax.random.key_data(keys))))
+        back = sharding.to_host(placed)  # gathered from both processes, still typed keys
+        out["keys_round_trip"] = back.dtype == keys.dtype and bool(np.array_equal(
+            np.asarray(jax.random.key_data(back)), np.asarray(jax.random.key_data(keys))))
         state = saved_state(mesh)
         out["sharded"] = sharding.is_sharded(state["per_seed"], mesh) and not state["per_seed"].is_fully_addressable
         out["replicated"] = all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"]))
@@ -88,6 +90,22 @@ def main(mode: str, directory: str) -> None:
         out["restored"] = diff(sharding.to_host(state), sharding.to_host(expected))
         out["restored_sharded"] = (sharding.is_sharded(state["per_seed"], mesh)
                                    and all(sharding.is_replicated(x, mesh) for x in jax.tree.leaves(state["meta"])))
+        # a resumed training run's restore: when process 1 cannot read the checkpoint, both stop
+        from benchmarks.checkpointing import CheckpointError
+        from benchmarks.training import _restore
+
+        class FailsInProcessOne(Checkpointer):  # fails after orbax's reads (its restore is collective)
+            def restore(self, target, step=None, *, fallback=None):
+                restored = super().restore(target, step, fallback=fallback)
+                if jax.process_index() == 1:
+                    raise CheckpointError("unreadable here")
+                return restored
+
+        try:
+            _restore(FailsInProcessOne(directory, create=False), target, log=lambda m: None)
+            out["agreed_error"] = None
+        except CheckpointError as err:
+            out["agreed_error"] = str(err)
     print(json.dumps(out), flush=True)
 
 

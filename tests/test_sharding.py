@@ -173,7 +173,7 @@ def test_devices_flag_checked_before_jax():
         assert exc.value.code == 2
 
 
-def test_process_flags_checked_before_jax(monkeypatch, capsys):
+def test_process_flags_are_checked_when_parsed(monkeypatch, capsys):
     """The multi-process flags (or their environment variables) are checked when parsed, with
     messages naming the flag, and --eval_only is refused with several processes."""
     from benchmarks.cli import parse_args
@@ -203,6 +203,9 @@ def test_process_flags_checked_before_jax(monkeypatch, capsys):
     monkeypatch.setenv("JAX_PROCESS_ID", "2")
     _, options = parse_args(["--quick", "--out", "/nonexistent/x"])
     assert options.distributed == {"coordinator_address": "h:7", "num_processes": 3, "process_id": 2}
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    assert parse_args(["--quick", "--out", "/nonexistent/x"])[1].distributed is None  # one process: nothing to join
 
 
 def test_more_devices_than_available_names_both_numbers():
@@ -251,7 +254,7 @@ def run_pair(mode: str, directory: str) -> list:
 def test_two_processes_meta_update_and_checkpoint(tmp_path):
     """Two processes x 2 devices: a meta-update sharded over the 4 global devices equals the
     one-process (single-device) result in both processes; a sharded state the pair saves is
-    restored, sharded, by a new pair."""
+    restored, sharded, by a new pair; a resumed run's restore that fails in one process stops both."""
     first = run_pair("save", str(tmp_path / "ckpt"))
     for out in first:
         assert out["process_count"] == 2 and out["device_count"] == 4, out
@@ -263,6 +266,8 @@ def test_two_processes_meta_update_and_checkpoint(tmp_path):
         assert out["restored_step"] == 3, out
         assert out["restored"]["close"] and out["restored"]["max_abs"] == 0.0, out
         assert out["restored_sharded"], out
+        assert out["agreed_error"] is not None and "cannot be read by process(es) 1" in out["agreed_error"], out
+    assert "unreadable here" in second[1]["agreed_error"]
 
 
 def numbers(tree, path="") -> dict:
