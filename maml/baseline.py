@@ -49,7 +49,8 @@ def fit_linear_baseline(x: jax.Array, targets: jax.Array, reg: float = 1e-5,
                         mask: jax.Array | None = None) -> jax.Array:
     """Ridge-regression fit of ``targets`` ``(...)`` on features ``x`` ``(..., F)``; returns the
     fitted values ``(...)``. Columns are standardised first; ``reg`` is the ridge weight on the
-    standardised normal equations (scale-free, so one value serves any batch).
+    standardised normal equations (scale-free, so one value serves any batch). The coefficients
+    are a constant to differentiation (``solve_each``).
 
     ``mask`` (bool, shaped like ``targets``): fit to the rows where it is True only (their
     column means and deviations, their normal equations); the other rows get the fitted
@@ -71,8 +72,31 @@ def fit_linear_baseline(x: jax.Array, targets: jax.Array, reg: float = 1e-5,
     z = jnp.where(constant, 1.0, (x - mean) / jnp.where(constant, 1.0, std))
     zw = z if mask is None else z * w
     gram = zw.T @ z / n + reg * jnp.eye(f, dtype=z.dtype)
-    coef = jnp.linalg.solve(gram, zw.T @ y / n)
+    coef = solve_each(jax.lax.stop_gradient(gram), jax.lax.stop_gradient(zw.T @ y / n))
     return (z @ coef).reshape(targets.shape)
+
+
+@jax.custom_batching.custom_vmap
+def solve_each(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``jnp.linalg.solve(a, b)`` for one ``(F, F)`` system ``a`` and ``(F,)`` right-hand side;
+    under ``jax.vmap`` a ``lax.map`` over the batch: one LAPACK call per system, with the
+    same values as the batched call (LAPACK factors each matrix of a batch on its own).
+
+    Why: jaxlib 0.10's CPU LAPACK kernels split a batch into chunks on XLA's intra-op thread
+    pool and block the calling pool thread until they finish; when as many batched calls run
+    at once as the pool has threads (2 on a 2-core CPU), no thread is left to run the chunks
+    and the program hangs for ever (seen in long benchmark evaluations; a batch of one runs
+    inline). Not differentiable: the callers treat the fitted baseline as a constant (its
+    inputs pass through ``stop_gradient``)."""
+    return jnp.linalg.solve(a, b)
+
+
+@solve_each.def_vmap
+def _solve_each_vmap(axis_size: int, in_batched, a, b):
+    a_batched, b_batched = in_batched
+    a = a if a_batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+    b = b if b_batched else jnp.broadcast_to(b, (axis_size,) + b.shape)
+    return jax.lax.map(lambda ab: solve_each(*ab), (a, b)), True
 
 
 def linear_baseline(obs, rewards, dones, resets, gamma: float, reg: float = 1e-5,
