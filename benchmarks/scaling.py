@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import functools
 import os
 import statistics
 import sys
@@ -80,16 +81,22 @@ def force_host_devices(n: int, environ=os.environ) -> None:
         environ["XLA_FLAGS"] = f"{flags} {FORCE_FLAG}={n}".strip()
 
 
-def _median_time(fn, repeats: int) -> float:
+def _interleaved_medians(fns: list, repeats: int) -> list:
+    """The median seconds per call of each of `fns`, after one compiling call each, timed in
+    `repeats` rounds that call every function once in turn: a slow spell of the machine
+    (other jobs, a hypervisor's steal) falls on every device count alike, so the ratios
+    between them hold from run to run better than timing one after the other."""
     import jax
 
-    jax.block_until_ready(fn())  # compile
-    times = []
+    for fn in fns:
+        jax.block_until_ready(fn())  # compile
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 class TrainingSteps:
@@ -120,24 +127,24 @@ def measure(args) -> list:
     ssm_params = ssm.init(jax.random.key(0), jnp.zeros((1, 1, 4)))
     dist = envs.CartPoleTasks()
     task = jax.tree.map(lambda x: x[0], dist.sample(jax.random.key(1), 1))
-    rows = []
+    rows, fns = [], []  # a row (without its time) and its call, for every measurement
     for n in device_counts(args.max_devices):
         mesh = sharding.make_mesh(n) if n > 1 else None
         algo = MAMLRL(mlp, config, mesh=mesh)
         state = sharding.replicate(algo.init(jax.random.key(2)), mesh)
         for kind, num_tasks in (("strong", args.tasks), ("weak", args.tasks_per_device * n)):
             tasks = sharding.shard_batch(dist.sample(jax.random.key(3), num_tasks), mesh, name="num_tasks")
-            t = _median_time(TrainingSteps(algo, state, tasks, sharding.replicate(jax.random.key(4), mesh)),
-                             args.repeats)
+            fns.append(TrainingSteps(algo, state, tasks, sharding.replicate(jax.random.key(4), mesh)))
             rows.append({"workload": "maml_rl meta_update", "scaling": kind, "devices": n, "batch": num_tasks,
-                         "seconds": t, "per_s": 1.0 / t, "unit": "meta-updates/s",
-                         "env_steps_per_s": algo.env_steps_per_update(num_tasks) / t})
+                         "unit": "meta-updates/s", "env_steps": algo.env_steps_per_update(num_tasks), "calls": 1})
         for kind, num_envs in (("strong", args.rollout_envs), ("weak", args.envs_per_device * n)):
-            t = _median_time(lambda: envs.rollout(jax.random.key(5), ssm, ssm_params, task, num_envs=num_envs,
-                                                  num_steps=args.rollout_steps, mesh=mesh), args.repeats)
+            fns.append(functools.partial(envs.rollout, jax.random.key(5), ssm, ssm_params, task, num_envs=num_envs,
+                                         num_steps=args.rollout_steps, mesh=mesh))
             steps = num_envs * args.rollout_steps
             rows.append({"workload": "rollout (SSM policy)", "scaling": kind, "devices": n, "batch": num_envs,
-                         "seconds": t, "per_s": steps / t, "unit": "env steps/s", "env_steps_per_s": steps / t})
+                         "unit": "env steps/s", "env_steps": steps, "calls": steps})
+    for r, t in zip(rows, _interleaved_medians(fns, args.repeats)):
+        r.update(seconds=t, per_s=r.pop("calls") / t, env_steps_per_s=r.pop("env_steps") / t)
     base = {(r["workload"], r["scaling"]): r["seconds"] for r in rows if r["devices"] == 1}
     for r in rows:
         t1 = base[(r["workload"], r["scaling"])]
@@ -172,7 +179,7 @@ def main(argv=None) -> int:
         return 2
     platform = jax.default_backend()
     print(f"jax {jax.__version__} on {platform}, {jax.device_count()} devices, {os.cpu_count()} cpus; "
-          f"median of {args.repeats} calls after compilation")
+          f"median of {args.repeats} calls after compilation, device counts interleaved")
     rows = measure(args)
     print_table(rows, platform)
     if args.json:
