@@ -38,7 +38,7 @@ import time
 from tqdm.auto import tqdm
 
 from benchmarks import rundir
-from benchmarks.cli import RunOptions, check_all_suites_out, parse_args, run_main
+from benchmarks.cli import RunOptions, check_all_suites_out, is_primary, parse_args, run_main
 from benchmarks.config import BenchmarkConfig
 from benchmarks.methods import trainer_label, trainer_names
 from benchmarks.trainers import Trainer, build_trainer
@@ -58,12 +58,6 @@ def log(msg: str) -> None:
     if _printing:
         tqdm.write(msg, file=sys.stdout)
         sys.stdout.flush()
-
-
-def is_primary(options: RunOptions) -> bool:
-    """Whether this process writes the run directory and prints: the only process of a
-    single-process run, process 0 of a multi-process one (`options.distributed`)."""
-    return options.distributed is None or options.distributed["process_id"] == 0
 
 
 def same_run(stored, current: dict) -> bool:
@@ -109,8 +103,8 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
 
     Several processes (`options.distributed`, after `jax.distributed` is initialised): every
     process checks the run directory, trains its share and evaluates (on its own device, from
-    the gathered states); only process 0 (`is_primary`) changes the run directory, with
-    barriers between the checks, its changes and the training, so every process sees the
+    the gathered states); only process 0 (`benchmarks.cli.is_primary`) changes the run directory,
+    with barriers between the checks, its changes and the training, so every process sees the
     same directory.
     """
     import jax
@@ -122,7 +116,7 @@ def run(config: BenchmarkConfig, options: RunOptions) -> dict:
     t_start = time.perf_counter()
     cache_before = compile_time.cache_counts()
     out = options.out
-    primary = is_primary(options)
+    primary = is_primary(options.distributed)
     fresh = not options.eval_only and not options.resume
     source = rundir.run_dir_of(options.checkpoint or out) if options.eval_only else out
     if primary:
@@ -294,7 +288,7 @@ def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
 
     from ssm_jax import sharding
 
-    primary = is_primary(options)
+    primary = is_primary(options.distributed)
     if primary:  # recovers and checks; the other processes check once it has
         check_all_suites_out(options.out, overwrite=options.overwrite)
     sharding.barrier("suite directories checked")
@@ -306,7 +300,7 @@ def run_all_suites(config: BenchmarkConfig, options: RunOptions) -> dict:
         results[name] = run(config.with_values({"suite": name}),
                             dataclasses.replace(options, out=os.path.join(options.out, name), all_suites=False))
     summary = suite_summary(results)
-    if not is_primary(options):
+    if not primary:
         return results
     os.makedirs(options.out, exist_ok=True)
     rundir.write_json_atomic(os.path.join(options.out, SUMMARY_FILE), summary)
@@ -329,7 +323,7 @@ def run_command(config: BenchmarkConfig, options: RunOptions) -> dict:
 
     if options.distributed is not None:
         sharding.initialize(**options.distributed)
-        _printing = is_primary(options)
+        _printing = is_primary(options.distributed)
     with compile_time.persistent_cache(options.compile_cache, log=log), \
             compile_time.fast_compile(config.fast_compile):
         return run_all_suites(config, options) if options.all_suites else run(config, options)

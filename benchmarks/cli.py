@@ -264,7 +264,7 @@ def parse_args(argv=None) -> tuple[BenchmarkConfig, RunOptions]:
     try:
         distributed = _distributed(args)
         # in a multi-process run only process 0 recovers an interrupted run directory
-        config, options = _build(args, recover=distributed is None or distributed["process_id"] == 0)
+        config, options = _build(args, recover=is_primary(distributed))
         options = dataclasses.replace(options, compile_cache=compile_cache_dir(args.compile_cache),
                                       devices=_devices(args.devices), distributed=distributed)
         if args.print_config is not None:
@@ -288,6 +288,12 @@ def _devices(value: Optional[str]) -> Optional[int]:
     except ValueError:
         raise ValueError(f"--devices must be a positive int, got {value!r}") from None
     return check_int("--devices", number)
+
+
+def is_primary(distributed: Optional[dict]) -> bool:
+    """Whether this process writes the run directory and prints: the only process of a
+    single-process run, process 0 of a multi-process one (`distributed`: `RunOptions.distributed`)."""
+    return distributed is None or distributed["process_id"] == 0
 
 
 def _distributed(args) -> Optional[dict]:

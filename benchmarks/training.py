@@ -89,8 +89,6 @@ def _seed_sharded(tree, mesh):
     with several processes each places its own seeds (`ssm_jax.sharding.place`)."""
     if mesh is None:
         return tree
-    from ssm_jax import sharding
-
     return sharding.place(tree, _seed_sharding(mesh))
 
 

@@ -176,13 +176,11 @@ def _place(tree, sharding_of):
         elif one_process or (isinstance(x, jax.Array) and not x.is_fully_addressable):
             moved.append(i)
             targets.append(s)
-        elif jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: placed as their data
-            data = np.asarray(jax.random.key_data(x))
-            placed = jax.make_array_from_callback(data.shape, s, lambda index, h=data: h[index])
-            out[i] = jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x))
-        else:
-            host = np.asarray(x)
-            out[i] = jax.make_array_from_callback(host.shape, s, lambda index, h=host: h[index])
+        else:  # typed PRNG keys are placed as their data
+            key = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            host = np.asarray(jax.random.key_data(x) if key else x)
+            placed = jax.make_array_from_callback(host.shape, s, lambda index, h=host: h[index])
+            out[i] = jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x)) if key else placed
     if moved:
         for i, y in zip(moved, jax.device_put([leaves[i] for i in moved], targets)):
             out[i] = y

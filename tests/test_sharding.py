@@ -227,27 +227,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pair(mode: str, directory: str) -> list:
-    """`tests/_distributed_checks.py mode directory` as two processes (2 CPU devices each) joined
-    by `jax.distributed` on 127.0.0.1; returns each process's JSON."""
+def launch_pair(command, env_of, timeout: float) -> list:
+    """Two processes (2 forced CPU devices each), `command(pid, port)` with the environment
+    `forced_env(2)` updated by `env_of(pid, port)`, joined on 127.0.0.1:port; waits for both
+    (killing any still running after `timeout` s), asserts both exited 0 and returns their
+    `(stdout, stderr)`, process 0 first."""
     port = free_port()
     procs = []
     for pid in range(2):
-        env = forced_env(2)
-        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "_distributed_checks.py"),
-                                       mode, directory], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        env = {**forced_env(2), **env_of(pid, port)}
+        procs.append(subprocess.Popen(command(pid, port), cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     outs = []
     for p in procs:
         try:
-            stdout, stderr = p.communicate(timeout=600)
+            outs.append(p.communicate(timeout=timeout))
         finally:
             if p.poll() is None:
                 p.kill()
+    for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-4000:]
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
     return outs
+
+
+def run_pair(mode: str, directory: str) -> list:
+    """`tests/_distributed_checks.py mode directory` as two processes joined by
+    `jax.distributed` from JAX's environment variables; returns each process's JSON."""
+    outs = launch_pair(
+        lambda pid, port: [sys.executable, os.path.join(REPO, "tests", "_distributed_checks.py"), mode, directory],
+        lambda pid, port: {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                           "JAX_PROCESS_ID": str(pid)}, timeout=600)
+    return [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outs]
 
 
 @pytest.mark.slow
@@ -288,28 +298,12 @@ PAIR_METHODS = ("non_adaptive", "in_context", "maml_adapted")
 
 def run_cli_pair(args: list, cache: str) -> list:
     """`python -m benchmarks.cartpole *args` as two processes (2 forced CPU devices each, 4 in
-    all) joined on 127.0.0.1 by the CLI's own flags; returns their CompletedProcess-like
-    (returncode, stdout, stderr) tuples, process 0 first."""
-    port = free_port()
-    procs = []
-    for pid in range(2):
-        env = forced_env(2)
-        env["JAX_COMPILATION_CACHE_DIR"] = cache
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.cartpole", *args, "--coordinator_address", f"127.0.0.1:{port}",
-             "--num_processes", "2", "--process_id", str(pid)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    done = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=1800)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        done.append((p.returncode, stdout, stderr))
-    for code, _, stderr in done:
-        assert code == 0, stderr[-4000:]
-    return done
+    all) joined by the CLI's own flags, with the compilation cache `cache`; returns their
+    `(stdout, stderr)`, process 0 first."""
+    return launch_pair(
+        lambda pid, port: [sys.executable, "-m", "benchmarks.cartpole", *args, "--coordinator_address",
+                           f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(pid)],
+        lambda pid, port: {"JAX_COMPILATION_CACHE_DIR": cache}, timeout=1800)
 
 
 @pytest.mark.slow
@@ -324,7 +318,7 @@ def test_cartpole_quick_on_two_processes_equals_one_and_resumes(quick_run, tmp_p
     first = run_cli_pair(["--quick", "--devices", "4", "--methods", ",".join(PAIR_METHODS), "--out", str(out)],
                          quick_run.cache)
     # process 1 prints nothing of its own (gloo's C++ connection lines aside)
-    assert "wrote" in first[0][1] and all(line.startswith("[Gloo]") for line in first[1][1].splitlines()), first[1][1]
+    assert "wrote" in first[0][0] and all(line.startswith("[Gloo]") for line in first[1][0].splitlines()), first[1][0]
     with open(out / "results.json") as f:
         results = json.load(f)
     assert results["timing"]["devices"] == 4 and results["timing"]["processes"] == 2
