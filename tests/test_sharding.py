@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -317,8 +318,11 @@ def test_cartpole_quick_on_two_processes_equals_one_and_resumes(quick_run, tmp_p
     out = tmp_path / "pair"
     first = run_cli_pair(["--quick", "--devices", "4", "--methods", ",".join(PAIR_METHODS), "--out", str(out)],
                          quick_run.cache)
-    # process 1 prints nothing of its own (gloo's C++ connection lines aside)
-    assert "wrote" in first[0][0] and all(line.startswith("[Gloo]") for line in first[1][0].splitlines()), first[1][0]
+    # process 1 prints nothing of its own: only gloo's C++ connection messages, whose pieces its
+    # threads may interleave mid-line
+    assert "wrote" in first[0][0]
+    assert re.sub(r"\[Gloo\] Rank \d+| is connected to \d+ peer ranks\. Expected number of connected peer "
+                  r"ranks is : \d+", "", first[1][0]).strip() == "", first[1][0]
     with open(out / "results.json") as f:
         results = json.load(f)
     assert results["timing"]["devices"] == 4 and results["timing"]["processes"] == 2
