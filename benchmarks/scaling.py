@@ -4,7 +4,9 @@ Two workloads, each sharded with `ssm_jax.sharding` over meshes of 1, 2, 4, ... 
 `--max_devices`), each timed in one run:
 
 - `MAMLRL.meta_update` (MLP policy, 1 inner step, `--envs`-env x `--steps`-step support and query
-  rollouts per task): the task axis split over the devices; timed as a training loop runs it,
+  rollouts per task; by default the CartPole benchmark's own meta-batch and support size per
+  task, `benchmarks.config.MAMLTrainingConfig`: 8 tasks of 8 envs x 200 steps): the task axis
+  split over the devices; timed as a training loop runs it,
   each call taking the previous call's state (already replicated) and tasks sharded once up
   front, so the time is the step's, not that of copying inputs from the host;
 - `envs.rollout` of an SSM policy: the env axis split over the devices.
@@ -32,18 +34,23 @@ import statistics
 import sys
 import time
 
+from benchmarks.config import MAMLTrainingConfig
 from ssm_jax.validation import check_int
 
 FORCE_FLAG = "--xla_force_host_platform_device_count"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    maml = MAMLTrainingConfig()  # the benchmark's meta-training: its meta-batch and support size
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--max_devices", type=int, default=8, help="largest mesh (powers of two up to it) [8]")
-    p.add_argument("--tasks", type=int, default=8, help="strong scaling: MAML tasks per meta-update [8]")
+    p.add_argument("--tasks", type=int, default=maml.tasks_per_update,
+                   help=f"strong scaling: MAML tasks per meta-update [{maml.tasks_per_update}]")
     p.add_argument("--tasks_per_device", type=int, default=2, help="weak scaling: MAML tasks per device [2]")
-    p.add_argument("--envs", type=int, default=4, help="MAML support/query envs per task [4]")
-    p.add_argument("--steps", type=int, default=100, help="MAML support/query steps per env [100]")
+    p.add_argument("--envs", type=int, default=maml.rl.support_envs,
+                   help=f"MAML support/query envs per task [{maml.rl.support_envs}]")
+    p.add_argument("--steps", type=int, default=maml.rl.support_steps,
+                   help=f"MAML support/query steps per env [{maml.rl.support_steps}]")
     p.add_argument("--rollout_envs", type=int, default=512, help="strong scaling: envs per rollout [512]")
     p.add_argument("--envs_per_device", type=int, default=128, help="weak scaling: rollout envs per device [128]")
     p.add_argument("--rollout_steps", type=int, default=200, help="rollout length [200]")

@@ -33,6 +33,14 @@ def test_device_counts_are_powers_of_two_then_the_maximum():
 
 
 @pytest.mark.slow
+def test_default_maml_workload_is_the_benchmarks_meta_batch():
+    from benchmarks.config import MAMLTrainingConfig
+
+    args, maml = scaling.parse_args([]), MAMLTrainingConfig()
+    assert (args.tasks, args.envs, args.steps) == (maml.tasks_per_update, maml.rl.support_envs,
+                                                   maml.rl.support_steps)
+
+
 def test_small_run_writes_every_row_with_consistent_rates(tmp_path):
     """The command on 1 and 2 forced devices: one strong and one weak row per workload and
     device count; rates and ratios follow from the times; the 1-device rows are the baseline."""
