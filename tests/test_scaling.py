@@ -32,7 +32,6 @@ def test_device_counts_are_powers_of_two_then_the_maximum():
     assert scaling.device_counts(6) == [1, 2, 4, 6]
 
 
-@pytest.mark.slow
 def test_default_maml_workload_is_the_benchmarks_meta_batch():
     from benchmarks.config import MAMLTrainingConfig
 
@@ -41,6 +40,7 @@ def test_default_maml_workload_is_the_benchmarks_meta_batch():
                                                    maml.rl.support_steps)
 
 
+@pytest.mark.slow
 def test_small_run_writes_every_row_with_consistent_rates(tmp_path):
     """The command on 1 and 2 forced devices: one strong and one weak row per workload and
     device count; rates and ratios follow from the times; the 1-device rows are the baseline."""
