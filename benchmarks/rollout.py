@@ -13,13 +13,18 @@ The task: gymnax's default CartPole changed by `--length` (half pole length, m),
 `--masscart` (kg), `--gravity` (m/s^2), `--force_mag` (N) and `--inverted`; or `--sample_task
 SEED`, a held-out test-split task of `envs.CartPoleTasks()` drawn with that seed; or
 `--test_task I`, the run's own I-th test task of the seed (per_task.csv's `task_index`).
+
+Compiled programs go to the benchmark's persistent compilation cache (`--compile_cache`, the same
+default as `python -m benchmarks.cartpole`), so a second GIF of the same method reads them back.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from benchmarks.cli import compile_cache_dir
 from benchmarks.methods import METHODS
 
 TASK_FLAGS = ("length", "masspole", "masscart", "gravity", "force_mag")
@@ -41,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--greedy", action="store_true", help="act with the most likely action instead of sampling")
     a("--stride", type=int, default=1, help="draw every N-th step [default 1: every step]")
     a("--fps", type=float, default=None, help="GIF frames per second [default 50 / stride: real time]")
+    a("--compile_cache", metavar="DIR|none", default=None,
+      help="JAX's persistent compilation cache, as python -m benchmarks.cartpole's [default: "
+           "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/ssm-metarl-jax/jax, else "
+           "~/.cache/ssm-metarl-jax/jax; 'none' turns it off]")
     g = p.add_argument_group("task (default: gymnax's CartPole-v1 physics)")
     g.add_argument("--length", type=float, default=None, help="half pole length in m [0.5]")
     g.add_argument("--masspole", type=float, default=None, help="pole mass in kg [0.1]")
@@ -64,37 +73,55 @@ def main(argv=None) -> int:
                                        ("the physics flags", bool(physics) or args.inverted)) if given]
     if len(chosen) > 1:
         parser.error(f"choose the task one way: got {' and '.join(chosen)}")
-    import jax  # noqa: PLC0415 - after the usage checks: --help and usage errors stay fast
-
-    from benchmarks import render, runs  # noqa: PLC0415
+    try:
+        cache = compile_cache_dir(args.compile_cache)
+    except ValueError as err:
+        parser.error(str(err))
+    # JAX after the usage checks: --help and usage errors stay fast
+    from benchmarks import compile_time  # noqa: PLC0415
     from benchmarks.checkpointing import CheckpointError  # noqa: PLC0415
 
     try:
-        run = runs.load_run(args.run, methods=[args.method])
-        if args.sample_task is not None:
-            task = runs.sample_task(args.sample_task)
-        elif args.test_task is not None:
-            task = run.test_task(args.seed_index, args.test_task)
-        else:
-            task = runs.make_task(**physics, inverted=args.inverted)
-        policy = run.policies[args.method]
-        episode = runs.rollout_episode(policy, args.seed_index, task, jax.random.key(args.key),
-                                       adapt_steps=args.adapt_steps, deterministic=args.greedy)
-        title = f"{args.method}, seed index {args.seed_index}"
-        frames = render.episode_frames(episode.states, episode.actions, episode.task,
-                                       rewards=episode.rewards, stride=args.stride, title=title)
-        fps = args.fps if args.fps is not None else 1 / (render.TAU * args.stride)
-        render.save_gif(frames, args.gif, fps=fps)
+        with compile_time.persistent_cache(cache, log=print):
+            episode, frames = _render(args, physics)
     except ValueError as err:  # RunDirError included: bad input, named
         parser.error(str(err))
     except CheckpointError as err:
         print(f"benchmarks.rollout: error: {err}", file=sys.stderr)
         return 1
-    before = ", ".join(f"{r:.0f}" for r in episode.pre_returns)
+    before = returns_text(episode.pre_returns)
     print(f"{args.method} (seed index {args.seed_index}) on {episode.task}: return {episode.total:.0f} "
           f"in {episode.length} steps" + (f" (while adapting: {before})" if before else "")
           + f"; wrote {len(frames)} frames to {args.gif}")
     return 0
+
+
+def returns_text(returns) -> str:
+    """The returns measured while adapting, as printed: rounded, comma-separated; a batch in
+    which no episode ended (its completed-episode return is NaN) says so."""
+    return ", ".join(f"{r:.0f}" if math.isfinite(r) else "no episode ended" for r in returns)
+
+
+def _render(args, physics: dict):
+    """Load the run, adapt and roll out one episode, write the GIF; `(episode, frames)`."""
+    import jax  # noqa: PLC0415
+
+    from benchmarks import render, runs  # noqa: PLC0415
+
+    run = runs.load_run(args.run, methods=[args.method])
+    if args.sample_task is not None:
+        task = runs.sample_task(args.sample_task)
+    elif args.test_task is not None:
+        task = run.test_task(args.seed_index, args.test_task)
+    else:
+        task = runs.make_task(**physics, inverted=args.inverted)
+    episode = runs.rollout_episode(run.policies[args.method], args.seed_index, task, jax.random.key(args.key),
+                                   adapt_steps=args.adapt_steps, deterministic=args.greedy)
+    frames = render.episode_frames(episode.states, episode.actions, episode.task, rewards=episode.rewards,
+                                   stride=args.stride, title=f"{args.method}, seed index {args.seed_index}")
+    fps = args.fps if args.fps is not None else 1 / (render.TAU * args.stride)
+    render.save_gif(frames, args.gif, fps=fps)
+    return episode, frames
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import envs
+from benchmarks import compile_time
 from benchmarks import plot as plot_cli
 from benchmarks.trainers import build_trainer
 from benchmarks import cartpole
@@ -167,7 +168,8 @@ def test_rollout_refuses_bad_input_naming_it(tiny_run, tmp_path, capsys):
             (["--length", "-1"], "length must be"),
             (["--sample_task", "1", "--length", "0.6"], "choose the task one way"),
             (["--seed_index", "5"], "seed_index must be < 2"),
-            (["--method", "maml_adapted"], "method must be one of")):
+            (["--method", "maml_adapted"], "method must be one of"),
+            (["--compile_cache", " "], "--compile_cache must be a directory or 'none'")):
         base = ["--run", tiny_run, "--gif", gif] + (["--method", "non_adaptive"] if "--method" not in argv else [])
         with pytest.raises(SystemExit) as exc:
             rollout_cli.main(base + argv)
@@ -175,11 +177,46 @@ def test_rollout_refuses_bad_input_naming_it(tiny_run, tmp_path, capsys):
     assert not os.path.exists(gif)
 
 
+def test_rollout_prints_the_returns_measured_while_adapting():
+    assert rollout_cli.returns_text(np.array([22.4, 25.0, 55.6, np.nan], np.float32)) == "22, 25, 56, no episode ended"
+    assert rollout_cli.returns_text(np.zeros((0,))) == ""
+
+
+def test_rollout_reads_its_programs_back_from_the_compilation_cache(tiny_run, tmp_path):
+    """`--compile_cache DIR`: the first GIF writes its programs to DIR; the same command again,
+    with JAX's in-memory programs dropped, reads every one back (hits, no writes) and draws the
+    same GIF; `--compile_cache none` neither reads nor writes."""
+    compile_time.install()
+    cache = tmp_path / "cache"
+    counts = []
+    for i, where in enumerate((str(cache), str(cache), "none")):
+        jax.clear_caches()
+        before = compile_time.cache_counts()
+        argv = ["--run", tiny_run, "--method", "non_adaptive", "--gif", str(tmp_path / f"{i}.gif"),
+                "--sample_task", "3", "--compile_cache", where]
+        assert rollout_cli.main(argv) == 0
+        counts.append({k: v - before[k] for k, v in compile_time.cache_counts().items()})
+    assert counts[0]["writes"] > 0  # (a program compiled twice in one command hits the first time's entry)
+    assert counts[1] == {"hits": counts[0]["hits"] + counts[0]["writes"], "writes": 0}
+    assert counts[2] == {"hits": 0, "writes": 0}
+    gifs = []
+    for i in range(3):
+        with open(tmp_path / f"{i}.gif", "rb") as f:
+            gifs.append(f.read())
+    assert gifs[0] == gifs[1] == gifs[2]
+
+
 @pytest.mark.slow
 def test_every_method_loads_adapts_and_rolls_out(quick_run, tmp_path):
     """The shared --quick run of every standard method (tests/conftest.py `quick_run`, copied so
     the run is only read): per_task.csv, load_run reproducing every method's returns, MAML
-    adaptation through the library's inner step and a GIF of each adaptive method."""
+    adaptation through the library's inner step and a GIF of each adaptive method. Programs
+    compiled here go through the run's compilation cache, as the rollout command's do."""
+    with compile_time.persistent_cache(quick_run.cache):
+        _check_every_method(quick_run, tmp_path)
+
+
+def _check_every_method(quick_run, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(quick_run.out, out)
     config, rows = _check_per_task(out)
