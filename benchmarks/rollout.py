@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 def returns_text(returns) -> str:
     """The returns measured while adapting, as printed: rounded, comma-separated; a batch in
     which no episode ended (its completed-episode return is NaN) says so."""
-    return ", ".join(f"{r:.0f}" if math.isfinite(r) else "no episode ended" for r in returns)
+    return ", ".join("no episode ended" if math.isnan(r) else f"{r:.0f}" for r in returns)
 
 
 def _render(args, physics: dict):

@@ -179,6 +179,7 @@ def test_rollout_refuses_bad_input_naming_it(tiny_run, tmp_path, capsys):
 
 def test_rollout_prints_the_returns_measured_while_adapting():
     assert rollout_cli.returns_text(np.array([22.4, 25.0, 55.6, np.nan], np.float32)) == "22, 25, 56, no episode ended"
+    assert rollout_cli.returns_text([-np.inf]) == "-inf"  # a blown-up return is shown, not hidden
     assert rollout_cli.returns_text(np.zeros((0,))) == ""
 
 
@@ -188,7 +189,7 @@ def test_rollout_reads_its_programs_back_from_the_compilation_cache(tiny_run, tm
     same GIF; `--compile_cache none` neither reads nor writes."""
     compile_time.install()
     cache = tmp_path / "cache"
-    counts = []
+    counts, entries = [], []
     for i, where in enumerate((str(cache), str(cache), "none")):
         jax.clear_caches()
         before = compile_time.cache_counts()
@@ -196,7 +197,9 @@ def test_rollout_reads_its_programs_back_from_the_compilation_cache(tiny_run, tm
                 "--sample_task", "3", "--compile_cache", where]
         assert rollout_cli.main(argv) == 0
         counts.append({k: v - before[k] for k, v in compile_time.cache_counts().items()})
+        entries.append(sorted(n for n in os.listdir(cache) if n.endswith("-cache")))
     assert counts[0]["writes"] > 0  # (a program compiled twice in one command hits the first time's entry)
+    assert len(entries[0]) == counts[0]["writes"] and entries[1] == entries[2] == entries[0]  # in DIR itself
     assert counts[1] == {"hits": counts[0]["hits"] + counts[0]["writes"], "writes": 0}
     assert counts[2] == {"hits": 0, "writes": 0}
     gifs = []

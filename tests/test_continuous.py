@@ -53,7 +53,8 @@ def test_maml_rl_on_pendulum_tasks_has_finite_nonzero_gradients(policy, first_or
         lambda t, k: algo.collect_task(state.params, state.inner_lr, t, k, c.num_inner_steps,
                                        (c.support_envs, c.support_steps), (c.query_envs, c.query_steps))
     ))(tasks, jax.random.split(jax.random.key(2), 2))
-    assert support.actions.shape == (2, 1, 2, 16, 1)  # (task, inner step, env, time, A) and support.actions.dtype == jnp.float32
+    assert support.actions.shape == (2, 1, 2, 16, 1)  # (task, inner step, env, time, A)
+    assert support.actions.dtype == jnp.float32
     grads = jax.jit(jax.grad(lambda p: algo.outer_loss(p, state.inner_lr, (support, query))[0]))(state.params)
     chex.assert_tree_all_finite(grads)
     assert float(jnp.max(jnp.abs(grads["params"]["heads"]["log_std"]))) > 0
