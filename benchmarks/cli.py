@@ -205,12 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--process_id", metavar="I", default=None, help="a multi-process run: this process's id, 0 .. N-1")
     a("--debug", action="store_true",
       help="show the full traceback of a runtime error (default: one line)")
-    a("--compile_cache", metavar="DIR|none", default=None,
-      help="JAX's persistent compilation cache: a later run of the same configuration reads "
-           "compiled programs from DIR instead of compiling them again (results are the same); "
-           "'none' turns it off [default: $JAX_COMPILATION_CACHE_DIR if set, else "
-           "$XDG_CACHE_HOME/ssm-metarl-jax/jax, else ~/.cache/ssm-metarl-jax/jax]")
+    add_compile_cache_flag(p)
     return p
+
+
+def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """`--compile_cache DIR|none` on `parser` (this command's and `python -m benchmarks.rollout`'s),
+    read with `compile_cache_dir`."""
+    parser.add_argument(
+        "--compile_cache", metavar="DIR|none", default=None,
+        help="JAX's persistent compilation cache: a later command that compiles the same programs "
+             "reads them from DIR instead of compiling them again (results are the same); 'none' "
+             "turns it off [default: $JAX_COMPILATION_CACHE_DIR if set, else "
+             "$XDG_CACHE_HOME/ssm-metarl-jax/jax, else ~/.cache/ssm-metarl-jax/jax]")
 
 
 #: `--compile_cache none`: no persistent compilation cache.

@@ -24,7 +24,7 @@ import argparse
 import math
 import sys
 
-from benchmarks.cli import compile_cache_dir
+from benchmarks.cli import add_compile_cache_flag, compile_cache_dir
 from benchmarks.methods import METHODS
 
 TASK_FLAGS = ("length", "masspole", "masscart", "gravity", "force_mag")
@@ -46,10 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--greedy", action="store_true", help="act with the most likely action instead of sampling")
     a("--stride", type=int, default=1, help="draw every N-th step [default 1: every step]")
     a("--fps", type=float, default=None, help="GIF frames per second [default 50 / stride: real time]")
-    a("--compile_cache", metavar="DIR|none", default=None,
-      help="JAX's persistent compilation cache, as python -m benchmarks.cartpole's [default: "
-           "$JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/ssm-metarl-jax/jax, else "
-           "~/.cache/ssm-metarl-jax/jax; 'none' turns it off]")
+    add_compile_cache_flag(p)
     g = p.add_argument_group("task (default: gymnax's CartPole-v1 physics)")
     g.add_argument("--length", type=float, default=None, help="half pole length in m [0.5]")
     g.add_argument("--masspole", type=float, default=None, help="pole mass in kg [0.1]")

@@ -286,11 +286,6 @@ SUITE_TEST_METHODS = {
 }
 
 
-def _suite_test_methods(name: str) -> tuple:
-    """The methods SUITE_TEST_METHODS gives the suite `name`."""
-    return SUITE_TEST_METHODS[name]
-
-
 @pytest.mark.slow
 def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
     """`--suite NAME --quick --methods ...` for every suite but standard: results.json's schema,
@@ -302,10 +297,10 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
     assert {"test_time_within_episode", "test_time_hybrid", *GOAL_METHODS} <= run_somewhere
     out = str(tmp_path / "suites")
     for name in names:
-        argv = ["--suite", name, "--quick", "--methods", ",".join(_suite_test_methods(name)),
+        argv = ["--suite", name, "--quick", "--methods", ",".join(SUITE_TEST_METHODS[name]),
                 "--out", os.path.join(out, name)]
         assert cartpole.main(argv) == 0
-        res = _check_results(os.path.join(out, name), _suite_test_methods(name))
+        res = _check_results(os.path.join(out, name), SUITE_TEST_METHODS[name])
         assert res["suite"] == name and BenchmarkConfig.from_dict(res["config"]).suite == name
         for m in res["methods"].values():
             assert np.all((np.asarray(m["per_seed_mean"]) >= 0) & (np.asarray(m["per_seed_mean"]) <= 500))
@@ -314,7 +309,7 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
             assert within["updates_per_episode"] >= 0 and within["chunk_steps"] == 50
             assert res["methods"]["test_time_hybrid"]["replay_ratio"] == 0.5
         assert os.path.getsize(os.path.join(out, name, "per_task_physics.png")) > 0
-        adapts = any(METHODS_BY_NAME[m].adaptation is not None for m in _suite_test_methods(name))
+        adapts = any(METHODS_BY_NAME[m].adaptation is not None for m in SUITE_TEST_METHODS[name])
         assert os.path.exists(os.path.join(out, name, "adaptation.png")) == adapts
         switches = SUITES[name].switches
         assert os.path.exists(os.path.join(out, name, "switch_recovery.png")) == switches
@@ -329,6 +324,6 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
                 curve = np.asarray(m["around_switch"]["reward_by_offset_per_seed"])
                 assert curve.shape == (2, 200) and np.all((curve >= 0) & (curve <= 1))
                 assert np.all(np.diff(curve, axis=-1) <= 1e-6)
-    summary = suite_summary({n: _check_results(os.path.join(out, n), _suite_test_methods(n)) for n in names})
+    summary = suite_summary({n: _check_results(os.path.join(out, n), SUITE_TEST_METHODS[n]) for n in names})
     print_suite_summary(summary)
     assert "summary over suites" in capsys.readouterr().out
