@@ -157,23 +157,27 @@ class MAMLTrainingConfig:
 @dataclasses.dataclass(frozen=True)
 class InContextPolicyConfig:
     """The in_context (RL^2) agent's `SSMPolicy`: `core` (one of `ssm_jax.CORE_NAMES`),
-    `state_dim`, `hidden_dim` and `num_layers` stacked cores (positive ints)."""
+    `state_dim`, `hidden_dim` and `num_layers` stacked cores (positive ints); `chunk_size`, the
+    "ssm" core's chunked evaluation of PPO's 1000-step sequences (`ssm_jax.SSM`; the other
+    cores ignore it). It changes the training's speed, and its numbers only by float rounding."""
 
     core: str = "ssm"
     state_dim: int = 16
     hidden_dim: int = 64
     num_layers: int = 2
+    chunk_size: int = 32
 
     def __post_init__(self):
         check_choice("core", self.core, CORE_NAMES)
-        for name in ("state_dim", "hidden_dim", "num_layers"):
+        for name in ("state_dim", "hidden_dim", "num_layers", "chunk_size"):
             check_int(name, getattr(self, name))
 
     def build(self, obs_dim: int, action_dim: int, parallel: bool = False,
               discrete: bool = True) -> "ssm_jax.SSMPolicy":
         return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
                          state_dim=self.state_dim, hidden_dim=self.hidden_dim,
-                         num_layers=self.num_layers, parallel=parallel, discrete=discrete)
+                         num_layers=self.num_layers, parallel=parallel, discrete=discrete,
+                         chunk_size=self.chunk_size if self.core == "ssm" else 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "diagonal": ("DiagonalSSM",),
     "distributions": ("Categorical", "Gaussian"),
     "policy": ("CORES", "MLPPolicy", "PolicyOutput", "SSMPolicy"),
-    "scan": ("linear_recurrence", "reset_carry", "sequential_scan"),
+    "scan": ("linear_recurrence", "matrix_recurrence", "reset_carry", "sequential_scan"),
     "selective": ("SelectiveSSM",),
     "ssm": ("SSM",),
 })

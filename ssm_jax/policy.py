@@ -96,6 +96,8 @@ class SSMPolicy(nn.Module):
         layers' carries for more.
       discrete: categorical (True) or Gaussian (False) actions.
       parallel: associative scan for sequence calls ("diagonal" and "selective" cores only).
+      chunk_size: the "ssm" core's ``chunk_size`` (chunked evaluation of its dense recurrence in
+        sequence calls; 1, step by step, for the other cores).
       init_log_std: initial log standard deviation of Gaussian actions.
     """
 
@@ -108,15 +110,20 @@ class SSMPolicy(nn.Module):
     parallel: bool = False
     init_log_std: float = -0.5
     num_layers: int = 1
+    chunk_size: int = 1
 
     def __post_init__(self):
-        check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim", "num_layers")
+        check_dims(self, "obs_dim", "action_dim", "state_dim", "hidden_dim", "num_layers",
+                   "chunk_size")
         check_choice("core", self.core, sorted(CORES))
         check_bool("discrete", self.discrete)
         check_bool("parallel", self.parallel)
         check_float("init_log_std", self.init_log_std)
         if self.parallel and self.core == "ssm":
             raise ValueError("parallel=True needs a diagonal core ('diagonal' or 'selective'), got core='ssm'")
+        if self.chunk_size != 1 and self.core != "ssm":
+            raise ValueError(f"chunk_size applies to core='ssm' (the diagonal cores have parallel=True), "
+                             f"got chunk_size={self.chunk_size!r} with core={self.core!r}")
         super().__post_init__()
 
     @property
@@ -127,7 +134,9 @@ class SSMPolicy(nn.Module):
         input_dim = self.obs_dim if layer == 0 else self.hidden_dim
         kwargs = dict(state_dim=self.state_dim, input_dim=input_dim, output_dim=self.hidden_dim,
                       hidden_dim=self.hidden_dim)
-        if self.core != "ssm":
+        if self.core == "ssm":
+            kwargs["chunk_size"] = self.chunk_size
+        else:
             kwargs["parallel"] = self.parallel
         return CORES[self.core](**kwargs, **module_kwargs)
 

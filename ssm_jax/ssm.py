@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
-from ssm_jax.scan import reset_carry, sequential_scan
-from ssm_jax.validation import check_float
+from ssm_jax.scan import matrix_recurrence, reset_carry
+from ssm_jax.validation import check_float, check_int
 
 
 def _neumann_inverse(p: jax.Array) -> jax.Array:
@@ -85,6 +85,10 @@ class SSM(nn.Module):
       output_dim: size of each output ``y_t``.
       hidden_dim: width of the input MLP.
       max_radius: bound on the singular values of ``A``, in ``(0, 1)``.
+      chunk_size: how sequence calls evaluate the recurrence (``ssm_jax.scan.matrix_recurrence``):
+        1 steps through time; ``L > 1`` in chunks of ``L`` steps, faster on long sequences
+        (e.g. 32 for 1000 steps). The states are the same up to float rounding; ``step`` is
+        unaffected.
 
     Shapes: ``xs`` ``(batch, time, input_dim)`` -> ``ys`` ``(batch, time, output_dim)``; the carry
     is ``(batch, state_dim)`` float32, zero initially.
@@ -95,11 +99,13 @@ class SSM(nn.Module):
     output_dim: int
     hidden_dim: int = 64
     max_radius: float = 0.999
+    chunk_size: int = 1
 
     def __post_init__(self):
         check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
         check_float("max_radius", self.max_radius, minimum=0.0, maximum=1.0, strict_min=True,
                     strict_max=True)
+        check_int("chunk_size", self.chunk_size)
         super().__post_init__()
 
     def setup(self):
@@ -131,16 +137,11 @@ class SSM(nn.Module):
         """Run over a sequence; returns ``(ys (batch, time, output_dim), final carry)``."""
         no_resets = resets is None
         xs, resets, carry = prepare_sequence(self, xs, resets, carry)
-        a_t = self.transition().T
         drive = self._drive(xs)
-
-        def step(h, d_t):
-            h = h @ a_t + d_t
-            return h, h
-
         # without resets, skip the (all-false) per-step select and the masks it saves for AD
-        carry, hs = sequential_scan(step, carry, drive, None if no_resets else resets)
-        return self.C(hs) + self.D(xs), carry
+        hs = matrix_recurrence(self.transition().T, drive, carry, None if no_resets else resets,
+                               self.chunk_size)
+        return self.C(hs) + self.D(xs), hs[:, -1]
 
     def step(self, x, carry, reset=None):
         """One time step; ``x`` ``(batch, input_dim)`` -> ``(y (batch, output_dim), carry)``."""

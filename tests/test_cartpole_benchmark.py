@@ -186,7 +186,8 @@ def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, 
         total_iterations=c["in_context_iterations"], carry_across_episodes=True)
     assert config.in_context_policy.build(8, 2) == SSMPolicy(
         obs_dim=8, action_dim=2, core=c["in_context_core"], state_dim=c["in_context_state_dim"],
-        hidden_dim=c["in_context_hidden_dim"], num_layers=c["in_context_layers"])
+        hidden_dim=c["in_context_hidden_dim"], num_layers=c["in_context_layers"],
+        chunk_size=config.in_context_policy.chunk_size)
     assert config.policy.ssm(4, 2) == SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=c["state_dim"],
                                                 hidden_dim=c["hidden_dim"])
     assert config.policy.mlp(4, 2) == MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c["hidden_dim"])
@@ -206,6 +207,11 @@ def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
         BenchmarkConfig().with_values({"maml.rl.inner_lr": -1.0})
     with pytest.raises(ValueError, match=r"^in_context_policy\.core must be one of"):
         BenchmarkConfig.from_dict({"in_context_policy": {"core": "lstm"}})
+    with pytest.raises(ValueError, match=r"^in_context_policy\.chunk_size must be a positive int"):
+        BenchmarkConfig.from_dict({"in_context_policy": {"chunk_size": 0}})
+    # the chunked evaluation is the "ssm" core's; another core builds with step-by-step scans
+    diagonal = BenchmarkConfig().with_values({"in_context_policy.core": "diagonal"})
+    assert diagonal.in_context_policy.build(8, 2).chunk_size == 1
     with pytest.raises(ValueError, match=r"^non_adaptive\.num_minibatches \(4\) must divide"):
         BenchmarkConfig().with_values({"non_adaptive.num_tasks": 3, "non_adaptive.num_envs": 3})
     with pytest.raises(ValueError, match="unknown field 'maml.rl.inner_rate'"):

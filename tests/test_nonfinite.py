@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ssm_jax import DiagonalSSM, SelectiveSSM
-from ssm_jax.scan import linear_recurrence
+from ssm_jax.scan import linear_recurrence, matrix_recurrence
 
 DIMS = dict(state_dim=4, input_dim=3, output_dim=2, hidden_dim=8)
 
@@ -40,6 +40,33 @@ def test_linear_recurrence_clears_bad_state_at_reset_in_both_paths(bad):
     np.testing.assert_allclose(seq[:, 4:], ref[:, 4:], rtol=1e-6)
     np.testing.assert_allclose(par[:, 4:], ref[:, 4:], rtol=1e-6)
     assert np.isfinite(np.asarray(par[:, 4:])).all()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e30])
+def test_matrix_recurrence_matches_a_loop_and_clears_bad_state_at_reset(chunk_size, bad):
+    """h_t = where(r_t, 0, h_{t-1}) @ m + b_t against a NumPy loop, vmapped over 2 tasks: equal
+    on every finite step, and a bad input before each row's reset (steps 5 and 9; 11 steps, so
+    the chunks of 3 and 4 pad the last one, and 16 is one chunk) never reaches the steps from
+    the reset on, whatever the chunk size."""
+    tasks, batch, time, n = 2, 3, 11, 4
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    m = 0.4 * jax.random.normal(k[0], (tasks, n, n))
+    b = jax.random.normal(k[1], (tasks, batch, time, n)).at[:, 0, 2].set(bad).at[:, 1, 6, 1].set(bad)
+    h0 = jax.random.normal(k[2], (tasks, batch, n))
+    resets = jnp.zeros((tasks, batch, time), bool).at[:, 0, 5].set(True).at[:, 1, 9].set(True)
+    hs = jax.jit(jax.vmap(lambda *a: matrix_recurrence(*a, chunk_size=chunk_size)))(m, b, h0, resets)
+    ref = np.zeros(b.shape, np.float32)
+    h = np.asarray(h0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(time):
+            h = np.einsum("tbn,tnm->tbm", np.where(np.asarray(resets[..., t])[..., None], 0.0, h),
+                          np.asarray(m)) + np.asarray(b[:, :, t])
+            ref[:, :, t] = h
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(np.asarray(hs)[finite], ref[finite], rtol=1e-4, atol=1e-5)
+    assert np.isfinite(np.asarray(hs[:, 0, 5:])).all() and np.isfinite(np.asarray(hs[:, 1, 9:])).all()
+    assert np.isfinite(np.asarray(hs[:, 2])).all()  # the row with no bad input
 
 
 @pytest.mark.parametrize("cls", [DiagonalSSM, SelectiveSSM])

@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,15 +12,17 @@ from ssm_jax import SSM, DiagonalSSM, SelectiveSSM
 DIMS = dict(state_dim=6, input_dim=3, output_dim=2, hidden_dim=8)
 BATCH, TIME = 4, 25
 
-# (model class, extra attributes); the diagonal layers are tested with both scans.
+# (model class, extra attributes); the diagonal layers are tested with both scans, the dense one
+# step by step and in chunks (4 steps: TIME is not a multiple, so the padded last chunk is too).
 VARIANTS = [
     (SSM, {}),
+    (SSM, {"chunk_size": 4}),
     (DiagonalSSM, {"parallel": False}),
     (DiagonalSSM, {"parallel": True}),
     (SelectiveSSM, {"parallel": False}),
     (SelectiveSSM, {"parallel": True}),
 ]
-IDS = ["ssm", "diagonal-seq", "diagonal-par", "selective-seq", "selective-par"]
+IDS = ["ssm", "ssm-chunked", "diagonal-seq", "diagonal-par", "selective-seq", "selective-par"]
 # Expensive properties (long sequences, second-order gradients) run for two variants by default and
 # for all of them in the slow pass.
 SLOW_VARIANTS = [
@@ -105,6 +108,52 @@ def test_parallel_scan_equals_sequential_scan(cls):
 
     grad = lambda m: jax.jit(jax.grad(lambda p: loss(p, m)))(params)  # noqa: E731
     chex.assert_trees_all_close(grad(par_model), grad(seq_model), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 8, 64])
+def test_chunked_ssm_equals_step_by_step(chunk_size):
+    """The dense SSM in chunks (any size: dividing the length or not, longer than it) gives the
+    step-by-step scan's outputs, final carry and parameter gradients, with and without resets;
+    the chunked path is a different program (its sequential scans run chunk_size and
+    ceil(T / chunk_size) steps), not the same one renamed."""
+    xs, resets = data(seed=4, time=40, p_reset=0.1)
+    ref_model, model = make(SSM, {}), make(SSM, {"chunk_size": chunk_size})
+    params = init(ref_model, xs)
+    _, carry0 = ref_model.apply(params, data(seed=5, time=40)[0])
+    for r in (resets, None):
+        ys, c = model.apply(params, xs, r, carry0)
+        ys_ref, c_ref = ref_model.apply(params, xs, r, carry0)
+        chex.assert_trees_all_close(ys, ys_ref, atol=2e-5, rtol=2e-5)
+        chex.assert_trees_all_close(c, c_ref, atol=2e-5, rtol=2e-5)
+
+        def grad(m, r=r):
+            return jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, xs, r, carry0)[0] ** 2)))(params)
+
+        chex.assert_trees_all_close(grad(model), grad(ref_model), atol=1e-3, rtol=1e-3)
+    trips = sorted(int(eq.params["length"]) for eq in _scans(jax.make_jaxpr(
+        lambda p: model.apply(p, xs, resets, carry0))(params).jaxpr))
+    assert trips == sorted([chunk_size, -(-40 // chunk_size)]), trips
+
+
+def _scans(jaxpr):
+    """Every ``scan`` equation in a jaxpr, nested ones included."""
+    yield from (eq for eq in jaxpr.eqns if eq.primitive.name == "scan")
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        yield from _scans(sub)
+
+
+def test_chunk_size_is_validated():
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            SSM(**DIMS, chunk_size=bad)
+    from ssm_jax import SSMPolicy
+
+    with pytest.raises(ValueError, match="chunk_size applies to core='ssm'"):
+        SSMPolicy(obs_dim=4, action_dim=2, core="diagonal", chunk_size=8)
+    policy = SSMPolicy(obs_dim=4, action_dim=2, chunk_size=8, num_layers=2)
+    xs = jnp.zeros((1, 5, 4))
+    params = policy.init(jax.random.PRNGKey(0), xs)
+    assert all(core.chunk_size == 8 for core in policy.bind(params).cores)
 
 
 @pytest.mark.parametrize("cls,extra", VARIANTS, ids=IDS)
