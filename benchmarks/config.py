@@ -157,19 +157,20 @@ class MAMLTrainingConfig:
 @dataclasses.dataclass(frozen=True)
 class InContextPolicyConfig:
     """The in_context (RL^2) agent's `SSMPolicy`: `core` (one of `ssm_jax.CORE_NAMES`),
-    `state_dim`, `hidden_dim` and `num_layers` stacked cores (positive ints); `chunk_size`, the
-    "ssm" core's chunked evaluation of PPO's 1000-step sequences (`ssm_jax.SSM`; the other
-    cores ignore it). It changes the training's speed, and its numbers only by float rounding."""
+    `state_dim`, `hidden_dim` and `num_layers` stacked cores (positive ints); `scan_chunk`, the
+    "ssm" core's `chunk_size` (`ssm_jax.SSM`: its recurrence over PPO's 1000-step sequences in
+    chunks of that many steps; 1 steps through time; the other cores ignore it). It changes the
+    training's speed, and its numbers only by float rounding."""
 
     core: str = "ssm"
     state_dim: int = 16
     hidden_dim: int = 64
     num_layers: int = 2
-    chunk_size: int = 32
+    scan_chunk: int = 32
 
     def __post_init__(self):
         check_choice("core", self.core, CORE_NAMES)
-        for name in ("state_dim", "hidden_dim", "num_layers", "chunk_size"):
+        for name in ("state_dim", "hidden_dim", "num_layers", "scan_chunk"):
             check_int(name, getattr(self, name))
 
     def build(self, obs_dim: int, action_dim: int, parallel: bool = False,
@@ -177,7 +178,7 @@ class InContextPolicyConfig:
         return ssm_jax.SSMPolicy(obs_dim=obs_dim, action_dim=action_dim, core=self.core,
                          state_dim=self.state_dim, hidden_dim=self.hidden_dim,
                          num_layers=self.num_layers, parallel=parallel, discrete=discrete,
-                         chunk_size=self.chunk_size if self.core == "ssm" else 1)
+                         chunk_size=self.scan_chunk if self.core == "ssm" else 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,10 +410,11 @@ class BenchmarkConfig:
 
         Fields it lacks keep their values in `BenchmarkConfig()`, or in `quick_preset()` for a
         config with `quick` true (a field added since a `--quick` run was stored gets the value
-        a `--quick` run has today), but for two that record how an older run was made: without
-        `goal_oracle` the oracle's section is its `non_adaptive_ssm` (it trained with that), and
-        without `fast_compile` it is False (it compiled optimised). Unknown fields are a
-        ValueError.
+        a `--quick` run has today), but for three that record how an older run was made: without
+        `goal_oracle` the oracle's section is its `non_adaptive_ssm` (it trained with that),
+        without `fast_compile` it is False (it compiled optimised), and without
+        `in_context_policy.scan_chunk` it is 1 (its RL^2 policy scanned step by step). Unknown
+        fields are a ValueError.
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"a benchmark config must be a dict, got {type(d).__name__}")
@@ -422,6 +424,10 @@ class BenchmarkConfig:
             d = {**d, "goal_oracle": d["non_adaptive_ssm"]}  # runs stored before the oracle had its own
         if "fast_compile" not in d:
             d = {**d, "fast_compile": False}  # runs stored before it existed compiled optimised
+        in_context_policy = d.get("in_context_policy", {})
+        if isinstance(in_context_policy, Mapping) and "scan_chunk" not in in_context_policy:
+            # runs stored before it existed trained the RL^2 policy step by step
+            d = {**d, "in_context_policy": {**in_context_policy, "scan_chunk": 1}}
         base = cls.quick_preset() if d.get("quick") is True else cls()
         return base.with_values(_paths(d))
 

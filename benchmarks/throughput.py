@@ -83,7 +83,7 @@ def _policy_rollout(policy, params, num_envs: int, num_steps: int, unroll: int):
     return run
 
 
-def _measure_interleaved(runs, min_time: float, min_reps: int = 3):
+def measure_interleaved(runs, min_time: float, min_reps: int = 3):
     """Compile every run, then time them round-robin (fresh key each call) for at least
     `min_time` seconds each, so that load from other processes hits all of them alike.
 
@@ -154,7 +154,7 @@ def main(argv=None):
         runs = [_bare_gymnax(n, num_steps)] + [
             _policy_rollout(policy, params, n, num_steps, args.unroll) for _, policy, params in policies
         ]
-        results = _measure_interleaved(runs, min_time)
+        results = measure_interleaved(runs, min_time)
         ceiling = n * num_steps / results[1][0]
         for j, (label, (sec, comp)) in enumerate(zip(labels, results)):
             rate = n * num_steps / sec

@@ -152,7 +152,8 @@ def matrix_recurrence(
       ``(batch, time, n)``: ``h_1 .. h_T``.
 
     Chunked evaluation, exact in real arithmetic: the time axis is cut into ``C = ceil(T / L)``
-    chunks (the last padded with zero inputs, whose states are dropped). (1) One scan of ``L``
+    chunks (the last padded with resetting steps, whose states are dropped; ``L >= T`` is one
+    chunk, the sequential scan). (1) One scan of ``L``
     steps runs every chunk of every row at once from a zero state (resets applied as in the
     sequential scan), giving the local states ``l[c, k]``. (2) A scan of ``C`` steps carries the
     true state at each chunk's end, ``e_c = l[c, L-1] + e_{c-1} @ m^L`` (the second term only if
@@ -166,19 +167,20 @@ def matrix_recurrence(
     """
     batch, time, n = b.shape
     size = chunk_size
-    if size == 1:
+    if size == 1 or size >= time:  # one chunk is the sequential scan
         _, hs = sequential_scan(_affine_step(m), h0, b, resets)
         return hs
     chunks = -(-time // size)
     pad = chunks * size - time
-    no_resets = resets is None
-    if no_resets:
+    plain = resets is None and pad == 0  # no select needed in the in-chunk scan
+    if resets is None:
         resets = jnp.zeros((batch, time), bool)
     b = jnp.pad(b, ((0, 0), (0, pad), (0, 0))).reshape(batch * chunks, size, n)
-    r = jnp.pad(resets, ((0, 0), (0, pad))).reshape(batch * chunks, size)
+    # the padded steps reset, so they never carry (or differentiate through) the last real state
+    r = jnp.pad(resets, ((0, 0), (0, pad)), constant_values=True).reshape(batch * chunks, size)
 
     zero = jnp.zeros((batch * chunks, n), b.dtype)
-    _, local = sequential_scan(_affine_step(m), zero, b, None if no_resets else r)
+    _, local = sequential_scan(_affine_step(m), zero, b, None if plain else r)
     local = local.reshape(batch, chunks, size, n)
     clean = jnp.cumsum(r.reshape(batch, chunks, size), axis=-1) == 0  # no reset in steps 0..k
     powers = matrix_powers(m, size)

@@ -151,6 +151,12 @@ def test_cli_builds_validated_configs():
     legacy = BenchmarkConfig.from_dict(old_run)
     assert (legacy.in_context_policy.num_layers, legacy.maml.rl.baseline,
             legacy.maml.rl.gae_lambda) == (1, "value", 0.95)
+    # a nested config stored before the RL^2 policy scanned in chunks: it scanned step by step
+    nested = BenchmarkConfig().to_dict()
+    del nested["in_context_policy"]["scan_chunk"]
+    assert BenchmarkConfig.from_dict(nested).in_context_policy.scan_chunk == 1
+    assert BenchmarkConfig().in_context_policy.scan_chunk == 32
+    assert legacy.in_context_policy.scan_chunk == 1
     # a config stored before non_adaptive_ssm existed: that section as a run of its kind has it today
     for run in (quick, BenchmarkConfig()):
         stored = {k: v for k, v in run.to_dict().items() if k != "non_adaptive_ssm"}
@@ -162,10 +168,11 @@ def test_cli_builds_validated_configs():
         BenchmarkConfig().maml.num_meta_updates = 3  # frozen sections
 
 
-@pytest.mark.parametrize("flat, nested", [(OLD_FLAT_DEFAULT, BenchmarkConfig()),
-                                          # an old --quick run compiled optimised (fast_compile)
+# flat (old) runs scanned the RL^2 policy step by step; an old --quick run compiled optimised
+@pytest.mark.parametrize("flat, nested", [(OLD_FLAT_DEFAULT, BenchmarkConfig().with_values(
+                                              {"in_context_policy.scan_chunk": 1})),
                                           (OLD_FLAT_QUICK, BenchmarkConfig.quick_preset().with_values(
-                                              {"fast_compile": False}))])
+                                              {"fast_compile": False, "in_context_policy.scan_chunk": 1}))])
 def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, nested):
     config = BenchmarkConfig.from_dict(json.loads(json.dumps(flat)))
     assert config == nested
@@ -186,8 +193,7 @@ def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, 
         total_iterations=c["in_context_iterations"], carry_across_episodes=True)
     assert config.in_context_policy.build(8, 2) == SSMPolicy(
         obs_dim=8, action_dim=2, core=c["in_context_core"], state_dim=c["in_context_state_dim"],
-        hidden_dim=c["in_context_hidden_dim"], num_layers=c["in_context_layers"],
-        chunk_size=config.in_context_policy.chunk_size)
+        hidden_dim=c["in_context_hidden_dim"], num_layers=c["in_context_layers"], chunk_size=1)  # stored before chunks
     assert config.policy.ssm(4, 2) == SSMPolicy(obs_dim=4, action_dim=2, core="ssm", state_dim=c["state_dim"],
                                                 hidden_dim=c["hidden_dim"])
     assert config.policy.mlp(4, 2) == MLPPolicy(obs_dim=4, action_dim=2, hidden_dim=c["hidden_dim"])
@@ -207,8 +213,8 @@ def test_config_errors_name_the_field_path_and_every_flag_sets_a_field():
         BenchmarkConfig().with_values({"maml.rl.inner_lr": -1.0})
     with pytest.raises(ValueError, match=r"^in_context_policy\.core must be one of"):
         BenchmarkConfig.from_dict({"in_context_policy": {"core": "lstm"}})
-    with pytest.raises(ValueError, match=r"^in_context_policy\.chunk_size must be a positive int"):
-        BenchmarkConfig.from_dict({"in_context_policy": {"chunk_size": 0}})
+    with pytest.raises(ValueError, match=r"^in_context_policy\.scan_chunk must be a positive int"):
+        BenchmarkConfig.from_dict({"in_context_policy": {"scan_chunk": 0}})
     # the chunked evaluation is the "ssm" core's; another core builds with step-by-step scans
     diagonal = BenchmarkConfig().with_values({"in_context_policy.core": "diagonal"})
     assert diagonal.in_context_policy.build(8, 2).chunk_size == 1
@@ -372,8 +378,9 @@ def test_histories_and_run_metadata_in_the_flat_form_are_migrated():
     new_maml = {"post_return": [3.0], "pre_return": [1.0], "post_return_per_seed": [[3.0, 3.0]],
                 "return_by_step": [[1.0, 2.0, 3.0]]}
     assert maml.migrate_history(old_maml) == new_maml and maml.migrate_history(new_maml) == new_maml
-    # a --quick run stored in the flat form compiled optimised: today's quick config with fast_compile off
-    current = {"config": config.with_values({"fast_compile": False}).to_dict(), "model": "maml_mlp"}
+    # a --quick run stored in the flat form compiled optimised and scanned RL^2 step by step
+    current = {"config": config.with_values({"fast_compile": False, "in_context_policy.scan_chunk": 1}).to_dict(),
+               "model": "maml_mlp"}
     assert cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"}, current)
     assert not cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"},
                                  {"config": config.to_dict(), "model": "maml_mlp"})
@@ -538,8 +545,10 @@ FLAT_HISTORY_KEYS = {"episode_return": "return", "episode_return_per_seed": "ret
 def _rewrite_in_the_flat_form(run_dir):
     """Rewrite a TINY_PG run as the flat form stores it: config.json, and checkpoints whose
     metadata holds the flat config and the history under the key "return" (the flat form has no
-    `fast_compile`: it reads back False, while the default test run compiles everything fast)."""
-    assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0].with_values({"fast_compile": False})
+    `fast_compile` or `in_context_policy.scan_chunk`: they read back False and 1, while the
+    default test run compiles everything fast and scans RL^2 in chunks)."""
+    assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0].with_values(
+        {"fast_compile": False, "in_context_policy.scan_chunk": 1})
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(TINY_PG_FLAT, f)
     ckdir = os.path.join(run_dir, "checkpoints", "non_adaptive")

@@ -194,7 +194,7 @@ CONFIG_FIELDS = {
     "CartPoleTasks": (envs.CartPoleTasks, {
         "inverted_fraction": FLOAT(0.0, 1.0), "max_steps_in_episode": INT(1)}),
     "SSM": (None, {"state_dim": INT(1), "input_dim": INT(1), "output_dim": INT(1), "hidden_dim": INT(1),
-                   "max_radius": FLOAT(0.0, 1.0, strict_lo=True, strict_hi=True)}),
+                   "max_radius": FLOAT(0.0, 1.0, strict_lo=True, strict_hi=True), "chunk_size": INT(1)}),
     "DiagonalSSM": (None, {"state_dim": INT(1), "input_dim": INT(1), "output_dim": INT(1),
                            "hidden_dim": INT(1), "parallel": BOOL,
                            "dt_min": FLOAT(0.0, 0.1, strict_lo=True)}),  # dt_max = 0.1 by default
@@ -203,7 +203,7 @@ CONFIG_FIELDS = {
                             "dt_max": FLOAT(1e-3)}),  # dt_min = 1e-3 by default
     "SSMPolicy": (None, {"obs_dim": INT(1), "action_dim": INT(1), "state_dim": INT(1), "hidden_dim": INT(1),
                          "num_layers": INT(1), "core": CHOICE("ssm", "diagonal", "selective"),
-                         "discrete": BOOL, "init_log_std": FLOAT()}),
+                         "discrete": BOOL, "init_log_std": FLOAT(), "chunk_size": INT(1)}),
     "MLPPolicy": (None, {"obs_dim": INT(1), "action_dim": INT(1), "hidden_dim": INT(1), "discrete": BOOL,
                          "init_log_std": FLOAT()}),
 }

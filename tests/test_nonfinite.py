@@ -7,6 +7,7 @@
   (`adapt.core.finite_step`); an empty task batch is refused.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,27 @@ def test_matrix_recurrence_matches_a_loop_and_clears_bad_state_at_reset(chunk_si
     np.testing.assert_allclose(np.asarray(hs)[finite], ref[finite], rtol=1e-4, atol=1e-5)
     assert np.isfinite(np.asarray(hs[:, 0, 5:])).all() and np.isfinite(np.asarray(hs[:, 1, 9:])).all()
     assert np.isfinite(np.asarray(hs[:, 2])).all()  # the row with no bad input
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+def test_matrix_recurrence_gradient_ignores_a_bad_last_step_it_does_not_read(chunk_size):
+    """A NaN input at the LAST step (10 steps: the chunks of 4 pad 2 more) and a loss that reads
+    the steps before it only: the gradient is finite, as step by step (the padded steps never
+    carry the bad state forward), and equal across chunk sizes."""
+    m = 0.4 * jax.random.normal(jax.random.PRNGKey(0), (3, 3))
+    b = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 3)).at[:, -1].set(np.nan)
+    h0 = jnp.ones((2, 3))
+
+    def loss(m, b, resets):
+        return jnp.sum(matrix_recurrence(m, b, h0, resets, chunk_size)[:, :-1] ** 2)
+
+    reference = jax.grad(lambda m, b: jnp.sum(matrix_recurrence(m, b, h0, None, 1)[:, :-1] ** 2),
+                         argnums=(0, 1))(m, b)
+    for resets in (None, jnp.zeros((2, 10), bool).at[1, 3].set(True)):
+        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(m, b, resets)
+        chex.assert_tree_all_finite(grads)
+        if resets is None:
+            chex.assert_trees_all_close(grads, reference, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [DiagonalSSM, SelectiveSSM])
