@@ -153,20 +153,20 @@ def matrix_recurrence(
 
     Chunked evaluation, exact in real arithmetic: the time axis is cut into ``C = ceil(T / L)``
     chunks (the last padded with resetting steps, whose states are dropped; ``L >= T`` is one
-    chunk, the sequential scan). (1) One scan of ``L``
-    steps runs every chunk of every row at once from a zero state (resets applied as in the
-    sequential scan), giving the local states ``l[c, k]``. (2) A scan of ``C`` steps carries the
+    chunk, the sequential scan). (1) One scan of ``L`` steps runs every chunk of every row at
+    once from a zero state (resets applied as in the sequential scan), giving the local states
+    ``l[c, k]``. (2) A scan of ``C`` steps carries the
     true state at each chunk's end, ``e_c = l[c, L-1] + e_{c-1} @ m^L`` (the second term only if
     chunk ``c`` has no reset). (3) ``h[c, k] = l[c, k] + e_{c-1} @ m^(k+1)`` where chunk ``c`` has
     no reset in steps ``0..k``, else ``l[c, k]``. About ``L + T / L`` sequential steps instead of
     ``T``, each a larger product. It pays on long sequences of few rows, where the sequential
     scan's per-step overhead dominates (``L`` near ``sqrt(T)``); on short sequences the extra
     products cost more than the steps saved (both measured in the README). The state before a
-    reset is selected away, never multiplied by zero, so a non-finite state before a reset is cleared as
-    in the sequential scan (values and gradients).
+    reset is selected away, never multiplied by zero, so a non-finite state before a reset is
+    cleared as in the sequential scan (values and gradients).
     """
     batch, time, n = b.shape
-    size = chunk_size
+    size = chunk_size  # L
     if size == 1 or size >= time:  # one chunk is the sequential scan
         _, hs = sequential_scan(_affine_step(m), h0, b, resets)
         return hs

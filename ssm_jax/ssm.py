@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
 from ssm_jax.scan import matrix_recurrence, reset_carry
-from ssm_jax.validation import check_float, check_int
+from ssm_jax.validation import check_float
 
 
 def _neumann_inverse(p: jax.Array) -> jax.Array:
@@ -102,10 +102,9 @@ class SSM(nn.Module):
     chunk_size: int = 1
 
     def __post_init__(self):
-        check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim")
+        check_dims(self, "state_dim", "input_dim", "output_dim", "hidden_dim", "chunk_size")
         check_float("max_radius", self.max_radius, minimum=0.0, maximum=1.0, strict_min=True,
                     strict_max=True)
-        check_int("chunk_size", self.chunk_size)
         super().__post_init__()
 
     def setup(self):
