@@ -25,7 +25,8 @@ import pytest
 import envs
 from benchmarks import cartpole, rundir
 from benchmarks import evaluation as ev
-from benchmarks.config import BenchmarkConfig
+from benchmarks.cli import parse_args
+from benchmarks.config import ENV_VALUES, BenchmarkConfig
 from benchmarks.trainers import build_trainer
 
 ENVS = ("Acrobot-v1", "Pendulum-v1")
@@ -140,6 +141,31 @@ def test_action_heads_follow_the_action_space(env_name, discrete, action_dim):
         envs.check_policy(trainer.policy, trainer.env)
     assert config.episode_steps == envs.get_task_env(env_name).max_steps_in_episode
     assert build_trainer("maml_mlp", config).task_dist.tasks.env_name == env_name
+
+
+def test_environment_settings_come_before_file_and_flags(tmp_path):
+    """`--env_name E` (or a config file's `env_name`) starts from `BenchmarkConfig().with_env(E)`,
+    E's training settings (`ENV_VALUES`, Pendulum's discount), and a config file still sets
+    any of them; CartPole's and Acrobot's are `BenchmarkConfig()`'s own."""
+    base = BenchmarkConfig()
+    assert base.with_env("CartPole-v1") == base
+    assert base.with_env("Acrobot-v1") == base.with_values({"env_name": "Acrobot-v1"})
+    pendulum = base.with_env("Pendulum-v1")
+    assert ENV_VALUES["Pendulum-v1"] and all(pendulum.get(p) == v for p, v in ENV_VALUES["Pendulum-v1"].items())
+    assert all(base.get(p) != v for p, v in ENV_VALUES["Pendulum-v1"].items())
+    assert pendulum.with_values({p: base.get(p) for p in ENV_VALUES["Pendulum-v1"]}) == \
+        base.with_values({"env_name": "Pendulum-v1"})  # nothing else differs
+    assert parse_args(["--env_name", "Pendulum-v1"])[0] == pendulum
+    quick = parse_args(["--env_name", "Pendulum-v1", "--quick", "--num_seeds", "4"])[0]
+    assert quick == BenchmarkConfig.quick_preset().with_env("Pendulum-v1").with_values({"num_seeds": 4})
+    path = tmp_path / "pendulum.toml"
+    path.write_text('env_name = "Pendulum-v1"\n[in_context]\ngamma = 0.95\n')
+    from_file = parse_args(["--config", str(path)])[0]
+    assert from_file == pendulum.with_values({"in_context.gamma": 0.95})
+    assert parse_args(["--config", str(path), "--env_name", "CartPole-v1"])[0] == \
+        base.with_values({"in_context.gamma": 0.95})
+    with pytest.raises(ValueError, match=r"env_name must be one of \['CartPole-v1'"):
+        base.with_env("MountainCar-v0")
 
 
 @pytest.mark.parametrize("argv, expected", [
