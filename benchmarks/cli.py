@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
            f"alone [default {d.mode}]")
     a("--env_name", default=None,
       help=f"gymnax environment with a task distribution (envs.TASK_ENVS): {', '.join(ENV_NAMES)}; "
-           f"environments other than CartPole-v1 run the standard suite [default {d.env_name}]")
+           f"environments other than CartPole-v1 run the standard suite; an environment's own "
+           f"training settings (benchmarks.config.ENV_VALUES) apply under --config and the flags "
+           f"[default {d.env_name}]")
     a("--suite", default=None, metavar="NAME",
       help=f"evaluation suite: {', '.join(SUITE_NAMES)} (listed below; envs.suites), or "
            f"{ALL_SUITES}: one run per suite into --out/<suite>/ and one summary table "

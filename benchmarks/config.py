@@ -24,6 +24,7 @@ import json
 import re
 import sys
 import typing
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 import ssm_jax
@@ -73,12 +74,12 @@ ENV_NAMES = TASK_ENV_NAMES
 #: Chosen on validation seeds >= 100: on Pendulum-v1 a discount of 0.9 for every trainer that
 #: runs there (its reward is dense and a swing-up's horizon short; the README's Pendulum section
 #: has the validation table).
-ENV_VALUES = {
-    "CartPole-v1": {},
-    "Acrobot-v1": {},
-    "Pendulum-v1": {f"{section}.gamma": 0.9
-                    for section in ("maml.rl", "non_adaptive", "non_adaptive_ssm", "in_context")},
-}
+ENV_VALUES = MappingProxyType({
+    "CartPole-v1": MappingProxyType({}),
+    "Acrobot-v1": MappingProxyType({}),
+    "Pendulum-v1": MappingProxyType({f"{section}.gamma": 0.9 for section in
+                                     ("maml.rl", "non_adaptive", "non_adaptive_ssm", "in_context")}),
+})
 
 
 def episode_steps(env_name: str) -> int:

@@ -26,7 +26,7 @@ import envs
 from benchmarks import cartpole, rundir
 from benchmarks import evaluation as ev
 from benchmarks.cli import parse_args
-from benchmarks.config import ENV_VALUES, BenchmarkConfig
+from benchmarks.config import ENV_NAMES, ENV_VALUES, BenchmarkConfig
 from benchmarks.trainers import build_trainer
 
 ENVS = ("Acrobot-v1", "Pendulum-v1")
@@ -147,6 +147,7 @@ def test_environment_settings_come_before_file_and_flags(tmp_path):
     """`--env_name E` (or a config file's `env_name`) starts from `BenchmarkConfig().with_env(E)`,
     E's training settings (`ENV_VALUES`, Pendulum's discount), and a config file still sets
     any of them; CartPole's and Acrobot's are `BenchmarkConfig()`'s own."""
+    assert set(ENV_VALUES) == set(ENV_NAMES)
     base = BenchmarkConfig()
     assert base.with_env("CartPole-v1") == base
     assert base.with_env("Acrobot-v1") == base.with_values({"env_name": "Acrobot-v1"})
