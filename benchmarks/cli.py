@@ -397,10 +397,10 @@ def _build(args, recover: bool = True) -> tuple[BenchmarkConfig, RunOptions]:
         if args.print_config is not None:
             raise ValueError(f"--print_config prints one run's config; give one --suite of {list(SUITE_NAMES)}")
         del values["suite"]
-    base = BenchmarkConfig.quick_preset() if args.quick else BenchmarkConfig()
     env_name = values.get("env_name", read_config_file(args.config).get("env_name") if args.config else None)
-    if env_name in ENV_NAMES:  # a bad name is refused below, naming its flag or file
-        base = base.with_env(env_name)
+    if env_name not in ENV_NAMES:  # a bad name is refused below, naming its flag or file
+        env_name = BenchmarkConfig.env_name
+    base = BenchmarkConfig.quick_preset(env_name) if args.quick else BenchmarkConfig().with_env(env_name)
     if args.config:
         base = with_config_file(base, args.config, flags=values)
     config = _with_flags(base, values, given)

@@ -158,7 +158,9 @@ def test_environment_settings_come_before_file_and_flags(tmp_path):
         base.with_values({"env_name": "Pendulum-v1"})  # nothing else differs
     assert parse_args(["--env_name", "Pendulum-v1"])[0] == pendulum
     quick = parse_args(["--env_name", "Pendulum-v1", "--quick", "--num_seeds", "4"])[0]
-    assert quick == BenchmarkConfig.quick_preset().with_env("Pendulum-v1").with_values({"num_seeds": 4})
+    assert quick == BenchmarkConfig.quick_preset("Pendulum-v1").with_values({"num_seeds": 4})
+    assert quick.in_context.gamma == 0.9 and quick.in_context.total_iterations == 10  # the preset's budget
+    assert BenchmarkConfig.quick_preset("CartPole-v1") == BenchmarkConfig.quick_preset()
     path = tmp_path / "pendulum.toml"
     path.write_text('env_name = "Pendulum-v1"\n[in_context]\ngamma = 0.95\n')
     from_file = parse_args(["--config", str(path)])[0]
