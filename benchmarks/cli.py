@@ -397,12 +397,13 @@ def _build(args, recover: bool = True) -> tuple[BenchmarkConfig, RunOptions]:
         if args.print_config is not None:
             raise ValueError(f"--print_config prints one run's config; give one --suite of {list(SUITE_NAMES)}")
         del values["suite"]
-    env_name = values.get("env_name", read_config_file(args.config).get("env_name") if args.config else None)
+    file_paths = read_config_file(args.config) if args.config else {}
+    env_name = values.get("env_name", file_paths.get("env_name"))
     if env_name not in ENV_NAMES:  # a bad name is refused below, naming its flag or file
         env_name = BenchmarkConfig.env_name
     base = BenchmarkConfig.quick_preset(env_name) if args.quick else BenchmarkConfig().with_env(env_name)
     if args.config:
-        base = with_config_file(base, args.config, flags=values)
+        base = with_config_file(base, args.config, file_paths, flags=values)
     config = _with_flags(base, values, given)
     _check_flags_apply(config, given)
     if all_suites and config.env_name != BASE_ENV:
@@ -437,11 +438,13 @@ def _note(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def with_config_file(config: BenchmarkConfig, path: str, flags: Optional[dict] = None) -> BenchmarkConfig:
-    """`config` with the settings of the config file `path` (`benchmarks.config.read_config_file`);
-    an unknown field or a bad value is a ValueError naming the file and the field path. A file
-    setting mode "policy_gradient" without methods (and no --methods flag) runs non_adaptive."""
-    paths = read_config_file(path)
+def with_config_file(config: BenchmarkConfig, path: str, paths: dict,
+                     flags: Optional[dict] = None) -> BenchmarkConfig:
+    """`config` with the settings `paths` read from the config file `path`
+    (`benchmarks.config.read_config_file`, read once by the caller); an unknown field or a bad
+    value is a ValueError naming the file and the field path. A file setting mode
+    "policy_gradient" without methods (and no --methods flag) runs non_adaptive."""
+    paths = dict(paths)
     if paths.get("mode") == "policy_gradient" and "methods" not in paths and "methods" not in (flags or {}):
         paths["methods"] = ["non_adaptive"]
     try:

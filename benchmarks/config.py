@@ -512,7 +512,8 @@ def _without_none(d: dict) -> dict:
     return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
-#: The `--quick` preset: field path -> value, applied to `BenchmarkConfig()`.
+#: The `--quick` preset: field path -> value, applied to `BenchmarkConfig().with_env(env_name)`
+#: (`quick_preset`).
 QUICK_VALUES = {
     "maml.num_meta_updates": 20, "maml.tasks_per_update": 4,
     "maml.rl.support_envs": 4, "maml.rl.query_envs": 4,
