@@ -301,6 +301,9 @@ class BenchmarkConfig:
         reset at every episode start; defaults equal to non_adaptive's).
       goal_oracle: PPO training of the goal suite's oracle, non_adaptive_ssm's policy told the
         hidden goal (`PPOConfig`, carry reset at every episode start; `_goal_oracle_ppo`).
+      goal_oracle_direction: the goal oracle is also told the force direction
+        (`envs.GoalVisible(direction=True)`), so it is told everything a goal task hides but its
+        physics; a stored config without it reads back False (that oracle was told x* alone).
       in_context: PPO training of the RL^2 agent (`PPOConfig`, carry kept across episodes).
       in_context_policy: the RL^2 agent's policy (`InContextPolicyConfig`).
       policy: sizes of the non-adaptive and MAML policies (`PolicyConfig`).
@@ -321,6 +324,7 @@ class BenchmarkConfig:
     non_adaptive: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     non_adaptive_ssm: PPOConfig = dataclasses.field(default_factory=_non_adaptive_ppo)
     goal_oracle: PPOConfig = dataclasses.field(default_factory=_goal_oracle_ppo)
+    goal_oracle_direction: bool = True
     in_context: PPOConfig = dataclasses.field(default_factory=lambda: PPOConfig(
         num_tasks=16, num_envs=2, num_steps=1000, lr=1e-3, entropy_coef=0.01,
         total_iterations=150, carry_across_episodes=True))
@@ -354,6 +358,7 @@ class BenchmarkConfig:
         check_int("seed", self.seed, 0)
         check_bool("quick", self.quick)
         check_bool("fast_compile", self.fast_compile)
+        check_bool("goal_oracle_direction", self.goal_oracle_direction)
         for name, cls in _sections(type(self)).items():
             _check_section(name, getattr(self, name), cls)
         _check_counts(self)  # num_seeds <= MAX_COUNT < MAX_SEED first: the seed bound below is then >= 1
@@ -437,9 +442,10 @@ class BenchmarkConfig:
 
         Fields it lacks keep their values in `BenchmarkConfig()`, or in `quick_preset()` for a
         config with `quick` true (a field added since a `--quick` run was stored gets the value
-        a `--quick` run has today), but for three that record how an older run was made: without
+        a `--quick` run has today), but for four that record how an older run was made: without
         `goal_oracle` the oracle's section is its `non_adaptive_ssm` (it trained with that),
-        without `fast_compile` it is False (it compiled optimised), and without
+        without `goal_oracle_direction` it is False (its oracle was told x* alone), without
+        `fast_compile` it is False (it compiled optimised), and without
         `in_context_policy.scan_chunk` it is 1 (its RL^2 policy scanned step by step). Unknown
         fields are a ValueError.
         """
@@ -451,6 +457,8 @@ class BenchmarkConfig:
             d = {**d, "goal_oracle": d["non_adaptive_ssm"]}  # runs stored before the oracle had its own
         if "fast_compile" not in d:
             d = {**d, "fast_compile": False}  # runs stored before it existed compiled optimised
+        if "goal_oracle_direction" not in d:
+            d = {**d, "goal_oracle_direction": False}  # runs stored before it existed told x* alone
         in_context_policy = d.get("in_context_policy", {})
         if isinstance(in_context_policy, Mapping) and "scan_chunk" not in in_context_policy:
             # runs stored before it existed trained the RL^2 policy step by step

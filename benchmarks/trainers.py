@@ -162,12 +162,13 @@ def _non_adaptive_ssm(name, config, env, task_dist, mesh=None) -> Trainer:
 
 def _goal_oracle(name, config, env, task_dist, mesh=None) -> Trainer:
     """non_adaptive_ssm's policy trained by PPO with its own budget (`config.goal_oracle`) in
-    the goal suite, with the hidden goal appended to its observation (`envs.GoalVisible`): the
-    oracle the goal suite's adaptive methods are measured against."""
+    the goal suite, with the hidden goal (and with `config.goal_oracle_direction` the force
+    direction) appended to its observation (`envs.GoalVisible`): the oracle the goal suite's
+    adaptive methods are measured against."""
     if not getattr(task_dist, "has_goal", False):
         raise ValueError(f"goal_oracle is told the hidden goal, so it needs a suite with one (goal), got "
                          f"suite {getattr(task_dist, 'name', task_dist)!r}")
-    env = envs.GoalVisible(env)
+    env = envs.GoalVisible(env, direction=config.goal_oracle_direction)
     policy, algo = _ssm_ppo(config.goal_oracle, config, env, task_dist, mesh)
     return PPOTrainer(name, policy, env, algo, config.goal_oracle.total_iterations)
 

@@ -42,7 +42,7 @@ from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, En
 
 from envs.observation import PARTIAL_OBS_INDICES, check_obs_mode, observe
 from envs.rollout import episode_index
-from ssm_jax.validation import check_int
+from ssm_jax.validation import check_bool, check_int
 from envs.wrapper import ObservationWrapper
 
 #: The switch bounds of an episode that never switches (beyond any episode limit).
@@ -213,44 +213,55 @@ def make_suite_params(physics: EnvParams, *, after: EnvParams | None = None,
 
 
 class GoalVisible(ObservationWrapper):
-    """A `SuiteCartPole` whose observation ends with the task's goal `params.goal_x`: the
-    oracle's view of the `goal` suite (the hidden target told to the policy).
+    """A `SuiteCartPole` whose observation ends with what its task hides: the goal
+    `params.goal_x` and, with `direction`, the force direction: the oracle's view of the `goal`
+    suite.
 
     Observation `[inner observation | goal_x]`, `(D + 1,)` float32 (`D` the inner env's
-    observation size in its own mode); states, params, tasks, rewards and dones are the inner
-    environment's, so rollouts take the same `SuiteParams` tasks. Wrappers of the same inner
-    environment compare and hash equal (jitted functions taking it as a static argument do not
-    recompile).
+    observation size in its own mode), or with `direction` `[inner observation | goal_x | d]`,
+    `(D + 2,)`, where `d` is -1.0 while the step to come inverts the force (`force_mag < 0` of
+    the physics in force at the state's time: `params.after` from the episode's switch step on)
+    and +1.0 otherwise. States, params, tasks, rewards and dones are the inner environment's, so
+    rollouts take the same `SuiteParams` tasks. Wrappers of the same inner environment with the
+    same `direction` compare and hash equal (jitted functions taking it as a static argument do
+    not recompile).
 
     Args:
       env: a `SuiteCartPole` (`make_suite_env(obs_mode)`); ValueError otherwise.
+      direction: also tell the force direction (bool).
     """
 
-    def __init__(self, env):
+    def __init__(self, env, direction: bool = False):
         if not isinstance(env, SuiteCartPole):
             raise ValueError(f"env must be a SuiteCartPole (envs.make_suite_env()), whose tasks carry a goal, "
                              f"got {type(env).__name__}")
         super().__init__(env)
+        self.direction = check_bool("direction", direction)
+
+    def identity(self) -> tuple:
+        return (self.direction,)
 
     @property
     def name(self) -> str:
-        return f"{self._env.name}+goal"
+        return f"{self._env.name}+goal" + ("+direction" if self.direction else "")
 
     def observation_space(self, params=None) -> spaces.Box:
         inner = self._env.observation_space(params)
-        return spaces.Box(-jnp.inf, jnp.inf, (inner.shape[0] + 1,), jnp.float32)
+        return spaces.Box(-jnp.inf, jnp.inf, (inner.shape[0] + 1 + self.direction,), jnp.float32)
 
-    @staticmethod
-    def _with_goal(obs, params) -> jax.Array:
-        goal = jnp.reshape(jnp.asarray(params.goal_x, jnp.float32), (1,))
-        return jnp.concatenate([jnp.asarray(obs, jnp.float32), goal], axis=-1)
+    def _told(self, obs, state, params) -> jax.Array:
+        told = [jnp.asarray(obs, jnp.float32), jnp.reshape(jnp.asarray(params.goal_x, jnp.float32), (1,))]
+        if self.direction:
+            force = jnp.where(state.time >= state.switch_step, params.after.force_mag, params.force_mag)
+            told.append(jnp.reshape(jnp.where(force < 0, -1.0, 1.0).astype(jnp.float32), (1,)))
+        return jnp.concatenate(told, axis=-1)
 
     def reset(self, key, params=None):
         params = self.default_params if params is None else params
         obs, state = self._env.reset(key, params)
-        return self._with_goal(obs, params), state
+        return self._told(obs, state, params), state
 
     def step(self, key, state, action, params=None):
         params = self.default_params if params is None else params
         obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
-        return self._with_goal(obs, params), state, reward, terminated, truncated, info
+        return self._told(obs, state, params), state, reward, terminated, truncated, info

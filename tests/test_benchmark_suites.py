@@ -6,6 +6,7 @@ suite with `--eval_only` reproducing it; a slow test runs every other suite's `-
 with a subset of the methods (standard's whole `--quick` run is test_cartpole_benchmark.py's).
 """
 
+import dataclasses
 import json
 import os
 
@@ -80,7 +81,7 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
             assert trainer.env == envs.ContextWrapper(suite.env())
             assert trainer.policy.obs_dim == envs.obs_dim(suite.env()) + 4
         elif trainer_name == "goal_oracle":
-            assert trainer.env == envs.GoalVisible(suite.env()) and trainer.policy.obs_dim == 5
+            assert trainer.env == envs.GoalVisible(suite.env(), direction=True) and trainer.policy.obs_dim == 6
         else:
             assert trainer.env is suite.env()
             assert trainer.policy.obs_dim == (2 if name == "partial" else 4)
@@ -91,18 +92,25 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
 def test_goal_oracle_trains_with_its_own_section_and_old_runs_keep_theirs():
     """goal_oracle's PPO budget and settings are `config.goal_oracle`, whatever non_adaptive_ssm's
     are; a config stored before that section existed (its oracle trained with non_adaptive_ssm's
-    section) reads back with that section as the oracle's; its carry is reset like
-    non_adaptive_ssm's."""
+    section) reads back with that section as the oracle's, and one stored before the oracle was
+    told the force direction reads back without it (a policy of the x*-only width); its carry is
+    reset like non_adaptive_ssm's."""
     config = BenchmarkConfig(suite="goal").with_values({
         "goal_oracle.total_iterations": 40, "goal_oracle.lr": 3e-4, "non_adaptive_ssm.total_iterations": 20})
     oracle, ssm = build_trainer("goal_oracle", config), build_trainer("non_adaptive_ssm", config)
     assert (oracle.iterations, oracle.algo.config) == (40, config.goal_oracle)
     assert (ssm.iterations, ssm.algo.config) == (20, config.non_adaptive_ssm)
     assert oracle.algo.config.lr == 3e-4 != ssm.algo.config.lr
-    assert oracle.policy.obs_dim == ssm.policy.obs_dim + 1 and oracle.env == envs.GoalVisible(ssm.env)
+    assert oracle.policy.obs_dim == ssm.policy.obs_dim + 2
+    assert oracle.env == envs.GoalVisible(ssm.env, direction=True) and config.goal_oracle_direction
     stored = config.to_dict()
     del stored["goal_oracle"]
     assert BenchmarkConfig.from_dict(stored).goal_oracle == config.non_adaptive_ssm
+    del stored["goal_oracle_direction"]
+    older = BenchmarkConfig.from_dict(stored)
+    assert older == dataclasses.replace(config, goal_oracle=config.non_adaptive_ssm, goal_oracle_direction=False)
+    x_only = build_trainer("goal_oracle", older)
+    assert x_only.env == envs.GoalVisible(ssm.env) and x_only.policy.obs_dim == ssm.policy.obs_dim + 1
     assert BenchmarkConfig.from_dict(config.to_dict()) == config
     assert BenchmarkConfig().goal_oracle.carry_across_episodes is False
     with pytest.raises(ValueError, match="goal_oracle.carry_across_episodes must be False"):

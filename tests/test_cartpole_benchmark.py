@@ -168,11 +168,14 @@ def test_cli_builds_validated_configs():
         BenchmarkConfig().maml.num_meta_updates = 3  # frozen sections
 
 
-# flat (old) runs scanned the RL^2 policy step by step; an old --quick run compiled optimised
+# flat (old) runs scanned the RL^2 policy step by step and told their goal oracle x* alone; an old
+# --quick run compiled optimised
 @pytest.mark.parametrize("flat, nested", [(OLD_FLAT_DEFAULT, BenchmarkConfig().with_values(
-                                              {"in_context_policy.scan_chunk": 1})),
+                                              {"in_context_policy.scan_chunk": 1,
+                                               "goal_oracle_direction": False})),
                                           (OLD_FLAT_QUICK, BenchmarkConfig.quick_preset().with_values(
-                                              {"fast_compile": False, "in_context_policy.scan_chunk": 1}))])
+                                              {"fast_compile": False, "in_context_policy.scan_chunk": 1,
+                                               "goal_oracle_direction": False}))])
 def test_a_flat_config_json_migrates_to_the_nested_config_with_its_values(flat, nested):
     config = BenchmarkConfig.from_dict(json.loads(json.dumps(flat)))
     assert config == nested
@@ -379,7 +382,8 @@ def test_histories_and_run_metadata_in_the_flat_form_are_migrated():
                 "return_by_step": [[1.0, 2.0, 3.0]]}
     assert maml.migrate_history(old_maml) == new_maml and maml.migrate_history(new_maml) == new_maml
     # a --quick run stored in the flat form compiled optimised and scanned RL^2 step by step
-    current = {"config": config.with_values({"fast_compile": False, "in_context_policy.scan_chunk": 1}).to_dict(),
+    current = {"config": config.with_values({"fast_compile": False, "in_context_policy.scan_chunk": 1,
+                                             "goal_oracle_direction": False}).to_dict(),
                "model": "maml_mlp"}
     assert cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"}, current)
     assert not cartpole.same_run({"config": OLD_FLAT_QUICK, "model": "maml_mlp"},
@@ -545,10 +549,11 @@ FLAT_HISTORY_KEYS = {"episode_return": "return", "episode_return_per_seed": "ret
 def _rewrite_in_the_flat_form(run_dir):
     """Rewrite a TINY_PG run as the flat form stores it: config.json, and checkpoints whose
     metadata holds the flat config and the history under the key "return" (the flat form has no
-    `fast_compile` or `in_context_policy.scan_chunk`: they read back False and 1, while the
-    default test run compiles everything fast and scans RL^2 in chunks)."""
+    `fast_compile`, `in_context_policy.scan_chunk` or `goal_oracle_direction`: they read back
+    False, 1 and False, while the default test run compiles everything fast, scans RL^2 in chunks
+    and tells its goal oracle the force direction)."""
     assert BenchmarkConfig.from_dict(TINY_PG_FLAT) == parse_args(TINY_PG)[0].with_values(
-        {"fast_compile": False, "in_context_policy.scan_chunk": 1})
+        {"fast_compile": False, "in_context_policy.scan_chunk": 1, "goal_oracle_direction": False})
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(TINY_PG_FLAT, f)
     ckdir = os.path.join(run_dir, "checkpoints", "non_adaptive")
