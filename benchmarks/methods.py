@@ -371,9 +371,10 @@ class Measurement:
 
     series: method -> name -> array stacked over seeds `(S, N, ...)`; returns: method ->
     per-task returns `(S, N)`; kinds: `(S, N)` bool, inverted tasks; env_steps: env steps
-    of all evaluations (a shared evaluation counted once); tasks: the test tasks' physics,
-    field name -> `(S, N)` float for the suite's varied fields (`Suite.task_fields`, e.g.
-    CartPole's `TASK_FIELDS`; CartPole force_mag and Pendulum m negative for inverted tasks).
+    of all evaluations (a shared evaluation counted once); tasks: the test tasks' varied
+    fields, field name -> `(S, N)` float for the suite's `Suite.task_fields` (e.g. CartPole's
+    `TASK_FIELDS`, and the goal suite's `goal_x`; CartPole force_mag and Pendulum m negative
+    for inverted tasks).
     """
 
     series: dict

@@ -145,9 +145,9 @@ class Suite:
 
     @property
     def task_fields(self) -> tuple:
-        """The `EnvParams` fields the task distribution varies (its train ranges' keys, in
-        sampling order): the physics columns reported per test task."""
-        return tuple(self.tasks.split_ranges("train"))
+        """The task fields the suite varies, reported per test task: the physics distribution's
+        (its train ranges' keys, in sampling order), then `goal_x` in a suite with a goal."""
+        return tuple(self.tasks.split_ranges("train")) + (("goal_x",) if self.has_goal else ())
 
     @property
     def episode_limit(self) -> int:

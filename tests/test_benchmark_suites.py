@@ -6,6 +6,7 @@ suite with `--eval_only` reproducing it; a slow test runs every other suite's `-
 with a subset of the methods (standard's whole `--quick` run is test_cartpole_benchmark.py's).
 """
 
+import csv
 import dataclasses
 import json
 import os
@@ -87,6 +88,19 @@ def test_each_suite_sets_the_trainers_env_and_task_distribution(name):
             assert trainer.policy.obs_dim == (2 if name == "partial" else 4)
         dist = trainer.task_dist if hasattr(trainer, "task_dist") else trainer.algo.task_dist
         assert dist is suite
+
+
+def test_a_suite_reports_the_task_fields_it_varies():
+    """`Suite.task_fields` (per_task.csv's task columns): the physics distribution's varied fields,
+    and the hidden goal x* where the suite has one; each is a field of the suite's sampled tasks."""
+    key = jax.random.key(0)
+    for name in SUITE_NAMES:
+        suite = SUITES[name]
+        physics = tuple(suite.tasks.split_ranges("train"))
+        assert suite.task_fields == physics + (("goal_x",) if suite.has_goal else ())
+        tasks = suite.sample(key, 4, "test")
+        for field in suite.task_fields:
+            assert np.shape(getattr(tasks, field)) == (4,), (name, field)
 
 
 def test_goal_oracle_trains_with_its_own_section_and_old_runs_keep_theirs():
@@ -324,6 +338,17 @@ def test_quick_run_of_every_other_suite_end_to_end(tmp_path, capsys):
         for m in res["methods"].values():
             assert ("around_switch" in m) == switches
             assert ("final_goal_distance" in m) == SUITES[name].has_goal
+        with open(os.path.join(out, name, "per_task.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert ("goal_x" in rows[0]) == SUITES[name].has_goal
+        if SUITES[name].has_goal:
+            # each row's x* is its test task's (drawn here without fast_compile: the last bit may differ)
+            config = BenchmarkConfig.from_dict(res["config"])
+            goals = [np.asarray(ev.test_tasks(ev.eval_key(config.seed, s), config.evaluation.num_tasks,
+                                              SUITES[name]).goal_x) for s in range(config.num_seeds)]
+            got = [float(r["goal_x"]) for r in rows]
+            want = [float(goals[int(r["seed_index"])][int(r["task_index"])]) for r in rows]
+            np.testing.assert_allclose(got, want, rtol=1e-6)
         for method, m in res["methods"].items():  # the suite test runs the oracle wherever there is a goal
             assert ("of_goal_oracle" in m) == (SUITES[name].has_goal and method not in GOAL_METHODS)
             if SUITES[name].has_goal:  # the track is 4.8 m long and |x*| <= 1.5
