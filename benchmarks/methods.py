@@ -338,8 +338,9 @@ REGISTRY = (
            adaptation=_by_inner_step, adaptation_unit="inner step"),
     Method("goal_oracle", "goal_oracle",
            "goal suite only: non_adaptive_ssm's policy trained by PPO with its own budget "
-           "(config.goal_oracle), told the hidden goal x* (appended to its observation): the oracle the "
-           "adaptive methods are measured against",
+           "(config.goal_oracle), told the hidden goal x* and, with goal_oracle_direction (the default), "
+           "the force direction (appended to its observation): the oracle the adaptive methods are "
+           "measured against",
            evaluate_fixed_policy, lambda s, c: s["return"]),
 )
 METHODS_BY_NAME = {m.name: m for m in REGISTRY}

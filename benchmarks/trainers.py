@@ -14,7 +14,8 @@ environment and task distribution).
                 maml_ssm architecture) with its carry reset at every episode start: memory
                 within an episode, nothing carried across episodes;
   goal_oracle   PPO (`config.goal_oracle`) of the same `SSMPolicy` on `envs.GoalVisible`
-                observations (the goal suite's, with its hidden goal appended);
+                observations (the goal suite's, with its hidden goal and, with
+                `config.goal_oracle_direction`, the force direction appended);
   in_context    PPO (`config.in_context`) of an `SSMPolicy` (`config.in_context_policy`) on
                 `envs.context.ContextWrapper` observations (RL^2);
   maml_ssm      MAML-RL (`config.maml`) of an `SSMPolicy` (`config.policy`);

@@ -391,11 +391,13 @@ def test_the_oracles_view_is_the_goal_suites_env_with_the_goal_appended():
 
 def test_the_oracle_told_the_direction_sees_the_force_sign_in_force_at_each_step():
     """envs.GoalVisible(direction=True): the observation is the x*-only wrapper's followed by
-    -1 / +1, the sign of the force the NEXT step applies; with a task whose force flips at a
+    -1 / +1, the sign of the force the NEXT step applies. With a task whose force flips at a
     drawn switch step (built by hand: normal before, inverted after), stepped by hand under jit
-    and vmap over episodes, the sign turns exactly when the state's time reaches the episode's
-    switch step and turns back at the auto-reset; the inner dynamics are untouched. Wrappers
-    with and without the direction differ (and do not share jit caches); a non-bool is refused."""
+    and vmap over episodes, each observation's sign is -1 exactly when the step taken from it
+    runs on the `after` physics (its info's `since_switch >= 0`, auto-resets included); a task
+    inverted from the start without a switch shows -1 from the reset on. The inner observations
+    are untouched. Wrappers with and without the direction differ (no shared jit caches); a
+    non-bool is refused."""
     from envs.suite_env import make_suite_params
 
     inner = SUITES["goal"].env()
@@ -404,31 +406,35 @@ def test_the_oracle_told_the_direction_sees_the_force_sign_in_force_at_each_step
     assert envs.obs_dim(told) == 6 and told.name.endswith("+goal+direction")
     physics = envs.make_cartpole_params(length=0.5, masspole=0.1, masscart=1.0, gravity=9.8, force_mag=10.0)
     after = envs.make_cartpole_params(length=0.4, masspole=0.1, masscart=1.0, gravity=9.8, force_mag=-12.0)
-    task = make_suite_params(physics, after=after, switch_steps=(5, 9), goal_x=0.3)
-    task = task.replace(max_steps_in_episode=jnp.asarray(20, jnp.int32))
-    n, steps = 16, 30
+    switching = make_suite_params(physics, after=after, switch_steps=(5, 9), goal_x=0.3)
+    switching = switching.replace(max_steps_in_episode=jnp.asarray(20, jnp.int32))
+    inverted = make_suite_params(after, goal_x=-0.2)
+    n, steps = 16, 31
 
-    def episode(key):
+    def episode(key, task):
         obs, state = told.reset(key, task)
         ref_obs, ref_state = plain.reset(key, task)
 
         def step(carry, k):
-            state, ref_state = carry
+            obs, state, ref_state = carry
             out = told.step(k, state, jnp.int32(1), task)
             ref = plain.step(k, ref_state, jnp.int32(1), task)
-            return (out[1], ref[1]), (out[0], ref[0], out[1].time, out[1].switch_step)
+            return (out[0], out[1], ref[1]), (obs, out[0], ref[0], out[5]["since_switch"])
 
-        _, (o, r, time, switch) = jax.lax.scan(step, (state, ref_state), jax.random.split(key, steps))
-        return obs, ref_obs, state.switch_step, o, r, time, switch
+        _, (before, o, r, since) = jax.lax.scan(step, (obs, state, ref_state), jax.random.split(key, steps))
+        return obs, ref_obs, before, o, r, since
 
-    obs, ref_obs, first_switch, o, r, time, switch = jax.jit(jax.vmap(episode))(jax.random.split(jax.random.key(0), n))
-    np.testing.assert_array_equal(np.asarray(obs)[:, :5], np.asarray(ref_obs))
-    np.testing.assert_array_equal(np.asarray(obs)[:, 5], 1.0)  # time 0 is before any switch step >= 5
-    np.testing.assert_array_equal(np.asarray(o)[..., :5], np.asarray(r))
-    expected = np.where(np.asarray(time) >= np.asarray(switch), -1.0, 1.0)
-    np.testing.assert_array_equal(np.asarray(o)[..., 5], expected)
-    assert set(np.unique(np.asarray(first_switch))) <= set(range(5, 10))
-    assert (expected == -1.0).any() and (expected == 1.0).any() and (np.diff(np.asarray(time), axis=1) < 0).any()
+    run = jax.jit(jax.vmap(episode, in_axes=(0, None)))
+    keys = jax.random.split(jax.random.key(0), n)
+    obs, ref_obs, before, o, r, since = (np.asarray(x) for x in run(keys, switching))
+    np.testing.assert_array_equal(obs[:, :5], ref_obs)
+    np.testing.assert_array_equal(o[..., :5], r)
+    np.testing.assert_array_equal(before[..., 5], np.where(since >= 0, -1.0, 1.0))
+    assert (since >= 0).any() and (since < 0).any() and (np.diff(since, axis=1) < -1).any()  # flips, resets
+    obs, _, before, o, _, since = (np.asarray(x) for x in run(keys, inverted))
+    np.testing.assert_array_equal(obs[:, 5], -1.0)
+    np.testing.assert_array_equal(o[..., 5], -1.0)
+    assert np.all(since < 0)  # never switches
     with pytest.raises(ValueError, match="direction must be a bool"):
         envs.GoalVisible(inner, direction=1)
 
