@@ -42,6 +42,7 @@ from gymnax.environments.classic_control.cartpole import CartPole, EnvParams, En
 
 from envs.observation import PARTIAL_OBS_INDICES, check_obs_mode, observe
 from envs.rollout import episode_index
+from envs.tasks import force_sign
 from ssm_jax.validation import check_bool, check_int
 from envs.wrapper import ObservationWrapper
 
@@ -116,16 +117,21 @@ class SuiteCartPole(CartPole):
     def step_env(self, key, state: SuiteState, action, params: SuiteParams):
         """Gymnax's CartPole step with the physics of `params` before the episode's switch step
         and of `params.after` from it on; the goal reward where `params.goal_reward`."""
-        switched = state.time >= state.switch_step
-        physics = params.replace(**{f: jnp.where(switched, getattr(params.after, f), getattr(params, f))
-                                    for f in PHYSICS_FIELDS})
-        obs, inner, reward, done, info = super().step_env(key, state, action, physics)
+        obs, inner, reward, done, info = super().step_env(key, state, action, physics_at(state, params))
         distance = jnp.abs(inner.x - params.goal_x).astype(jnp.float32)
         info = {**info, "since_switch": (state.time - state.switch_step).astype(jnp.int32),
                 "goal_distance": distance}
         shaped = jnp.maximum(0.0, 1.0 - distance / params.x_threshold)
         reward = jnp.where(params.goal_reward, reward * shaped, reward).astype(jnp.float32)
         return obs, _with_switch(inner, state.switch_step), reward, done, info
+
+
+def physics_at(state: SuiteState, params: SuiteParams) -> SuiteParams:
+    """`params` with the physics the step taken from `state` runs on: the task's own before
+    the episode's switch step (`state.time < state.switch_step`), `params.after`'s from it on."""
+    switched = state.time >= state.switch_step
+    return params.replace(**{f: jnp.where(switched, getattr(params.after, f), getattr(params, f))
+                             for f in PHYSICS_FIELDS})
 
 
 def _with_switch(state: EnvState, switch_step) -> SuiteState:
@@ -219,9 +225,9 @@ class GoalVisible(ObservationWrapper):
 
     Observation `[inner observation | goal_x]`, `(D + 1,)` float32 (`D` the inner env's
     observation size in its own mode), or with `direction` `[inner observation | goal_x | d]`,
-    `(D + 2,)`, where `d` is -1.0 while the step to come inverts the force (`force_mag < 0` of
-    the physics in force at the state's time: `params.after` from the episode's switch step on)
-    and +1.0 otherwise. States, params, tasks, rewards and dones are the inner environment's, so
+    `(D + 2,)`, where `d` is `envs.force_sign` of the physics the step to come runs on
+    (`physics_at`: `params.after` from the episode's switch step on): -1.0 inverted, +1.0
+    normal. States, params, tasks, rewards and dones are the inner environment's, so
     rollouts take the same `SuiteParams` tasks. Wrappers of the same inner environment with the
     same `direction` compare and hash equal (jitted functions taking it as a static argument do
     not recompile).
@@ -252,8 +258,7 @@ class GoalVisible(ObservationWrapper):
     def _told(self, obs, state, params) -> jax.Array:
         told = [jnp.asarray(obs, jnp.float32), jnp.reshape(jnp.asarray(params.goal_x, jnp.float32), (1,))]
         if self.direction:
-            force = jnp.where(state.time >= state.switch_step, params.after.force_mag, params.force_mag)
-            told.append(jnp.reshape(jnp.where(force < 0, -1.0, 1.0).astype(jnp.float32), (1,)))
+            told.append(jnp.reshape(force_sign(physics_at(state, params)), (1,)))
         return jnp.concatenate(told, axis=-1)
 
     def reset(self, key, params=None):
