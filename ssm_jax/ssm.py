@@ -24,21 +24,35 @@ from ssm_jax.scan import matrix_recurrence, reset_carry
 from ssm_jax.validation import check_float
 
 
-def _neumann_inverse(p: jax.Array) -> jax.Array:
+def _unit_upper_inverse(p: jax.Array) -> jax.Array:
     """``(I - P)^{-1}`` of a strictly upper triangular ``(n, n)`` ``P``, from matrix products only.
 
-    ``P`` is nilpotent (``P^n = 0``), so ``(I - P)^{-1} = sum_{k<n} P^k``, which the doubling
-    identity ``sum_{k<2^m} P^k = (I + P)(I + P^2)(I + P^4) ... (I + P^{2^{m-1}})`` gives exactly in
-    ``2 ceil(log2 n) - 1`` products.
+    Blocked recursion (as LAPACK's ``trtri``): ``P`` is padded with zeros to ``m = 2^k >= n``
+    (the padded block of ``I - P`` is the identity, so the leading ``n x n`` block of the padded
+    inverse is the inverse), the ``1 x 1`` diagonal blocks' inverses are ones, and each of the
+    ``k`` levels joins every pair of neighbouring diagonal blocks, batched:
+
+        [[I - P11, -P12], [0, I - P22]]^{-1} = [[X11, X11 P12 X22], [0, X22]],
+
+    with ``X11``, ``X22`` the halves' inverses. About ``2 m^3 / 3`` flops in ``2k`` batched
+    products, against ``2 (2k - 1) m^3`` for the series ``sum_j P^j`` by repeated squaring.
     """
     hi = jax.lax.Precision.HIGHEST
-    eye = jnp.eye(p.shape[0], dtype=p.dtype)
-    inverse, power, span = eye + p, p, 2
-    while span < p.shape[0]:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
-        power = jnp.matmul(power, power, precision=hi)
-        inverse = jnp.matmul(inverse, eye + power, precision=hi)
-        span *= 2
-    return inverse
+    n = p.shape[0]
+    m = 1 << max(n - 1, 0).bit_length()  # the power of two >= n
+    p = jnp.pad(p, ((0, m - n), (0, m - n)))
+    inverse = jnp.ones((m, 1, 1), p.dtype)  # (blocks, b, b): the diagonal blocks' inverses
+    b = 1
+    while b < m:  # static: log2(m) levels, unrolled at trace time
+        k = m // (2 * b)
+        pairs = jnp.arange(k)
+        upper = p.reshape(k, 2 * b, k, 2 * b)[pairs, :b, pairs, b:]  # (k, b, b): each P12
+        x11, x22 = inverse[0::2], inverse[1::2]
+        x12 = jnp.matmul(jnp.matmul(x11, upper, precision=hi), x22, precision=hi)
+        inverse = jnp.concatenate([jnp.concatenate([x11, x12], axis=2),
+                                   jnp.concatenate([jnp.zeros_like(x12), x22], axis=2)], axis=1)
+        b *= 2
+    return inverse[0, :n, :n]
 
 
 def householder_product(w: jax.Array) -> jax.Array:
@@ -55,7 +69,7 @@ def householder_product(w: jax.Array) -> jax.Array:
 
     so the product costs one Gram matrix and a few matrix products, with no sequential loop over
     the ``n`` reflections. ``S^{-1} = (I - P)^{-1} D^{-1}`` with ``D = diag(S)`` and
-    ``P = -D^{-1} striu(W W^T)`` strictly upper triangular, inverted by ``_neumann_inverse``:
+    ``P = -D^{-1} striu(W W^T)`` strictly upper triangular, inverted by ``_unit_upper_inverse``:
     matrix products only (no triangular solve, no custom call), which differentiate to any order
     under ``vmap`` and ``jax.checkpoint`` on every backend.
     """
@@ -63,7 +77,7 @@ def householder_product(w: jax.Array) -> jax.Array:
     gram = jnp.matmul(w, w.T, precision=hi)
     inv_diag = 2.0 / (jnp.diagonal(gram) + 1e-12)
     p = -jnp.triu(gram, 1) * inv_diag[:, None]
-    x = jnp.matmul(_neumann_inverse(p), w * inv_diag[:, None], precision=hi)
+    x = jnp.matmul(_unit_upper_inverse(p), w * inv_diag[:, None], precision=hi)
     return jnp.eye(w.shape[1], dtype=w.dtype) - jnp.matmul(w.T, x, precision=hi)
 
 

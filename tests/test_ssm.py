@@ -330,6 +330,23 @@ def test_householder_product_is_orthogonal_and_reaches_reflections():
     chex.assert_trees_all_close(single, jnp.eye(7) - 2 * jnp.outer(v, v) / jnp.dot(v, v), atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 17, 32])  # powers of two and padded sizes
+def test_unit_upper_inverse_equals_numpy_inverse(n):
+    """The blocked inverse of I - P against NumPy's LU-based inverse, and its derivative
+    against the closed form d(T^-1) = T^-1 dP T^-1 (T = I - P)."""
+    from ssm_jax.ssm import _unit_upper_inverse
+
+    with jax.enable_x64(True):
+        kp, kd = jax.random.split(jax.random.PRNGKey(n))
+        p = jnp.triu(jax.random.normal(kp, (n, n), jnp.float64), 1)
+        dp = jnp.triu(jax.random.normal(kd, (n, n), jnp.float64), 1)
+        expected = np.linalg.inv(np.eye(n) - np.asarray(p))
+        got, tangent = jax.jvp(jax.jit(_unit_upper_inverse), (p,), (dp,))
+        chex.assert_trees_all_close(got, expected, atol=1e-9, rtol=1e-9)
+        chex.assert_trees_all_close(tangent, expected @ np.asarray(dp) @ expected, atol=1e-8,
+                                    rtol=1e-8)
+
+
 def _reflection_loop(w):
     """Reference: the Householder matrices multiplied one by one in a Python loop."""
     n = w.shape[1]
