@@ -24,22 +24,39 @@ from ssm_jax.scan import matrix_recurrence, reset_carry
 from ssm_jax.validation import check_float
 
 
+#: Largest ``n`` whose unit triangular inverse is the series by repeated squaring (fewer ops and
+#: a shorter compile for small ``n``); above it the blocked recursion's fewer flops run faster.
+SERIES_MAX_N = 16
+
+
 def _unit_upper_inverse(p: jax.Array) -> jax.Array:
     """``(I - P)^{-1}`` of a strictly upper triangular ``(n, n)`` ``P``, from matrix products only.
 
-    Blocked recursion (as LAPACK's ``trtri``): ``P`` is padded with zeros to ``m = 2^k >= n``
-    (the padded block of ``I - P`` is the identity, so the leading ``n x n`` block of the padded
-    inverse is the inverse), the ``1 x 1`` diagonal blocks' inverses are ones, and each of the
-    ``k`` levels joins every pair of neighbouring diagonal blocks, batched:
+    For ``n <= SERIES_MAX_N`` the series: ``P`` is nilpotent (``P^n = 0``), so
+    ``(I - P)^{-1} = sum_{j<n} P^j = (I + P)(I + P^2)(I + P^4) ... (I + P^{2^{k-1}})`` with
+    ``2^k >= n``, ``2k - 1`` products of ``n x n`` matrices.
+
+    Above it, blocked recursion (as LAPACK's ``trtri``): ``P`` is padded with zeros to
+    ``m = 2^k >= n`` (the padded block of ``I - P`` is the identity, so the leading ``n x n``
+    block of the padded inverse is the inverse), the ``1 x 1`` diagonal blocks' inverses are
+    ones, and each of the ``k`` levels joins every pair of neighbouring diagonal blocks, batched:
 
         [[I - P11, -P12], [0, I - P22]]^{-1} = [[X11, X11 P12 X22], [0, X22]],
 
-    with ``X11``, ``X22`` the halves' inverses. About ``2 m^3 / 3`` flops in ``2k`` batched
-    products, against ``2 (2k - 1) m^3`` for the series ``sum_j P^j`` by repeated squaring.
+    with ``X11``, ``X22`` the halves' inverses: about ``2 m^3 / 3`` flops in all, against
+    ``2 (2k - 1) n^3`` for the series.
     """
     hi = jax.lax.Precision.HIGHEST
     n = p.shape[0]
-    m = 1 << max(n - 1, 0).bit_length()  # the power of two >= n
+    if n <= SERIES_MAX_N:
+        eye = jnp.eye(n, dtype=p.dtype)
+        inverse, power, span = eye + p, p, 2
+        while span < n:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
+            power = jnp.matmul(power, power, precision=hi)
+            inverse = jnp.matmul(inverse, eye + power, precision=hi)
+            span *= 2
+        return inverse
+    m = 1 << (n - 1).bit_length()  # the power of two >= n
     p = jnp.pad(p, ((0, m - n), (0, m - n)))
     inverse = jnp.ones((m, 1, 1), p.dtype)  # (blocks, b, b): the diagonal blocks' inverses
     b = 1

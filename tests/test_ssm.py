@@ -330,11 +330,14 @@ def test_householder_product_is_orthogonal_and_reaches_reflections():
     chex.assert_trees_all_close(single, jnp.eye(7) - 2 * jnp.outer(v, v) / jnp.dot(v, v), atol=1e-6)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 17, 32])  # powers of two and padded sizes
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9, 16, 17, 24, 32, 64])
 def test_unit_upper_inverse_equals_numpy_inverse(n):
-    """The blocked inverse of I - P against NumPy's LU-based inverse, and its derivative
-    against the closed form d(T^-1) = T^-1 dP T^-1 (T = I - P)."""
-    from ssm_jax.ssm import _unit_upper_inverse
+    """The inverse of I - P (the series up to SERIES_MAX_N, the blocked recursion above it;
+    powers of two and padded sizes) against NumPy's LU-based inverse, and its derivative against
+    the closed form d(T^-1) = T^-1 dP T^-1 (T = I - P)."""
+    from ssm_jax.ssm import SERIES_MAX_N, _unit_upper_inverse
+
+    assert SERIES_MAX_N == 16  # both branches are among the sizes above
 
     with jax.enable_x64(True):
         kp, kd = jax.random.split(jax.random.PRNGKey(n))
