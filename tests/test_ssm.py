@@ -359,7 +359,8 @@ def _reflection_loop(w):
     return q
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 8, 9, 12])  # doubling boundaries: 2^k and 2^k + 1
+# doubling boundaries 2^k and 2^k + 1; 17 and 32 take the blocked inverse (above SERIES_MAX_N)
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 9, 12, 17, 32])
 def test_householder_product_equals_reflections_multiplied_in_a_loop(n):
     """The compact WY form is the same matrix, with the same first and second derivatives."""
     from ssm_jax.ssm import householder_product
@@ -388,12 +389,13 @@ def test_householder_product_equals_reflections_multiplied_in_a_loop(n):
     chex.assert_trees_all_close(q32 @ q32.T, jnp.eye(32), atol=2e-5)
 
 
-def test_second_order_ssm_meta_update_compiles_to_no_custom_calls():
+@pytest.mark.parametrize("state_dim", [8, 17])  # the series and the blocked inverse
+def test_second_order_ssm_meta_update_compiles_to_no_custom_calls(state_dim):
     """The SSM's maths is XLA ops only: no LAPACK custom call (a triangular solve's hung a
     rematerialised second-order meta-update on multi-threaded XLA:CPU) in the compiled update."""
     from maml import MetaMAML
 
-    model = SSM(state_dim=8, input_dim=3, output_dim=2, hidden_dim=16)
+    model = SSM(state_dim=state_dim, input_dim=3, output_dim=2, hidden_dim=16)
     xs = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 10, 3))
     ys = jax.random.normal(jax.random.PRNGKey(1), (2, 1, 10, 2))
     tasks = {"support_x": xs, "support_y": ys, "query_x": xs, "query_y": ys}
