@@ -180,9 +180,10 @@ def per_task_rows(config, measurement: Measurement, registry=METHODS_BY_NAME) ->
     Columns: `per_task_columns(fields)`, `fields` the measured tasks' varied fields
     (`Measurement.tasks`: CartPole's `TASK_FIELDS`, Acrobot's link lengths and masses,
     Pendulum's m, l, g, max_torque; and the goal suite's hidden target `goal_x`) (seed is the
-    training seed `config.seed + seed_index`, task_index the task's position in that seed's test tasks, `benchmarks.evaluation.test_tasks`;
-    CartPole force_mag and Pendulum m are negative on inverted tasks; `return` is the method's per-task return, the one
-    results.json summarises), then `return_after_<k>` for k = 0..K: the return after k units of
+    training seed `config.seed + seed_index`, task_index the task's position in that seed's test
+    tasks, `benchmarks.evaluation.test_tasks`; CartPole force_mag and Pendulum m are negative on
+    inverted tasks; `return` is the method's per-task return, the one results.json summarises),
+    then `return_after_<k>` for k = 0..K: the return after k units of
     `adaptation_unit` (`Method.by_adaptation`; empty beyond a method's own K, and `return_after_0`
     alone for a method that does not adapt). A NaN return (no completed episode) is "nan".
     """

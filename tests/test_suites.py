@@ -431,7 +431,7 @@ def test_the_oracle_told_the_direction_sees_the_force_sign_in_force_at_each_step
     np.testing.assert_array_equal(o[..., :5], r)
     np.testing.assert_array_equal(before[..., 5], np.where(since >= 0, -1.0, 1.0))
     assert (since >= 0).any() and (since < 0).any() and (np.diff(since, axis=1) < -1).any()  # flips, resets
-    obs, _, before, o, _, since = (np.asarray(x) for x in run(keys, inverted))
+    obs, _, _, o, _, since = (np.asarray(x) for x in run(keys, inverted))
     np.testing.assert_array_equal(obs[:, 5], -1.0)
     np.testing.assert_array_equal(o[..., 5], -1.0)
     assert np.all(since < 0)  # never switches
