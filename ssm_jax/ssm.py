@@ -38,7 +38,7 @@ def _unit_upper_inverse(p: jax.Array) -> jax.Array:
 
     For ``n <= SERIES_MAX_N`` the series: ``P`` is nilpotent (``P^n = 0``), so
     ``(I - P)^{-1} = sum_{j<n} P^j = (I + P)(I + P^2)(I + P^4) ... (I + P^{2^{k-1}})`` with
-    ``2^k >= n``, ``2 (k - 1)`` products of ``n x n`` matrices.
+    ``2^k >= n``, ``2 (k - 1)`` products of ``n x n`` matrices, differentiated by autodiff.
 
     Above it, blocked recursion (as LAPACK's ``trtri``): ``P`` is padded with zeros to
     ``m = 2^k >= n`` (the padded block of ``I - P`` is the identity, so the leading ``n x n``
@@ -48,18 +48,31 @@ def _unit_upper_inverse(p: jax.Array) -> jax.Array:
         [[I - P11, -P12], [0, I - P22]]^{-1} = [[X11, X11 P12 X22], [0, X22]],
 
     with ``X11``, ``X22`` the halves' inverses: about ``2 m^3 / 3`` flops in all, against
-    ``4 (k - 1) n^3`` for the series.
+    ``4 (k - 1) n^3`` for the series. Its derivative is the closed form
+    ``d(I - P)^{-1} = X striu(dP) X`` (``X = (I - P)^{-1}``; two products, themselves
+    differentiated the same way at any order) instead of autodiff through the ``k`` levels.
     """
+    return _series_inverse(p) if p.shape[0] <= SERIES_MAX_N else _blocked_inverse(p)
+
+
+def _series_inverse(p: jax.Array) -> jax.Array:
+    """``_unit_upper_inverse``'s series branch (any ``n``; used up to ``SERIES_MAX_N``)."""
     hi = jax.lax.Precision.HIGHEST
     n = p.shape[0]
-    if n <= SERIES_MAX_N:
-        eye = jnp.eye(n, dtype=p.dtype)
-        inverse, power, span = eye + p, p, 2
-        while span < n:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
-            power = jnp.matmul(power, power, precision=hi)
-            inverse = jnp.matmul(inverse, eye + power, precision=hi)
-            span *= 2
-        return inverse
+    eye = jnp.eye(n, dtype=p.dtype)
+    inverse, power, span = eye + p, p, 2
+    while span < n:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
+        power = jnp.matmul(power, power, precision=hi)
+        inverse = jnp.matmul(inverse, eye + power, precision=hi)
+        span *= 2
+    return inverse
+
+
+@jax.custom_jvp
+def _blocked_inverse(p: jax.Array) -> jax.Array:
+    """``_unit_upper_inverse``'s blocked branch (any ``n``; used above ``SERIES_MAX_N``)."""
+    hi = jax.lax.Precision.HIGHEST
+    n = p.shape[0]
     m = 1 << (n - 1).bit_length()  # the power of two >= n
     p = jnp.pad(p, ((0, m - n), (0, m - n)))
     inverse = jnp.ones((m, 1, 1), p.dtype)  # (blocks, b, b): the diagonal blocks' inverses
@@ -74,6 +87,15 @@ def _unit_upper_inverse(p: jax.Array) -> jax.Array:
                                    jnp.concatenate([jnp.zeros_like(x12), x22], axis=2)], axis=1)
         b *= 2
     return inverse[0, :n, :n]
+
+
+@_blocked_inverse.defjvp
+def _blocked_inverse_jvp(primals, tangents):
+    """``d(I - P)^{-1} = X striu(dP) X``: only the strict upper triangle of ``P`` is read."""
+    (p,), (dp,) = primals, tangents
+    hi = jax.lax.Precision.HIGHEST
+    x = _blocked_inverse(p)
+    return x, jnp.matmul(jnp.matmul(x, jnp.triu(dp, 1), precision=hi), x, precision=hi)
 
 
 def householder_product(w: jax.Array) -> jax.Array:
