@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, check_dt_range, prepare_sequence, prepare_step
+from ssm_jax.layers import Dense
 from ssm_jax.scan import linear_recurrence, reset_carry
 from ssm_jax.validation import check_bool
 
@@ -71,8 +72,8 @@ class DiagonalSSM(nn.Module):
 
     def setup(self):
         p, h = self.state_dim, self.hidden_dim
-        self.encoder = nn.Dense(h, name="encoder")
-        self.decoder = nn.Dense(self.output_dim, name="decoder")
+        self.encoder = Dense(h, name="encoder")
+        self.decoder = Dense(self.output_dim, name="decoder")
         self.log_neg_real = self.param("log_neg_real", nn.initializers.constant(math.log(0.5)), (p,))
         self.imag = self.param("imag", lambda k, s: math.pi * jnp.arange(s[0], dtype=jnp.float32), (p,))
         self.log_step = self.param("log_step", _log_uniform(self.dt_min, self.dt_max), (p,))

@@ -36,6 +36,7 @@ from flax import struct
 from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
 from ssm_jax.diagonal import DiagonalSSM
 from ssm_jax.distributions import Categorical, Gaussian
+from ssm_jax.layers import Dense
 from ssm_jax.selective import SelectiveSSM
 from ssm_jax.ssm import SSM
 from ssm_jax.validation import check_bool, check_choice, check_finite, check_float
@@ -68,8 +69,8 @@ class _Heads(nn.Module):
     @nn.compact
     def __call__(self, features: jax.Array) -> PolicyOutput:
         ortho = nn.initializers.orthogonal
-        out = nn.Dense(self.action_dim, kernel_init=ortho(0.01), name="actor")(features)
-        value = nn.Dense(1, kernel_init=ortho(1.0), name="critic")(features)[..., 0]
+        out = Dense(self.action_dim, kernel_init=ortho(0.01), name="actor")(features)
+        value = Dense(1, kernel_init=ortho(1.0), name="critic")(features)[..., 0]
         if self.discrete:
             return PolicyOutput(Categorical(out), value)
         log_std = self.param("log_std", nn.initializers.constant(self.init_log_std), (self.action_dim,))
@@ -204,7 +205,7 @@ class MLPPolicy(nn.Module):
         return self.obs_dim
 
     def setup(self):
-        self.torso = [nn.Dense(self.hidden_dim, name=f"dense_{i}") for i in range(2)]
+        self.torso = [Dense(self.hidden_dim, name=f"dense_{i}") for i in range(2)]
         self.heads = _Heads(self.action_dim, self.discrete, self.init_log_std, name="heads")
 
     def initialize_carry(self, batch_size: int) -> jax.Array:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, check_dt_range, prepare_sequence, prepare_step
+from ssm_jax.layers import Dense
 from ssm_jax.scan import linear_recurrence, reset_carry
 from ssm_jax.validation import check_bool
 
@@ -70,11 +71,11 @@ class SelectiveSSM(nn.Module):
 
     def setup(self):
         d, n = self.hidden_dim, self.state_dim
-        self.in_proj = nn.Dense(2 * d, name="in_proj")
-        self.dt_proj = nn.Dense(d, bias_init=_dt_bias(self.dt_min, self.dt_max), name="dt_proj")
-        self.B_proj = nn.Dense(n, name="B_proj")
-        self.C_proj = nn.Dense(n, name="C_proj")
-        self.out_proj = nn.Dense(self.output_dim, name="out_proj")
+        self.in_proj = Dense(2 * d, name="in_proj")
+        self.dt_proj = Dense(d, bias_init=_dt_bias(self.dt_min, self.dt_max), name="dt_proj")
+        self.B_proj = Dense(n, name="B_proj")
+        self.C_proj = Dense(n, name="C_proj")
+        self.out_proj = Dense(self.output_dim, name="out_proj")
         self.A_log = self.param(
             "A_log", lambda k, s: jnp.log(jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.float32), s)), (d, n)
         )

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssm_jax.contract import check_dims, prepare_sequence, prepare_step
+from ssm_jax.layers import Dense
 from ssm_jax.scan import matrix_recurrence, reset_carry
 from ssm_jax.validation import check_float
 
@@ -166,10 +167,10 @@ class SSM(nn.Module):
 
     def setup(self):
         n = self.state_dim
-        self.encoder = nn.Dense(self.hidden_dim, name="encoder")
-        self.B = nn.Dense(n, name="B")
-        self.C = nn.Dense(self.output_dim, name="C")
-        self.D = nn.Dense(self.output_dim, use_bias=False, name="D")
+        self.encoder = Dense(self.hidden_dim, name="encoder")
+        self.B = Dense(n, name="B")
+        self.C = Dense(self.output_dim, name="C")
+        self.D = Dense(self.output_dim, use_bias=False, name="D")
         ortho_init = nn.initializers.normal(1.0)
         self.A_left = self.param("A_left", ortho_init, (n, n))
         self.A_right = self.param("A_right", ortho_init, (n, n))
