@@ -10,12 +10,12 @@ import pytest
 from ssm_jax.layers import Dense
 
 
-@pytest.mark.parametrize("shape", [(5,), (7, 5), (3, 11, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize("shape", [(5,), (7, 5), (3, 11, 5), (2, 3, 4, 5), (0, 5), (2, 0, 5)])
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_dense_equals_flax_dense_values_and_gradients(shape, use_bias):
     """Same parameter tree and initial values as flax's Dense (checkpoints stay loadable); the
     same outputs, and gradients with respect to kernel, bias and inputs, up to float rounding,
-    on inputs of rank 1 to 4."""
+    on inputs of rank 1 to 4 (zero-size axes included)."""
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     ours, flax_dense = Dense(3, use_bias=use_bias), nn.Dense(3, use_bias=use_bias)
     params = ours.init(jax.random.PRNGKey(1), x)

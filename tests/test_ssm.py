@@ -369,11 +369,22 @@ def test_blocked_inverse_derivatives_equal_autodiff_through_its_levels(n):
             return jax.jit(lambda p, dp: (jax.jvp(inverse, (p,), (dp,)), grad(p),
                                           jax.jvp(grad, (p,), (dp,))[1]))
 
-        rule, autodiff = derivatives(_blocked_inverse)(p, dp), derivatives(_blocked_inverse.fun)(p, dp)
+        rule = derivatives(_blocked_inverse)(p, dp)
+        autodiff = derivatives(_blocked_inverse.fun)(p, dp)
         chex.assert_trees_all_close(rule, autodiff, atol=1e-9, rtol=1e-9)
         gradient = rule[1]
         assert float(jnp.max(jnp.abs(jnp.tril(gradient)))) == 0.0
         assert float(jnp.max(jnp.abs(jnp.triu(gradient, 1)))) > 0.0
+
+        # reverse over reverse (what second-order MAML runs), rematerialised, vmapped over two P
+        def second_order(inverse):
+            objective = jax.checkpoint(lambda p: jnp.sum(jnp.tanh(inverse(p)) * c))
+            outer = jax.grad(lambda p: jnp.sum(jax.grad(objective)(p) * dp))
+            return jax.jit(jax.vmap(outer))
+
+        ps = jnp.stack([p, 0.5 * p])
+        chex.assert_trees_all_close(second_order(_blocked_inverse)(ps),
+                                    second_order(_blocked_inverse.fun)(ps), atol=1e-9, rtol=1e-9)
 
 
 def _reflection_loop(w):
