@@ -31,6 +31,10 @@ from ssm_jax.validation import check_float
 #: autodiff; with its closed-form derivative it stays as fast as the series at 32).
 SERIES_MAX_N = 16
 
+#: Precision of every product in the orthogonal factors' maths: orthogonality needs full float32
+#: products on any backend.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
 
 def _unit_upper_inverse(p: jax.Array) -> jax.Array:
     """``(I - P)^{-1}`` of a strictly upper triangular ``(n, n)`` ``P``, with no solve or custom call.
@@ -61,13 +65,12 @@ def _unit_upper_inverse(p: jax.Array) -> jax.Array:
 
 def _series_inverse(p: jax.Array) -> jax.Array:
     """``_unit_upper_inverse``'s series branch (any ``n``; used up to ``SERIES_MAX_N``)."""
-    hi = jax.lax.Precision.HIGHEST
     n = p.shape[0]
     eye = jnp.eye(n, dtype=p.dtype)
     inverse, power, span = eye + p, p, 2
     while span < n:  # static: ceil(log2 n) - 1 trips, unrolled at trace time
-        power = jnp.matmul(power, power, precision=hi)
-        inverse = jnp.matmul(inverse, eye + power, precision=hi)
+        power = jnp.matmul(power, power, precision=_HIGHEST)
+        inverse = jnp.matmul(inverse, eye + power, precision=_HIGHEST)
         span *= 2
     return inverse
 
@@ -75,7 +78,6 @@ def _series_inverse(p: jax.Array) -> jax.Array:
 @jax.custom_jvp
 def _blocked_inverse(p: jax.Array) -> jax.Array:
     """``_unit_upper_inverse``'s blocked branch (any ``n``; used above ``SERIES_MAX_N``)."""
-    hi = jax.lax.Precision.HIGHEST
     n = p.shape[0]
     m = 1 << (n - 1).bit_length()  # the power of two >= n
     p = jnp.pad(p, ((0, m - n), (0, m - n)))
@@ -86,7 +88,7 @@ def _blocked_inverse(p: jax.Array) -> jax.Array:
         pairs = jnp.arange(k)
         upper = p.reshape(k, 2 * b, k, 2 * b)[pairs, :b, pairs, b:]  # (k, b, b): each P12
         x11, x22 = inverse[0::2], inverse[1::2]
-        x12 = jnp.matmul(jnp.matmul(x11, upper, precision=hi), x22, precision=hi)
+        x12 = jnp.matmul(jnp.matmul(x11, upper, precision=_HIGHEST), x22, precision=_HIGHEST)
         inverse = jnp.concatenate([jnp.concatenate([x11, x12], axis=2),
                                    jnp.concatenate([jnp.zeros_like(x12), x22], axis=2)], axis=1)
         b *= 2
@@ -97,9 +99,9 @@ def _blocked_inverse(p: jax.Array) -> jax.Array:
 def _blocked_inverse_jvp(primals, tangents):
     """``d(I - P)^{-1} = X striu(dP) X``: only the strict upper triangle of ``P`` is read."""
     (p,), (dp,) = primals, tangents
-    hi = jax.lax.Precision.HIGHEST
     x = _blocked_inverse(p)
-    return x, jnp.matmul(jnp.matmul(x, jnp.triu(dp, 1), precision=hi), x, precision=hi)
+    dx = jnp.matmul(jnp.matmul(x, jnp.triu(dp, 1), precision=_HIGHEST), x, precision=_HIGHEST)
+    return x, dx
 
 
 def householder_product(w: jax.Array) -> jax.Array:
@@ -120,12 +122,11 @@ def householder_product(w: jax.Array) -> jax.Array:
     matrix products only (no triangular solve, no custom call), which differentiate to any order
     under ``vmap`` and ``jax.checkpoint`` on every backend.
     """
-    hi = jax.lax.Precision.HIGHEST  # orthogonality needs full float32 products on any backend
-    gram = jnp.matmul(w, w.T, precision=hi)
+    gram = jnp.matmul(w, w.T, precision=_HIGHEST)
     inv_diag = 2.0 / (jnp.diagonal(gram) + 1e-12)
     p = -jnp.triu(gram, 1) * inv_diag[:, None]
-    x = jnp.matmul(_unit_upper_inverse(p), w * inv_diag[:, None], precision=hi)
-    return jnp.eye(w.shape[1], dtype=w.dtype) - jnp.matmul(w.T, x, precision=hi)
+    x = jnp.matmul(_unit_upper_inverse(p), w * inv_diag[:, None], precision=_HIGHEST)
+    return jnp.eye(w.shape[1], dtype=w.dtype) - jnp.matmul(w.T, x, precision=_HIGHEST)
 
 
 def _atanh_uniform(low: float, high: float):
